@@ -1,0 +1,995 @@
+//! The decision engine: `(policy, observed nodes, records, now) → decision`.
+//!
+//! Deterministic and side-effect free. The caller persists `record_changes` *before* it carries out
+//! `actions`, so every step is recorded before it runs; deciding again on the applied result yields
+//! no new action.
+
+use crate::eval::{Reason, RuleEval, Verdict, evaluate_rule, has_gpus, policy_gpu_vendors};
+use crate::observe::{NodeObservation, OperatorAction, ReportedOutcome};
+use crate::policy::{Completion, GpuVendor, LadderStep, Policy, RemediationStep};
+use crate::record::{ActiveRemediation, NodeRecord, Phase, PolicyRecord, Records, Stage, StepHistory, StepOutcome};
+use crate::time::{Duration, Time};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// How long a finished record is kept for `kubectl get` and the retry budget, at least.
+pub const RECORD_RETENTION: Duration = Duration::from_days(1);
+
+/// Something to change on the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum Action {
+    /// Add and remove NoSchedule taints on a node (one patch).
+    SetTaints { node: String, add: Vec<String>, remove: Vec<String> },
+    /// Run a step through the executor. `(node, attempt)` identifies it: an executor that already ran
+    /// that attempt must not run it again.
+    Execute { node: String, step: RemediationStep, attempt: u32, deadline: Option<Time>, reason: String },
+    /// Tell people (the Manual escalation), once.
+    Notify { node: String, notice: Notice },
+}
+
+impl Action {
+    pub fn node(&self) -> &str {
+        match self {
+            Action::SetTaints { node, .. } | Action::Execute { node, .. } | Action::Notify { node, .. } => node,
+        }
+    }
+}
+
+/// What a person needs to take over a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notice {
+    pub summary: String,
+    pub trigger: String,
+    pub reason: String,
+    pub labels: BTreeMap<String, String>,
+    pub history: Vec<StepHistory>,
+    /// The checks as last seen: (rule, reason, detail).
+    pub checks: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "change", content = "record")]
+pub enum RecordChange {
+    Upsert(NodeRecord),
+    Delete(String),
+}
+
+/// A transition worth telling people about (becomes a Kubernetes Event and a log line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub node: Option<String>,
+    pub kind: EventKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    RemediationStarted,
+    StepStarted,
+    StepSucceeded,
+    StepFailed,
+    StepTimedOut,
+    Recovered,
+    EscalatedToManual,
+    LemonNode,
+    ResolvedByOperator,
+    SoftTaintAdded,
+    SoftTaintRemoved,
+    BreakerTripped,
+    BreakerClosed,
+    NodeReleased,
+    NodeDeleted,
+}
+
+/// A gate that kept the engine from acting on a node this time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hold {
+    pub node: String,
+    pub gate: Gate,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Gate {
+    Paused,
+    CircuitBreaker,
+    MinHealthy,
+    MaxUnhealthy,
+    MaxConcurrent,
+    MaxConcurrentPerPool,
+    MaintenanceWindow,
+    /// Waiting for a person or for the checks after one acted.
+    AwaitingOperator,
+}
+
+impl Gate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gate::Paused => "paused",
+            Gate::CircuitBreaker => "circuit_breaker",
+            Gate::MinHealthy => "min_healthy",
+            Gate::MaxUnhealthy => "max_unhealthy",
+            Gate::MaxConcurrent => "max_concurrent",
+            Gate::MaxConcurrentPerPool => "max_concurrent_per_pool",
+            Gate::MaintenanceWindow => "maintenance_window",
+            Gate::AwaitingOperator => "awaiting_operator",
+        }
+    }
+}
+
+/// Fleet figures for metrics and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub selected: usize,
+    pub healthy: usize,
+    pub unhealthy: usize,
+    /// Selected nodes whose evidence is stale: neither healthy nor broken.
+    pub unknown: usize,
+    pub remediating: usize,
+    pub manual: usize,
+    /// Nodes in a disruptive step after this decision.
+    pub disruptive_in_flight: usize,
+    pub breaker_open: bool,
+    /// (rule, reason, nodes) for every non-zero count.
+    pub rule_reasons: Vec<(String, &'static str, u32)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// To carry out, after `record_changes` are persisted. Empty in monitor-only mode.
+    pub actions: Vec<Action>,
+    /// What would have been carried out in monitor-only mode.
+    pub would_execute: Vec<Action>,
+    pub record_changes: Vec<RecordChange>,
+    /// The policy record, when it changed.
+    pub policy_record: Option<PolicyRecord>,
+    pub events: Vec<Event>,
+    pub holds: Vec<Hold>,
+    /// Decide again no later than this, even if nothing is observed to change.
+    pub next_wakeup: Option<Time>,
+    pub summary: Summary,
+}
+
+struct Ctx<'a> {
+    policy: &'a Policy,
+    now: Time,
+    ladder: Vec<LadderStep>,
+    step_taints: Vec<String>,
+    soft_keys: Vec<Option<String>>,
+    managed_keys: HashSet<String>,
+    vendors: Vec<GpuVendor>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(policy: &'a Policy, now: Time) -> Self {
+        let mut ladder = policy.ladder.clone();
+        if ladder.last().is_none_or(|s| s.step != RemediationStep::Manual) {
+            // Past the last rung there is always a person.
+            ladder.push(LadderStep::new(RemediationStep::Manual, Duration::ZERO));
+        }
+        let step_taints: Vec<String> = ladder.iter().map(|s| policy.step_taint(s.step)).collect();
+        let soft_keys: Vec<Option<String>> = policy.rules.iter().map(|r| r.effect.taint.as_deref().map(|t| policy.taint_key(t))).collect();
+        let managed_keys = RemediationStep::ALL
+            .iter()
+            .map(|s| policy.step_taint(*s))
+            .chain(soft_keys.iter().flatten().cloned())
+            .collect();
+        Ctx { policy, now, ladder, step_taints, soft_keys, managed_keys, vendors: policy_gpu_vendors(policy) }
+    }
+
+    fn selects(&self, n: &NodeObservation) -> bool {
+        let p = self.policy;
+        if n.labels.get(&p.exclude_label).is_some_and(|v| v == "true") {
+            return false;
+        }
+        let role_ok = match p.node_role {
+            crate::policy::NodeRole::Any => true,
+            crate::policy::NodeRole::Worker => !n.is_control_plane(),
+            crate::policy::NodeRole::ControlPlane => n.is_control_plane(),
+        };
+        role_ok
+            && (p.node_pools.is_empty() || n.labels.get(&p.node_pool_label).is_some_and(|pool| p.node_pools.contains(pool)))
+            && p.selector.matches(&n.labels)
+    }
+
+    fn pool<'n>(&self, n: &'n NodeObservation) -> &'n str {
+        n.labels.get(&self.policy.node_pool_label).map_or("", String::as_str)
+    }
+
+    fn maintenance_open(&self) -> bool {
+        let windows = &self.policy.gates.maintenance_windows;
+        if windows.is_empty() {
+            return true;
+        }
+        let day = self.now.start_of_day();
+        windows.iter().any(|w| {
+            let Some(start) = w.start_millis() else { return false };
+            // A window that opened yesterday may still be open.
+            [day, day - Duration::from_days(1)].into_iter().any(|d| {
+                let open = d + Duration(start);
+                let on_day = w.days.is_empty() || w.days.iter().any(|wd| wd.index() == d.weekday());
+                on_day && self.now >= open && self.now < open + w.duration
+            })
+        })
+    }
+
+    fn next_maintenance_opening(&self) -> Option<Time> {
+        let day = self.now.start_of_day();
+        let mut best: Option<Time> = None;
+        for w in &self.policy.gates.maintenance_windows {
+            let Some(start) = w.start_millis() else { continue };
+            for k in 0..8 {
+                let d = day + Duration::from_days(k);
+                let open = d + Duration(start);
+                if open > self.now && (w.days.is_empty() || w.days.iter().any(|wd| wd.index() == d.weekday())) {
+                    best = Some(best.map_or(open, |b| b.min(open)));
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
+
+/// A selected node that needs more than counting.
+struct Work<'a> {
+    obs: &'a NodeObservation,
+    evals: Vec<RuleEval>,
+    original: Option<&'a NodeRecord>,
+    record: Option<NodeRecord>,
+    selected: bool,
+}
+
+impl Work<'_> {
+    fn name(&self) -> &str {
+        &self.obs.name
+    }
+    fn active(&self) -> Option<&ActiveRemediation> {
+        self.record.as_ref().and_then(|r| r.active.as_ref())
+    }
+    /// The earliest firing remediating rule: (rule index, since).
+    fn firing(&self, policy: &Policy) -> Option<(usize, Time)> {
+        self.evals
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !policy.rules[*i].is_soft())
+            .filter_map(|(i, e)| match e.verdict {
+                Verdict::Firing { since } => Some((i, since)),
+                _ => None,
+            })
+            .min_by_key(|(i, since)| (*since, *i))
+    }
+    /// Every remediating rule passes on evidence produced at or after `since`.
+    fn healthy_since(&self, policy: &Policy, since: Time) -> bool {
+        self.evals.iter().enumerate().filter(|(i, _)| !policy.rules[*i].is_soft()).all(|(_, e)| e.is_ok() && e.fresh_since(since))
+    }
+    /// Some remediating rule is bad on evidence produced at or after `since`.
+    fn failing_since(&self, policy: &Policy, since: Time) -> Option<usize> {
+        self.evals.iter().enumerate().filter(|(i, _)| !policy.rules[*i].is_soft()).find_map(|(i, e)| {
+            let bad = match e.verdict {
+                Verdict::Firing { .. } => true,
+                // Counted checks must reach their failure count; a bad condition or GPU count is bad now.
+                Verdict::Pending { .. } => policy.rules[i].check.is_none(),
+                _ => false,
+            };
+            (bad && e.fresh_since(since)).then_some(i)
+        })
+    }
+}
+
+struct InFlight {
+    total: usize,
+    by_pool: HashMap<String, usize>,
+}
+
+struct Out {
+    actions: Vec<Action>,
+    events: Vec<Event>,
+    holds: Vec<Hold>,
+    wake: Option<Time>,
+}
+
+impl Out {
+    fn wake_at(&mut self, t: Time) {
+        self.wake = Some(self.wake.map_or(t, |w| w.min(t)));
+    }
+    fn event(&mut self, node: &str, kind: EventKind, message: String) {
+        self.events.push(Event { node: Some(node.to_string()), kind, message });
+    }
+    fn hold(&mut self, node: &str, gate: Gate, message: String) {
+        self.holds.push(Hold { node: node.to_string(), gate, message });
+    }
+}
+
+/// Decides what to do now. Nodes are considered in name order, unhealthy candidates oldest first.
+pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now: Time) -> Decision {
+    let ctx = Ctx::new(policy, now);
+    let mut out = Out { actions: Vec::new(), events: Vec::new(), holds: Vec::new(), wake: None };
+    let mut reason_counts = vec![[0u32; Reason::ALL.len()]; policy.rules.len()];
+    let (mut selected, mut unhealthy, mut unknown) = (0usize, 0usize, 0usize);
+    let mut seen_records = 0usize;
+    let mut interesting: Vec<usize> = Vec::new();
+    let mut pool_sizes: HashMap<&str, usize> = HashMap::new();
+    let need_pool_sizes = matches!(policy.gates.max_concurrent_per_pool, Some(crate::policy::IntOrPercent::Percent(_)));
+
+    // Pass 1: evaluate every node cheaply; keep only those that need more than counting.
+    for (idx, obs) in fleet.iter().enumerate() {
+        let record = records.nodes.get(&obs.name);
+        if record.is_some() {
+            seen_records += 1;
+        }
+        if !ctx.selects(obs) {
+            if record.is_some_and(|r| r.active.is_some()) {
+                interesting.push(idx);
+            }
+            continue;
+        }
+        selected += 1;
+        if need_pool_sizes {
+            *pool_sizes.entry(ctx.pool(obs)).or_default() += 1;
+        }
+        let active = record.and_then(|r| r.active.as_ref());
+        let repairing = active.is_some_and(|a| a.step != RemediationStep::Quarantine && !matches!(a.stage, Stage::Verifying { .. }));
+        let (mut firing, mut stale, mut attention) = (false, false, record.is_some());
+        for (ri, rule) in policy.rules.iter().enumerate() {
+            let remembered = record.and_then(|r| r.failing_since.get(&rule.name)).copied();
+            let e = evaluate_rule(rule, obs, remembered, now);
+            if let Some(key) = &ctx.soft_keys[ri] {
+                reason_counts[ri][e.reason.index()] += 1;
+                attention |= e.verdict != Verdict::Ok || obs.has_taint(key);
+                continue;
+            }
+            let shown = if repairing { Reason::RepairInProgress } else { e.reason };
+            reason_counts[ri][shown.index()] += 1;
+            match e.verdict {
+                Verdict::Firing { .. } => firing = true,
+                Verdict::Pending { fires_at: Some(t), .. } if active.is_none() => out.wake_at(t),
+                Verdict::Unknown => stale = true,
+                _ => {}
+            }
+            if rule.gpu_count.is_some() && e.bad_now() != remembered.is_some() {
+                attention = true;
+            }
+        }
+        if active.is_some() || firing {
+            unhealthy += 1;
+        } else if stale {
+            unknown += 1;
+        }
+        if attention || firing || obs.taints.iter().any(|t| ctx.managed_keys.contains(&t.key)) {
+            interesting.push(idx);
+        }
+    }
+    let healthy = selected - unhealthy - unknown;
+
+    // Pass 2: full evaluation of the few nodes that need it, in name order.
+    interesting.sort_by(|a, b| fleet[*a].name.cmp(&fleet[*b].name));
+    interesting.dedup_by(|a, b| fleet[*a].name == fleet[*b].name);
+    let mut work: Vec<Work> = interesting
+        .iter()
+        .map(|&idx| {
+            let obs = &fleet[idx];
+            let original = records.nodes.get(&obs.name);
+            let evals = policy
+                .rules
+                .iter()
+                .map(|r| evaluate_rule(r, obs, original.and_then(|rec| rec.failing_since.get(&r.name)).copied(), now))
+                .collect();
+            Work { obs, evals, original, record: original.cloned(), selected: ctx.selects(obs) }
+        })
+        .collect();
+
+    // The circuit breaker.
+    let mut policy_record = records.policy.clone();
+    let breaker_open = update_breaker(&ctx, &work, selected, &mut policy_record, &mut out);
+
+    // Disruptive steps in flight, cluster-wide and per pool.
+    let mut inflight = InFlight { total: 0, by_pool: HashMap::new() };
+    for w in &work {
+        if w.active().is_some_and(|a| a.step.is_disruptive()) {
+            inflight.total += 1;
+            *inflight.by_pool.entry(ctx.pool(w.obs).to_string()).or_default() += 1;
+        }
+    }
+    let gates = GateState { breaker_open, selected, pool_sizes: &pool_sizes };
+
+    // Nodes on the ladder move along it; nodes that left the policy are released.
+    for w in work.iter_mut() {
+        if w.active().is_none() {
+            continue;
+        }
+        if !w.selected {
+            release(&ctx, w, &mut out);
+            continue;
+        }
+        advance(&ctx, w, &gates, &mut inflight, &mut out);
+    }
+
+    // Unhealthy nodes not yet on the ladder, oldest first.
+    let mut candidates: Vec<(Time, usize, usize)> = work
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.selected && w.active().is_none())
+        .filter_map(|(i, w)| w.firing(policy).map(|(rule, since)| (since, i, rule)))
+        .collect();
+    candidates.sort_by(|a, b| (a.0, work[a.1].name()).cmp(&(b.0, work[b.1].name())));
+    for (since, i, rule) in candidates {
+        let w = &mut work[i];
+        try_start(&ctx, w, rule, since, &gates, healthy, unhealthy, &mut inflight, &mut out);
+    }
+
+    // Memory for rules whose data has no timestamp (the GPU count rule).
+    for w in work.iter_mut().filter(|w| w.selected) {
+        remember_gpu_failures(&ctx, w);
+    }
+
+    // Taints follow the records and the soft rules.
+    for w in &work {
+        reconcile_taints(&ctx, w, breaker_open, &mut out);
+    }
+
+    // Records to write or drop.
+    let mut record_changes = Vec::new();
+    for w in work.iter_mut() {
+        let retention = policy.gates.retry_budget.as_ref().map_or(RECORD_RETENTION, |b| b.window.max(RECORD_RETENTION));
+        if let Some(r) = w.record.as_mut() {
+            if let Some(b) = &policy.gates.retry_budget {
+                r.remediation_starts.retain(|t| now.since(*t) < b.window);
+            }
+            let idle = r.active.is_none() && r.failing_since.is_empty();
+            let last = r.history.last().map(|h| h.ended_at);
+            let expired = idle && r.remediation_starts.is_empty() && last.is_none_or(|t| now.since(t) >= retention);
+            if expired {
+                if w.original.is_some() {
+                    record_changes.push(RecordChange::Delete(r.node.clone()));
+                }
+                continue;
+            }
+            if idle && let Some(t) = last {
+                out.wake_at(t + retention);
+            }
+        }
+        if w.record.as_ref() != w.original {
+            if let Some(r) = &w.record {
+                record_changes.push(RecordChange::Upsert(r.clone()));
+            }
+        }
+    }
+    if seen_records < records.nodes.len() {
+        let names: HashSet<&str> = fleet.iter().map(|n| n.name.as_str()).collect();
+        for name in records.nodes.keys().filter(|n| !names.contains(n.as_str())) {
+            record_changes.push(RecordChange::Delete(name.clone()));
+            out.event(name, EventKind::NodeDeleted, format!("node {name} no longer exists; its record is dropped"));
+        }
+    }
+
+    let mut summary = Summary { selected, healthy, unhealthy, unknown, breaker_open, ..Default::default() };
+    for w in work.iter().filter(|w| w.selected) {
+        match w.record.as_ref().map(|r| r.phase) {
+            Some(Phase::Remediating) => summary.remediating += 1,
+            Some(Phase::Manual) => summary.manual += 1,
+            _ => {}
+        }
+    }
+    summary.disruptive_in_flight = inflight.total;
+    for (ri, counts) in reason_counts.iter().enumerate() {
+        for reason in Reason::ALL {
+            let n = counts[reason.index()];
+            if n > 0 {
+                summary.rule_reasons.push((policy.rules[ri].name.clone(), reason.as_str(), n));
+            }
+        }
+    }
+
+    let (actions, would_execute) = if policy.monitor_only { (Vec::new(), out.actions) } else { (out.actions, Vec::new()) };
+    Decision {
+        actions,
+        would_execute,
+        record_changes,
+        policy_record: (policy_record != records.policy).then_some(policy_record),
+        events: out.events,
+        holds: out.holds,
+        next_wakeup: out.wake,
+        summary,
+    }
+}
+
+struct GateState<'a> {
+    breaker_open: bool,
+    selected: usize,
+    pool_sizes: &'a HashMap<&'a str, usize>,
+}
+
+fn update_breaker(ctx: &Ctx, work: &[Work], selected: usize, rec: &mut PolicyRecord, out: &mut Out) -> bool {
+    let now = ctx.now;
+    let Some(b) = &ctx.policy.gates.circuit_breaker else {
+        if rec.breaker_tripped_at.take().is_some() {
+            rec.breaker_reason = None;
+            out.events.push(Event { node: None, kind: EventKind::BreakerClosed, message: "circuit breaker removed from the policy".into() });
+        }
+        return false;
+    };
+    if let Some(tripped) = rec.breaker_tripped_at {
+        let cooled = now >= tripped + b.cooldown;
+        let reset = !b.manual_reset || rec.breaker_reset_requested_at.is_some_and(|r| r >= tripped);
+        if !(cooled && reset) {
+            if !cooled {
+                out.wake_at(tripped + b.cooldown);
+            }
+            return true;
+        }
+        rec.breaker_tripped_at = None;
+        rec.breaker_reason = None;
+        out.events.push(Event {
+            node: None,
+            kind: EventKind::BreakerClosed,
+            message: if b.manual_reset { "circuit breaker closed: cooldown passed and a person reset it".into() } else { "circuit breaker closed: cooldown passed".into() },
+        });
+    }
+    let window_start = now - b.window;
+    let recent = work
+        .iter()
+        .filter(|w| w.selected)
+        .filter(|w| match w.active() {
+            Some(a) => a.unhealthy_since >= window_start,
+            None => w.firing(ctx.policy).is_some_and(|(_, since)| since >= window_start),
+        })
+        .count();
+    if b.max_unhealthy.exceeded_by(recent, selected) {
+        let reason = format!(
+            "{recent} of {selected} selected nodes turned unhealthy within {} (limit {}): halting new remediations for at least {}{}",
+            b.window,
+            b.max_unhealthy,
+            b.cooldown,
+            if b.manual_reset { " and until a person resets the breaker" } else { "" }
+        );
+        rec.breaker_tripped_at = Some(now);
+        rec.breaker_reason = Some(reason.clone());
+        out.events.push(Event { node: None, kind: EventKind::BreakerTripped, message: reason });
+        out.wake_at(now + b.cooldown);
+        return true;
+    }
+    false
+}
+
+fn describe(ctx: &Ctx, w: &Work, rule: usize) -> String {
+    let r = &ctx.policy.rules[rule];
+    let e = &w.evals[rule];
+    let mut s = format!("rule `{}` {}", r.name, e.reason.as_str());
+    if let Some(c) = &r.condition {
+        if let Some(cond) = w.obs.condition(&c.type_) {
+            s += &format!(": {}={} ({}) since {}", cond.type_, cond.status.as_str(), cond.reason, cond.last_transition_time);
+            if !cond.message.is_empty() {
+                s += &format!(", \"{}\"", cond.message);
+            }
+        }
+    } else if let Some(c) = &r.check {
+        if let Some(chk) = w.obs.check(&c.name) {
+            s += &format!(": check `{}` failed {} time(s) in a row (threshold {})", chk.name, chk.consecutive_failures, c.failures);
+            if !chk.message.is_empty() {
+                s += &format!(", \"{}\"", chk.message);
+            }
+        }
+    } else if r.gpu_count.is_some() {
+        let detail: Vec<String> = ctx
+            .vendors
+            .iter()
+            .filter_map(|v| {
+                let expected = w.obs.labels.get(&v.count_label)?;
+                let alloc = w.obs.allocatable.get(&v.resource).copied().unwrap_or(0);
+                Some(format!("{}={} vs allocatable {}={}", v.count_label, expected, v.resource, alloc))
+            })
+            .collect();
+        if !detail.is_empty() {
+            s += &format!(": {}", detail.join(", "));
+        }
+    }
+    if !r.duration.0.eq(&0) {
+        s += &format!(", held {}", r.duration);
+    }
+    s
+}
+
+#[allow(clippy::too_many_arguments)]
+fn try_start(ctx: &Ctx, w: &mut Work, rule: usize, since: Time, gates: &GateState, healthy: usize, unhealthy: usize, inflight: &mut InFlight, out: &mut Out) {
+    let p = ctx.policy;
+    let node = w.obs.name.clone();
+    let why = describe(ctx, w, rule);
+    if !p.pause_requests.is_empty() {
+        out.hold(&node, Gate::Paused, format!("{why}; remediation paused by: {}", p.pause_requests.join(", ")));
+        return;
+    }
+    if gates.breaker_open {
+        out.hold(&node, Gate::CircuitBreaker, format!("{why}; circuit breaker is open"));
+        return;
+    }
+    if let Some(min) = p.gates.min_healthy {
+        let need = min.scaled_up(gates.selected);
+        if healthy < need {
+            out.hold(&node, Gate::MinHealthy, format!("{why}; only {healthy} of {} nodes healthy, minHealthy {min} needs {need}", gates.selected));
+            return;
+        }
+    }
+    if let Some(max) = p.gates.max_unhealthy {
+        let allowed = max.scaled_down(gates.selected);
+        if unhealthy > allowed {
+            out.hold(&node, Gate::MaxUnhealthy, format!("{why}; {unhealthy} of {} nodes unhealthy, maxUnhealthy {max} allows {allowed}", gates.selected));
+            return;
+        }
+    }
+    let record = w.record.get_or_insert_with(|| NodeRecord::new(&node));
+    let lemon = p.gates.retry_budget.as_ref().and_then(|b| {
+        let recent = record.remediation_starts.iter().filter(|t| ctx.now.since(**t) < b.window).count();
+        (recent >= b.max_remediations as usize).then(|| format!("remediated {recent} times within {} (budget {}): a lemon node goes straight to manual", b.window, b.max_remediations))
+    });
+    let first = if lemon.is_some() { ctx.ladder.len() - 1 } else { 0 };
+    let step = ctx.ladder[first].step;
+    if step.is_disruptive()
+        && let Err((gate, msg)) = disruptive_gate(ctx, w.obs, false, gates, inflight, out)
+    {
+        out.hold(&node, gate, format!("{why}; {msg}"));
+        return;
+    }
+    let record = w.record.get_or_insert_with(|| NodeRecord::new(&node));
+    record.remediation_starts.push(ctx.now);
+    record.phase = Phase::Remediating;
+    record.active = Some(ActiveRemediation {
+        trigger: p.rules[rule].name.clone(),
+        reason: why.clone(),
+        started_at: ctx.now,
+        unhealthy_since: since,
+        step_index: first,
+        step,
+        step_started_at: ctx.now,
+        deadline: None,
+        stage: Stage::Executing,
+        executed: false,
+        notified_at: None,
+    });
+    out.event(&node, EventKind::RemediationStarted, format!("node unhealthy: {why}"));
+    if let Some(l) = lemon {
+        out.event(&node, EventKind::LemonNode, l);
+    }
+    start_step(ctx, w, first, false, inflight, out);
+}
+
+/// Checks the gates for starting a disruptive step. `holds_slot`: the node already counts as in flight.
+fn disruptive_gate(ctx: &Ctx, obs: &NodeObservation, holds_slot: bool, gates: &GateState, inflight: &InFlight, out: &mut Out) -> Result<(), (Gate, String)> {
+    let g = &ctx.policy.gates;
+    if gates.breaker_open {
+        return Err((Gate::CircuitBreaker, "circuit breaker is open".into()));
+    }
+    if !ctx.maintenance_open() {
+        let next = ctx.next_maintenance_opening();
+        if let Some(t) = next {
+            out.wake_at(t);
+        }
+        return Err((Gate::MaintenanceWindow, format!("outside maintenance windows (next opens {})", next.map_or("never".into(), |t| t.to_string()))));
+    }
+    if holds_slot {
+        return Ok(());
+    }
+    if let Some(max) = g.max_concurrent {
+        let limit = max.scaled_down(gates.selected).max(1);
+        if inflight.total >= limit {
+            return Err((Gate::MaxConcurrent, format!("{} disruptive remediations in flight, maxConcurrent {max} allows {limit}", inflight.total)));
+        }
+    }
+    if let Some(max) = g.max_concurrent_per_pool {
+        let pool = ctx.pool(obs);
+        let size = gates.pool_sizes.get(pool).copied().unwrap_or(0);
+        let limit = max.scaled_down(size).max(1);
+        let current = inflight.by_pool.get(pool).copied().unwrap_or(0);
+        if current >= limit {
+            return Err((Gate::MaxConcurrentPerPool, format!("{current} disruptive remediations in flight in pool `{pool}`, maxConcurrentPerPool {max} allows {limit}")));
+        }
+    }
+    Ok(())
+}
+
+/// Starts ladder step `index`. `holds_slot`: the node already counts as a disruptive step in flight.
+fn start_step(ctx: &Ctx, w: &mut Work, index: usize, holds_slot: bool, inflight: &mut InFlight, out: &mut Out) {
+    let now = ctx.now;
+    let node = w.obs.name.clone();
+    let ls = &ctx.ladder[index];
+    let class = ctx.policy.node_class(&w.obs.labels, has_gpus(&ctx.vendors, w.obs));
+    let timeout = ls.timeout_for(class);
+    let checks: Vec<(String, String, String)> = if ls.step == RemediationStep::Manual {
+        ctx.policy.rules.iter().enumerate().map(|(i, r)| (r.name.clone(), w.evals[i].reason.as_str().to_string(), describe(ctx, w, i))).collect()
+    } else {
+        Vec::new()
+    };
+    let Some(record) = w.record.as_mut() else { return };
+    let Some(a) = record.active.as_mut() else { return };
+    record.attempt += 1;
+    a.step_index = index;
+    a.step = ls.step;
+    a.step_started_at = now;
+    a.stage = Stage::Executing;
+    a.executed = !ctx.policy.monitor_only;
+    a.deadline = (ls.step != RemediationStep::Manual).then_some(now + timeout);
+    let attempt = record.attempt;
+    if ls.step.is_disruptive() && !holds_slot {
+        inflight.total += 1;
+        *inflight.by_pool.entry(ctx.pool(w.obs).to_string()).or_default() += 1;
+    } else if !ls.step.is_disruptive() && holds_slot {
+        inflight.total = inflight.total.saturating_sub(1);
+        if let Some(n) = inflight.by_pool.get_mut(ctx.pool(w.obs)) {
+            *n = n.saturating_sub(1);
+        }
+    }
+    let taint = &ctx.step_taints[index];
+    match ls.step {
+        RemediationStep::Manual => {
+            record.phase = Phase::Manual;
+            a.notified_at = Some(now);
+            let reason = a.reason.clone();
+            let trigger = a.trigger.clone();
+            let summary = format!("node {node} needs a person: automated repair did not fix it ({reason})");
+            out.event(&node, EventKind::EscalatedToManual, format!("{summary}; tainted {taint}"));
+            let notice = Notice { summary, trigger, reason, labels: w.obs.labels.clone(), history: record.history.clone(), checks };
+            out.actions.push(Action::Notify { node, notice });
+        }
+        step => {
+            let deadline = a.deadline;
+            out.event(&node, EventKind::StepStarted, format!("step {step} (attempt {attempt}) started, tainted {taint}, timeout {timeout} for {class} nodes"));
+            if step != RemediationStep::Quarantine {
+                out.actions.push(Action::Execute { node, step, attempt, deadline, reason: a.reason.clone() });
+            }
+            if let Some(d) = deadline {
+                out.wake_at(d);
+            }
+        }
+    }
+}
+
+/// Ends the current step with `outcome`; `recovered` closes the remediation.
+fn end_step(ctx: &Ctx, w: &mut Work, outcome: StepOutcome, reason: String, out: &mut Out) {
+    let now = ctx.now;
+    let node = w.obs.name.clone();
+    let Some(record) = w.record.as_mut() else { return };
+    let Some(a) = record.active.as_mut() else { return };
+    let h = StepHistory { attempt: record.attempt, step: a.step, started_at: a.step_started_at, ended_at: now, outcome, reason: reason.clone(), executed: a.executed };
+    let step = a.step;
+    let kind = match outcome {
+        StepOutcome::Recovered => EventKind::StepSucceeded,
+        StepOutcome::TimedOut => EventKind::StepTimedOut,
+        StepOutcome::Failed => EventKind::StepFailed,
+        StepOutcome::Completed | StepOutcome::Ended => EventKind::StepSucceeded,
+    };
+    if matches!(outcome, StepOutcome::Recovered | StepOutcome::Ended) {
+        record.active = None;
+        record.phase = Phase::Healthy;
+        record.failing_since.clear();
+    } else {
+        a.stage = Stage::AwaitingNext { ended_at: now };
+    }
+    record.push_history(h);
+    out.event(&node, kind, format!("step {step} {}: {reason}", outcome.as_str()));
+    if outcome == StepOutcome::Recovered {
+        out.event(&node, EventKind::Recovered, format!("node healthy again after {step}; repair taints removed"));
+    }
+}
+
+fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, out: &mut Out) {
+    let now = ctx.now;
+    let p = ctx.policy;
+    // Bounded: each pass either changes the stage or stops.
+    for _ in 0..8 {
+        let Some(a) = w.active().cloned() else { return };
+        let ls = &ctx.ladder[a.step_index.min(ctx.ladder.len() - 1)];
+        match a.stage {
+            Stage::Executing => match a.step {
+                RemediationStep::Manual => {
+                    let req = w.obs.operator_request.as_ref().filter(|r| r.action == OperatorAction::Resolve && r.at >= a.step_started_at);
+                    let Some(req) = req else { return };
+                    if w.healthy_since(p, req.at) {
+                        let msg = format!("resolved by {} at {}; the checks pass", req.by, req.at);
+                        out.event(w.name(), EventKind::ResolvedByOperator, msg.clone());
+                        end_step(ctx, w, StepOutcome::Recovered, msg, out);
+                    } else {
+                        out.hold(w.name(), Gate::AwaitingOperator, format!("{} marked the node resolved at {}; waiting for the checks to pass on fresh data", req.by, req.at));
+                    }
+                    return;
+                }
+                RemediationStep::Quarantine => {
+                    if w.healthy_since(p, a.started_at) {
+                        end_step(ctx, w, StepOutcome::Recovered, "recovered by itself while quarantined".into(), out);
+                        return;
+                    }
+                    match a.deadline {
+                        Some(d) if now < d => {
+                            out.wake_at(d);
+                            return;
+                        }
+                        _ => end_step(ctx, w, StepOutcome::Completed, "quarantine window over, node still unhealthy".into(), out),
+                    }
+                }
+                step => {
+                    let report = w.obs.step_report.as_ref().filter(|r| w.record.as_ref().is_some_and(|rec| rec.attempt == r.attempt));
+                    let completed_at = match (report.map(|r| (r.outcome, r.at, r.message.clone())), ls.completion) {
+                        (Some((ReportedOutcome::Failed, _, msg)), _) => {
+                            end_step(ctx, w, StepOutcome::Failed, format!("executor reported failure: {msg}"), out);
+                            continue;
+                        }
+                        (Some((ReportedOutcome::Succeeded, at, _)), Completion::Reported) => at,
+                        (_, Completion::FixedWait) if a.deadline.is_some_and(|d| now >= d) => a.deadline.unwrap_or(now),
+                        (_, Completion::Reported) if a.deadline.is_some_and(|d| now >= d) => {
+                            let reason = if a.executed { format!("no completion report within {}", now.since(a.step_started_at)) } else { "monitor-only: not executed".into() };
+                            end_step(ctx, w, StepOutcome::TimedOut, reason, out);
+                            continue;
+                        }
+                        _ => {
+                            if let Some(d) = a.deadline {
+                                out.wake_at(d);
+                            }
+                            return;
+                        }
+                    };
+                    if step.is_repair() {
+                        let verify_from = completed_at + ls.settle;
+                        let verify_deadline = verify_from + ls.verify_timeout;
+                        if let Some(act) = w.record.as_mut().and_then(|r| r.active.as_mut()) {
+                            act.stage = Stage::Verifying { completed_at, verify_from, verify_deadline };
+                        }
+                    } else {
+                        end_step(ctx, w, StepOutcome::Completed, format!("{step} finished"), out);
+                    }
+                }
+            },
+            Stage::Verifying { completed_at, verify_from, verify_deadline } => {
+                if now < verify_from {
+                    out.wake_at(verify_from);
+                    return;
+                }
+                if w.healthy_since(p, completed_at) {
+                    end_step(ctx, w, StepOutcome::Recovered, "the checks pass again".into(), out);
+                    return;
+                }
+                if let Some(rule) = w.failing_since(p, completed_at) {
+                    let why = describe(ctx, w, rule);
+                    end_step(ctx, w, StepOutcome::Failed, format!("re-check failed: {why}"), out);
+                    continue;
+                }
+                if now >= verify_deadline {
+                    end_step(ctx, w, StepOutcome::Failed, format!("the checks did not confirm recovery within {} after settling", ls.verify_timeout), out);
+                    continue;
+                }
+                out.wake_at(verify_deadline);
+                return;
+            }
+            Stage::AwaitingNext { .. } => {
+                let next = (a.step_index + 1).min(ctx.ladder.len() - 1);
+                let step = ctx.ladder[next].step;
+                if step.is_disruptive() {
+                    if let Err((gate, msg)) = disruptive_gate(ctx, w.obs, a.step.is_disruptive(), gates, inflight, out) {
+                        out.hold(w.name(), gate, format!("next step {step} waits: {msg}"));
+                        return;
+                    }
+                }
+                start_step(ctx, w, next, a.step.is_disruptive(), inflight, out);
+                if step == RemediationStep::Manual {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The node left the policy (exclude label, selector change): stop managing it and lift our taints.
+fn release(ctx: &Ctx, w: &mut Work, out: &mut Out) {
+    end_step(ctx, w, StepOutcome::Ended, "node no longer selected by the policy (exclude label or selector change)".into(), out);
+    out.event(w.name(), EventKind::NodeReleased, "nodemedic stopped managing this node; its repair taints are removed".into());
+}
+
+fn remember_gpu_failures(ctx: &Ctx, w: &mut Work) {
+    for (i, rule) in ctx.policy.rules.iter().enumerate() {
+        if rule.gpu_count.is_none() {
+            continue;
+        }
+        let bad = w.evals[i].bad_now();
+        let known = w.record.as_ref().is_some_and(|r| r.failing_since.contains_key(&rule.name));
+        if bad && !known && w.active().is_none() {
+            let name = w.obs.name.clone();
+            w.record.get_or_insert_with(|| NodeRecord::new(&name)).failing_since.insert(rule.name.clone(), ctx.now);
+        } else if !bad
+            && known
+            && let Some(r) = w.record.as_mut()
+        {
+            r.failing_since.remove(&rule.name);
+        }
+    }
+}
+
+fn reconcile_taints(ctx: &Ctx, w: &Work, breaker_open: bool, out: &mut Out) {
+    let mut desired: Vec<&str> = Vec::new();
+    if let Some(a) = w.active() {
+        desired.push(&ctx.step_taints[a.step_index.min(ctx.step_taints.len() - 1)]);
+    }
+    let mut soft_changes = Vec::new();
+    if w.selected {
+        for (i, key) in ctx.soft_keys.iter().enumerate() {
+            let Some(key) = key else { continue };
+            let present = w.obs.has_taint(key);
+            let want = match (w.evals[i].verdict, w.evals[i].reason) {
+                (Verdict::Firing { .. }, _) => present || !breaker_open,
+                (_, Reason::CheckAbsent | Reason::ConditionAbsent | Reason::NotApplicable) => false,
+                (Verdict::Ok, _) => false,
+                // Failing but not yet often enough, recovering but not yet often enough, or unknown: keep as is.
+                _ => present,
+            };
+            if want {
+                desired.push(key);
+            }
+            if want != present {
+                soft_changes.push((i, key.as_str(), want));
+            }
+        }
+    }
+    let add: Vec<String> = desired.iter().filter(|k| !w.obs.has_taint(k)).map(|k| k.to_string()).collect();
+    let mut remove: Vec<String> = w
+        .obs
+        .taints
+        .iter()
+        .filter(|t| ctx.managed_keys.contains(&t.key) && !desired.contains(&t.key.as_str()))
+        .filter(|t| w.selected || !ctx.soft_keys.iter().flatten().any(|k| *k == t.key))
+        .map(|t| t.key.clone())
+        .collect();
+    remove.sort();
+    remove.dedup();
+    for (i, key, want) in soft_changes {
+        let rule = &ctx.policy.rules[i];
+        if want {
+            out.event(w.name(), EventKind::SoftTaintAdded, format!("{}; tainted {key} (never escalates)", describe(ctx, w, i)));
+        } else {
+            out.event(w.name(), EventKind::SoftTaintRemoved, format!("rule `{}` {}; removed {key}", rule.name, w.evals[i].reason.as_str()));
+        }
+    }
+    if !add.is_empty() || !remove.is_empty() {
+        out.actions.push(Action::SetTaints { node: w.obs.name.clone(), add, remove });
+    }
+}
+
+/// Applies a decision to records and, unless monitor-only, to the observed nodes' taints: what the
+/// controller's writes would produce. Used by the simulator and by tests.
+pub fn apply(decision: &Decision, fleet: &mut [NodeObservation], records: &mut Records) {
+    for c in &decision.record_changes {
+        match c {
+            RecordChange::Upsert(r) => {
+                records.nodes.insert(r.node.clone(), r.clone());
+            }
+            RecordChange::Delete(n) => {
+                records.nodes.remove(n);
+            }
+        }
+    }
+    if let Some(p) = &decision.policy_record {
+        records.policy = p.clone();
+    }
+    let mut by_name: HashMap<&str, &Action> = HashMap::new();
+    for a in &decision.actions {
+        if let Action::SetTaints { node, .. } = a {
+            by_name.insert(node.as_str(), a);
+        }
+    }
+    if by_name.is_empty() {
+        return;
+    }
+    for n in fleet.iter_mut() {
+        if let Some(Action::SetTaints { add, remove, .. }) = by_name.get(n.name.as_str()) {
+            n.taints.retain(|t| !remove.contains(&t.key));
+            for k in add {
+                if !n.has_taint(k) {
+                    n.taints.push(crate::observe::Taint { key: k.clone(), value: None, effect: crate::observe::TaintEffect::NoSchedule });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Rule evaluation: one node, one rule, one instant → a verdict with an enumerable reason.
+
+use crate::observe::NodeObservation;
+use crate::policy::{GpuCountMatch, GpuVendor, Policy, Rule};
+use crate::time::Time;
+
+/// Enumerable reasons, used as metric labels and in messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The condition or check is in its good state.
+    Healthy,
+    /// Bad, but not yet for the rule's duration or failure count.
+    Failing,
+    /// Bad for long enough: the rule fires.
+    Unhealthy,
+    /// The evidence is older than `staleAfter`: unknown, never a repair.
+    Stale,
+    ConditionAbsent,
+    /// The condition's reason shows another owner (seed 003: a non-Cilium CNI).
+    NotApplicable,
+    CheckAbsent,
+    /// Passing again, but not yet for the rule's `passes`.
+    Recovering,
+    /// The node is in a repair step; its checks are not re-run until the step ends (seed 000).
+    RepairInProgress,
+    GpuCountMatch,
+    GpuCountMismatch,
+    NoAllocatableGpu,
+    NonGpuNode,
+    /// The GPU count label is not a number: unreadable data never triggers a repair.
+    InvalidGpuCountLabel,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 14] = [
+        Reason::Healthy,
+        Reason::Failing,
+        Reason::Unhealthy,
+        Reason::Stale,
+        Reason::ConditionAbsent,
+        Reason::NotApplicable,
+        Reason::CheckAbsent,
+        Reason::Recovering,
+        Reason::RepairInProgress,
+        Reason::GpuCountMatch,
+        Reason::GpuCountMismatch,
+        Reason::NoAllocatableGpu,
+        Reason::NonGpuNode,
+        Reason::InvalidGpuCountLabel,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Healthy => "Healthy",
+            Reason::Failing => "Failing",
+            Reason::Unhealthy => "Unhealthy",
+            Reason::Stale => "Stale",
+            Reason::ConditionAbsent => "ConditionAbsent",
+            Reason::NotApplicable => "NotApplicable",
+            Reason::CheckAbsent => "CheckAbsent",
+            Reason::Recovering => "Recovering",
+            Reason::RepairInProgress => "RepairInProgress",
+            Reason::GpuCountMatch => "GPUCountMatch",
+            Reason::GpuCountMismatch => "GPUCountMismatch",
+            Reason::NoAllocatableGpu => "NoAllocatableGPU",
+            Reason::NonGpuNode => "NonGPUNode",
+            Reason::InvalidGpuCountLabel => "InvalidGPUCountLabel",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The state a rule is in for one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Good state (or not applicable to this node).
+    Ok,
+    /// Bad now; fires at `fires_at` if it stays bad (`None`: fires on a count, not a time).
+    Pending { since: Time, fires_at: Option<Time> },
+    /// Bad for long enough.
+    Firing { since: Time },
+    /// Cannot tell.
+    Unknown,
+    /// Passing again but not enough times to clear a soft rule.
+    Recovering,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleEval {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// When the data behind the verdict was produced; `None` for always-current data (allocatable).
+    pub evidence_at: Option<Time>,
+}
+
+impl RuleEval {
+    fn new(verdict: Verdict, reason: Reason, evidence_at: Option<Time>) -> Self {
+        RuleEval { verdict, reason, evidence_at }
+    }
+    /// The observed state is bad right now, whether or not the rule has fired yet.
+    pub fn bad_now(&self) -> bool {
+        matches!(self.verdict, Verdict::Pending { .. } | Verdict::Firing { .. })
+    }
+    pub fn is_ok(&self) -> bool {
+        self.verdict == Verdict::Ok
+    }
+    pub fn fresh_since(&self, t: Time) -> bool {
+        self.evidence_at.is_none_or(|e| e >= t)
+    }
+}
+
+/// Evaluates one rule. `failing_since` is the engine's memory for rules whose data has no timestamp.
+pub fn evaluate_rule(rule: &Rule, node: &NodeObservation, failing_since: Option<Time>, now: Time) -> RuleEval {
+    if let Some(m) = &rule.condition {
+        let Some(c) = node.condition(&m.type_) else {
+            return RuleEval::new(Verdict::Ok, Reason::ConditionAbsent, None);
+        };
+        if !m.only_with_reasons.is_empty() && !m.only_with_reasons.iter().any(|r| *r == c.reason) {
+            return RuleEval::new(Verdict::Ok, Reason::NotApplicable, None);
+        }
+        let evidence = c.last_heartbeat_time.map_or(c.last_transition_time, |h| h.max(c.last_transition_time));
+        if let Some(stale) = rule.stale_after
+            && now.since(evidence) > stale
+        {
+            return RuleEval::new(Verdict::Unknown, Reason::Stale, Some(evidence));
+        }
+        if c.status != m.status {
+            return RuleEval::new(Verdict::Ok, Reason::Healthy, Some(evidence));
+        }
+        let since = c.last_transition_time;
+        return held(rule, since, now, Some(evidence));
+    }
+    if let Some(m) = &rule.check {
+        let Some(c) = node.check(&m.name) else {
+            return RuleEval::new(Verdict::Ok, Reason::CheckAbsent, None);
+        };
+        if let Some(stale) = rule.stale_after
+            && now.since(c.last_run) > stale
+        {
+            return RuleEval::new(Verdict::Unknown, Reason::Stale, Some(c.last_run));
+        }
+        if c.consecutive_failures == 0 {
+            let verdict = if c.consecutive_passes >= m.passes { Verdict::Ok } else { Verdict::Recovering };
+            let reason = if verdict == Verdict::Ok { Reason::Healthy } else { Reason::Recovering };
+            return RuleEval::new(verdict, reason, Some(c.last_run));
+        }
+        let since = c.failing_since.unwrap_or(c.last_run);
+        if c.consecutive_failures < m.failures {
+            return RuleEval::new(Verdict::Pending { since, fires_at: None }, Reason::Failing, Some(c.last_run));
+        }
+        return held(rule, since, now, Some(c.last_run));
+    }
+    if let Some(m) = &rule.gpu_count {
+        let reason = gpu_count_reason(m, node);
+        return match reason {
+            Reason::GpuCountMismatch | Reason::NoAllocatableGpu => {
+                let since = failing_since.unwrap_or(now);
+                let mut e = held(rule, since, now, None);
+                e.reason = if e.reason == Reason::Unhealthy { reason } else { e.reason };
+                e
+            }
+            Reason::InvalidGpuCountLabel => RuleEval::new(Verdict::Unknown, reason, None),
+            _ => RuleEval::new(Verdict::Ok, reason, None),
+        };
+    }
+    RuleEval::new(Verdict::Unknown, Reason::NotApplicable, None)
+}
+
+fn held(rule: &Rule, since: Time, now: Time, evidence_at: Option<Time>) -> RuleEval {
+    let fires_at = since + rule.duration;
+    if now >= fires_at {
+        RuleEval::new(Verdict::Firing { since }, Reason::Unhealthy, evidence_at)
+    } else {
+        RuleEval::new(Verdict::Pending { since, fires_at: Some(fires_at) }, Reason::Failing, evidence_at)
+    }
+}
+
+/// Seed 003's GPU count reasons: expected (label) against allocatable.
+pub fn gpu_count_reason(m: &GpuCountMatch, node: &NodeObservation) -> Reason {
+    let mut saw_label = false;
+    let mut worst = Reason::GpuCountMatch;
+    for v in &m.vendors {
+        let Some(label) = node.labels.get(&v.count_label) else { continue };
+        saw_label = true;
+        let Ok(expected) = label.trim().parse::<i64>() else {
+            return Reason::InvalidGpuCountLabel;
+        };
+        let allocatable = node.allocatable.get(&v.resource).copied().unwrap_or(0);
+        if expected <= 0 {
+            continue;
+        }
+        if allocatable <= 0 {
+            worst = Reason::NoAllocatableGpu;
+        } else if allocatable < expected && worst == Reason::GpuCountMatch {
+            worst = Reason::GpuCountMismatch;
+        }
+    }
+    if saw_label { worst } else { Reason::NonGpuNode }
+}
+
+/// Whether a node has GPUs, by any vendor's count label or allocatable resource (label first: it
+/// still says GPU node when every GPU has dropped out of allocatable).
+pub fn has_gpus(vendors: &[GpuVendor], node: &NodeObservation) -> bool {
+    vendors.iter().any(|v| node.labels.contains_key(&v.count_label) || node.allocatable.get(&v.resource).is_some_and(|n| *n > 0))
+}
+
+/// The GPU vendors a policy knows: those of its GPU count rule, else the defaults.
+pub fn policy_gpu_vendors(policy: &Policy) -> Vec<GpuVendor> {
+    policy.rules.iter().find_map(|r| r.gpu_count.as_ref()).map_or_else(crate::policy::default_gpu_vendors, |g| g.vendors.clone())
+}

@@ -1,0 +1,131 @@
+//! What the engine is told about each node: a snapshot the adapter builds from the Node object, the
+//! agent's check reports and the executor's step reports. Plain data; nothing here talks to a cluster.
+
+use crate::policy::ConditionStatus;
+use crate::selector::Labels;
+use crate::time::Time;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeObservation {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub taints: Vec<Taint>,
+    #[serde(default)]
+    pub conditions: Vec<NodeCondition>,
+    /// Allocatable extended resources as whole counts (e.g. `nvidia.com/gpu: 8`).
+    #[serde(default)]
+    pub allocatable: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub checks: Vec<CheckObservation>,
+    /// The executor's report on the step in flight, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_report: Option<StepReport>,
+    /// A person's request about this node (e.g. "resolved by hand").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_request: Option<OperatorRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub effect: TaintEffect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: ConditionStatus,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    pub last_transition_time: Time,
+    /// When the owner last confirmed the condition; lets a dead agent be told from a healthy node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<Time>,
+}
+
+/// A probe's recent run history as the node agent counts it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckObservation {
+    pub name: String,
+    /// Consecutive failed runs up to `lastRun` (0 if the last run passed).
+    pub consecutive_failures: u32,
+    /// Consecutive passed runs up to `lastRun` (0 if the last run failed).
+    pub consecutive_passes: u32,
+    pub last_run: Time,
+    /// First failure of the current failing streak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<Time>,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepReport {
+    /// Must equal the record's attempt number, or the report is about an older step and ignored.
+    pub attempt: u32,
+    pub outcome: ReportedOutcome,
+    pub at: Time,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReportedOutcome {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorRequest {
+    pub action: OperatorAction,
+    pub by: String,
+    pub at: Time,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OperatorAction {
+    /// The node was repaired by hand: leave Manual once the checks pass.
+    Resolve,
+}
+
+impl NodeObservation {
+    pub fn new(name: impl Into<String>) -> Self {
+        NodeObservation { name: name.into(), ..Default::default() }
+    }
+    pub fn has_taint(&self, key: &str) -> bool {
+        self.taints.iter().any(|t| t.key == key)
+    }
+    pub fn condition(&self, type_: &str) -> Option<&NodeCondition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+    pub fn check(&self, name: &str) -> Option<&CheckObservation> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+    pub fn is_control_plane(&self) -> bool {
+        self.labels.contains_key("node-role.kubernetes.io/control-plane") || self.labels.contains_key("node-role.kubernetes.io/master")
+    }
+}

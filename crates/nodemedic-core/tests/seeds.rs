@@ -1,0 +1,534 @@
+//! The seeds' behaviour, in the seeds' words, against the pure engine.
+
+use nodemedic_core::engine::{Action, EventKind, Gate};
+use nodemedic_core::observe::{OperatorAction, OperatorRequest, ReportedOutcome};
+use nodemedic_core::policy::{CircuitBreaker, ConditionStatus, IntOrPercent, MaintenanceWindow, Policy, RetryBudget, Weekday};
+use nodemedic_core::record::{Phase, Stage, StepOutcome};
+use nodemedic_core::testkit::{EPOCH, Harness, gpu_node, node, set_condition};
+use nodemedic_core::{Decision, Duration, RemediationStep, presets, probe_may_run};
+
+fn live(mut p: Policy) -> Policy {
+    p.monitor_only = false;
+    p
+}
+
+fn executes(d: &Decision) -> Vec<(String, RemediationStep, u32)> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Execute { node, step, attempt, .. } => Some((node.clone(), *step, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn holds(d: &Decision) -> Vec<(String, Gate)> {
+    d.holds.iter().map(|h| (h.node.clone(), h.gate)).collect()
+}
+
+/// The node comes back from a reboot: the agent restarts (fresh counters), kubelet posts Ready again,
+/// and the executor reports the step done.
+fn rebooted(h: &mut Harness, name: &str) {
+    let now = h.now;
+    let n = h.node(name);
+    n.checks.clear();
+    set_condition(n, "Ready", ConditionStatus::True, "KubeletReady", now);
+    h.report(name, ReportedOutcome::Succeeded);
+}
+
+fn fail_gpu_three_times(h: &mut Harness, name: &str) -> Decision {
+    for _ in 0..2 {
+        h.probe(name, "gpu", false);
+        let d = h.decide();
+        assert!(d.actions.is_empty(), "fewer than three failures must not act: {:?}", d.actions);
+        h.advance(Duration::from_secs(30));
+    }
+    h.probe(name, "gpu", false);
+    h.decide()
+}
+
+fn seed000_harness() -> Harness {
+    Harness::new(live(presets::seed000()), vec![gpu_node("gpu-1", "a", 8, EPOCH), gpu_node("gpu-2", "a", 8, EPOCH)])
+}
+
+#[test]
+fn three_gpu_failures_taint_node_for_reboot() {
+    let mut h = seed000_harness();
+    let d = fail_gpu_three_times(&mut h, "gpu-1");
+    assert_eq!(h.taints("gpu-1"), ["repair-reboot"]);
+    assert_eq!(executes(&d), [("gpu-1".to_string(), RemediationStep::Reboot, 1)]);
+    assert!(h.taints("gpu-2").is_empty());
+    let started = d.events.iter().find(|e| e.kind == EventKind::RemediationStarted).unwrap();
+    assert!(started.message.contains("check `gpu` failed 3 time(s) in a row"), "{}", started.message);
+}
+
+#[test]
+fn a_passing_recheck_after_reboot_clears_the_taint() {
+    let mut h = seed000_harness();
+    fail_gpu_three_times(&mut h, "gpu-1");
+    h.advance(Duration::from_mins(4));
+    rebooted(&mut h, "gpu-1");
+    assert!(h.decide().actions.is_empty());
+    // Seed 000 waits five minutes before re-running the GPU tests.
+    h.advance(Duration::from_mins(4));
+    h.probe("gpu-1", "gpu", true);
+    assert!(h.decide().actions.is_empty(), "still settling");
+    assert_eq!(h.taints("gpu-1"), ["repair-reboot"]);
+    h.advance(Duration::from_mins(1));
+    h.probe("gpu-1", "gpu", true);
+    let d = h.decide();
+    assert!(h.taints("gpu-1").is_empty(), "healthy nodes are cleared of taints");
+    assert!(d.events.iter().any(|e| e.kind == EventKind::Recovered));
+    let rec = &h.records.nodes["gpu-1"];
+    assert_eq!(rec.phase, Phase::Healthy);
+    assert_eq!(rec.history.last().map(|s| (s.step, s.outcome)), Some((RemediationStep::Reboot, StepOutcome::Recovered)));
+}
+
+#[test]
+fn a_failing_recheck_after_reboot_moves_to_reimage() {
+    let mut h = seed000_harness();
+    fail_gpu_three_times(&mut h, "gpu-1");
+    h.advance(Duration::from_mins(4));
+    rebooted(&mut h, "gpu-1");
+    h.decide();
+    h.advance(Duration::from_mins(5));
+    let mut d = Decision::default();
+    for _ in 0..3 {
+        h.probe("gpu-1", "gpu", false);
+        d = h.decide();
+        h.advance(Duration::from_secs(30));
+    }
+    assert_eq!(h.taints("gpu-1"), ["repair-reimage"], "repair-reboot removed, repair-reimage applied");
+    assert_eq!(executes(&d), [("gpu-1".to_string(), RemediationStep::Reimage, 2)]);
+}
+
+#[test]
+fn a_failing_recheck_after_reimage_escalates_to_manual_with_diagnostics() {
+    let mut h = seed000_harness();
+    fail_gpu_three_times(&mut h, "gpu-1");
+    for _ in 0..2 {
+        h.advance(Duration::from_mins(4));
+        rebooted(&mut h, "gpu-1");
+        h.decide();
+        h.advance(Duration::from_mins(5));
+        for _ in 0..3 {
+            h.probe("gpu-1", "gpu", false);
+            h.decide();
+        }
+    }
+    assert_eq!(h.taints("gpu-1"), ["repair-manual"]);
+    let rec = &h.records.nodes["gpu-1"];
+    assert_eq!(rec.phase, Phase::Manual);
+    let steps: Vec<_> = rec.history.iter().map(|s| (s.step, s.outcome)).collect();
+    assert_eq!(steps, [(RemediationStep::Reboot, StepOutcome::Failed), (RemediationStep::Reimage, StepOutcome::Failed)]);
+}
+
+#[test]
+fn manual_escalation_notifies_once_with_node_details_and_repair_history() {
+    let mut h = seed000_harness();
+    fail_gpu_three_times(&mut h, "gpu-1");
+    let mut notices = Vec::new();
+    for _ in 0..2 {
+        h.advance(Duration::from_mins(4));
+        rebooted(&mut h, "gpu-1");
+        h.decide();
+        h.advance(Duration::from_mins(5));
+        for _ in 0..3 {
+            h.probe("gpu-1", "gpu", false);
+            let d = h.decide();
+            notices.extend(d.actions.into_iter().filter(|a| matches!(a, Action::Notify { .. })));
+        }
+    }
+    for _ in 0..3 {
+        h.advance(Duration::from_mins(10));
+        assert!(h.decide().actions.is_empty(), "notified once, nothing more to do");
+    }
+    assert_eq!(notices.len(), 1);
+    let Action::Notify { notice, .. } = &notices[0] else { unreachable!() };
+    assert_eq!(notice.history.len(), 2);
+    assert_eq!(notice.labels.get("nvidia.com/gpu.count").map(String::as_str), Some("8"));
+    assert!(notice.checks.iter().any(|(rule, reason, _)| rule == "gpu" && reason == "Unhealthy"), "{:?}", notice.checks);
+}
+
+#[test]
+fn slow_network_comes_and_goes_with_the_network_check() {
+    let mut h = seed000_harness();
+    for _ in 0..2 {
+        h.probe("gpu-1", "network", false);
+        h.decide();
+    }
+    assert!(h.taints("gpu-1").is_empty());
+    h.probe("gpu-1", "network", false);
+    let d = h.decide();
+    assert_eq!(h.taints("gpu-1"), ["slow-network"]);
+    assert!(d.events.iter().any(|e| e.kind == EventKind::SoftTaintAdded));
+    assert!(executes(&d).is_empty(), "slow-network never escalates");
+    for _ in 0..20 {
+        h.advance(Duration::from_secs(30));
+        h.probe("gpu-1", "network", false);
+        assert!(executes(&h.decide()).is_empty());
+    }
+    assert!(!h.records.nodes.contains_key("gpu-1"), "a soft condition starts no remediation");
+    h.probe("gpu-1", "network", true);
+    let d = h.decide();
+    assert!(h.taints("gpu-1").is_empty(), "removed as soon as the network check passes");
+    assert!(d.events.iter().any(|e| e.kind == EventKind::SoftTaintRemoved));
+}
+
+#[test]
+fn a_repair_tainted_node_is_not_rechecked_for_gpu_health() {
+    assert!(!probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], ""));
+    assert!(!probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["nodemedic.io/repair-manual"], "nodemedic.io/"));
+    assert!(probe_may_run(nodemedic_core::ProbeFamily::Network, &["slow-network", "repair-reboot"], ""));
+    assert!(probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["slow-network"], ""));
+
+    let mut h = seed000_harness();
+    fail_gpu_three_times(&mut h, "gpu-1");
+    for _ in 0..10 {
+        h.advance(Duration::from_secs(30));
+        h.probe("gpu-1", "gpu", false);
+        let d = h.decide();
+        assert!(d.actions.is_empty(), "no second reboot while the first is in progress: {:?}", d.actions);
+        assert!(d.summary.rule_reasons.contains(&("gpu".into(), "RepairInProgress", 1)), "{:?}", d.summary.rule_reasons);
+    }
+    assert_eq!(h.attempt("gpu-1"), 1);
+}
+
+fn six_workers() -> Harness {
+    let fleet = (1..=6)
+        .map(|i| {
+            let mut n = node(&format!("worker-{i}"), "a", EPOCH);
+            n.labels.insert("node-role.kubernetes.io/worker".into(), String::new());
+            n
+        })
+        .collect();
+    Harness::new(live(presets::seed004()), fleet)
+}
+
+#[test]
+fn six_workers_at_min_healthy_51_percent_remediate_only_with_four_healthy() {
+    let mut h = six_workers();
+    for i in 1..=3 {
+        let now = h.now;
+        set_condition(h.node(&format!("worker-{i}")), "Ready", ConditionStatus::False, "KubeletNotReady", now);
+    }
+    h.advance(Duration::from_secs(300));
+    let d = h.decide();
+    assert!(executes(&d).is_empty(), "3 of 6 healthy is below 51% rounded up (4)");
+    assert_eq!(holds(&d).iter().filter(|(_, g)| *g == Gate::MinHealthy).count(), 3);
+    assert!(d.holds[0].message.contains("only 3 of 6 nodes healthy, minHealthy 51% needs 4"), "{}", d.holds[0].message);
+    let now = h.now;
+    set_condition(h.node("worker-3"), "Ready", ConditionStatus::True, "KubeletReady", now);
+    let d = h.decide();
+    let started: Vec<_> = executes(&d).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(started, ["worker-1", "worker-2"], "4 of 6 healthy: remediation allowed");
+}
+
+#[test]
+fn pause_stops_new_remediations_but_not_in_flight_ones() {
+    let mut h = seed000_harness();
+    fail_gpu_three_times(&mut h, "gpu-1");
+    h.policy.pause_requests = vec!["cluster upgrade".into()];
+    let d = fail_gpu_three_times(&mut h, "gpu-2");
+    assert!(executes(&d).is_empty());
+    assert_eq!(holds(&d), [("gpu-2".to_string(), Gate::Paused)]);
+    assert!(d.holds[0].message.contains("cluster upgrade"));
+    // gpu-1's reboot carries on to the end.
+    rebooted(&mut h, "gpu-1");
+    h.decide();
+    h.advance(Duration::from_mins(5));
+    h.probe("gpu-1", "gpu", true);
+    h.decide();
+    assert!(h.taints("gpu-1").is_empty());
+    assert!(h.taints("gpu-2").is_empty());
+    h.policy.pause_requests.clear();
+    h.probe("gpu-2", "gpu", false);
+    assert_eq!(executes(&h.decide()), [("gpu-2".to_string(), RemediationStep::Reboot, 1)]);
+}
+
+#[test]
+fn the_civo_thresholds_each_trigger_at_their_own_duration_and_not_before() {
+    let t0 = EPOCH;
+    let mut ready = node("ready", "a", t0);
+    set_condition(&mut ready, "Ready", ConditionStatus::False, "KubeletNotReady", t0);
+    let mut gpu = gpu_node("gpu", "a", 8, t0);
+    gpu.allocatable.insert("nvidia.com/gpu".into(), 7);
+    let mut disk = node("disk", "a", t0);
+    set_condition(&mut disk, "DiskPressure", ConditionStatus::True, "KubeletHasDiskPressure", t0);
+    let mut cilium = node("cilium", "a", t0);
+    set_condition(&mut cilium, "NetworkUnavailable", ConditionStatus::True, "CiliumIsDown", t0);
+    let mut other_cni = node("other-cni", "a", t0);
+    set_condition(&mut other_cni, "NetworkUnavailable", ConditionStatus::True, "NoRouteCreated", t0);
+    let mut h = Harness::new(live(presets::seed003()), vec![ready, gpu, disk, cilium, other_cni]);
+
+    let mut started_at = std::collections::BTreeMap::new();
+    for minute in 0..=31 {
+        h.now = t0 + Duration::from_mins(minute);
+        for (n, _, _) in executes(&h.decide()) {
+            started_at.entry(n).or_insert(minute);
+        }
+        // Just before each threshold nothing has started for that node.
+        h.now = t0 + Duration::from_mins(minute) + Duration::from_secs(59);
+        h.decide();
+    }
+    let expected = std::collections::BTreeMap::from([("ready".to_string(), 5), ("gpu".to_string(), 10), ("cilium".to_string(), 10), ("disk".to_string(), 30)]);
+    assert_eq!(started_at, expected, "other-cni is skipped: NetworkUnavailable is not Cilium's there");
+}
+
+#[test]
+fn gpu_count_rule_reports_enumerable_reasons() {
+    let mut matching = gpu_node("match", "a", 8, EPOCH);
+    matching.labels.insert("amd.com/gpu.count".into(), "0".into());
+    let mut mismatch = gpu_node("mismatch", "a", 8, EPOCH);
+    mismatch.allocatable.insert("nvidia.com/gpu".into(), 6);
+    let mut none = gpu_node("none", "a", 8, EPOCH);
+    none.allocatable.remove("nvidia.com/gpu");
+    let mut amd = node("amd", "a", EPOCH);
+    amd.labels.insert("amd.com/gpu.count".into(), "8".into());
+    amd.allocatable.insert("amd.com/gpu".into(), 8);
+    let mut garbled = gpu_node("garbled", "a", 8, EPOCH);
+    garbled.labels.insert("nvidia.com/gpu.count".into(), "eight".into());
+    let cpu = node("cpu", "a", EPOCH);
+    let mut h = Harness::new(live(presets::seed003()), vec![matching, mismatch, none, amd, garbled, cpu]);
+    let d = h.decide();
+    let gpu: Vec<_> = d.summary.rule_reasons.iter().filter(|(r, _, _)| r == "gpu-count").map(|(_, reason, n)| (*reason, *n)).collect();
+    assert_eq!(gpu, [("Failing", 2), ("GPUCountMatch", 2), ("NonGPUNode", 1), ("InvalidGPUCountLabel", 1)]);
+    h.advance(Duration::from_mins(10));
+    let d = h.decide();
+    let gpu: Vec<_> = d.summary.rule_reasons.iter().filter(|(r, _, _)| r == "gpu-count").map(|(_, reason, n)| (*reason, *n)).collect();
+    assert_eq!(gpu, [("GPUCountMatch", 2), ("GPUCountMismatch", 1), ("NoAllocatableGPU", 1), ("NonGPUNode", 1), ("InvalidGPUCountLabel", 1)]);
+    let started: Vec<_> = executes(&d).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(started, ["mismatch", "none"], "an unreadable label never triggers a repair");
+}
+
+#[test]
+fn gpu_nodes_wait_40_minutes_and_others_10() {
+    let mut cpu = node("cpu", "a", EPOCH);
+    set_condition(&mut cpu, "Ready", ConditionStatus::False, "KubeletNotReady", EPOCH);
+    let mut gpu = gpu_node("gpu", "a", 8, EPOCH);
+    set_condition(&mut gpu, "Ready", ConditionStatus::False, "KubeletNotReady", EPOCH);
+    let mut h = Harness::new(live(presets::seed003()), vec![cpu, gpu]);
+    h.advance(Duration::from_mins(5));
+    let d = h.decide();
+    let deadlines: Vec<_> = d
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Execute { node, deadline, .. } => Some((node.clone(), deadline.map(|t| t.since(h.now)))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deadlines, [("cpu".to_string(), Some(Duration::from_mins(10))), ("gpu".to_string(), Some(Duration::from_mins(40)))]);
+    // Seed 003 waits the full time, whatever happens meanwhile.
+    h.advance(Duration::from_mins(10));
+    h.decide();
+    let stage = |h: &Harness, n: &str| h.records.nodes[n].active.as_ref().map(|a| a.stage.clone());
+    assert!(matches!(stage(&h, "cpu"), Some(Stage::Verifying { .. })), "the standard node's 10-minute wait is over: re-checking");
+    assert_eq!(stage(&h, "gpu"), Some(Stage::Executing), "the GPU node still waits");
+    h.advance(Duration::from_mins(1));
+    h.decide();
+    assert_eq!(h.records.nodes["cpu"].attempt, 2, "still NotReady after the re-check window: next reboot");
+    h.advance(Duration::from_mins(29));
+    h.decide();
+    assert!(matches!(stage(&h, "gpu"), Some(Stage::Verifying { .. })), "40 minutes after the reboot: re-checking");
+    h.advance(Duration::from_mins(1));
+    h.decide();
+    assert_eq!(h.records.nodes["gpu"].attempt, 2);
+}
+
+#[test]
+fn a_step_that_reports_failure_early_skips_straight_to_the_next_one() {
+    let mut h = seed000_harness();
+    fail_gpu_three_times(&mut h, "gpu-1");
+    h.advance(Duration::from_mins(1));
+    h.report("gpu-1", ReportedOutcome::Failed);
+    let d = h.decide();
+    assert_eq!(executes(&d), [("gpu-1".to_string(), RemediationStep::Reimage, 2)]);
+    assert_eq!(h.taints("gpu-1"), ["repair-reimage"]);
+    // A late report about the old attempt changes nothing.
+    let now = h.now;
+    nodemedic_core::testkit::report(h.node("gpu-1"), 1, ReportedOutcome::Succeeded, now);
+    assert!(h.decide().actions.is_empty());
+}
+
+#[test]
+fn a_step_without_a_report_times_out_and_the_ladder_moves_on() {
+    let mut h = seed000_harness();
+    fail_gpu_three_times(&mut h, "gpu-1");
+    h.advance(Duration::from_mins(29));
+    assert!(h.decide().actions.is_empty());
+    h.advance(Duration::from_mins(1));
+    let d = h.decide();
+    assert_eq!(executes(&d), [("gpu-1".to_string(), RemediationStep::Reimage, 2)]);
+    assert!(d.events.iter().any(|e| e.kind == EventKind::StepTimedOut));
+}
+
+#[test]
+fn stale_evidence_never_triggers_a_repair() {
+    let mut h = Harness::new(live(presets::recommended()), vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    for _ in 0..3 {
+        h.probe("gpu-1", "gpu", false);
+        h.advance(Duration::from_secs(1));
+    }
+    // The agent died: its last report (three failures) is now older than staleAfter.
+    h.advance(Duration::from_mins(6));
+    let d = h.decide();
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.summary.unknown, 1);
+    assert!(d.summary.rule_reasons.contains(&("gpu".into(), "Stale", 1)));
+}
+
+#[test]
+fn monitor_only_records_everything_and_executes_nothing() {
+    let mut h = seed000_harness();
+    h.policy.monitor_only = true;
+    let d = fail_gpu_three_times(&mut h, "gpu-1");
+    assert!(d.actions.is_empty());
+    assert!(d.would_execute.iter().any(|a| matches!(a, Action::Execute { step: RemediationStep::Reboot, .. })));
+    assert!(h.taints("gpu-1").is_empty(), "nothing changes on the node");
+    let rec = &h.records.nodes["gpu-1"];
+    assert_eq!(rec.phase, Phase::Remediating);
+    assert_eq!(rec.active.as_ref().map(|a| a.executed), Some(false));
+}
+
+#[test]
+fn the_circuit_breaker_halts_a_mass_failure_until_the_cooldown_and_a_reset() {
+    let fleet = (0..20).map(|i| gpu_node(&format!("gpu-{i:02}"), "a", 8, EPOCH)).collect();
+    let mut p = live(presets::seed000());
+    p.gates.circuit_breaker = Some(CircuitBreaker { max_unhealthy: IntOrPercent::Percent(20), window: Duration::from_mins(10), cooldown: Duration::from_mins(30), manual_reset: true });
+    let mut h = Harness::new(p, fleet);
+    for i in 0..5 {
+        for _ in 0..3 {
+            h.probe(&format!("gpu-{i:02}"), "gpu", false);
+        }
+    }
+    let d = h.decide();
+    assert!(executes(&d).is_empty(), "5 of 20 (25%) at once is more than 20%: halt");
+    assert!(d.events.iter().any(|e| e.kind == EventKind::BreakerTripped && e.message.contains("5 of 20")));
+    assert_eq!(holds(&d).len(), 5);
+    h.advance(Duration::from_mins(31));
+    assert!(executes(&h.decide()).is_empty(), "cooldown passed but nobody reset the breaker");
+    h.records.policy.breaker_reset_requested_at = Some(h.now);
+    let d = h.decide();
+    assert!(d.events.iter().any(|e| e.kind == EventKind::BreakerClosed));
+    assert_eq!(executes(&d).len(), 5, "the old failures are outside the window now");
+}
+
+#[test]
+fn a_lemon_node_goes_straight_to_manual() {
+    let mut p = live(presets::seed000());
+    p.gates.retry_budget = Some(RetryBudget { max_remediations: 2, window: Duration::from_days(7) });
+    let mut h = Harness::new(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    for _ in 0..2 {
+        fail_gpu_three_times(&mut h, "gpu-1");
+        rebooted(&mut h, "gpu-1");
+        h.decide();
+        h.advance(Duration::from_mins(5));
+        h.probe("gpu-1", "gpu", true);
+        h.decide();
+        assert!(h.taints("gpu-1").is_empty());
+        h.advance(Duration::from_hours(6));
+    }
+    let d = fail_gpu_three_times(&mut h, "gpu-1");
+    assert_eq!(h.taints("gpu-1"), ["repair-manual"]);
+    assert!(executes(&d).is_empty());
+    assert!(d.events.iter().any(|e| e.kind == EventKind::LemonNode && e.message.contains("remediated 2 times")));
+}
+
+#[test]
+fn max_concurrent_limits_disruptive_remediations() {
+    let fleet = (0..10).map(|i| gpu_node(&format!("gpu-{i}"), "a", 8, EPOCH)).collect();
+    let mut p = live(presets::seed000());
+    p.gates.max_concurrent = Some(IntOrPercent::Count(2));
+    let mut h = Harness::new(p, fleet);
+    for i in 0..4 {
+        for _ in 0..3 {
+            h.probe(&format!("gpu-{i}"), "gpu", false);
+        }
+    }
+    let d = h.decide();
+    assert_eq!(executes(&d).len(), 2);
+    assert_eq!(holds(&d).iter().filter(|(_, g)| *g == Gate::MaxConcurrent).count(), 2);
+}
+
+#[test]
+fn disruptive_steps_wait_for_a_maintenance_window() {
+    let mut p = live(presets::seed000());
+    // EPOCH is Monday 00:00 UTC; the window opens Tuesday 02:00 for two hours.
+    p.gates.maintenance_windows = vec![MaintenanceWindow { days: vec![Weekday::Tue], start: "02:00".into(), duration: Duration::from_hours(2) }];
+    let mut h = Harness::new(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let d = fail_gpu_three_times(&mut h, "gpu-1");
+    assert_eq!(holds(&d), [("gpu-1".to_string(), Gate::MaintenanceWindow)]);
+    assert_eq!(d.next_wakeup, Some(EPOCH + Duration::from_hours(26)));
+    h.now = EPOCH + Duration::from_hours(26);
+    assert_eq!(executes(&h.decide()).len(), 1);
+}
+
+#[test]
+fn a_person_resolves_a_manual_node_and_it_returns_once_the_checks_pass() {
+    let mut p = live(presets::seed000());
+    p.ladder = vec![nodemedic_core::policy::LadderStep::new(RemediationStep::Manual, Duration::ZERO)];
+    let mut h = Harness::new(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    fail_gpu_three_times(&mut h, "gpu-1");
+    assert_eq!(h.taints("gpu-1"), ["repair-manual"]);
+    h.advance(Duration::from_hours(3));
+    let now = h.now;
+    h.node("gpu-1").operator_request = Some(OperatorRequest { action: OperatorAction::Resolve, by: "alice".into(), at: now });
+    let d = h.decide();
+    assert_eq!(holds(&d), [("gpu-1".to_string(), Gate::AwaitingOperator)], "checks have not run since");
+    h.advance(Duration::from_secs(30));
+    h.node("gpu-1").checks.clear();
+    h.probe("gpu-1", "gpu", true);
+    let d = h.decide();
+    assert!(h.taints("gpu-1").is_empty());
+    assert!(d.events.iter().any(|e| e.kind == EventKind::ResolvedByOperator && e.message.contains("alice")));
+}
+
+#[test]
+fn a_deleted_nodes_record_is_dropped() {
+    let mut h = seed000_harness();
+    fail_gpu_three_times(&mut h, "gpu-1");
+    h.fleet.retain(|n| n.name != "gpu-1");
+    let d = h.decide();
+    assert!(d.record_changes.contains(&nodemedic_core::RecordChange::Delete("gpu-1".into())));
+    assert!(h.records.nodes.is_empty());
+}
+
+#[test]
+fn an_excluded_node_is_released_and_its_taints_lifted() {
+    let mut h = seed000_harness();
+    fail_gpu_three_times(&mut h, "gpu-1");
+    h.node("gpu-1").labels.insert("nodemedic.io/exclude".into(), "true".into());
+    let d = h.decide();
+    assert!(h.taints("gpu-1").is_empty());
+    assert!(d.events.iter().any(|e| e.kind == EventKind::NodeReleased));
+    h.probe("gpu-1", "gpu", false);
+    assert!(h.decide().actions.is_empty(), "excluded nodes are never touched");
+}
+
+#[test]
+fn control_plane_nodes_need_their_own_policy() {
+    let mut cp = gpu_node("cp-1", "a", 8, EPOCH);
+    cp.labels.insert("node-role.kubernetes.io/control-plane".into(), String::new());
+    let mut h = Harness::new(live(presets::seed000()), vec![cp]);
+    let d = fail_gpu_three_times(&mut h, "cp-1");
+    assert_eq!(d.summary.selected, 0);
+    assert!(d.actions.is_empty());
+    h.policy.node_role = nodemedic_core::policy::NodeRole::ControlPlane;
+    h.probe("cp-1", "gpu", false);
+    assert_eq!(executes(&h.decide()).len(), 1);
+}
+
+#[test]
+fn a_restarted_process_reloading_its_records_decides_exactly_the_same() {
+    let mut h = seed000_harness();
+    fail_gpu_three_times(&mut h, "gpu-1");
+    h.advance(Duration::from_mins(3));
+    rebooted(&mut h, "gpu-1");
+    let json = serde_json::to_string(&h.records).unwrap();
+    let reloaded: nodemedic_core::Records = serde_json::from_str(&json).unwrap();
+    assert_eq!(reloaded, h.records);
+    let a = nodemedic_core::decide(&h.policy, &h.fleet, &h.records, h.now);
+    let b = nodemedic_core::decide(&h.policy, &h.fleet, &reloaded, h.now);
+    assert_eq!(a, b);
+}

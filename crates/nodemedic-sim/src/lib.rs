@@ -1,0 +1,5 @@
+//! nodemedic-sim owns the discrete-event fleet simulator that drives
+//! nodemedic-core's engine. It must not depend on tokio, kube or any clock:
+//! time is simulated, measured in milliseconds since the start of a run.
+
+pub mod faults;
