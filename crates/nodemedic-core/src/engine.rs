@@ -51,6 +51,7 @@ pub struct Notice {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "change", content = "record")]
+#[allow(clippy::large_enum_variant)] // a handful per decision; boxing would only complicate callers
 pub enum RecordChange {
     Upsert(NodeRecord),
     Delete(String),
@@ -266,9 +267,15 @@ impl Work<'_> {
             })
             .min_by_key(|(i, since)| (*since, *i))
     }
-    /// Every remediating rule passes on evidence produced at or after `since`.
+    /// Every remediating rule passes on evidence produced at or after `since`, and the rule that
+    /// started the remediation passes on evidence it actually saw: an absent check (the agent has not
+    /// reported since the reboot) proves nothing.
     fn healthy_since(&self, policy: &Policy, since: Time) -> bool {
-        self.evals.iter().enumerate().filter(|(i, _)| !policy.rules[*i].is_soft()).all(|(_, e)| e.is_ok() && e.fresh_since(since))
+        let trigger = self.active().map(|a| a.trigger.as_str());
+        self.evals.iter().enumerate().filter(|(i, _)| !policy.rules[*i].is_soft()).all(|(i, e)| {
+            let seen = !matches!(e.reason, Reason::CheckAbsent | Reason::ConditionAbsent);
+            e.is_ok() && e.fresh_since(since) && (Some(policy.rules[i].name.as_str()) != trigger || seen)
+        })
     }
     /// Some remediating rule is bad on evidence produced at or after `since`.
     fn failing_since(&self, policy: &Policy, since: Time) -> Option<usize> {
@@ -391,17 +398,14 @@ pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now
     let breaker_open = update_breaker(&ctx, &work, selected, &mut policy_record, &mut out);
 
     // Disruptive steps in flight, cluster-wide and per pool.
-    let mut inflight = InFlight { total: 0, by_pool: HashMap::new() };
-    for w in &work {
-        if w.active().is_some_and(|a| a.step.is_disruptive()) {
-            inflight.total += 1;
-            *inflight.by_pool.entry(ctx.pool(w.obs).to_string()).or_default() += 1;
-        }
-    }
+    let mut inflight = in_flight(&ctx, &work);
     let gates = GateState { breaker_open, selected, pool_sizes: &pool_sizes };
 
-    // Nodes on the ladder move along it; nodes that left the policy are released.
-    for w in work.iter_mut() {
+    // Nodes on the ladder move along it; nodes that left the policy are released. A node whose next
+    // step needs a new disruptive slot waits until every other node has moved, so that slots freed
+    // this time (recovered, released, escalated) are handed out this time, not on the next decision.
+    let mut waiting = Vec::new();
+    for (i, w) in work.iter_mut().enumerate() {
         if w.active().is_none() {
             continue;
         }
@@ -409,7 +413,13 @@ pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now
             release(&ctx, w, &mut out);
             continue;
         }
-        advance(&ctx, w, &gates, &mut inflight, &mut out);
+        if advance(&ctx, w, &gates, &mut inflight, &mut out, true) {
+            waiting.push(i);
+        }
+    }
+    inflight = in_flight(&ctx, &work);
+    for i in waiting {
+        advance(&ctx, &mut work[i], &gates, &mut inflight, &mut out, false);
     }
 
     // Unhealthy nodes not yet on the ladder, oldest first.
@@ -423,6 +433,11 @@ pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now
     for (since, i, rule) in candidates {
         let w = &mut work[i];
         try_start(&ctx, w, rule, since, &gates, healthy, unhealthy, &mut inflight, &mut out);
+        if w.active().is_some() {
+            // A first step that is over at once (a zero quarantine window) moves on now, not on the
+            // next decision.
+            advance(&ctx, w, &gates, &mut inflight, &mut out, false);
+        }
     }
 
     // Memory for rules whose data has no timestamp (the GPU count rule).
@@ -456,10 +471,10 @@ pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now
                 out.wake_at(t + retention);
             }
         }
-        if w.record.as_ref() != w.original {
-            if let Some(r) = &w.record {
-                record_changes.push(RecordChange::Upsert(r.clone()));
-            }
+        if w.record.as_ref() != w.original
+            && let Some(r) = &w.record
+        {
+            record_changes.push(RecordChange::Upsert(r.clone()));
         }
     }
     if seen_records < records.nodes.len() {
@@ -478,7 +493,7 @@ pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now
             _ => {}
         }
     }
-    summary.disruptive_in_flight = inflight.total;
+    summary.disruptive_in_flight = in_flight(&ctx, &work).total;
     for (ri, counts) in reason_counts.iter().enumerate() {
         for reason in Reason::ALL {
             let n = counts[reason.index()];
@@ -499,6 +514,18 @@ pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now
         next_wakeup: out.wake,
         summary,
     }
+}
+
+/// Counts the disruptive steps in flight as the (updated) records say.
+fn in_flight(ctx: &Ctx, work: &[Work]) -> InFlight {
+    let mut inflight = InFlight { total: 0, by_pool: HashMap::new() };
+    for w in work {
+        if w.active().is_some_and(|a| a.step.is_disruptive()) {
+            inflight.total += 1;
+            *inflight.by_pool.entry(ctx.pool(w.obs).to_string()).or_default() += 1;
+        }
+    }
+    inflight
 }
 
 struct GateState<'a> {
@@ -778,18 +805,20 @@ fn end_step(ctx: &Ctx, w: &mut Work, outcome: StepOutcome, reason: String, out: 
     }
 }
 
-fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, out: &mut Out) {
+/// Moves a node along the ladder as far as it can go now. With `defer_new_slot`, stops before a step
+/// that needs a new disruptive slot and returns true: the caller hands slots out afterwards.
+fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, out: &mut Out, defer_new_slot: bool) -> bool {
     let now = ctx.now;
     let p = ctx.policy;
     // Bounded: each pass either changes the stage or stops.
     for _ in 0..8 {
-        let Some(a) = w.active().cloned() else { return };
+        let Some(a) = w.active().cloned() else { return false };
         let ls = &ctx.ladder[a.step_index.min(ctx.ladder.len() - 1)];
         match a.stage {
             Stage::Executing => match a.step {
                 RemediationStep::Manual => {
                     let req = w.obs.operator_request.as_ref().filter(|r| r.action == OperatorAction::Resolve && r.at >= a.step_started_at);
-                    let Some(req) = req else { return };
+                    let Some(req) = req else { return false };
                     if w.healthy_since(p, req.at) {
                         let msg = format!("resolved by {} at {}; the checks pass", req.by, req.at);
                         out.event(w.name(), EventKind::ResolvedByOperator, msg.clone());
@@ -797,17 +826,17 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                     } else {
                         out.hold(w.name(), Gate::AwaitingOperator, format!("{} marked the node resolved at {}; waiting for the checks to pass on fresh data", req.by, req.at));
                     }
-                    return;
+                    return false;
                 }
                 RemediationStep::Quarantine => {
                     if w.healthy_since(p, a.started_at) {
                         end_step(ctx, w, StepOutcome::Recovered, "recovered by itself while quarantined".into(), out);
-                        return;
+                        return false;
                     }
                     match a.deadline {
                         Some(d) if now < d => {
                             out.wake_at(d);
-                            return;
+                            return false;
                         }
                         _ => end_step(ctx, w, StepOutcome::Completed, "quarantine window over, node still unhealthy".into(), out),
                     }
@@ -830,7 +859,7 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                             if let Some(d) = a.deadline {
                                 out.wake_at(d);
                             }
-                            return;
+                            return false;
                         }
                     };
                     if step.is_repair() {
@@ -847,11 +876,11 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
             Stage::Verifying { completed_at, verify_from, verify_deadline } => {
                 if now < verify_from {
                     out.wake_at(verify_from);
-                    return;
+                    return false;
                 }
                 if w.healthy_since(p, completed_at) {
                     end_step(ctx, w, StepOutcome::Recovered, "the checks pass again".into(), out);
-                    return;
+                    return false;
                 }
                 if let Some(rule) = w.failing_since(p, completed_at) {
                     let why = describe(ctx, w, rule);
@@ -863,24 +892,28 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                     continue;
                 }
                 out.wake_at(verify_deadline);
-                return;
+                return false;
             }
             Stage::AwaitingNext { .. } => {
                 let next = (a.step_index + 1).min(ctx.ladder.len() - 1);
                 let step = ctx.ladder[next].step;
-                if step.is_disruptive() {
-                    if let Err((gate, msg)) = disruptive_gate(ctx, w.obs, a.step.is_disruptive(), gates, inflight, out) {
-                        out.hold(w.name(), gate, format!("next step {step} waits: {msg}"));
-                        return;
-                    }
+                if defer_new_slot && step.is_disruptive() && !a.step.is_disruptive() {
+                    return true;
+                }
+                if step.is_disruptive()
+                    && let Err((gate, msg)) = disruptive_gate(ctx, w.obs, a.step.is_disruptive(), gates, inflight, out)
+                {
+                    out.hold(w.name(), gate, format!("next step {step} waits: {msg}"));
+                    return false;
                 }
                 start_step(ctx, w, next, a.step.is_disruptive(), inflight, out);
                 if step == RemediationStep::Manual {
-                    return;
+                    return false;
                 }
             }
         }
     }
+    false
 }
 
 /// The node left the policy (exclude label, selector change): stop managing it and lift our taints.

@@ -118,7 +118,7 @@ pub fn evaluate_rule(rule: &Rule, node: &NodeObservation, failing_since: Option<
         let Some(c) = node.condition(&m.type_) else {
             return RuleEval::new(Verdict::Ok, Reason::ConditionAbsent, None);
         };
-        if !m.only_with_reasons.is_empty() && !m.only_with_reasons.iter().any(|r| *r == c.reason) {
+        if !m.only_with_reasons.is_empty() && !m.only_with_reasons.contains(&c.reason) {
             return RuleEval::new(Verdict::Ok, Reason::NotApplicable, None);
         }
         let evidence = c.last_heartbeat_time.map_or(c.last_transition_time, |h| h.max(c.last_transition_time));

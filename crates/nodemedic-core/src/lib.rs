@@ -20,13 +20,13 @@ pub use record::{NodeRecord, Phase, Records};
 pub use time::{Duration, Time};
 
 /// Which probes the node agent may run on a node with these taints: GPU probes pause while a repair
-/// taint is on the node (the repair is in progress, seed 000); the network probe keeps running on
-/// `slow-network` nodes so recovery is seen.
-pub fn probe_may_run(family: ProbeFamily, taint_keys: &[&str], taint_prefix: &str) -> bool {
+/// taint is on the node (the repair is in progress, seed 000) and run again when the controller wants a
+/// re-check — `verifying`: the record is verifying a repair (seed 000's reboot service re-runs the GPU
+/// tests), or a person marked a Manual node resolved; the network probe keeps
+/// running on `slow-network` nodes so recovery is seen.
+pub fn probe_may_run(family: ProbeFamily, taint_keys: &[&str], taint_prefix: &str, verifying: bool) -> bool {
     match family {
-        ProbeFamily::Gpu => !taint_keys.iter().any(|k| {
-            k.strip_prefix(taint_prefix).is_some_and(|name| name.starts_with("repair-"))
-        }),
+        ProbeFamily::Gpu => verifying || !taint_keys.iter().any(|k| k.strip_prefix(taint_prefix).is_some_and(|name| name.starts_with("repair-"))),
         ProbeFamily::Network | ProbeFamily::Disk | ProbeFamily::Custom => true,
     }
 }

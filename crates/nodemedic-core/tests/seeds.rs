@@ -177,10 +177,11 @@ fn slow_network_comes_and_goes_with_the_network_check() {
 
 #[test]
 fn a_repair_tainted_node_is_not_rechecked_for_gpu_health() {
-    assert!(!probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], ""));
-    assert!(!probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["nodemedic.io/repair-manual"], "nodemedic.io/"));
-    assert!(probe_may_run(nodemedic_core::ProbeFamily::Network, &["slow-network", "repair-reboot"], ""));
-    assert!(probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["slow-network"], ""));
+    assert!(!probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], "", false));
+    assert!(!probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["nodemedic.io/repair-manual"], "nodemedic.io/", false));
+    assert!(probe_may_run(nodemedic_core::ProbeFamily::Network, &["slow-network", "repair-reboot"], "", false));
+    assert!(probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["slow-network"], "", false));
+    assert!(probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], "", true), "the re-check after the reboot runs them");
 
     let mut h = seed000_harness();
     fail_gpu_three_times(&mut h, "gpu-1");
@@ -531,4 +532,60 @@ fn a_restarted_process_reloading_its_records_decides_exactly_the_same() {
     let a = nodemedic_core::decide(&h.policy, &h.fleet, &h.records, h.now);
     let b = nodemedic_core::decide(&h.policy, &h.fleet, &reloaded, h.now);
     assert_eq!(a, b);
+}
+
+// Regressions found by the property tests (tests/properties.rs).
+
+fn recommended_fleet(n: usize) -> Harness {
+    let fleet = (0..n).map(|i| gpu_node(&format!("gpu-{i:02}"), "a", 8, EPOCH)).collect();
+    Harness::new(live(presets::recommended()), fleet)
+}
+
+#[test]
+fn a_zero_quarantine_window_moves_on_in_the_same_decision() {
+    let mut h = recommended_fleet(20);
+    let d = fail_gpu_three_times(&mut h, "gpu-07");
+    assert_eq!(executes(&d), [("gpu-07".to_string(), RemediationStep::Drain, 2)], "quarantine (0s) is over at once: drain now");
+    assert_eq!(h.taints("gpu-07"), ["nodemedic.io/draining"]);
+    let again = h.decide();
+    assert!(again.actions.is_empty() && again.record_changes.is_empty(), "deciding again at the same instant does nothing: {:?}", again.actions);
+}
+
+#[test]
+fn a_slot_freed_by_a_recovery_goes_to_a_waiting_node_in_the_same_decision() {
+    // maxConcurrent 5% of 20 nodes: one disruptive step at a time.
+    let mut h = recommended_fleet(20);
+    assert_eq!(executes(&fail_gpu_three_times(&mut h, "gpu-19")), [("gpu-19".to_string(), RemediationStep::Drain, 2)]);
+    h.advance(Duration::from_secs(30));
+    let d = fail_gpu_three_times(&mut h, "gpu-00");
+    assert!(executes(&d).is_empty());
+    assert_eq!(holds(&d), [("gpu-00".to_string(), Gate::MaxConcurrent)], "quarantined, its drain waits for the slot");
+    h.advance(Duration::from_mins(1));
+    h.report("gpu-19", ReportedOutcome::Succeeded);
+    assert_eq!(executes(&h.decide()), [("gpu-19".to_string(), RemediationStep::Reboot, 3)], "the slot moves with gpu-19 to its reboot");
+    h.advance(Duration::from_mins(4));
+    rebooted(&mut h, "gpu-19");
+    h.decide();
+    h.advance(Duration::from_mins(2));
+    h.probe("gpu-19", "gpu", true);
+    let d = h.decide();
+    assert!(d.events.iter().any(|e| e.kind == EventKind::Recovered && e.node.as_deref() == Some("gpu-19")));
+    assert_eq!(executes(&d), [("gpu-00".to_string(), RemediationStep::Drain, 2)], "gpu-19's slot is free this time, not next time");
+    assert_eq!(d.summary.disruptive_in_flight, 1);
+    let again = h.decide();
+    assert!(again.actions.is_empty() && again.record_changes.is_empty(), "{:?}", again.actions);
+}
+
+#[test]
+fn releasing_a_node_frees_its_slot_and_the_summary_says_so() {
+    let mut h = recommended_fleet(20);
+    fail_gpu_three_times(&mut h, "gpu-19");
+    h.advance(Duration::from_secs(30));
+    fail_gpu_three_times(&mut h, "gpu-00");
+    h.node("gpu-19").labels.insert("nodemedic.io/exclude".into(), "true".into());
+    let d = h.decide();
+    assert!(d.events.iter().any(|e| e.kind == EventKind::NodeReleased));
+    assert_eq!(executes(&d), [("gpu-00".to_string(), RemediationStep::Drain, 2)]);
+    assert_eq!(d.summary.disruptive_in_flight, 1, "gpu-19 is no longer in flight, gpu-00 is");
+    assert!(h.decide().actions.is_empty());
 }

@@ -3,3 +3,4 @@
 //! time is simulated, measured in milliseconds since the start of a run.
 
 pub mod faults;
+pub mod sim;

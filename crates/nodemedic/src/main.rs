@@ -1,1 +1,242 @@
-fn main() {}
+//! The `nodemedic` command line. It owns argument parsing, file reading and printing only; every
+//! decision comes from nodemedic-core and every simulation from nodemedic-sim.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use nodemedic_core::{Policy, Records, Time, decide, presets};
+use nodemedic_sim::faults::{FleetSpec, MS_PER_DAY};
+use nodemedic_sim::sim::{Report, SimConfig, simulate};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "nodemedic", version, about = "Keeps Kubernetes GPU clusters healthy: detect, quarantine, repair, escalate — safely.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulate a GPU fleet over weeks of published fault data and report what a policy costs.
+    Simulate(SimulateArgs),
+    /// Check a policy file and print every problem, each naming its field.
+    Validate { policy: PathBuf },
+    /// Preview the decision a policy makes for a snapshot of nodes (JSON list of observations).
+    Plan {
+        /// Policy file (YAML or JSON) or a built-in preset name.
+        #[arg(long)]
+        policy: String,
+        /// JSON array of node observations.
+        #[arg(long)]
+        nodes: PathBuf,
+        /// JSON records (as the controller stores them); none if omitted.
+        #[arg(long)]
+        records: Option<PathBuf>,
+        /// Decide as of this RFC 3339 time (default: now).
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Print a built-in policy as YAML (nodemedic, seed000, seed003, seed004).
+    Preset { name: String },
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Policy to simulate: a file, or a preset name (nodemedic, seed000, seed003, seed004).
+    #[arg(long, default_value = "nodemedic")]
+    policy: String,
+    /// Also run these (files or presets) side by side; `--compare` alone compares all presets.
+    #[arg(long, num_args = 0.., value_delimiter = ',')]
+    compare: Option<Vec<String>>,
+    #[arg(long, default_value_t = 2048)]
+    nodes: u32,
+    #[arg(long, default_value_t = 8)]
+    gpus_per_node: u8,
+    #[arg(long, default_value_t = 54.0)]
+    days: f64,
+    /// Random seed: the same seed gives the same run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the reports as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn load_policy(spec: &str) -> Result<(String, Policy)> {
+    if let Some(p) = presets::by_name(spec) {
+        return Ok((spec.to_string(), p));
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        bail!("`{spec}` is neither a policy file nor a preset (presets: {})", presets::all().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {spec}"))?;
+    let policy = if spec.ends_with(".json") { Policy::from_json(&text) } else { Policy::from_yaml(&text) }.with_context(|| format!("policy {spec}"))?;
+    let name = path.file_stem().map_or(spec.to_string(), |s| s.to_string_lossy().into_owned());
+    Ok((name, policy))
+}
+
+fn run_simulate(args: SimulateArgs) -> Result<()> {
+    if args.nodes == 0 || !(args.days > 0.0) {
+        bail!("--nodes and --days must be more than zero");
+    }
+    let mut policies = vec![load_policy(&args.policy)?];
+    match &args.compare {
+        Some(list) if list.is_empty() => {
+            policies.extend(presets::all().into_iter().filter(|(n, _)| *n != args.policy).map(|(n, p)| (n.to_string(), p)));
+        }
+        Some(list) => {
+            for spec in list {
+                policies.push(load_policy(spec)?);
+            }
+        }
+        None => {}
+    }
+    let cfg = SimConfig {
+        fleet: FleetSpec { nodes: args.nodes, gpus_per_node: args.gpus_per_node, duration_ms: (args.days * MS_PER_DAY as f64) as i64 },
+        seed: args.seed,
+        ..SimConfig::default()
+    };
+    cfg.model.validate().context("fault model")?;
+    let started = Instant::now();
+    let progress: Vec<AtomicU64> = policies.iter().map(|_| AtomicU64::new(0)).collect();
+    let mut reports: Vec<Option<Report>> = vec![None; policies.len()];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = policies
+            .iter()
+            .zip(&progress)
+            .map(|((name, policy), prog)| {
+                let cfg = &cfg;
+                s.spawn(move || simulate(cfg, name, policy, &mut |f| prog.store((f * 1000.0) as u64, Ordering::Relaxed)))
+            })
+            .collect();
+        // A progress bar only for runs that take more than a second.
+        let mut bar: Option<ProgressBar> = None;
+        while handles.iter().any(|h| !h.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            if bar.is_none() && started.elapsed().as_secs_f64() > 1.0 && !args.json {
+                let b = ProgressBar::new(1000 * policies.len() as u64);
+                b.set_style(ProgressStyle::with_template("simulating {bar:40} {percent}% ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_bar()));
+                bar = Some(b);
+            }
+            if let Some(b) = &bar {
+                b.set_position(progress.iter().map(|p| p.load(Ordering::Relaxed)).sum());
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        for (slot, h) in reports.iter_mut().zip(handles) {
+            *slot = h.join().ok();
+        }
+    });
+    let reports: Vec<Report> = reports.into_iter().collect::<Option<_>>().context("a simulation thread panicked")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", render(&reports, started.elapsed().as_secs_f64()));
+    }
+    Ok(())
+}
+
+fn render(reports: &[Report], secs: f64) -> String {
+    let Some(first) = reports.first() else { return String::new() };
+    let mut out = format!(
+        "nodemedic simulate: {} nodes x {} GPUs, {:.0} days, seed {} ({:.1}s)\nfaults: {} real, {} probe false positives, {} network flaps\n\n",
+        first.nodes, first.gpus_per_node, first.days, first.seed, secs, first.faults.real, first.faults.false_positives, first.faults.network_flaps
+    );
+    let w = 34;
+    out += &format!("{:w$}", "");
+    for r in reports {
+        out += &format!("{:>14}", r.policy);
+    }
+    out += "\n";
+    type Row = (&'static str, fn(&Report) -> String);
+    let rows: Vec<Row> = vec![
+        ("GPU-hours lost, total", |r| format!("{:.0}", r.gpu_hours_lost.total)),
+        ("  share of fleet capacity", |r| format!("{:.3}%", r.fleet_share_lost * 100.0)),
+        ("  policy-controlled", |r| format!("{:.0}", r.gpu_hours_lost.policy_controlled)),
+        ("    faulty node still taking work", |r| format!("{:.0}", r.gpu_hours_lost.faulty_node_serving)),
+        ("    repairs that did not fix", |r| format!("{:.0}", r.gpu_hours_lost.ineffective_repairs)),
+        ("    healthy nodes disrupted", |r| format!("{:.0}", r.gpu_hours_lost.healthy_nodes_disrupted)),
+        ("    waiting (gates/verify/people)", |r| format!("{:.0}", r.gpu_hours_lost.waiting)),
+        ("  repair that finally worked", |r| format!("{:.0}", r.gpu_hours_lost.effective_repair)),
+        ("time to quarantine, mean (min)", |r| format!("{:.1}", r.time_to_quarantine.mean_minutes)),
+        ("time to quarantine, p95 (min)", |r| format!("{:.1}", r.time_to_quarantine.p95_minutes)),
+        ("time to repair, mean (h)", |r| format!("{:.1}", r.time_to_repair.mean_minutes / 60.0)),
+        ("time to repair, p95 (h)", |r| format!("{:.1}", r.time_to_repair.p95_minutes / 60.0)),
+        ("faults found by people", |r| r.faults.found_by_people.to_string()),
+        ("escalations to manual", |r| r.escalations_to_manual.to_string()),
+        ("unresolved at end", |r| r.faults.unresolved_at_end.to_string()),
+        ("engine decisions", |r| r.decisions.to_string()),
+    ];
+    for (label, f) in rows {
+        out += &format!("{label:w$}");
+        for r in reports {
+            out += &format!("{:>14}", f(r));
+        }
+        out += "\n";
+    }
+    let mut steps: Vec<String> = reports.iter().flat_map(|r| r.remediations_by_step.keys().cloned()).collect();
+    steps.sort();
+    steps.dedup();
+    for s in steps {
+        out += &format!("{:w$}", format!("remediations: {s}"));
+        for r in reports {
+            out += &format!("{:>14}", r.remediations_by_step.get(&s).copied().unwrap_or(0));
+        }
+        out += "\n";
+    }
+    let mut gates: Vec<String> = reports.iter().flat_map(|r| r.gate_holds.keys().cloned()).collect();
+    gates.sort();
+    gates.dedup();
+    for g in gates {
+        out += &format!("{:w$}", format!("gate holds: {g}"));
+        for r in reports {
+            out += &format!("{:>14}", r.gate_holds.get(&g).copied().unwrap_or(0));
+        }
+        out += "\n";
+    }
+    out
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Simulate(args) => run_simulate(args),
+        Command::Validate { policy } => {
+            let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;
+            let parsed = if policy.extension().is_some_and(|e| e == "json") { Policy::from_json(&text) } else { Policy::from_yaml(&text) };
+            match parsed {
+                Ok(_) => {
+                    println!("{}: valid", policy.display());
+                    Ok(())
+                }
+                Err(e) => bail!("{}: {e}", policy.display()),
+            }
+        }
+        Command::Plan { policy, nodes, records, at } => {
+            let (_, policy) = load_policy(&policy)?;
+            let text = std::fs::read_to_string(&nodes).with_context(|| format!("reading {}", nodes.display()))?;
+            let fleet: Vec<nodemedic_core::NodeObservation> = serde_json::from_str(&text).with_context(|| format!("{} is not a JSON list of node observations", nodes.display()))?;
+            let records: Records = match records {
+                Some(p) => serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?).with_context(|| format!("{} is not a records document", p.display()))?,
+                None => Records::default(),
+            };
+            let now = match at {
+                Some(s) => Time::parse_rfc3339(&s).map_err(|e| anyhow::anyhow!("--at: {e}"))?,
+                None => Time(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)),
+            };
+            let d = decide(&policy, &fleet, &records, now);
+            println!("{}", serde_json::to_string_pretty(&d)?);
+            Ok(())
+        }
+        Command::Preset { name } => {
+            let p = presets::by_name(&name).with_context(|| format!("no preset `{name}`"))?;
+            print!("{}", serde_saphyr::to_string(&p).context("rendering the preset")?);
+            Ok(())
+        }
+    }
+}
