@@ -1,0 +1,89 @@
+//! The command line, run as a user would.
+
+use std::process::Command;
+
+fn nodemedic(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodemedic")).args(args).output().expect("run nodemedic");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nodemedic-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write temp file");
+    p
+}
+
+#[test]
+fn simulate_compares_policies_side_by_side() {
+    let (ok, out, err) = nodemedic(&["simulate", "--nodes", "128", "--days", "10", "--seed", "3", "--compare"]);
+    assert!(ok, "{err}");
+    let header = out.lines().find(|l| l.contains("nodemedic") && l.contains("seed000") && l.contains("seed004"));
+    assert!(header.is_some(), "{out}");
+    assert!(out.contains("faulty node still taking work"));
+    assert!(out.contains("time to quarantine, p95 (min)"));
+}
+
+#[test]
+fn simulate_json_is_machine_readable_and_reproducible() {
+    let run = || {
+        let (ok, out, err) = nodemedic(&["simulate", "--nodes", "64", "--days", "7", "--seed", "9", "--json"]);
+        assert!(ok, "{err}");
+        out
+    };
+    let a = run();
+    let v: serde_json::Value = serde_json::from_str(&a).expect("JSON");
+    assert_eq!(v[0]["policy"], "nodemedic");
+    assert!(v[0]["gpuHoursLost"].is_object() || v[0]["gpu_hours_lost"].is_object(), "{a}");
+    assert_eq!(a, run(), "--seed makes runs reproducible");
+}
+
+#[test]
+fn simulate_accepts_a_policy_file_in_the_comparison() {
+    let (ok, yaml, _) = nodemedic(&["preset", "seed000"]);
+    assert!(ok);
+    let p = temp_file("mine.yaml", &yaml.replace("taintPrefix: ''", "taintPrefix: site.example/"));
+    let (ok, out, err) = nodemedic(&["simulate", "--nodes", "64", "--days", "5", "--compare", p.to_str().unwrap_or_default()]);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.contains("nodemedic") && l.contains("mine")), "{out}");
+}
+
+#[test]
+fn validate_names_the_bad_field() {
+    let p = temp_file("bad.yaml", "rules:\n- name: r\n  condition: {type: Ready, status: \"False\"}\nladder:\n- step: reboot\ngates:\n  minHealthy: \"140%\"\n");
+    let (ok, _, err) = nodemedic(&["validate", p.to_str().unwrap_or_default()]);
+    assert!(!ok);
+    assert!(err.contains("gates.minHealthy: 140% is over 100%"), "{err}");
+    let good = temp_file("good.yaml", "rules:\n- name: r\n  condition: {type: Ready, status: \"False\"}\nladder:\n- step: reboot\n");
+    let (ok, out, _) = nodemedic(&["validate", good.to_str().unwrap_or_default()]);
+    assert!(ok && out.contains("valid"));
+}
+
+#[test]
+fn plan_previews_a_decision_for_a_snapshot() {
+    let nodes = temp_file(
+        "nodes.json",
+        r#"[{"name":"gpu-1","labels":{"nvidia.com/gpu.count":"8","node-role.kubernetes.io/worker":""},"allocatable":{"nvidia.com/gpu":8},
+            "conditions":[{"type":"Ready","status":"False","reason":"KubeletNotReady","lastTransitionTime":"2026-11-21T10:00:00Z"}]},
+           {"name":"gpu-2","labels":{"node-role.kubernetes.io/worker":""},
+            "conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2026-11-21T09:00:00Z"}]},
+           {"name":"gpu-3","labels":{"node-role.kubernetes.io/worker":""},
+            "conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2026-11-21T09:00:00Z"}]}]"#,
+    );
+    let (ok, out, err) = nodemedic(&["plan", "--policy", "seed004", "--nodes", nodes.to_str().unwrap_or_default(), "--at", "2026-11-21T10:06:00Z"]);
+    assert!(ok, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).expect("JSON decision");
+    let text = d.to_string();
+    assert!(text.contains("RemediationStarted") || text.contains("remediationStarted"), "{out}");
+    assert!(d["wouldExecute"].as_array().is_some_and(|a| !a.is_empty()), "seed004 is monitor-only by default: {out}");
+}
+
+#[test]
+fn unknown_presets_and_bad_snapshots_get_clear_errors() {
+    let (ok, _, err) = nodemedic(&["simulate", "--policy", "nope"]);
+    assert!(!ok && err.contains("neither a policy file nor a preset"), "{err}");
+    let nodes = temp_file("garbage.json", "{not json");
+    let (ok, _, err) = nodemedic(&["plan", "--policy", "seed000", "--nodes", nodes.to_str().unwrap_or_default()]);
+    assert!(!ok && err.contains("is not a JSON list of node observations"), "{err}");
+}
