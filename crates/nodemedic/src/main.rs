@@ -63,6 +63,9 @@ struct SimulateArgs {
     /// Print the reports as JSON.
     #[arg(long)]
     json: bool,
+    /// Also print every engine event with its reason, per policy (best with a small fleet).
+    #[arg(long)]
+    trace: bool,
 }
 
 fn load_policy(spec: &str) -> Result<(String, Policy)> {
@@ -98,6 +101,7 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
     let cfg = SimConfig {
         fleet: FleetSpec { nodes: args.nodes, gpus_per_node: args.gpus_per_node, duration_ms: (args.days * MS_PER_DAY as f64) as i64 },
         seed: args.seed,
+        trace: args.trace,
         ..SimConfig::default()
     };
     cfg.model.validate().context("fault model")?;
@@ -138,6 +142,12 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         print!("{}", render(&reports, started.elapsed().as_secs_f64()));
+        for r in reports.iter().filter(|r| !r.timeline.is_empty()) {
+            println!("\ntimeline: {}", r.policy);
+            for line in &r.timeline {
+                println!("  {line}");
+            }
+        }
     }
     Ok(())
 }

@@ -87,3 +87,19 @@ fn unknown_presets_and_bad_snapshots_get_clear_errors() {
     let (ok, _, err) = nodemedic(&["plan", "--policy", "seed000", "--nodes", nodes.to_str().unwrap_or_default()]);
     assert!(!ok && err.contains("is not a JSON list of node observations"), "{err}");
 }
+
+#[test]
+fn the_documented_example_policy_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/gpu-workers.yaml");
+    let (ok, out, err) = nodemedic(&["validate", example]);
+    assert!(ok, "{err}");
+    assert!(out.contains("valid"));
+}
+
+#[test]
+fn simulate_trace_prints_a_timeline_of_decisions_with_reasons() {
+    let (ok, out, err) = nodemedic(&["simulate", "--nodes", "64", "--days", "10", "--seed", "2", "--trace"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("timeline: nodemedic"), "{out}");
+    assert!(out.contains("RemediationStarted: node unhealthy: rule `"), "{out}");
+}
