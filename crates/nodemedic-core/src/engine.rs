@@ -5,9 +5,10 @@
 //! no new action.
 
 use crate::eval::{Reason, RuleEval, Verdict, evaluate_rule, has_gpus, policy_gpu_vendors};
-use crate::observe::{NodeObservation, OperatorAction, ReportedOutcome};
+use crate::observe::{NodeObservation, OperatorAction, ReportedOutcome, is_control_plane_label};
 use crate::policy::{Completion, GpuVendor, LadderStep, Policy, RemediationStep};
 use crate::record::{ActiveRemediation, NodeRecord, Phase, PolicyRecord, Records, Stage, StepHistory, StepOutcome};
+use crate::selector::label;
 use crate::time::{Duration, Time};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -164,7 +165,8 @@ struct Ctx<'a> {
     ladder: Vec<LadderStep>,
     step_taints: Vec<String>,
     soft_keys: Vec<Option<String>>,
-    managed_keys: HashSet<String>,
+    /// Every taint key the engine manages; few, so a scan (comparing lengths first) beats hashing.
+    managed_keys: Vec<String>,
     vendors: Vec<GpuVendor>,
 }
 
@@ -177,31 +179,42 @@ impl<'a> Ctx<'a> {
         }
         let step_taints: Vec<String> = ladder.iter().map(|s| policy.step_taint(s.step)).collect();
         let soft_keys: Vec<Option<String>> = policy.rules.iter().map(|r| r.effect.taint.as_deref().map(|t| policy.taint_key(t))).collect();
-        let managed_keys = RemediationStep::ALL
-            .iter()
-            .map(|s| policy.step_taint(*s))
-            .chain(soft_keys.iter().flatten().cloned())
-            .collect();
+        let mut managed_keys: Vec<String> =
+            RemediationStep::ALL.iter().map(|s| policy.step_taint(*s)).chain(soft_keys.iter().flatten().cloned()).collect();
+        managed_keys.sort();
+        managed_keys.dedup();
         Ctx { policy, now, ladder, step_taints, soft_keys, managed_keys, vendors: policy_gpu_vendors(policy) }
+    }
+
+    fn manages(&self, taint_key: &str) -> bool {
+        self.managed_keys.iter().any(|k| k.len() == taint_key.len() && k == taint_key)
     }
 
     fn selects(&self, n: &NodeObservation) -> bool {
         let p = self.policy;
-        if n.labels.get(&p.exclude_label).is_some_and(|v| v == "true") {
+        // One scan of the labels for the exclude label and the control-plane role (see `label`).
+        let (mut excluded, mut control_plane) = (false, false);
+        for (k, v) in &n.labels {
+            if k.len() == p.exclude_label.len() && *k == p.exclude_label {
+                excluded = v == "true";
+            }
+            control_plane |= is_control_plane_label(k);
+        }
+        if excluded {
             return false;
         }
         let role_ok = match p.node_role {
             crate::policy::NodeRole::Any => true,
-            crate::policy::NodeRole::Worker => !n.is_control_plane(),
-            crate::policy::NodeRole::ControlPlane => n.is_control_plane(),
+            crate::policy::NodeRole::Worker => !control_plane,
+            crate::policy::NodeRole::ControlPlane => control_plane,
         };
         role_ok
-            && (p.node_pools.is_empty() || n.labels.get(&p.node_pool_label).is_some_and(|pool| p.node_pools.contains(pool)))
+            && (p.node_pools.is_empty() || label(&n.labels, &p.node_pool_label).is_some_and(|pool| p.node_pools.contains(pool)))
             && p.selector.matches(&n.labels)
     }
 
     fn pool<'n>(&self, n: &'n NodeObservation) -> &'n str {
-        n.labels.get(&self.policy.node_pool_label).map_or("", String::as_str)
+        label(&n.labels, &self.policy.node_pool_label).map_or("", String::as_str)
     }
 
     fn maintenance_open(&self) -> bool {
@@ -327,8 +340,10 @@ pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now
     let need_pool_sizes = matches!(policy.gates.max_concurrent_per_pool, Some(crate::policy::IntOrPercent::Percent(_)));
 
     // Pass 1: evaluate every node cheaply; keep only those that need more than counting.
+    // Records by name: a hash lookup per node beats a tree search comparing names.
+    let by_name: HashMap<&str, &NodeRecord> = records.nodes.iter().map(|(name, r)| (name.as_str(), r)).collect();
     for (idx, obs) in fleet.iter().enumerate() {
-        let record = records.nodes.get(&obs.name);
+        let record = by_name.get(obs.name.as_str()).copied();
         if record.is_some() {
             seen_records += 1;
         }
@@ -370,11 +385,11 @@ pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now
         } else if stale {
             unknown += 1;
         }
-        if attention || firing || obs.taints.iter().any(|t| ctx.managed_keys.contains(&t.key)) {
+        if attention || firing || obs.taints.iter().any(|t| ctx.manages(&t.key)) {
             interesting.push(idx);
         }
     }
-    let healthy = selected - unhealthy - unknown;
+    let mut healthy = selected - unhealthy - unknown;
 
     // Pass 2: full evaluation of the few nodes that need it, in name order.
     interesting.sort_by(|a, b| fleet[*a].name.cmp(&fleet[*b].name));
@@ -404,7 +419,10 @@ pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now
     // Nodes on the ladder move along it; nodes that left the policy are released. A node whose next
     // step needs a new disruptive slot waits until every other node has moved, so that slots freed
     // this time (recovered, released, escalated) are handed out this time, not on the next decision.
+    // A node leaves the ladder only once every remediating rule passes: from then on it counts as
+    // healthy, for the gates below as on the next decision.
     let mut waiting = Vec::new();
+    let mut recovered = 0;
     for (i, w) in work.iter_mut().enumerate() {
         if w.active().is_none() {
             continue;
@@ -416,11 +434,15 @@ pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now
         if advance(&ctx, w, &gates, &mut inflight, &mut out, true) {
             waiting.push(i);
         }
+        recovered += usize::from(w.active().is_none());
     }
     inflight = in_flight(&ctx, &work);
     for i in waiting {
         advance(&ctx, &mut work[i], &gates, &mut inflight, &mut out, false);
+        recovered += usize::from(work[i].active().is_none());
     }
+    healthy += recovered;
+    unhealthy -= recovered;
 
     // Unhealthy nodes not yet on the ladder, oldest first.
     let mut candidates: Vec<(Time, usize, usize)> = work
@@ -539,7 +561,11 @@ fn update_breaker(ctx: &Ctx, work: &[Work], selected: usize, rec: &mut PolicyRec
     let Some(b) = &ctx.policy.gates.circuit_breaker else {
         if rec.breaker_tripped_at.take().is_some() {
             rec.breaker_reason = None;
-            out.events.push(Event { node: None, kind: EventKind::BreakerClosed, message: "circuit breaker removed from the policy".into() });
+            out.events.push(Event {
+                node: None,
+                kind: EventKind::BreakerClosed,
+                message: "circuit breaker removed from the policy".into(),
+            });
         }
         return false;
     };
@@ -557,7 +583,11 @@ fn update_breaker(ctx: &Ctx, work: &[Work], selected: usize, rec: &mut PolicyRec
         out.events.push(Event {
             node: None,
             kind: EventKind::BreakerClosed,
-            message: if b.manual_reset { "circuit breaker closed: cooldown passed and a person reset it".into() } else { "circuit breaker closed: cooldown passed".into() },
+            message: if b.manual_reset {
+                "circuit breaker closed: cooldown passed and a person reset it".into()
+            } else {
+                "circuit breaker closed: cooldown passed".into()
+            },
         });
     }
     let window_start = now - b.window;
@@ -625,7 +655,17 @@ fn describe(ctx: &Ctx, w: &Work, rule: usize) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn try_start(ctx: &Ctx, w: &mut Work, rule: usize, since: Time, gates: &GateState, healthy: usize, unhealthy: usize, inflight: &mut InFlight, out: &mut Out) {
+fn try_start(
+    ctx: &Ctx,
+    w: &mut Work,
+    rule: usize,
+    since: Time,
+    gates: &GateState,
+    healthy: usize,
+    unhealthy: usize,
+    inflight: &mut InFlight,
+    out: &mut Out,
+) {
     let p = ctx.policy;
     let node = w.obs.name.clone();
     let why = describe(ctx, w, rule);
@@ -640,21 +680,31 @@ fn try_start(ctx: &Ctx, w: &mut Work, rule: usize, since: Time, gates: &GateStat
     if let Some(min) = p.gates.min_healthy {
         let need = min.scaled_up(gates.selected);
         if healthy < need {
-            out.hold(&node, Gate::MinHealthy, format!("{why}; only {healthy} of {} nodes healthy, minHealthy {min} needs {need}", gates.selected));
+            out.hold(
+                &node,
+                Gate::MinHealthy,
+                format!("{why}; only {healthy} of {} nodes healthy, minHealthy {min} needs {need}", gates.selected),
+            );
             return;
         }
     }
     if let Some(max) = p.gates.max_unhealthy {
         let allowed = max.scaled_down(gates.selected);
         if unhealthy > allowed {
-            out.hold(&node, Gate::MaxUnhealthy, format!("{why}; {unhealthy} of {} nodes unhealthy, maxUnhealthy {max} allows {allowed}", gates.selected));
+            out.hold(
+                &node,
+                Gate::MaxUnhealthy,
+                format!("{why}; {unhealthy} of {} nodes unhealthy, maxUnhealthy {max} allows {allowed}", gates.selected),
+            );
             return;
         }
     }
     let record = w.record.get_or_insert_with(|| NodeRecord::new(&node));
     let lemon = p.gates.retry_budget.as_ref().and_then(|b| {
         let recent = record.remediation_starts.iter().filter(|t| ctx.now.since(**t) < b.window).count();
-        (recent >= b.max_remediations as usize).then(|| format!("remediated {recent} times within {} (budget {}): a lemon node goes straight to manual", b.window, b.max_remediations))
+        (recent >= b.max_remediations as usize).then(|| {
+            format!("remediated {recent} times within {} (budget {}): a lemon node goes straight to manual", b.window, b.max_remediations)
+        })
     });
     let first = if lemon.is_some() { ctx.ladder.len() - 1 } else { 0 };
     let step = ctx.ladder[first].step;
@@ -688,7 +738,14 @@ fn try_start(ctx: &Ctx, w: &mut Work, rule: usize, since: Time, gates: &GateStat
 }
 
 /// Checks the gates for starting a disruptive step. `holds_slot`: the node already counts as in flight.
-fn disruptive_gate(ctx: &Ctx, obs: &NodeObservation, holds_slot: bool, gates: &GateState, inflight: &InFlight, out: &mut Out) -> Result<(), (Gate, String)> {
+fn disruptive_gate(
+    ctx: &Ctx,
+    obs: &NodeObservation,
+    holds_slot: bool,
+    gates: &GateState,
+    inflight: &InFlight,
+    out: &mut Out,
+) -> Result<(), (Gate, String)> {
     let g = &ctx.policy.gates;
     if gates.breaker_open {
         return Err((Gate::CircuitBreaker, "circuit breaker is open".into()));
@@ -698,7 +755,10 @@ fn disruptive_gate(ctx: &Ctx, obs: &NodeObservation, holds_slot: bool, gates: &G
         if let Some(t) = next {
             out.wake_at(t);
         }
-        return Err((Gate::MaintenanceWindow, format!("outside maintenance windows (next opens {})", next.map_or("never".into(), |t| t.to_string()))));
+        return Err((
+            Gate::MaintenanceWindow,
+            format!("outside maintenance windows (next opens {})", next.map_or("never".into(), |t| t.to_string())),
+        ));
     }
     if holds_slot {
         return Ok(());
@@ -706,7 +766,10 @@ fn disruptive_gate(ctx: &Ctx, obs: &NodeObservation, holds_slot: bool, gates: &G
     if let Some(max) = g.max_concurrent {
         let limit = max.scaled_down(gates.selected).max(1);
         if inflight.total >= limit {
-            return Err((Gate::MaxConcurrent, format!("{} disruptive remediations in flight, maxConcurrent {max} allows {limit}", inflight.total)));
+            return Err((
+                Gate::MaxConcurrent,
+                format!("{} disruptive remediations in flight, maxConcurrent {max} allows {limit}", inflight.total),
+            ));
         }
     }
     if let Some(max) = g.max_concurrent_per_pool {
@@ -715,7 +778,10 @@ fn disruptive_gate(ctx: &Ctx, obs: &NodeObservation, holds_slot: bool, gates: &G
         let limit = max.scaled_down(size).max(1);
         let current = inflight.by_pool.get(pool).copied().unwrap_or(0);
         if current >= limit {
-            return Err((Gate::MaxConcurrentPerPool, format!("{current} disruptive remediations in flight in pool `{pool}`, maxConcurrentPerPool {max} allows {limit}")));
+            return Err((
+                Gate::MaxConcurrentPerPool,
+                format!("{current} disruptive remediations in flight in pool `{pool}`, maxConcurrentPerPool {max} allows {limit}"),
+            ));
         }
     }
     Ok(())
@@ -729,7 +795,12 @@ fn start_step(ctx: &Ctx, w: &mut Work, index: usize, holds_slot: bool, inflight:
     let class = ctx.policy.node_class(&w.obs.labels, has_gpus(&ctx.vendors, w.obs));
     let timeout = ls.timeout_for(class);
     let checks: Vec<(String, String, String)> = if ls.step == RemediationStep::Manual {
-        ctx.policy.rules.iter().enumerate().map(|(i, r)| (r.name.clone(), w.evals[i].reason.as_str().to_string(), describe(ctx, w, i))).collect()
+        ctx.policy
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), w.evals[i].reason.as_str().to_string(), describe(ctx, w, i)))
+            .collect()
     } else {
         Vec::new()
     };
@@ -766,7 +837,11 @@ fn start_step(ctx: &Ctx, w: &mut Work, index: usize, holds_slot: bool, inflight:
         }
         step => {
             let deadline = a.deadline;
-            out.event(&node, EventKind::StepStarted, format!("step {step} (attempt {attempt}) started, tainted {taint}, timeout {timeout} for {class} nodes"));
+            out.event(
+                &node,
+                EventKind::StepStarted,
+                format!("step {step} (attempt {attempt}) started, tainted {taint}, timeout {timeout} for {class} nodes"),
+            );
             if step != RemediationStep::Quarantine {
                 out.actions.push(Action::Execute { node, step, attempt, deadline, reason: a.reason.clone() });
             }
@@ -783,7 +858,15 @@ fn end_step(ctx: &Ctx, w: &mut Work, outcome: StepOutcome, reason: String, out: 
     let node = w.obs.name.clone();
     let Some(record) = w.record.as_mut() else { return };
     let Some(a) = record.active.as_mut() else { return };
-    let h = StepHistory { attempt: record.attempt, step: a.step, started_at: a.step_started_at, ended_at: now, outcome, reason: reason.clone(), executed: a.executed };
+    let h = StepHistory {
+        attempt: record.attempt,
+        step: a.step,
+        started_at: a.step_started_at,
+        ended_at: now,
+        outcome,
+        reason: reason.clone(),
+        executed: a.executed,
+    };
     let step = a.step;
     let kind = match outcome {
         StepOutcome::Recovered => EventKind::StepSucceeded,
@@ -824,7 +907,11 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                         out.event(w.name(), EventKind::ResolvedByOperator, msg.clone());
                         end_step(ctx, w, StepOutcome::Recovered, msg, out);
                     } else {
-                        out.hold(w.name(), Gate::AwaitingOperator, format!("{} marked the node resolved at {}; waiting for the checks to pass on fresh data", req.by, req.at));
+                        out.hold(
+                            w.name(),
+                            Gate::AwaitingOperator,
+                            format!("{} marked the node resolved at {}; waiting for the checks to pass on fresh data", req.by, req.at),
+                        );
                     }
                     return false;
                 }
@@ -851,7 +938,11 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                         (Some((ReportedOutcome::Succeeded, at, _)), Completion::Reported) => at,
                         (_, Completion::FixedWait) if a.deadline.is_some_and(|d| now >= d) => a.deadline.unwrap_or(now),
                         (_, Completion::Reported) if a.deadline.is_some_and(|d| now >= d) => {
-                            let reason = if a.executed { format!("no completion report within {}", now.since(a.step_started_at)) } else { "monitor-only: not executed".into() };
+                            let reason = if a.executed {
+                                format!("no completion report within {}", now.since(a.step_started_at))
+                            } else {
+                                "monitor-only: not executed".into()
+                            };
                             end_step(ctx, w, StepOutcome::TimedOut, reason, out);
                             continue;
                         }
@@ -888,7 +979,13 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                     continue;
                 }
                 if now >= verify_deadline {
-                    end_step(ctx, w, StepOutcome::Failed, format!("the checks did not confirm recovery within {} after settling", ls.verify_timeout), out);
+                    end_step(
+                        ctx,
+                        w,
+                        StepOutcome::Failed,
+                        format!("the checks did not confirm recovery within {} after settling", ls.verify_timeout),
+                        out,
+                    );
                     continue;
                 }
                 out.wake_at(verify_deadline);
@@ -906,10 +1003,9 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                     out.hold(w.name(), gate, format!("next step {step} waits: {msg}"));
                     return false;
                 }
+                // Loop on: a Manual step looks at once for a person's resolve request, as it will on
+                // every later decision.
                 start_step(ctx, w, next, a.step.is_disruptive(), inflight, out);
-                if step == RemediationStep::Manual {
-                    return false;
-                }
             }
         }
     }
@@ -971,7 +1067,7 @@ fn reconcile_taints(ctx: &Ctx, w: &Work, breaker_open: bool, out: &mut Out) {
         .obs
         .taints
         .iter()
-        .filter(|t| ctx.managed_keys.contains(&t.key) && !desired.contains(&t.key.as_str()))
+        .filter(|t| ctx.manages(&t.key) && !desired.contains(&t.key.as_str()))
         .filter(|t| w.selected || !ctx.soft_keys.iter().flatten().any(|k| *k == t.key))
         .map(|t| t.key.clone())
         .collect();

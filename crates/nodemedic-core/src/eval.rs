@@ -2,6 +2,7 @@
 
 use crate::observe::NodeObservation;
 use crate::policy::{GpuCountMatch, GpuVendor, Policy, Rule};
+use crate::selector::label;
 use crate::time::Time;
 
 /// Enumerable reasons, used as metric labels and in messages.
@@ -182,10 +183,15 @@ fn held(rule: &Rule, since: Time, now: Time, evidence_at: Option<Time>) -> RuleE
 pub fn gpu_count_reason(m: &GpuCountMatch, node: &NodeObservation) -> Reason {
     let mut saw_label = false;
     let mut worst = Reason::GpuCountMatch;
-    for v in &m.vendors {
-        let Some(label) = node.labels.get(&v.count_label) else { continue };
+    // One scan of the labels for every vendor's count label (see `selector::label`); the verdict does
+    // not depend on the order the vendors are met in.
+    let vendors_by_label = node.labels.iter().flat_map(|(key, value)| {
+        m.vendors.iter().filter(move |v| v.count_label.len() == key.len() && v.count_label == *key).map(move |v| (v, value))
+    });
+    for (v, value) in vendors_by_label {
         saw_label = true;
-        let Ok(expected) = label.trim().parse::<i64>() else {
+        // `trim` only when needed: a plain number parses the same either way.
+        let Ok(expected) = value.parse::<i64>().or_else(|_| value.trim().parse::<i64>()) else {
             return Reason::InvalidGpuCountLabel;
         };
         let allocatable = node.allocatable.get(&v.resource).copied().unwrap_or(0);
@@ -204,7 +210,7 @@ pub fn gpu_count_reason(m: &GpuCountMatch, node: &NodeObservation) -> Reason {
 /// Whether a node has GPUs, by any vendor's count label or allocatable resource (label first: it
 /// still says GPU node when every GPU has dropped out of allocatable).
 pub fn has_gpus(vendors: &[GpuVendor], node: &NodeObservation) -> bool {
-    vendors.iter().any(|v| node.labels.contains_key(&v.count_label) || node.allocatable.get(&v.resource).is_some_and(|n| *n > 0))
+    vendors.iter().any(|v| label(&node.labels, &v.count_label).is_some() || node.allocatable.get(&v.resource).is_some_and(|n| *n > 0))
 }
 
 /// The GPU vendors a policy knows: those of its GPU count rule, else the defaults.

@@ -26,7 +26,9 @@ pub use time::{Duration, Time};
 /// running on `slow-network` nodes so recovery is seen.
 pub fn probe_may_run(family: ProbeFamily, taint_keys: &[&str], taint_prefix: &str, verifying: bool) -> bool {
     match family {
-        ProbeFamily::Gpu => verifying || !taint_keys.iter().any(|k| k.strip_prefix(taint_prefix).is_some_and(|name| name.starts_with("repair-"))),
+        ProbeFamily::Gpu => {
+            verifying || !taint_keys.iter().any(|k| k.strip_prefix(taint_prefix).is_some_and(|name| name.starts_with("repair-")))
+        }
         ProbeFamily::Network | ProbeFamily::Disk | ProbeFamily::Custom => true,
     }
 }

@@ -126,6 +126,13 @@ impl NodeObservation {
         self.checks.iter().find(|c| c.name == name)
     }
     pub fn is_control_plane(&self) -> bool {
-        self.labels.contains_key("node-role.kubernetes.io/control-plane") || self.labels.contains_key("node-role.kubernetes.io/master")
+        self.labels.keys().any(|k| is_control_plane_label(k))
     }
+}
+
+/// Labels that mark a control-plane node (either is enough).
+pub const CONTROL_PLANE_LABELS: [&str; 2] = ["node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master"];
+
+pub(crate) fn is_control_plane_label(key: &str) -> bool {
+    CONTROL_PLANE_LABELS.iter().any(|c| c.len() == key.len() && *c == key)
 }

@@ -600,12 +600,8 @@ impl Policy {
         if self.ladder.is_empty() {
             err("ladder".into(), "the remediation ladder needs at least one step".into());
         }
-        let class_names: std::collections::BTreeSet<&str> = self
-            .node_classes
-            .iter()
-            .map(|c| c.name.as_str())
-            .chain([GPU_NODE_CLASS, STANDARD_NODE_CLASS])
-            .collect();
+        let class_names: std::collections::BTreeSet<&str> =
+            self.node_classes.iter().map(|c| c.name.as_str()).chain([GPU_NODE_CLASS, STANDARD_NODE_CLASS]).collect();
         for (i, c) in self.node_classes.iter().enumerate() {
             if c.name.trim().is_empty() {
                 err(format!("nodeClasses[{i}].name"), "must not be empty".into());
@@ -618,7 +614,10 @@ impl Policy {
             let at = format!("ladder[{i}]");
             for class in step.timeout_by_class.keys() {
                 if !class_names.contains(class.as_str()) {
-                    err(format!("{at}.timeoutByClass.{class}"), format!("unknown node class `{class}` (known: {})", class_names.iter().copied().collect::<Vec<_>>().join(", ")));
+                    err(
+                        format!("{at}.timeoutByClass.{class}"),
+                        format!("unknown node class `{class}` (known: {})", class_names.iter().copied().collect::<Vec<_>>().join(", ")),
+                    );
                 }
             }
             if step.step == RemediationStep::Manual && i + 1 != self.ladder.len() {
@@ -694,9 +693,7 @@ mod tests {
     use super::*;
 
     fn minimal(extra: &str) -> String {
-        format!(
-            "rules:\n- name: ready\n  condition: {{type: Ready, status: \"False\"}}\n  duration: 5m\nladder:\n- step: reboot\n{extra}"
-        )
+        format!("rules:\n- name: ready\n  condition: {{type: Ready, status: \"False\"}}\n  duration: 5m\nladder:\n- step: reboot\n{extra}")
     }
 
     #[test]
@@ -733,7 +730,8 @@ mod tests {
         let text = minimal("").replace("duration: 5m", "duration: -5m");
         let err = Policy::from_yaml(&text).unwrap_err();
         assert!(err.to_string().contains("negative"), "{err}");
-        let json = r#"{"rules":[{"name":"r","condition":{"type":"Ready","status":"False"},"duration":"-1s"}],"ladder":[{"step":"reboot"}]}"#;
+        let json =
+            r#"{"rules":[{"name":"r","condition":{"type":"Ready","status":"False"},"duration":"-1s"}],"ladder":[{"step":"reboot"}]}"#;
         let err = Policy::from_json(json).unwrap_err().to_string();
         assert!(err.contains("rules[0].duration") && err.contains("negative"), "{err}");
     }

@@ -124,7 +124,11 @@ pub fn seed004() -> Policy {
     );
     p.selector = LabelSelector {
         match_labels: BTreeMap::new(),
-        match_expressions: vec![LabelSelectorRequirement { key: "node-role.kubernetes.io/worker".into(), operator: SelectorOperator::Exists, values: vec![] }],
+        match_expressions: vec![LabelSelectorRequirement {
+            key: "node-role.kubernetes.io/worker".into(),
+            operator: SelectorOperator::Exists,
+            values: vec![],
+        }],
     };
     p.node_role = NodeRole::Any;
     p.gates.min_healthy = Some(IntOrPercent::Percent(51));

@@ -6,6 +6,14 @@ use std::collections::BTreeMap;
 /// Node labels as the engine sees them.
 pub type Labels = BTreeMap<String, String>;
 
+/// The value of label `key`, as `labels.get(key)`. Scans comparing lengths first: a node has a few
+/// dozen labels at most, and a scan reads only the bytes of keys as long as `key`, where a tree search
+/// compares (and so loads from memory) several keys. The engine reads a handful of labels from every
+/// node on every decision; on a fleet spread over the heap this matters (docs/benchmarks.md).
+pub fn label<'a>(labels: &'a Labels, key: &str) -> Option<&'a String> {
+    labels.iter().find_map(|(k, v)| (k.len() == key.len() && k == key).then_some(v))
+}
+
 /// A label selector with Kubernetes semantics: all terms are AND'ed; an empty selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -39,8 +47,7 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|r| r.matches(labels))
+        self.match_labels.iter().all(|(k, v)| label(labels, k) == Some(v)) && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 
     /// Structural problems, each as (field, reason), for policy validation.
@@ -67,7 +74,7 @@ impl LabelSelector {
 
 impl LabelSelectorRequirement {
     pub fn matches(&self, labels: &Labels) -> bool {
-        let value = labels.get(&self.key);
+        let value = label(labels, &self.key);
         match self.operator {
             SelectorOperator::In => value.is_some_and(|v| self.values.contains(v)),
             SelectorOperator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
@@ -86,16 +93,22 @@ mod tests {
     }
 
     #[test]
+    fn label_finds_what_get_finds() {
+        let l = labels(&[("nvidia.com/gpu.count", "8"), ("nodemedic.io/exclude", "true"), ("zone", "a"), ("", "empty")]);
+        for key in ["nvidia.com/gpu.count", "nodemedic.io/exclude", "nodemedic.io/exclude2", "zone", "zona", "", "absent"] {
+            assert_eq!(label(&l, key), l.get(key), "{key}");
+        }
+    }
+
+    #[test]
     fn empty_selector_matches_every_node() {
         assert!(LabelSelector::default().matches(&labels(&[])));
     }
 
     #[test]
     fn medik8s_worker_selector_matches_only_workers() {
-        let sel: LabelSelector = serde_json::from_str(
-            r#"{"matchExpressions":[{"key":"node-role.kubernetes.io/worker","operator":"Exists"}]}"#,
-        )
-        .unwrap();
+        let sel: LabelSelector =
+            serde_json::from_str(r#"{"matchExpressions":[{"key":"node-role.kubernetes.io/worker","operator":"Exists"}]}"#).unwrap();
         assert!(sel.matches(&labels(&[("node-role.kubernetes.io/worker", "")])));
         assert!(!sel.matches(&labels(&[("node-role.kubernetes.io/control-plane", "")])));
     }

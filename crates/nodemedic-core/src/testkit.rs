@@ -130,7 +130,8 @@ impl Harness {
         report(self.node(name), attempt, outcome, now);
     }
     pub fn taints(&self, name: &str) -> Vec<String> {
-        let mut keys: Vec<String> = self.fleet.iter().filter(|n| n.name == name).flat_map(|n| n.taints.iter().map(|t| t.key.clone())).collect();
+        let mut keys: Vec<String> =
+            self.fleet.iter().filter(|n| n.name == name).flat_map(|n| n.taints.iter().map(|t| t.key.clone())).collect();
         keys.sort();
         keys
     }

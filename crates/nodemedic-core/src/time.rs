@@ -73,9 +73,8 @@ impl Time {
         if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
             return Err(err());
         }
-        let num = |r: std::ops::Range<usize>| -> Result<i64, TimeParseError> {
-            s.get(r).and_then(|x| x.parse::<i64>().ok()).ok_or_else(err)
-        };
+        let num =
+            |r: std::ops::Range<usize>| -> Result<i64, TimeParseError> { s.get(r).and_then(|x| x.parse::<i64>().ok()).ok_or_else(err) };
         let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
         if b[13] != b':' || b[16] != b':' {
             return Err(err());
@@ -210,9 +209,7 @@ impl Duration {
             if num_len == 0 {
                 return Err(TimeParseError(format!("`{s}` is not a duration (expected e.g. 300s, 5m, 1h30m)")));
             }
-            let value: f64 = rest[..num_len]
-                .parse()
-                .map_err(|_| TimeParseError(format!("`{s}` has a malformed number")))?;
+            let value: f64 = rest[..num_len].parse().map_err(|_| TimeParseError(format!("`{s}` has a malformed number")))?;
             rest = &rest[num_len..];
             let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
             let unit = &rest[..unit_len];

@@ -68,7 +68,10 @@ enum Cond {
     Ready(ConditionStatus),
     DiskPressure(bool),
     /// Cilium's (`CiliumIsDown`/`CiliumIsUp`) or another CNI's.
-    NetworkUnavailable { down: bool, cilium: bool },
+    NetworkUnavailable {
+        down: bool,
+        cilium: bool,
+    },
 }
 
 /// One thing that happens between two decisions. Node indices are taken modulo the current fleet;
@@ -76,23 +79,50 @@ enum Cond {
 #[derive(Debug, Clone)]
 enum Op {
     /// The GPU check fails three times in a row (enough for every preset's check rule).
-    FailGpu { node: usize },
-    Probe { node: usize, check: Check, passed: bool },
-    Condition { node: usize, cond: Cond },
+    FailGpu {
+        node: usize,
+    },
+    Probe {
+        node: usize,
+        check: Check,
+        passed: bool,
+    },
+    Condition {
+        node: usize,
+        cond: Cond,
+    },
     /// The executor reports on the record's current attempt (or, `late`, on the one before).
-    Report { pick: usize, outcome: ReportedOutcome, late: bool },
+    Report {
+        pick: usize,
+        outcome: ReportedOutcome,
+        late: bool,
+    },
     /// Back from a reboot: fresh agent counters, Ready again, the executor reports success.
-    Rebooted { pick: usize },
+    Rebooted {
+        pick: usize,
+    },
     /// Some GPUs fall out of (or come back to) allocatable.
-    Allocatable { node: usize, gpus: i64 },
-    ToggleExclude { node: usize },
+    Allocatable {
+        node: usize,
+        gpus: i64,
+    },
+    ToggleExclude {
+        node: usize,
+    },
     /// A person marks the node resolved.
-    Resolve { pick: usize },
+    Resolve {
+        pick: usize,
+    },
     TogglePause,
     ResetBreaker,
-    Delete { node: usize },
+    Delete {
+        node: usize,
+    },
     /// Several nodes' GPU checks fail at once.
-    MassFailure { first: usize, count: usize },
+    MassFailure {
+        first: usize,
+        count: usize,
+    },
     Advance(Duration),
 }
 
@@ -123,14 +153,13 @@ fn gates() -> impl Strategy<Value = Gates> {
     ];
     let breaker = proptest::option::weighted(
         0.5,
-        (int_or_percent(8), minutes(1, 60), minutes(0, 120), any::<bool>()).prop_map(|(max_unhealthy, window, cooldown, manual_reset)| CircuitBreaker {
-            max_unhealthy,
-            window,
-            cooldown,
-            manual_reset,
-        }),
+        (int_or_percent(8), minutes(1, 60), minutes(0, 120), any::<bool>())
+            .prop_map(|(max_unhealthy, window, cooldown, manual_reset)| CircuitBreaker { max_unhealthy, window, cooldown, manual_reset }),
     );
-    let retry = proptest::option::weighted(0.5, (1u32..=4, minutes(60, 7 * 24 * 60)).prop_map(|(max_remediations, window)| RetryBudget { max_remediations, window }));
+    let retry = proptest::option::weighted(
+        0.5,
+        (1u32..=4, minutes(60, 7 * 24 * 60)).prop_map(|(max_remediations, window)| RetryBudget { max_remediations, window }),
+    );
     let window = proptest::option::weighted(
         0.15,
         (proptest::collection::vec(0usize..7, 0..3), 0i64..24, 0i64..60, minutes(30, 8 * 60)).prop_map(|(days, h, m, duration)| {
@@ -147,13 +176,25 @@ fn gates() -> impl Strategy<Value = Gates> {
         window,
         proptest::bool::weighted(0.15),
     )
-        .prop_map(|(max_concurrent, per_pool, health, breaker, retry, window, paused)| Gates { max_concurrent, per_pool, health, breaker, retry, window, paused })
+        .prop_map(|(max_concurrent, per_pool, health, breaker, retry, window, paused)| Gates {
+            max_concurrent,
+            per_pool,
+            health,
+            breaker,
+            retry,
+            window,
+            paused,
+        })
 }
 
 fn nodes() -> impl Strategy<Value = Vec<NodeSpec>> {
     (1usize..=3).prop_flat_map(|pools| {
         proptest::collection::vec(
-            (proptest::bool::weighted(0.7), 0..pools, proptest::bool::weighted(0.9)).prop_map(|(gpu, pool, worker)| NodeSpec { gpu, pool, worker }),
+            (proptest::bool::weighted(0.7), 0..pools, proptest::bool::weighted(0.9)).prop_map(|(gpu, pool, worker)| NodeSpec {
+                gpu,
+                pool,
+                worker,
+            }),
             1..=40,
         )
     })
@@ -194,7 +235,8 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
-    (0usize..4, gates(), nodes(), proptest::collection::vec(op(), 1..60), any::<u64>()).prop_map(|(preset, gates, nodes, ops, shuffle)| Scenario { preset, gates, nodes, ops, shuffle })
+    (0usize..4, gates(), nodes(), proptest::collection::vec(op(), 1..60), any::<u64>())
+        .prop_map(|(preset, gates, nodes, ops, shuffle)| Scenario { preset, gates, nodes, ops, shuffle })
 }
 
 fn policy(s: &Scenario) -> Policy {
@@ -273,7 +315,8 @@ impl Sim {
 
     /// A node on the ladder if there is one, else any node.
     fn pick(&self, i: usize) -> Option<usize> {
-        let active: Vec<usize> = (0..self.fleet.len()).filter(|&k| self.records.nodes.get(&self.fleet[k].name).is_some_and(|r| r.active.is_some())).collect();
+        let active: Vec<usize> =
+            (0..self.fleet.len()).filter(|&k| self.records.nodes.get(&self.fleet[k].name).is_some_and(|r| r.active.is_some())).collect();
         if active.is_empty() { self.index(i) } else { Some(active[i % active.len()]) }
     }
 
@@ -305,7 +348,11 @@ impl Sim {
                             set_condition(n, "Ready", status, reason, now);
                         }
                         Cond::DiskPressure(on) => {
-                            let (status, reason) = if on { (ConditionStatus::True, "KubeletHasDiskPressure") } else { (ConditionStatus::False, "KubeletHasNoDiskPressure") };
+                            let (status, reason) = if on {
+                                (ConditionStatus::True, "KubeletHasDiskPressure")
+                            } else {
+                                (ConditionStatus::False, "KubeletHasNoDiskPressure")
+                            };
                             set_condition(n, "DiskPressure", status, reason, now);
                         }
                         Cond::NetworkUnavailable { down, cilium } => {
@@ -394,7 +441,15 @@ impl Sim {
             let decision = decide(&sim.policy, &sim.fleet, &sim.records, sim.now);
             let (mut fleet_after, mut after) = (sim.fleet.clone(), sim.records.clone());
             apply(&decision, &mut fleet_after, &mut after);
-            check(&Step { policy: &sim.policy, fleet: &sim.fleet, before: &sim.records, decision: &decision, fleet_after: &fleet_after, after: &after, now: sim.now })?;
+            check(&Step {
+                policy: &sim.policy,
+                fleet: &sim.fleet,
+                before: &sim.records,
+                decision: &decision,
+                fleet_after: &fleet_after,
+                after: &after,
+                now: sim.now,
+            })?;
             sim.fleet = fleet_after;
             sim.records = after;
         }
@@ -588,7 +643,8 @@ fn the_generated_scenarios_exercise_the_ladder_and_the_gates() {
         let s = scenario().new_tree(&mut runner).expect("a scenario").current();
         Sim::run(&s, |st| {
             starts += started(st.decision).len();
-            disruptive_steps += st.decision.actions.iter().filter(|a| matches!(a, Action::Execute { step, .. } if step.is_disruptive())).count();
+            disruptive_steps +=
+                st.decision.actions.iter().filter(|a| matches!(a, Action::Execute { step, .. } if step.is_disruptive())).count();
             manual += st.decision.events.iter().filter(|e| e.kind == EventKind::EscalatedToManual).count();
             holds.extend(st.decision.holds.iter().map(|h| h.gate));
             Ok(())

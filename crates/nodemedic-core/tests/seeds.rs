@@ -272,7 +272,12 @@ fn the_civo_thresholds_each_trigger_at_their_own_duration_and_not_before() {
         h.now = t0 + Duration::from_mins(minute) + Duration::from_secs(59);
         h.decide();
     }
-    let expected = std::collections::BTreeMap::from([("ready".to_string(), 5), ("gpu".to_string(), 10), ("cilium".to_string(), 10), ("disk".to_string(), 30)]);
+    let expected = std::collections::BTreeMap::from([
+        ("ready".to_string(), 5),
+        ("gpu".to_string(), 10),
+        ("cilium".to_string(), 10),
+        ("disk".to_string(), 30),
+    ]);
     assert_eq!(started_at, expected, "other-cni is skipped: NetworkUnavailable is not Cilium's there");
 }
 
@@ -297,7 +302,10 @@ fn gpu_count_rule_reports_enumerable_reasons() {
     h.advance(Duration::from_mins(10));
     let d = h.decide();
     let gpu: Vec<_> = d.summary.rule_reasons.iter().filter(|(r, _, _)| r == "gpu-count").map(|(_, reason, n)| (*reason, *n)).collect();
-    assert_eq!(gpu, [("GPUCountMatch", 2), ("GPUCountMismatch", 1), ("NoAllocatableGPU", 1), ("NonGPUNode", 1), ("InvalidGPUCountLabel", 1)]);
+    assert_eq!(
+        gpu,
+        [("GPUCountMatch", 2), ("GPUCountMismatch", 1), ("NoAllocatableGPU", 1), ("NonGPUNode", 1), ("InvalidGPUCountLabel", 1)]
+    );
     let started: Vec<_> = executes(&d).into_iter().map(|(n, _, _)| n).collect();
     assert_eq!(started, ["mismatch", "none"], "an unreadable label never triggers a repair");
 }
@@ -396,7 +404,12 @@ fn monitor_only_records_everything_and_executes_nothing() {
 fn the_circuit_breaker_halts_a_mass_failure_until_the_cooldown_and_a_reset() {
     let fleet = (0..20).map(|i| gpu_node(&format!("gpu-{i:02}"), "a", 8, EPOCH)).collect();
     let mut p = live(presets::seed000());
-    p.gates.circuit_breaker = Some(CircuitBreaker { max_unhealthy: IntOrPercent::Percent(20), window: Duration::from_mins(10), cooldown: Duration::from_mins(30), manual_reset: true });
+    p.gates.circuit_breaker = Some(CircuitBreaker {
+        max_unhealthy: IntOrPercent::Percent(20),
+        window: Duration::from_mins(10),
+        cooldown: Duration::from_mins(30),
+        manual_reset: true,
+    });
     let mut h = Harness::new(p, fleet);
     for i in 0..5 {
         for _ in 0..3 {
@@ -456,7 +469,8 @@ fn max_concurrent_limits_disruptive_remediations() {
 fn disruptive_steps_wait_for_a_maintenance_window() {
     let mut p = live(presets::seed000());
     // EPOCH is Monday 00:00 UTC; the window opens Tuesday 02:00 for two hours.
-    p.gates.maintenance_windows = vec![MaintenanceWindow { days: vec![Weekday::Tue], start: "02:00".into(), duration: Duration::from_hours(2) }];
+    p.gates.maintenance_windows =
+        vec![MaintenanceWindow { days: vec![Weekday::Tue], start: "02:00".into(), duration: Duration::from_hours(2) }];
     let mut h = Harness::new(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
     let d = fail_gpu_three_times(&mut h, "gpu-1");
     assert_eq!(holds(&d), [("gpu-1".to_string(), Gate::MaintenanceWindow)]);
@@ -548,7 +562,11 @@ fn a_zero_quarantine_window_moves_on_in_the_same_decision() {
     assert_eq!(executes(&d), [("gpu-07".to_string(), RemediationStep::Drain, 2)], "quarantine (0s) is over at once: drain now");
     assert_eq!(h.taints("gpu-07"), ["nodemedic.io/draining"]);
     let again = h.decide();
-    assert!(again.actions.is_empty() && again.record_changes.is_empty(), "deciding again at the same instant does nothing: {:?}", again.actions);
+    assert!(
+        again.actions.is_empty() && again.record_changes.is_empty(),
+        "deciding again at the same instant does nothing: {:?}",
+        again.actions
+    );
 }
 
 #[test]
@@ -588,4 +606,63 @@ fn releasing_a_node_frees_its_slot_and_the_summary_says_so() {
     assert_eq!(executes(&d), [("gpu-00".to_string(), RemediationStep::Drain, 2)]);
     assert_eq!(d.summary.disruptive_in_flight, 1, "gpu-19 is no longer in flight, gpu-00 is");
     assert!(h.decide().actions.is_empty());
+}
+
+#[test]
+fn a_resolve_request_already_there_when_a_node_escalates_is_seen_in_the_same_decision() {
+    let mut p = live(presets::seed000());
+    p.ladder.remove(1); // reboot → manual
+    let mut h = Harness::new(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    fail_gpu_three_times(&mut h, "gpu-1");
+    h.advance(Duration::from_mins(10));
+    // At one instant: a person marks the node resolved, it comes back and passes its GPU check, and
+    // the executor reports the reboot failed.
+    let now = h.now;
+    h.node("gpu-1").operator_request = Some(OperatorRequest { action: OperatorAction::Resolve, by: "alice".into(), at: now });
+    rebooted(&mut h, "gpu-1");
+    h.probe("gpu-1", "gpu", true);
+    h.report("gpu-1", ReportedOutcome::Failed);
+    let d = h.decide();
+    let kinds: Vec<EventKind> = d.events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::StepFailed,
+            EventKind::EscalatedToManual,
+            EventKind::ResolvedByOperator,
+            EventKind::StepSucceeded,
+            EventKind::Recovered
+        ]
+    );
+    assert!(h.taints("gpu-1").is_empty());
+    let again = h.decide();
+    assert!(again.actions.is_empty() && again.record_changes.is_empty(), "deciding again changes nothing: {:?}", again.actions);
+}
+
+#[test]
+fn a_node_that_recovers_counts_as_healthy_for_the_gates_in_the_same_decision() {
+    let mut p = live(presets::seed000());
+    p.ladder.remove(1); // reboot → manual
+    p.gates.max_unhealthy = Some(IntOrPercent::Count(1));
+    let fleet = (1..=3).map(|i| gpu_node(&format!("gpu-{i}"), "a", 8, EPOCH)).collect();
+    let mut h = Harness::new(p, fleet);
+    fail_gpu_three_times(&mut h, "gpu-1");
+    h.report("gpu-1", ReportedOutcome::Failed);
+    h.decide();
+    assert_eq!(h.taints("gpu-1"), ["repair-manual"]);
+    h.advance(Duration::from_hours(1));
+    let d = fail_gpu_three_times(&mut h, "gpu-2");
+    assert_eq!(holds(&d), [("gpu-2".to_string(), Gate::MaxUnhealthy)], "2 unhealthy, maxUnhealthy 1");
+    // A person fixes gpu-1; its GPU check passes again.
+    h.advance(Duration::from_mins(1));
+    let now = h.now;
+    h.node("gpu-1").operator_request = Some(OperatorRequest { action: OperatorAction::Resolve, by: "alice".into(), at: now });
+    h.node("gpu-1").checks.clear();
+    h.probe("gpu-1", "gpu", true);
+    let d = h.decide();
+    assert!(d.events.iter().any(|e| e.kind == EventKind::ResolvedByOperator));
+    assert_eq!(executes(&d), [("gpu-2".to_string(), RemediationStep::Reboot, 1)], "gpu-1 is healthy again in this decision");
+    assert_eq!((d.summary.healthy, d.summary.unhealthy), (2, 1));
+    let again = h.decide();
+    assert!(again.actions.is_empty() && again.record_changes.is_empty(), "{:?}", again.actions);
 }
