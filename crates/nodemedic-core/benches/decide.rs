@@ -20,7 +20,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use nodemedic_core::observe::{Taint, TaintEffect};
 use nodemedic_core::policy::ConditionStatus;
 use nodemedic_core::testkit::{EPOCH, gpu_node, probe, set_condition};
-use nodemedic_core::{Duration, NodeObservation, Policy, Records, Time, apply, decide, presets};
+use nodemedic_core::{Duration, FleetIndex, NodeObservation, Policy, Records, Time, apply, decide, presets};
 use std::hint::black_box;
 
 const POOLS: usize = 50;
@@ -151,6 +151,26 @@ fn bench_decide(c: &mut Criterion) {
             b.iter(|| decide(black_box(&f.policy), black_box(&f.fleet), black_box(&f.records), black_box(f.now)))
         });
         group.bench_with_input(BenchmarkId::new("touch-only", size), &f, |b, f| b.iter(|| touch(black_box(&f.fleet))));
+        if size >= 10_000 {
+            // The controller's way: a FleetIndex fed by watch events. Each decision follows ten node
+            // updates (an agent report each), as a steady stream of heartbeats would bring.
+            let mut index = FleetIndex::from_nodes(f.fleet.iter().cloned());
+            let first = index.decide(&f.policy, &f.records, f.now);
+            assert_eq!(first, d, "the index decides like a full pass");
+            let names: Vec<String> = f.fleet.iter().map(|n| n.name.clone()).collect();
+            let mut next = 0usize;
+            group.bench_function(BenchmarkId::new("index, 10 updates per decision", size), |b| {
+                b.iter(|| {
+                    for _ in 0..10 {
+                        next = (next + 7919) % names.len();
+                        if let Some(n) = index.get_mut(&names[next]) {
+                            probe(n, "gpu", true, f.now);
+                        }
+                    }
+                    index.decide(black_box(&f.policy), black_box(&f.records), black_box(f.now))
+                })
+            });
+        }
     }
     group.finish();
 }

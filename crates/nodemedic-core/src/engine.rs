@@ -328,66 +328,181 @@ impl Out {
     }
 }
 
-/// Decides what to do now. Nodes are considered in name order, unhealthy candidates oldest first.
-pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now: Time) -> Decision {
-    let ctx = Ctx::new(policy, now);
-    let mut out = Out { actions: Vec::new(), events: Vec::new(), holds: Vec::new(), wake: None };
-    let mut reason_counts = vec![[0u32; Reason::ALL.len()]; policy.rules.len()];
-    let (mut selected, mut unhealthy, mut unknown) = (0usize, 0usize, 0usize);
-    let mut seen_records = 0usize;
-    let mut interesting: Vec<usize> = Vec::new();
-    let mut pool_sizes: HashMap<&str, usize> = HashMap::new();
-    let need_pool_sizes = matches!(policy.gates.max_concurrent_per_pool, Some(crate::policy::IntOrPercent::Percent(_)));
 
-    // Pass 1: evaluate every node cheaply; keep only those that need more than counting.
-    // Records by name: a hash lookup per node beats a tree search comparing names.
-    let by_name: HashMap<&str, &NodeRecord> = records.nodes.iter().map(|(name, r)| (name.as_str(), r)).collect();
-    for (idx, obs) in fleet.iter().enumerate() {
-        let record = by_name.get(obs.name.as_str()).copied();
-        if record.is_some() {
-            seen_records += 1;
-        }
-        if !ctx.selects(obs) {
-            if record.is_some_and(|r| r.active.is_some()) {
-                interesting.push(idx);
-            }
-            continue;
-        }
-        selected += 1;
+#[allow(clippy::too_many_arguments)]
+fn tally<'n>(
+    ctx: &Ctx,
+    obs: &'n NodeObservation,
+    s: &NodeSummary,
+    reasons: &[u8],
+    idx: usize,
+    need_pool_sizes: bool,
+    pool_sizes: &mut HashMap<&'n str, usize>,
+    reason_counts: &mut [[u32; Reason::ALL.len()]],
+    interesting: &mut Vec<usize>,
+    out: &mut Out,
+) {
+    if s.selected {
         if need_pool_sizes {
             *pool_sizes.entry(ctx.pool(obs)).or_default() += 1;
         }
-        let active = record.and_then(|r| r.active.as_ref());
-        let repairing = active.is_some_and(|a| a.step != RemediationStep::Quarantine && !matches!(a.stage, Stage::Verifying { .. }));
-        let (mut firing, mut stale, mut attention) = (false, false, record.is_some());
-        for (ri, rule) in policy.rules.iter().enumerate() {
-            let remembered = record.and_then(|r| r.failing_since.get(&rule.name)).copied();
-            let e = evaluate_rule(rule, obs, remembered, now);
-            if let Some(key) = &ctx.soft_keys[ri] {
-                reason_counts[ri][e.reason.index()] += 1;
-                attention |= e.verdict != Verdict::Ok || obs.has_taint(key);
-                continue;
-            }
-            let shown = if repairing { Reason::RepairInProgress } else { e.reason };
-            reason_counts[ri][shown.index()] += 1;
-            match e.verdict {
-                Verdict::Firing { .. } => firing = true,
-                Verdict::Pending { fires_at: Some(t), .. } if active.is_none() => out.wake_at(t),
-                Verdict::Unknown => stale = true,
-                _ => {}
-            }
-            if rule.gpu_count.is_some() && e.bad_now() != remembered.is_some() {
-                attention = true;
+        for (ri, r) in reasons.iter().enumerate() {
+            if let Some(c) = reason_counts[ri].get_mut(*r as usize) {
+                *c += 1;
             }
         }
-        if active.is_some() || firing {
-            unhealthy += 1;
-        } else if stale {
-            unknown += 1;
+        if let Some(t) = s.wake {
+            out.wake_at(t);
         }
-        if attention || firing || obs.taints.iter().any(|t| ctx.manages(&t.key)) {
-            interesting.push(idx);
+    }
+    if s.interesting {
+        interesting.push(idx);
+    }
+}
+
+/// Decides what to do now. Nodes are considered in name order, unhealthy candidates oldest first.
+pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now: Time) -> Decision {
+    decide_with(policy, fleet, records, now, None)
+}
+
+/// What pass 1 learns about one node: enough to count it, and whether pass 2 must look at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct NodeSummary {
+    pub selected: bool,
+    pub unhealthy: bool,
+    pub unknown: bool,
+    /// Pass 2 must evaluate it (a record, a firing or soft rule, or one of our taints).
+    pub interesting: bool,
+    /// The earliest time a pending rule fires (nodes not on the ladder).
+    pub wake: Option<Time>,
+    /// The summary may change without a new observation at this time (a rule's duration elapses,
+    /// evidence turns stale); never for nodes with records, which are always re-evaluated.
+    pub valid_until: Option<Time>,
+}
+
+fn earliest(a: Option<Time>, b: Time) -> Option<Time> {
+    Some(a.map_or(b, |x| x.min(b)))
+}
+
+/// Pass 1 for one node; `reasons[rule]` receives the reason shown in the metrics for each rule.
+fn summarize(ctx: &Ctx, obs: &NodeObservation, record: Option<&NodeRecord>, reasons: &mut [u8]) -> NodeSummary {
+    let now = ctx.now;
+    let policy = ctx.policy;
+    let mut s = NodeSummary::default();
+    if !ctx.selects(obs) {
+        s.interesting = record.is_some_and(|r| r.active.is_some());
+        reasons.fill(u8::MAX);
+        return s;
+    }
+    s.selected = true;
+    let active = record.and_then(|r| r.active.as_ref());
+    let repairing = active.is_some_and(|a| a.step != RemediationStep::Quarantine && !matches!(a.stage, Stage::Verifying { .. }));
+    let (mut firing, mut stale, mut attention) = (false, false, record.is_some());
+    for (ri, rule) in policy.rules.iter().enumerate() {
+        let remembered = record.and_then(|r| r.failing_since.get(&rule.name)).copied();
+        let e = evaluate_rule(rule, obs, remembered, now);
+        if let (Some(limit), Some(evidence)) = (rule.stale_after, e.evidence_at)
+            && e.verdict != Verdict::Unknown
+        {
+            // Turns stale one millisecond after the limit.
+            s.valid_until = earliest(s.valid_until, evidence + limit + Duration(1));
         }
+        if let Some(key) = &ctx.soft_keys[ri] {
+            reasons[ri] = e.reason.index() as u8;
+            attention |= e.verdict != Verdict::Ok || obs.has_taint(key);
+            continue;
+        }
+        let shown = if repairing { Reason::RepairInProgress } else { e.reason };
+        reasons[ri] = shown.index() as u8;
+        match e.verdict {
+            Verdict::Firing { .. } => firing = true,
+            Verdict::Pending { fires_at: Some(t), .. } => {
+                s.valid_until = earliest(s.valid_until, t);
+                if active.is_none() {
+                    s.wake = earliest(s.wake, t);
+                }
+            }
+            Verdict::Unknown => stale = true,
+            _ => {}
+        }
+        if rule.gpu_count.is_some() && e.bad_now() != remembered.is_some() {
+            attention = true;
+        }
+    }
+    s.unhealthy = active.is_some() || firing;
+    s.unknown = !s.unhealthy && stale;
+    s.interesting = attention || firing || obs.taints.iter().any(|t| ctx.manages(&t.key));
+    s
+}
+
+/// Per-node pass-1 results kept between decisions by [`crate::index::FleetIndex`].
+pub(crate) struct Pass1Cache<'c> {
+    /// `Some` where the node's summary can be reused (no new observation since it was made).
+    pub summaries: &'c mut Vec<Option<NodeSummary>>,
+    /// Reason index per node and rule, `rules` entries per node.
+    pub reasons: &'c mut Vec<u8>,
+    /// Nodes that had a record at the last decision: they are re-evaluated once more after it goes.
+    pub had_record: &'c mut HashSet<String>,
+    pub slots: &'c HashMap<String, usize>,
+}
+
+pub(crate) fn decide_with(policy: &Policy, fleet: &[NodeObservation], records: &Records, now: Time, mut cache: Option<Pass1Cache>) -> Decision {
+    let ctx = Ctx::new(policy, now);
+    let mut out = Out { actions: Vec::new(), events: Vec::new(), holds: Vec::new(), wake: None };
+    let rules = policy.rules.len();
+    let mut reason_counts = vec![[0u32; Reason::ALL.len()]; rules];
+    let (mut selected, mut unhealthy, mut unknown) = (0usize, 0usize, 0usize);
+    let mut interesting: Vec<usize> = Vec::new();
+    let mut pool_sizes: HashMap<&str, usize> = HashMap::new();
+    let need_pool_sizes = matches!(policy.gates.max_concurrent_per_pool, Some(crate::policy::IntOrPercent::Percent(_)));
+    let mut row = vec![u8::MAX; rules];
+
+    // Pass 1: evaluate every node cheaply; keep only those that need more than counting.
+    let seen_records;
+    if let Some(c) = cache.as_mut() {
+        // Nodes with records now or at the last decision are evaluated afresh, the rest reuse their
+        // summary until it expires.
+        c.reasons.resize(fleet.len() * rules, u8::MAX);
+        c.summaries.resize(fleet.len(), None);
+        for name in records.nodes.keys().map(String::as_str).chain(c.had_record.iter().map(String::as_str)) {
+            if let Some(&i) = c.slots.get(name) {
+                c.summaries[i] = None;
+            }
+        }
+        seen_records = records.nodes.keys().filter(|n| c.slots.contains_key(n.as_str())).count();
+        c.had_record.clear();
+        c.had_record.extend(records.nodes.keys().cloned());
+        for (idx, obs) in fleet.iter().enumerate() {
+            let cached = c.summaries[idx].filter(|s| s.valid_until.is_none_or(|t| now < t));
+            let s = match cached {
+                Some(s) => s,
+                None => {
+                    let record = records.nodes.get(&obs.name);
+                    let s = summarize(&ctx, obs, record, &mut c.reasons[idx * rules..(idx + 1) * rules]);
+                    // A summary with a record behind it is never reused (see above).
+                    c.summaries[idx] = if record.is_some() { None } else { Some(s) };
+                    s
+                }
+            };
+            tally(&ctx, obs, &s, &c.reasons[idx * rules..(idx + 1) * rules], idx, need_pool_sizes, &mut pool_sizes, &mut reason_counts, &mut interesting, &mut out);
+            selected += usize::from(s.selected);
+            unhealthy += usize::from(s.selected && s.unhealthy);
+            unknown += usize::from(s.selected && s.unknown);
+        }
+    } else {
+        // Records by name: a hash lookup per node beats a tree search comparing names.
+        let by_name: HashMap<&str, &NodeRecord> = records.nodes.iter().map(|(name, r)| (name.as_str(), r)).collect();
+        let mut seen = 0usize;
+        for (idx, obs) in fleet.iter().enumerate() {
+            let record = by_name.get(obs.name.as_str()).copied();
+            seen += usize::from(record.is_some());
+            let s = summarize(&ctx, obs, record, &mut row);
+            tally(&ctx, obs, &s, &row, idx, need_pool_sizes, &mut pool_sizes, &mut reason_counts, &mut interesting, &mut out);
+            selected += usize::from(s.selected);
+            unhealthy += usize::from(s.selected && s.unhealthy);
+            unknown += usize::from(s.selected && s.unknown);
+        }
+        seen_records = seen;
     }
     let mut healthy = selected - unhealthy - unknown;
 

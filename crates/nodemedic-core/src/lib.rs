@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod eval;
+pub mod index;
 pub mod observe;
 pub mod policy;
 pub mod presets;
@@ -13,6 +14,7 @@ pub mod selector;
 pub mod testkit;
 pub mod time;
 
+pub use index::FleetIndex;
 pub use engine::{Action, Decision, Event, EventKind, Gate, Hold, RecordChange, Summary, apply, decide};
 pub use observe::NodeObservation;
 pub use policy::{Policy, PolicyError, RemediationStep};

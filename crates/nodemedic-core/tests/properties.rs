@@ -551,6 +551,28 @@ proptest! {
         })?;
     }
 
+    /// The incremental index, fed only the nodes that changed (as a watch stream would), decides
+    /// exactly what a full pass over the same nodes decides.
+    #[test]
+    fn the_index_decides_exactly_like_a_full_pass(s in scenario()) {
+        let mut index = nodemedic_core::FleetIndex::new();
+        Sim::run(&s, |st| {
+            let names: BTreeSet<&str> = st.fleet.iter().map(|n| n.name.as_str()).collect();
+            let gone: Vec<String> = index.nodes().iter().filter(|n| !names.contains(n.name.as_str())).map(|n| n.name.clone()).collect();
+            for name in gone {
+                index.remove(&name);
+            }
+            for n in st.fleet {
+                if index.get(&n.name) != Some(n) {
+                    index.upsert(n.clone());
+                }
+            }
+            let incremental = index.decide(st.policy, st.before, st.now);
+            prop_assert_eq!(&incremental, st.decision, "at {}", st.now);
+            Ok(())
+        })?;
+    }
+
     /// Paused, breaker open, minHealthy or maxUnhealthy failing: no remediation starts.
     #[test]
     fn never_starts_a_remediation_while_a_gate_fails(s in scenario()) {
