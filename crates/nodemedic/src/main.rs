@@ -41,6 +41,18 @@ enum Command {
     },
     /// Print a built-in policy as YAML (nodemedic, seed000, seed003, seed004).
     Preset { name: String },
+    /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+    /// kwok) with fake GPU nodes for use with kubectl; stops on Ctrl-C or SIGTERM.
+    DevCluster {
+        /// Fake GPU nodes to create.
+        #[arg(long, default_value_t = 16)]
+        nodes: usize,
+        #[arg(long, default_value_t = 8)]
+        gpus_per_node: u32,
+        /// Node pools to spread the nodes over.
+        #[arg(long, default_value_t = 2)]
+        pools: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -213,8 +225,36 @@ fn render(reports: &[Report], secs: f64) -> String {
     out
 }
 
+async fn dev_cluster(nodes: usize, gpus: u32, pools: usize) -> Result<()> {
+    use nodemedic_testenv::{ControlPlane, FakeNode, Options};
+    eprintln!("starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok…");
+    let cp = ControlPlane::start(Options::full()).await.context("starting the control plane")?;
+    let pools = pools.max(1);
+    for i in 0..nodes {
+        let pool = format!("pool-{}", i % pools);
+        cp.create_node(&FakeNode::gpu(&format!("gpu-{i:03}"), &pool, gpus)).await.with_context(|| format!("creating node gpu-{i:03}"))?;
+    }
+    println!("kubeconfig: {}", cp.kubeconfig().display());
+    println!("kubectl:    {}", cp.binaries().path("kubectl").display());
+    println!("server:     {}", cp.server());
+    println!("nodes:      {nodes} fake GPU nodes ({gpus} GPUs each) in {pools} pool(s), run by kwok");
+    println!("try:        KUBECONFIG={} {} get nodes -L cloud.google.com/gke-nodepool,nvidia.com/gpu.count", cp.kubeconfig().display(), cp.binaries().path("kubectl").display());
+    println!("ready; Ctrl-C stops the cluster and deletes its files");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping the control plane");
+    drop(cp);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::DevCluster { nodes, gpus_per_node, pools } => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?.block_on(dev_cluster(nodes, gpus_per_node, pools))
+        }
         Command::Simulate(args) => run_simulate(args),
         Command::Validate { policy } => {
             let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;

@@ -103,3 +103,39 @@ fn simulate_trace_prints_a_timeline_of_decisions_with_reasons() {
     assert!(out.contains("timeline: nodemedic"), "{out}");
     assert!(out.contains("RemediationStarted: node unhealthy: rule `"), "{out}");
 }
+
+#[test]
+fn dev_cluster_serves_fake_gpu_nodes_to_kubectl_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
+        .args(["dev-cluster", "--nodes", "3", "--pools", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start dev-cluster");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut kubeconfig, mut kubectl) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.expect("read line");
+        if let Some(v) = line.strip_prefix("kubeconfig: ") {
+            kubeconfig = v.trim().to_string();
+        }
+        if let Some(v) = line.strip_prefix("kubectl:    ") {
+            kubectl = v.trim().to_string();
+        }
+        if line.starts_with("ready;") {
+            break;
+        }
+    }
+    assert!(!kubeconfig.is_empty() && !kubectl.is_empty(), "dev-cluster printed its kubeconfig and kubectl");
+    let out = Command::new(&kubectl).args(["--kubeconfig", &kubeconfig, "get", "nodes", "-L", "cloud.google.com/gke-nodepool", "--no-headers"]).output().expect("kubectl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.contains("pool-0") && text.contains("pool-1"), "{text}");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "dev-cluster exits cleanly on SIGTERM: {status}");
+    assert!(!std::path::Path::new(&kubeconfig).exists(), "its files are deleted");
+}

@@ -1,0 +1,425 @@
+//! nodemedic-testenv owns a real Kubernetes control plane for tests and the dev cluster: etcd and
+//! kube-apiserver on free loopback ports with generated certificates and RBAC, and optionally
+//! kube-controller-manager, kube-scheduler and kwok (simulated kubelets), built from Go modules by
+//! `scripts/control-plane/build`. It also has helpers for fake GPU nodes. It must not contain any of
+//! nodemedic's own logic: tests bring that, and prove it against this control plane.
+
+mod certs;
+mod nodes;
+
+pub use nodes::{FakeNode, KWOK_ANNOTATION};
+
+use kube::config::{Kubeconfig, KubeConfigOptions};
+use kube::{Client, Config};
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestEnvError {
+    #[error("the control-plane binaries could not be built or found: {0}")]
+    Binaries(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("certificates: {0}")]
+    Certs(#[from] rcgen::Error),
+    #[error("{component} did not become ready within {waited:?}; its log ends with:\n{log}")]
+    NotReady { component: &'static str, waited: Duration, log: String },
+    #[error("{component} exited early ({status}); its log ends with:\n{log}")]
+    Exited { component: &'static str, status: String, log: String },
+    #[error("kube client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestEnvError {
+    let what = what.into();
+    move |source| TestEnvError::Io { what, source }
+}
+
+/// Which components to run beside etcd and kube-apiserver.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Node lifecycle (NotReady/Unknown, unreachable taints, taint eviction), disruption budgets,
+    /// service accounts, pod GC.
+    pub controller_manager: bool,
+    pub scheduler: bool,
+    /// Simulated kubelets for nodes annotated `kwok.x-k8s.io/node=fake`.
+    pub kwok: bool,
+    /// How long a node may miss heartbeats before the node lifecycle controller marks it Unknown.
+    pub node_monitor_grace_period: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { controller_manager: false, scheduler: false, kwok: false, node_monitor_grace_period: Duration::from_secs(20) }
+    }
+}
+
+impl Options {
+    /// Everything: controller manager, scheduler and kwok.
+    pub fn full() -> Self {
+        Options { controller_manager: true, scheduler: true, kwok: true, ..Options::default() }
+    }
+}
+
+/// Where the built binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub bin: PathBuf,
+    pub kwok_stages: PathBuf,
+}
+
+impl Binaries {
+    /// `NODEMEDIC_CONTROL_PLANE_BIN` if set, else the build script's cache (building on first use).
+    /// Fails loudly — an integration test never skips because the binaries are missing.
+    pub fn locate() -> Result<Binaries, TestEnvError> {
+        static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        let bin = FOUND
+            .get_or_init(|| {
+                if let Some(dir) = std::env::var_os("NODEMEDIC_CONTROL_PLANE_BIN") {
+                    return Ok(PathBuf::from(dir));
+                }
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/control-plane/build");
+                let out = Command::new("bash")
+                    .arg(&script)
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .map_err(|e| format!("running {}: {e}", script.display()))?;
+                if !out.status.success() {
+                    return Err(format!("{} failed ({})", script.display(), out.status));
+                }
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                stdout.lines().last().map(|l| PathBuf::from(l.trim())).ok_or_else(|| format!("{} printed no bin directory", script.display()))
+            })
+            .clone()
+            .map_err(TestEnvError::Binaries)?;
+        let kwok_stages = bin.parent().map(|p| p.join("kwok-stages")).unwrap_or_default();
+        for name in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"] {
+            if !bin.join(name).is_file() {
+                return Err(TestEnvError::Binaries(format!("{} is missing from {}", name, bin.display())));
+            }
+        }
+        Ok(Binaries { bin, kwok_stages })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+}
+
+/// At most this many control planes run at once in one test process (the machine has two cores).
+const MAX_CONCURRENT: usize = 2;
+
+static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let (lock, cv) = &RUNNING;
+        let mut n = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= MAX_CONCURRENT {
+            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (lock, cv) = &RUNNING;
+        let mut n = lock.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        cv.notify_one();
+    }
+}
+
+struct Component {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A running control plane. Everything is stopped and deleted on drop, also when a test panics; a
+/// panicking test gets the tail of every component's log printed.
+pub struct ControlPlane {
+    components: Vec<Component>,
+    client: Client,
+    kubeconfig: PathBuf,
+    server: String,
+    binaries: Binaries,
+    dir: tempfile::TempDir,
+    _slot: Slot,
+}
+
+fn free_port() -> Result<u16, TestEnvError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a free loopback port"))?;
+    Ok(l.local_addr().map_err(io("reading the bound port"))?.port())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver (plus what `opts` asks for) and waits until they are ready.
+    pub async fn start(opts: Options) -> Result<ControlPlane, TestEnvError> {
+        let binaries = Binaries::locate()?;
+        let slot = tokio::task::spawn_blocking(Slot::take).await.map_err(|e| TestEnvError::Binaries(e.to_string()))?;
+        let dir = tempfile::Builder::new().prefix("nodemedic-cp-").tempdir().map_err(io("creating the control-plane directory"))?;
+        let root = dir.path().to_path_buf();
+        let pki = certs::Pki::generate(&root)?;
+
+        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = root.join("admin.kubeconfig");
+        std::fs::write(&kubeconfig, pki.kubeconfig(&server)).map_err(io("writing the kubeconfig"))?;
+
+        let client = pki.client(&server).await?;
+        let mut cp = ControlPlane {
+            components: Vec::new(),
+            client,
+            kubeconfig: kubeconfig.clone(),
+            server: server.clone(),
+            binaries: binaries.clone(),
+            dir,
+            _slot: slot,
+        };
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        cp.spawn(
+            "etcd",
+            &[
+                "--name=default".into(),
+                format!("--data-dir={}", root.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+        )?;
+        let p = |f: &str| root.join(f).display().to_string();
+        cp.spawn(
+            "kube-apiserver",
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={api_port}"),
+                format!("--cert-dir={}", p("apiserver-certs")),
+                format!("--tls-cert-file={}", p("serving.crt")),
+                format!("--tls-private-key-file={}", p("serving.key")),
+                format!("--client-ca-file={}", p("ca.crt")),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", p("sa.pub")),
+                format!("--service-account-signing-key-file={}", p("sa.key")),
+                "--authorization-mode=Node,RBAC".into(),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+                "--endpoint-reconciler-type=none".into(),
+                "--allow-privileged=true".into(),
+                "--enable-priority-and-fairness=false".into(),
+                "--profiling=false".into(),
+            ],
+        )?;
+        cp.wait_ready("kube-apiserver", "/readyz", Duration::from_secs(90)).await?;
+
+        if opts.controller_manager {
+            let grace = opts.node_monitor_grace_period.as_secs().max(5);
+            cp.spawn(
+                "kube-controller-manager",
+                &[
+                    format!("--kubeconfig={}", kubeconfig.display()),
+                    format!("--authentication-kubeconfig={}", kubeconfig.display()),
+                    format!("--authorization-kubeconfig={}", kubeconfig.display()),
+                    "--leader-elect=false".into(),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={}", free_port()?),
+                    format!("--service-account-private-key-file={}", p("sa.key")),
+                    format!("--root-ca-file={}", p("ca.crt")),
+                    "--use-service-account-credentials=false".into(),
+                    "--node-monitor-period=1s".into(),
+                    format!("--node-monitor-grace-period={grace}s"),
+                    "--controllers=*".into(),
+                ],
+            )?;
+        }
+        if opts.scheduler {
+            cp.spawn(
+                "kube-scheduler",
+                &[
+                    format!("--kubeconfig={}", kubeconfig.display()),
+                    format!("--authentication-kubeconfig={}", kubeconfig.display()),
+                    format!("--authorization-kubeconfig={}", kubeconfig.display()),
+                    "--leader-elect=false".into(),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={}", free_port()?),
+                ],
+            )?;
+        }
+        if opts.kwok {
+            let mut args = vec![
+                format!("--kubeconfig={}", kubeconfig.display()),
+                "--manage-all-nodes=false".into(),
+                format!("--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake"),
+                "--cidr=10.244.0.1/16".into(),
+                "--node-ip=10.0.0.1".into(),
+                "--node-lease-duration-seconds=40".into(),
+                format!("--server-address=127.0.0.1:{}", free_port()?),
+            ];
+            let stages = std::fs::read_dir(&binaries.kwok_stages).map_err(io(format!("reading kwok stages in {}", binaries.kwok_stages.display())))?;
+            let mut files: Vec<PathBuf> = stages.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            args.extend(files.iter().map(|f| format!("--config={}", f.display())));
+            cp.spawn("kwok", &args)?;
+        }
+        Ok(cp)
+    }
+
+    fn spawn(&mut self, name: &'static str, args: &[String]) -> Result<(), TestEnvError> {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+        let err = file.try_clone().map_err(io("duplicating a log handle"))?;
+        let child = Command::new(self.binaries.path(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .map_err(io(format!("starting {name}")))?;
+        self.components.push(Component { name, child, log });
+        Ok(())
+    }
+
+    /// Waits for an apiserver health endpoint to answer `ok`, watching that no component died.
+    async fn wait_ready(&mut self, component: &'static str, path: &str, limit: Duration) -> Result<(), TestEnvError> {
+        let start = Instant::now();
+        loop {
+            self.check_alive()?;
+            let req = http::Request::get(path).body(Vec::new()).map_err(|e| TestEnvError::Kubeconfig(e.to_string()))?;
+            if let Ok(body) = self.client.request_text(req).await
+                && body.trim() == "ok"
+            {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                let log = self.components.iter().find(|c| c.name == component).map(|c| tail(&c.log, 30)).unwrap_or_default();
+                return Err(TestEnvError::NotReady { component, waited: limit, log });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Fails if any component has exited.
+    pub fn check_alive(&mut self) -> Result<(), TestEnvError> {
+        for c in &mut self.components {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                return Err(TestEnvError::Exited { component: c.name, status: status.to_string(), log: tail(&c.log, 40) });
+            }
+        }
+        Ok(())
+    }
+
+    /// An admin client (system:masters).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// A client that authenticates with a bearer token (e.g. a service account's), trusting this
+    /// control plane's CA.
+    pub async fn client_with_token(&self, token: &str) -> Result<Client, TestEnvError> {
+        let mut kc = Kubeconfig::read_from(&self.kubeconfig).map_err(|e| TestEnvError::Kubeconfig(e.to_string()))?;
+        for auth in &mut kc.auth_infos {
+            if let Some(info) = auth.auth_info.as_mut() {
+                info.client_certificate_data = None;
+                info.client_key_data = None;
+                info.token = Some(token.to_string().into());
+            }
+        }
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| TestEnvError::Kubeconfig(e.to_string()))?;
+        Ok(Client::try_from(config)?)
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// Runs the built kubectl against this control plane.
+    pub fn kubectl(&self, args: &[&str]) -> Result<std::process::Output, TestEnvError> {
+        Command::new(self.binaries.path("kubectl")).arg(format!("--kubeconfig={}", self.kubeconfig.display())).args(args).output().map_err(io("running kubectl"))
+    }
+
+    /// Runs a test body against this control plane; on error the components' logs are printed
+    /// before the error is returned (a panicking test gets them from `Drop`).
+    pub async fn run<'a, T, E, Fut>(&'a self, body: impl FnOnce(&'a ControlPlane) -> Fut) -> Result<T, E>
+    where
+        E: std::fmt::Display,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let result = body(self).await;
+        if let Err(e) = &result {
+            eprintln!("test failed: {e}\ncontrol plane logs:\n{}", self.logs(60));
+        }
+        result
+    }
+
+    /// The last `lines` lines of each component's log.
+    pub fn logs(&self, lines: usize) -> String {
+        self.components.iter().map(|c| format!("----- {} ({})\n{}", c.name, c.log.display(), tail(&c.log, lines))).collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn stop_all(components: &mut [Component]) {
+    for c in components.iter_mut().rev() {
+        let _ = c.child.kill();
+        let _ = c.child.wait();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("control plane in {} — component logs:\n{}", self.dir.path().display(), self.logs(40));
+        }
+        stop_all(&mut self.components);
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `limit` naming `what`.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T, TestEnvError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            return Err(TestEnvError::Timeout(limit, what.to_string()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
