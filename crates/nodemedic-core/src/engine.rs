@@ -328,7 +328,6 @@ impl Out {
     }
 }
 
-
 #[allow(clippy::too_many_arguments)]
 fn tally<'n>(
     ctx: &Ctx,
@@ -446,7 +445,13 @@ pub(crate) struct Pass1Cache<'c> {
     pub slots: &'c HashMap<String, usize>,
 }
 
-pub(crate) fn decide_with(policy: &Policy, fleet: &[NodeObservation], records: &Records, now: Time, mut cache: Option<Pass1Cache>) -> Decision {
+pub(crate) fn decide_with(
+    policy: &Policy,
+    fleet: &[NodeObservation],
+    records: &Records,
+    now: Time,
+    mut cache: Option<Pass1Cache>,
+) -> Decision {
     let ctx = Ctx::new(policy, now);
     let mut out = Out { actions: Vec::new(), events: Vec::new(), holds: Vec::new(), wake: None };
     let rules = policy.rules.len();
@@ -484,7 +489,18 @@ pub(crate) fn decide_with(policy: &Policy, fleet: &[NodeObservation], records: &
                     s
                 }
             };
-            tally(&ctx, obs, &s, &c.reasons[idx * rules..(idx + 1) * rules], idx, need_pool_sizes, &mut pool_sizes, &mut reason_counts, &mut interesting, &mut out);
+            tally(
+                &ctx,
+                obs,
+                &s,
+                &c.reasons[idx * rules..(idx + 1) * rules],
+                idx,
+                need_pool_sizes,
+                &mut pool_sizes,
+                &mut reason_counts,
+                &mut interesting,
+                &mut out,
+            );
             selected += usize::from(s.selected);
             unhealthy += usize::from(s.selected && s.unhealthy);
             unknown += usize::from(s.selected && s.unknown);

@@ -106,7 +106,8 @@ impl FleetIndex {
             self.policy = Some(policy.clone());
         }
         self.last_now = Some(now);
-        let cache = Pass1Cache { summaries: &mut self.summaries, reasons: &mut self.reasons, had_record: &mut self.had_record, slots: &self.slots };
+        let cache =
+            Pass1Cache { summaries: &mut self.summaries, reasons: &mut self.reasons, had_record: &mut self.had_record, slots: &self.slots };
         decide_with(policy, &self.nodes, records, now, Some(cache))
     }
 

@@ -14,8 +14,8 @@ pub mod selector;
 pub mod testkit;
 pub mod time;
 
-pub use index::FleetIndex;
 pub use engine::{Action, Decision, Event, EventKind, Gate, Hold, RecordChange, Summary, apply, decide};
+pub use index::FleetIndex;
 pub use observe::NodeObservation;
 pub use policy::{Policy, PolicyError, RemediationStep};
 pub use record::{NodeRecord, Phase, Records};

@@ -103,11 +103,7 @@ impl FleetSpec {
 
     /// The node class of this fleet's nodes, for repair durations.
     pub fn node_class(&self) -> NodeClass {
-        if self.gpus_per_node > 0 {
-            NodeClass::Gpu
-        } else {
-            NodeClass::Cpu
-        }
+        if self.gpus_per_node > 0 { NodeClass::Gpu } else { NodeClass::Cpu }
     }
 }
 
@@ -335,22 +331,12 @@ pub struct DurationDist {
 impl DurationDist {
     /// A clamped log-normal duration.
     pub const fn lognormal(median_ms: i64, sigma: f64, min_ms: i64, max_ms: i64) -> Self {
-        Self {
-            median_ms,
-            sigma,
-            min_ms,
-            max_ms,
-        }
+        Self { median_ms, sigma, min_ms, max_ms }
     }
 
     /// A fixed duration.
     pub const fn fixed(ms: i64) -> Self {
-        Self {
-            median_ms: ms,
-            sigma: 0.0,
-            min_ms: ms,
-            max_ms: ms,
-        }
+        Self { median_ms: ms, sigma: 0.0, min_ms: ms, max_ms: ms }
     }
 
     /// Draw one duration in ms, always within `[max(min_ms, 0), max(max_ms, min_ms)]`.
@@ -358,11 +344,7 @@ impl DurationDist {
         let lo = self.min_ms.max(0);
         let hi = self.max_ms.max(lo);
         let z: f64 = rng.sample(StandardNormal);
-        let sigma = if self.sigma.is_finite() {
-            self.sigma
-        } else {
-            0.0
-        };
+        let sigma = if self.sigma.is_finite() { self.sigma } else { 0.0 };
         let value = self.median_ms as f64 * (sigma * z).exp();
         if value.is_finite() {
             // `as` saturates, so huge values land on i64::MAX before clamping.
@@ -378,10 +360,7 @@ impl DurationDist {
     }
 
     fn check(&self, field: &str) -> Result<(), ModelError> {
-        let bad = |reason: &'static str| ModelError::BadDuration {
-            field: field.to_owned(),
-            reason,
-        };
+        let bad = |reason: &'static str| ModelError::BadDuration { field: field.to_owned(), reason };
         if self.median_ms < 0 || self.min_ms < 0 || self.max_ms < 0 {
             return Err(bad("durations must not be negative"));
         }
@@ -411,12 +390,7 @@ pub struct FixSplit {
 impl FixSplit {
     /// A fix split; the four shares should sum to 1.
     pub const fn new(self_clears: f64, reboot: f64, reimage: f64, replace: f64) -> Self {
-        Self {
-            self_clears,
-            reboot,
-            reimage,
-            replace,
-        }
+        Self { self_clears, reboot, reimage, replace }
     }
 
     /// The share of one fix.
@@ -438,9 +412,7 @@ impl FixSplit {
     pub fn sample(&self, rng: &mut impl Rng) -> Fix {
         const FIXES: [Fix; 4] = [Fix::SelfClears, Fix::Reboot, Fix::Reimage, Fix::Replace];
         let cat = Categorical::new(FIXES.iter().map(|f| self.share(*f)));
-        cat.sample(rng)
-            .and_then(|i| FIXES.get(i).copied())
-            .unwrap_or(Fix::Reboot)
+        cat.sample(rng).and_then(|i| FIXES.get(i).copied()).unwrap_or(Fix::Reboot)
     }
 }
 
@@ -462,12 +434,10 @@ pub struct CauseSpec {
 impl CauseSpec {
     fn sample_symptom(&self, rng: &mut impl Rng) -> Symptom {
         let cat = Categorical::new(self.symptoms.iter().map(|(_, w)| *w));
-        cat.sample(rng)
-            .and_then(|i| self.symptoms.get(i).map(|(s, _)| *s))
-            .unwrap_or(match self.scope {
-                FaultScope::Gpu => Symptom::Gpu,
-                FaultScope::Node => Symptom::NodeNotReady,
-            })
+        cat.sample(rng).and_then(|i| self.symptoms.get(i).map(|(s, _)| *s)).unwrap_or(match self.scope {
+            FaultScope::Gpu => Symptom::Gpu,
+            FaultScope::Node => Symptom::NodeNotReady,
+        })
     }
 }
 
@@ -563,36 +533,11 @@ pub struct RepairDurations {
 impl Default for RepairDurations {
     fn default() -> Self {
         Self {
-            gpu_node_reboot: DurationDist::lognormal(
-                10 * MS_PER_MINUTE,
-                0.3,
-                5 * MS_PER_MINUTE,
-                30 * MS_PER_MINUTE,
-            ),
-            cpu_node_reboot: DurationDist::lognormal(
-                3 * MS_PER_MINUTE,
-                0.35,
-                MS_PER_MINUTE,
-                10 * MS_PER_MINUTE,
-            ),
-            reimage: DurationDist::lognormal(
-                40 * MS_PER_MINUTE,
-                0.4,
-                20 * MS_PER_MINUTE,
-                3 * MS_PER_HOUR,
-            ),
-            replace: DurationDist::lognormal(
-                36 * MS_PER_HOUR,
-                0.9,
-                4 * MS_PER_HOUR,
-                21 * MS_PER_DAY,
-            ),
-            manual_response: DurationDist::lognormal(
-                4 * MS_PER_HOUR,
-                0.9,
-                15 * MS_PER_MINUTE,
-                72 * MS_PER_HOUR,
-            ),
+            gpu_node_reboot: DurationDist::lognormal(10 * MS_PER_MINUTE, 0.3, 5 * MS_PER_MINUTE, 30 * MS_PER_MINUTE),
+            cpu_node_reboot: DurationDist::lognormal(3 * MS_PER_MINUTE, 0.35, MS_PER_MINUTE, 10 * MS_PER_MINUTE),
+            reimage: DurationDist::lognormal(40 * MS_PER_MINUTE, 0.4, 20 * MS_PER_MINUTE, 3 * MS_PER_HOUR),
+            replace: DurationDist::lognormal(36 * MS_PER_HOUR, 0.9, 4 * MS_PER_HOUR, 21 * MS_PER_DAY),
+            manual_response: DurationDist::lognormal(4 * MS_PER_HOUR, 0.9, 15 * MS_PER_MINUTE, 72 * MS_PER_HOUR),
         }
     }
 }
@@ -696,20 +641,8 @@ pub struct FaultModel {
     pub repair: RepairDurations,
 }
 
-fn cause_spec(
-    cause: Cause,
-    count: u32,
-    scope: FaultScope,
-    symptoms: &[(Symptom, f64)],
-    fixes: FixSplit,
-) -> CauseSpec {
-    CauseSpec {
-        cause,
-        weight: f64::from(count),
-        scope,
-        symptoms: symptoms.to_vec(),
-        fixes,
-    }
+fn cause_spec(cause: Cause, count: u32, scope: FaultScope, symptoms: &[(Symptom, f64)], fixes: FixSplit) -> CauseSpec {
+    CauseSpec { cause, weight: f64::from(count), scope, symptoms: symptoms.to_vec(), fixes }
 }
 
 impl Default for FaultModel {
@@ -720,174 +653,41 @@ impl Default for FaultModel {
         use Symptom as S;
         // Fix splits are (self_clears, reboot, reimage, replace).
         let causes = vec![
-            cause_spec(
-                C::FaultyGpu,
-                148,
-                G,
-                &[(S::Gpu, 0.7), (S::GpuCount, 0.3)],
-                FixSplit::new(0.0, 0.32, 0.0, 0.68),
-            ),
-            cause_spec(
-                C::Hbm3,
-                72,
-                G,
-                &[(S::Gpu, 1.0)],
-                FixSplit::new(0.0, 0.55, 0.0, 0.45),
-            ),
-            cause_spec(
-                C::SoftwareBug,
-                54,
-                N,
-                &[(S::Gpu, 0.4), (S::NodeNotReady, 0.6)],
-                FixSplit::new(0.15, 0.50, 0.35, 0.0),
-            ),
-            cause_spec(
-                C::NetworkSwitchCable,
-                35,
-                N,
-                &[(S::Network, 1.0)],
-                FixSplit::new(0.15, 0.10, 0.0, 0.75),
-            ),
-            cause_spec(
-                C::HostMaintenance,
-                32,
-                N,
-                &[(S::NodeNotReady, 1.0)],
-                FixSplit::new(0.0, 0.45, 0.35, 0.20),
-            ),
-            cause_spec(
-                C::GpuSram,
-                19,
-                G,
-                &[(S::Gpu, 1.0)],
-                FixSplit::new(0.0, 0.60, 0.0, 0.40),
-            ),
-            cause_spec(
-                C::GpuSystemProcessor,
-                17,
-                G,
-                &[(S::Gpu, 0.6), (S::GpuCount, 0.4)],
-                FixSplit::new(0.0, 0.85, 0.0, 0.15),
-            ),
-            cause_spec(
-                C::Nic,
-                7,
-                N,
-                &[(S::Network, 1.0)],
-                FixSplit::new(0.0, 0.30, 0.0, 0.70),
-            ),
-            cause_spec(
-                C::NcclWatchdog,
-                7,
-                N,
-                &[(S::Network, 1.0)],
-                FixSplit::new(0.50, 0.50, 0.0, 0.0),
-            ),
-            cause_spec(
-                C::SilentDataCorruption,
-                6,
-                G,
-                &[(S::Gpu, 1.0)],
-                FixSplit::new(0.0, 0.0, 0.0, 1.0),
-            ),
-            cause_spec(
-                C::GpuThermal,
-                6,
-                G,
-                &[(S::Gpu, 1.0)],
-                FixSplit::new(0.0, 0.25, 0.0, 0.75),
-            ),
-            cause_spec(
-                C::Ssd,
-                3,
-                N,
-                &[(S::Disk, 1.0)],
-                FixSplit::new(0.0, 0.0, 0.20, 0.80),
-            ),
-            cause_spec(
-                C::PowerSupply,
-                3,
-                N,
-                &[(S::NodeNotReady, 1.0)],
-                FixSplit::new(0.0, 0.0, 0.0, 1.0),
-            ),
-            cause_spec(
-                C::ServerChassis,
-                2,
-                N,
-                &[(S::NodeNotReady, 1.0)],
-                FixSplit::new(0.0, 0.0, 0.0, 1.0),
-            ),
-            cause_spec(
-                C::IoExpansionBoard,
-                2,
-                N,
-                &[(S::GpuCount, 1.0)],
-                FixSplit::new(0.0, 0.20, 0.0, 0.80),
-            ),
-            cause_spec(
-                C::Dependency,
-                2,
-                N,
-                &[(S::NodeNotReady, 1.0)],
-                FixSplit::new(0.70, 0.30, 0.0, 0.0),
-            ),
-            cause_spec(
-                C::Cpu,
-                2,
-                N,
-                &[(S::NodeNotReady, 1.0)],
-                FixSplit::new(0.0, 0.20, 0.0, 0.80),
-            ),
-            cause_spec(
-                C::SystemMemory,
-                2,
-                N,
-                &[(S::NodeNotReady, 1.0)],
-                FixSplit::new(0.0, 0.30, 0.0, 0.70),
-            ),
+            cause_spec(C::FaultyGpu, 148, G, &[(S::Gpu, 0.7), (S::GpuCount, 0.3)], FixSplit::new(0.0, 0.32, 0.0, 0.68)),
+            cause_spec(C::Hbm3, 72, G, &[(S::Gpu, 1.0)], FixSplit::new(0.0, 0.55, 0.0, 0.45)),
+            cause_spec(C::SoftwareBug, 54, N, &[(S::Gpu, 0.4), (S::NodeNotReady, 0.6)], FixSplit::new(0.15, 0.50, 0.35, 0.0)),
+            cause_spec(C::NetworkSwitchCable, 35, N, &[(S::Network, 1.0)], FixSplit::new(0.15, 0.10, 0.0, 0.75)),
+            cause_spec(C::HostMaintenance, 32, N, &[(S::NodeNotReady, 1.0)], FixSplit::new(0.0, 0.45, 0.35, 0.20)),
+            cause_spec(C::GpuSram, 19, G, &[(S::Gpu, 1.0)], FixSplit::new(0.0, 0.60, 0.0, 0.40)),
+            cause_spec(C::GpuSystemProcessor, 17, G, &[(S::Gpu, 0.6), (S::GpuCount, 0.4)], FixSplit::new(0.0, 0.85, 0.0, 0.15)),
+            cause_spec(C::Nic, 7, N, &[(S::Network, 1.0)], FixSplit::new(0.0, 0.30, 0.0, 0.70)),
+            cause_spec(C::NcclWatchdog, 7, N, &[(S::Network, 1.0)], FixSplit::new(0.50, 0.50, 0.0, 0.0)),
+            cause_spec(C::SilentDataCorruption, 6, G, &[(S::Gpu, 1.0)], FixSplit::new(0.0, 0.0, 0.0, 1.0)),
+            cause_spec(C::GpuThermal, 6, G, &[(S::Gpu, 1.0)], FixSplit::new(0.0, 0.25, 0.0, 0.75)),
+            cause_spec(C::Ssd, 3, N, &[(S::Disk, 1.0)], FixSplit::new(0.0, 0.0, 0.20, 0.80)),
+            cause_spec(C::PowerSupply, 3, N, &[(S::NodeNotReady, 1.0)], FixSplit::new(0.0, 0.0, 0.0, 1.0)),
+            cause_spec(C::ServerChassis, 2, N, &[(S::NodeNotReady, 1.0)], FixSplit::new(0.0, 0.0, 0.0, 1.0)),
+            cause_spec(C::IoExpansionBoard, 2, N, &[(S::GpuCount, 1.0)], FixSplit::new(0.0, 0.20, 0.0, 0.80)),
+            cause_spec(C::Dependency, 2, N, &[(S::NodeNotReady, 1.0)], FixSplit::new(0.70, 0.30, 0.0, 0.0)),
+            cause_spec(C::Cpu, 2, N, &[(S::NodeNotReady, 1.0)], FixSplit::new(0.0, 0.20, 0.0, 0.80)),
+            cause_spec(C::SystemMemory, 2, N, &[(S::NodeNotReady, 1.0)], FixSplit::new(0.0, 0.30, 0.0, 0.70)),
         ];
         Self {
-            unexpected_per_gpu_day: f64::from(LLAMA3_UNEXPECTED_INTERRUPTIONS)
-                / (f64::from(LLAMA3_GPUS) * f64::from(LLAMA3_DAYS)),
+            unexpected_per_gpu_day: f64::from(LLAMA3_UNEXPECTED_INTERRUPTIONS) / (f64::from(LLAMA3_GPUS) * f64::from(LLAMA3_DAYS)),
             reference_gpus_per_node: LLAMA3_GPUS_PER_NODE,
             causes,
-            transient_self_clear: DurationDist::lognormal(
-                10 * MS_PER_MINUTE,
-                1.0,
-                MS_PER_MINUTE,
-                6 * MS_PER_HOUR,
-            ),
-            lemons: LemonSpec {
-                node_fraction: 0.01,
-                rate_multiplier: 10.0,
-                recurrence_probability: 0.7,
-            },
+            transient_self_clear: DurationDist::lognormal(10 * MS_PER_MINUTE, 1.0, MS_PER_MINUTE, 6 * MS_PER_HOUR),
+            lemons: LemonSpec { node_fraction: 0.01, rate_multiplier: 10.0, recurrence_probability: 0.7 },
             flaps: FlapSpec {
                 episodes_per_node_day: 0.002,
                 mean_flaps_per_episode: 4.0,
-                flap_duration: DurationDist::lognormal(
-                    2 * MS_PER_MINUTE,
-                    0.7,
-                    10 * MS_PER_SECOND,
-                    30 * MS_PER_MINUTE,
-                ),
-                gap: DurationDist::lognormal(
-                    10 * MS_PER_MINUTE,
-                    0.8,
-                    30 * MS_PER_SECOND,
-                    2 * MS_PER_HOUR,
-                ),
+                flap_duration: DurationDist::lognormal(2 * MS_PER_MINUTE, 0.7, 10 * MS_PER_SECOND, 30 * MS_PER_MINUTE),
+                gap: DurationDist::lognormal(10 * MS_PER_MINUTE, 0.8, 30 * MS_PER_SECOND, 2 * MS_PER_HOUR),
             },
             false_positives: FalsePositiveSpec {
                 per_node_day: 0.005,
                 gpu_share: 0.6,
-                self_clear: DurationDist::lognormal(
-                    90 * MS_PER_SECOND,
-                    0.7,
-                    10 * MS_PER_SECOND,
-                    15 * MS_PER_MINUTE,
-                ),
+                self_clear: DurationDist::lognormal(90 * MS_PER_SECOND, 0.7, 10 * MS_PER_SECOND, 15 * MS_PER_MINUTE),
             },
             repair: RepairDurations::default(),
         }
@@ -925,11 +725,7 @@ impl FaultModel {
     /// Expected number of unexpected interruptions over the whole run
     /// (exactly 419 for the default model on the default fleet).
     pub fn expected_unexpected(&self, fleet: &FleetSpec) -> f64 {
-        let per_node_day: f64 = self
-            .cause_rates_per_node_day(fleet)
-            .iter()
-            .map(|(_, r)| r)
-            .sum();
+        let per_node_day: f64 = self.cause_rates_per_node_day(fleet).iter().map(|(_, r)| r).sum();
         per_node_day * fleet.node_days()
     }
 
@@ -938,10 +734,7 @@ impl FaultModel {
     pub fn expected_cause_shares(&self, fleet: &FleetSpec) -> Vec<(Cause, f64)> {
         let rates = self.cause_rates_per_node_day(fleet);
         let total: f64 = rates.iter().map(|(_, r)| r).sum();
-        rates
-            .into_iter()
-            .map(|(c, r)| (c, if total > 0.0 { r / total } else { 0.0 }))
-            .collect()
+        rates.into_iter().map(|(c, r)| (c, if total > 0.0 { r / total } else { 0.0 })).collect()
     }
 
     /// Expected number of flap episodes over the run (each has >= 1 flap).
@@ -976,17 +769,11 @@ impl FaultModel {
                 return Err(ModelError::EmptySymptomSplit { cause: spec.cause });
             }
             for fix in [Fix::SelfClears, Fix::Reboot, Fix::Reimage, Fix::Replace] {
-                probability(
-                    &format!("causes[{}].fixes.{fix:?}", spec.cause),
-                    spec.fixes.share(fix),
-                )?;
+                probability(&format!("causes[{}].fixes.{fix:?}", spec.cause), spec.fixes.share(fix))?;
             }
             let sum = spec.fixes.total();
             if (sum - 1.0).abs() > 1e-3 {
-                return Err(ModelError::FixSplitNotNormalized {
-                    cause: spec.cause,
-                    sum,
-                });
+                return Err(ModelError::FixSplitNotNormalized { cause: spec.cause, sum });
             }
         }
         if self.unexpected_per_gpu_day > 0.0 && !self.causes.iter().any(|c| c.weight > 0.0) {
@@ -995,63 +782,29 @@ impl FaultModel {
         self.transient_self_clear.check("transient_self_clear")?;
         probability("lemons.node_fraction", self.lemons.node_fraction)?;
         non_negative("lemons.rate_multiplier", self.lemons.rate_multiplier)?;
-        probability(
-            "lemons.recurrence_probability",
-            self.lemons.recurrence_probability,
-        )?;
-        non_negative(
-            "flaps.episodes_per_node_day",
-            self.flaps.episodes_per_node_day,
-        )?;
-        non_negative(
-            "flaps.mean_flaps_per_episode",
-            self.flaps.mean_flaps_per_episode,
-        )?;
+        probability("lemons.recurrence_probability", self.lemons.recurrence_probability)?;
+        non_negative("flaps.episodes_per_node_day", self.flaps.episodes_per_node_day)?;
+        non_negative("flaps.mean_flaps_per_episode", self.flaps.mean_flaps_per_episode)?;
         self.flaps.flap_duration.check("flaps.flap_duration")?;
         self.flaps.gap.check("flaps.gap")?;
-        non_negative(
-            "false_positives.per_node_day",
-            self.false_positives.per_node_day,
-        )?;
+        non_negative("false_positives.per_node_day", self.false_positives.per_node_day)?;
         probability("false_positives.gpu_share", self.false_positives.gpu_share)?;
-        self.false_positives
-            .self_clear
-            .check("false_positives.self_clear")?;
-        self.repair
-            .gpu_node_reboot
-            .check("repair.gpu_node_reboot")?;
-        self.repair
-            .cpu_node_reboot
-            .check("repair.cpu_node_reboot")?;
+        self.false_positives.self_clear.check("false_positives.self_clear")?;
+        self.repair.gpu_node_reboot.check("repair.gpu_node_reboot")?;
+        self.repair.cpu_node_reboot.check("repair.cpu_node_reboot")?;
         self.repair.reimage.check("repair.reimage")?;
         self.repair.replace.check("repair.replace")?;
-        self.repair
-            .manual_response
-            .check("repair.manual_response")?;
+        self.repair.manual_response.check("repair.manual_response")?;
         Ok(())
     }
 }
 
 fn non_negative(field: &str, value: f64) -> Result<(), ModelError> {
-    if value.is_finite() && value >= 0.0 {
-        Ok(())
-    } else {
-        Err(ModelError::NegativeOrNonFinite {
-            field: field.to_owned(),
-            value,
-        })
-    }
+    if value.is_finite() && value >= 0.0 { Ok(()) } else { Err(ModelError::NegativeOrNonFinite { field: field.to_owned(), value }) }
 }
 
 fn probability(field: &str, value: f64) -> Result<(), ModelError> {
-    if (0.0..=1.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(ModelError::NotAProbability {
-            field: field.to_owned(),
-            value,
-        })
-    }
+    if (0.0..=1.0).contains(&value) { Ok(()) } else { Err(ModelError::NotAProbability { field: field.to_owned(), value }) }
 }
 
 /// A weight or rate made safe: NaN, infinities and negatives become 0.
@@ -1078,10 +831,7 @@ impl Categorical {
             acc += w;
             cumulative.push(acc);
         }
-        Self {
-            cumulative,
-            last_positive,
-        }
+        Self { cumulative, last_positive }
     }
 
     fn total(&self) -> f64 {
@@ -1123,11 +873,7 @@ struct Arrivals {
 
 impl Arrivals {
     fn new(rate_per_day: f64, duration_ms: i64) -> Self {
-        Self {
-            t: 0.0,
-            rate_per_ms: sane(rate_per_day) / MS_PER_DAY as f64,
-            end: duration_ms.max(0) as f64,
-        }
+        Self { t: 0.0, rate_per_ms: sane(rate_per_day) / MS_PER_DAY as f64, end: duration_ms.max(0) as f64 }
     }
 
     fn next(&mut self, rng: &mut impl Rng) -> Option<i64> {
@@ -1136,11 +882,7 @@ impl Arrivals {
         }
         let gap: f64 = rng.sample(Exp1);
         self.t += gap / self.rate_per_ms;
-        if self.t < self.end {
-            Some(self.t as i64)
-        } else {
-            None
-        }
+        if self.t < self.end { Some(self.t as i64) } else { None }
     }
 }
 
@@ -1164,19 +906,13 @@ fn pick_lemons(model: &FaultModel, fleet: &FleetSpec, causes: &Categorical, seed
     let mut rng = rng_for(seed, stream::LEMONS);
     let count = lemon_count(model, fleet);
     let mut nodes: Vec<u32> =
-        rand::seq::index::sample(&mut rng, fleet.nodes as usize, count as usize)
-            .into_iter()
-            .map(|i| i as u32)
-            .collect();
+        rand::seq::index::sample(&mut rng, fleet.nodes as usize, count as usize).into_iter().map(|i| i as u32).collect();
     nodes.sort_unstable();
     let defects = nodes
         .iter()
         .map(|_| {
             causes.sample(&mut rng).map(|idx| {
-                let gpu = model
-                    .causes
-                    .get(idx)
-                    .and_then(|spec| pick_gpu(spec.scope, fleet, &mut rng));
+                let gpu = model.causes.get(idx).and_then(|spec| pick_gpu(spec.scope, fleet, &mut rng));
                 (idx, gpu)
             })
         })
@@ -1190,18 +926,12 @@ fn pick_lemons(model: &FaultModel, fleet: &FleetSpec, causes: &Categorical, seed
             normal.push(n);
         }
     }
-    Lemons {
-        nodes,
-        defects,
-        normal,
-    }
+    Lemons { nodes, defects, normal }
 }
 
 fn pick_gpu(scope: FaultScope, fleet: &FleetSpec, rng: &mut impl Rng) -> Option<u8> {
     match scope {
-        FaultScope::Gpu if fleet.gpus_per_node > 0 => {
-            Some(rng.random_range(0..fleet.gpus_per_node))
-        }
+        FaultScope::Gpu if fleet.gpus_per_node > 0 => Some(rng.random_range(0..fleet.gpus_per_node)),
         _ => None,
     }
 }
@@ -1236,11 +966,7 @@ pub fn generate(model: &FaultModel, fleet: &FleetSpec, seed: u64) -> Vec<Fault> 
 }
 
 /// [`generate`] after validating the model and the fleet.
-pub fn try_generate(
-    model: &FaultModel,
-    fleet: &FleetSpec,
-    seed: u64,
-) -> Result<Vec<Fault>, ModelError> {
+pub fn try_generate(model: &FaultModel, fleet: &FleetSpec, seed: u64) -> Result<Vec<Fault>, ModelError> {
     model.validate()?;
     if fleet.duration_ms < 0 {
         return Err(ModelError::BadFleet("duration_ms must not be negative"));
@@ -1292,10 +1018,7 @@ fn generate_unexpected(model: &FaultModel, fleet: &FleetSpec, seed: u64, out: &m
                 let Some(idx) = causes.sample(&mut rng) else {
                     break;
                 };
-                let gpu = model
-                    .causes
-                    .get(idx)
-                    .and_then(|spec| pick_gpu(spec.scope, fleet, &mut rng));
+                let gpu = model.causes.get(idx).and_then(|spec| pick_gpu(spec.scope, fleet, &mut rng));
                 (idx, gpu)
             }
         };
@@ -1312,17 +1035,7 @@ fn generate_unexpected(model: &FaultModel, fleet: &FleetSpec, seed: u64, out: &m
             Fix::SelfClears => Some(model.transient_self_clear.sample(&mut rng).max(1)),
             _ => None,
         };
-        out.push(Fault {
-            id: 0,
-            node,
-            gpu,
-            start_ms,
-            cause: spec.cause,
-            symptom,
-            fix,
-            self_clear_after_ms,
-            false_positive: false,
-        });
+        out.push(Fault { id: 0, node, gpu, start_ms, cause: spec.cause, symptom, fix, self_clear_after_ms, false_positive: false });
         produced += 1;
     }
 }
@@ -1333,10 +1046,7 @@ fn generate_flaps(model: &FaultModel, fleet: &FleetSpec, seed: u64, out: &mut Ve
     let mean = sane(spec.mean_flaps_per_episode);
     // Geometric number of flaps with mean `mean` (at least one).
     let continue_p = if mean > 1.0 { 1.0 - 1.0 / mean } else { 0.0 };
-    let mut arrivals = Arrivals::new(
-        sane(spec.episodes_per_node_day) * f64::from(fleet.nodes),
-        fleet.duration_ms,
-    );
+    let mut arrivals = Arrivals::new(sane(spec.episodes_per_node_day) * f64::from(fleet.nodes), fleet.duration_ms);
     let mut produced = 0usize;
     while let Some(episode_start) = arrivals.next(&mut rng) {
         let node = rng.random_range(0..fleet.nodes);
@@ -1361,9 +1071,7 @@ fn generate_flaps(model: &FaultModel, fleet: &FleetSpec, seed: u64, out: &mut Ve
             if rng.random::<f64>() >= continue_p {
                 break;
             }
-            start_ms = start_ms
-                .saturating_add(lasts)
-                .saturating_add(spec.gap.sample(&mut rng).max(1));
+            start_ms = start_ms.saturating_add(lasts).saturating_add(spec.gap.sample(&mut rng).max(1));
         }
         if produced >= MAX_FAULTS_PER_POPULATION {
             break;
@@ -1371,19 +1079,11 @@ fn generate_flaps(model: &FaultModel, fleet: &FleetSpec, seed: u64, out: &mut Ve
     }
 }
 
-fn generate_false_positives(
-    model: &FaultModel,
-    fleet: &FleetSpec,
-    seed: u64,
-    out: &mut Vec<Fault>,
-) {
+fn generate_false_positives(model: &FaultModel, fleet: &FleetSpec, seed: u64, out: &mut Vec<Fault>) {
     let spec = &model.false_positives;
     let mut rng = rng_for(seed, stream::FALSE_POSITIVES);
     let gpu_share = sane(spec.gpu_share).min(1.0);
-    let mut arrivals = Arrivals::new(
-        sane(spec.per_node_day) * f64::from(fleet.nodes),
-        fleet.duration_ms,
-    );
+    let mut arrivals = Arrivals::new(sane(spec.per_node_day) * f64::from(fleet.nodes), fleet.duration_ms);
     let mut produced = 0usize;
     while let Some(start_ms) = arrivals.next(&mut rng) {
         if produced >= MAX_FAULTS_PER_POPULATION {
@@ -1391,11 +1091,7 @@ fn generate_false_positives(
         }
         let node = rng.random_range(0..fleet.nodes);
         let on_gpu = fleet.gpus_per_node > 0 && rng.random::<f64>() < gpu_share;
-        let (symptom, gpu) = if on_gpu {
-            (Symptom::Gpu, Some(rng.random_range(0..fleet.gpus_per_node)))
-        } else {
-            (Symptom::Network, None)
-        };
+        let (symptom, gpu) = if on_gpu { (Symptom::Gpu, Some(rng.random_range(0..fleet.gpus_per_node))) } else { (Symptom::Network, None) };
         out.push(Fault {
             id: 0,
             node,
@@ -1446,15 +1142,9 @@ mod tests {
     fn the_default_fleet_averages_close_to_419_unexpected_interruptions() {
         let model = FaultModel::default();
         let fleet = FleetSpec::default();
-        let total: usize = SEEDS
-            .iter()
-            .map(|s| unexpected(&generate(&model, &fleet, *s)).count())
-            .sum();
+        let total: usize = SEEDS.iter().map(|s| unexpected(&generate(&model, &fleet, *s)).count()).sum();
         let mean = total as f64 / SEEDS.len() as f64;
-        assert!(
-            (mean - 419.0).abs() <= 41.9,
-            "mean unexpected interruptions {mean}, want 419 +- 10%"
-        );
+        assert!((mean - 419.0).abs() <= 41.9, "mean unexpected interruptions {mean}, want 419 +- 10%");
     }
 
     #[test]
@@ -1503,10 +1193,7 @@ mod tests {
         for (cause, count) in table5 {
             let want = f64::from(count) / 419.0;
             let got = counts.get(&cause).copied().unwrap_or(0) as f64 / total as f64;
-            assert!(
-                (got - want).abs() < 0.025,
-                "{cause}: generated share {got:.3}, Table 5 share {want:.3}"
-            );
+            assert!((got - want).abs() < 0.025, "{cause}: generated share {got:.3}, Table 5 share {want:.3}");
         }
     }
 
@@ -1520,9 +1207,7 @@ mod tests {
             let lemons = lemon_nodes(&model, &fleet, seed);
             assert_eq!(lemons.len(), 20, "1% of 2048 nodes, rounded");
             let faults = generate(&model, &fleet, seed);
-            let on_lemons = unexpected(&faults)
-                .filter(|f| lemons.binary_search(&f.node).is_ok())
-                .count();
+            let on_lemons = unexpected(&faults).filter(|f| lemons.binary_search(&f.node).is_ok()).count();
             lemon_faults += on_lemons;
             lemon_nodes_seen += lemons.len();
             other_faults += unexpected(&faults).count() - on_lemons;
@@ -1530,19 +1215,13 @@ mod tests {
         }
         let lemon_mean = lemon_faults as f64 / lemon_nodes_seen as f64;
         let other_mean = other_faults as f64 / other_nodes_seen as f64;
-        assert!(
-            lemon_mean > 5.0 * other_mean,
-            "lemon mean {lemon_mean:.3} vs normal mean {other_mean:.3}"
-        );
+        assert!(lemon_mean > 5.0 * other_mean, "lemon mean {lemon_mean:.3} vs normal mean {other_mean:.3}");
     }
 
     #[test]
     fn lemon_faults_mostly_recur_with_the_same_cause_and_gpu() {
         let model = FaultModel::default();
-        let fleet = FleetSpec {
-            duration_ms: 540 * MS_PER_DAY,
-            ..FleetSpec::default()
-        };
+        let fleet = FleetSpec { duration_ms: 540 * MS_PER_DAY, ..FleetSpec::default() };
         let lemons = lemon_nodes(&model, &fleet, 9);
         let faults = generate(&model, &fleet, 9);
         let (mut modal, mut total) = (0usize, 0usize);
@@ -1572,21 +1251,13 @@ mod tests {
             let clears = f.self_clear_after_ms.unwrap_or(0);
             assert!((10 * MS_PER_SECOND..=15 * MS_PER_MINUTE).contains(&clears));
         }
-        assert!(
-            faults
-                .iter()
-                .filter(|f| f.cause == Cause::FalsePositive)
-                .all(|f| f.false_positive)
-        );
+        assert!(faults.iter().filter(|f| f.cause == Cause::FalsePositive).all(|f| f.false_positive));
     }
 
     #[test]
     fn network_flaps_are_self_clearing_network_faults_that_come_in_bursts() {
         let faults = generate(&FaultModel::default(), &FleetSpec::default(), 11);
-        let flaps: Vec<&Fault> = faults
-            .iter()
-            .filter(|f| f.cause == Cause::NetworkFlap)
-            .collect();
+        let flaps: Vec<&Fault> = faults.iter().filter(|f| f.cause == Cause::NetworkFlap).collect();
         assert!(!flaps.is_empty());
         for f in &flaps {
             assert_eq!(f.symptom, Symptom::Network);
@@ -1597,12 +1268,7 @@ mod tests {
         let mut nodes: Vec<u32> = flaps.iter().map(|f| f.node).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        assert!(
-            flaps.len() as f64 > 2.0 * nodes.len() as f64,
-            "{} flaps on {} nodes",
-            flaps.len(),
-            nodes.len()
-        );
+        assert!(flaps.len() as f64 > 2.0 * nodes.len() as f64, "{} flaps on {} nodes", flaps.len(), nodes.len());
     }
 
     #[test]
@@ -1632,31 +1298,16 @@ mod tests {
 
     #[test]
     fn validation_rejects_negative_rates_and_unnormalised_fix_splits() {
-        let model = FaultModel {
-            unexpected_per_gpu_day: -1.0,
-            ..FaultModel::default()
-        };
-        assert!(matches!(
-            model.validate(),
-            Err(ModelError::NegativeOrNonFinite { .. })
-        ));
+        let model = FaultModel { unexpected_per_gpu_day: -1.0, ..FaultModel::default() };
+        assert!(matches!(model.validate(), Err(ModelError::NegativeOrNonFinite { .. })));
 
         let mut model = FaultModel::default();
         model.causes[0].fixes = FixSplit::new(0.5, 0.5, 0.5, 0.0);
-        assert!(matches!(
-            model.validate(),
-            Err(ModelError::FixSplitNotNormalized {
-                cause: Cause::FaultyGpu,
-                ..
-            })
-        ));
+        assert!(matches!(model.validate(), Err(ModelError::FixSplitNotNormalized { cause: Cause::FaultyGpu, .. })));
 
         let mut model = FaultModel::default();
         model.lemons.node_fraction = 1.5;
-        assert!(matches!(
-            model.validate(),
-            Err(ModelError::NotAProbability { .. })
-        ));
+        assert!(matches!(model.validate(), Err(ModelError::NotAProbability { .. })));
         assert!(try_generate(&model, &FleetSpec::default(), 1).is_err());
         // generate itself never panics on a bad model.
         let _ = generate(&model, &FleetSpec::default(), 1);
@@ -1665,14 +1316,8 @@ mod tests {
     #[test]
     fn an_empty_fleet_or_run_has_no_faults() {
         let model = FaultModel::default();
-        let no_nodes = FleetSpec {
-            nodes: 0,
-            ..FleetSpec::default()
-        };
-        let no_time = FleetSpec {
-            duration_ms: 0,
-            ..FleetSpec::default()
-        };
+        let no_nodes = FleetSpec { nodes: 0, ..FleetSpec::default() };
+        let no_time = FleetSpec { duration_ms: 0, ..FleetSpec::default() };
         assert!(generate(&model, &no_nodes, 1).is_empty());
         assert!(generate(&model, &no_time, 1).is_empty());
     }
@@ -1681,21 +1326,14 @@ mod tests {
     fn gpu_scoped_rates_scale_with_gpus_per_node_and_node_scoped_rates_do_not() {
         let model = FaultModel::default();
         let eight = FleetSpec::default();
-        let cpu_only = FleetSpec {
-            gpus_per_node: 0,
-            ..FleetSpec::default()
-        };
+        let cpu_only = FleetSpec { gpus_per_node: 0, ..FleetSpec::default() };
         // 268 of 419 Table 5 interruptions are GPU components.
         let ratio = model.expected_unexpected(&cpu_only) / model.expected_unexpected(&eight);
         assert!((ratio - 151.0 / 419.0).abs() < 1e-9, "ratio {ratio}");
         let faults = generate(&model, &cpu_only, 5);
         assert!(faults.iter().all(|f| f.gpu.is_none()));
         assert!(!faults.is_empty());
-        assert!(
-            faults
-                .iter()
-                .all(|f| !matches!(f.symptom, Symptom::Gpu | Symptom::GpuCount))
-        );
+        assert!(faults.iter().all(|f| !matches!(f.symptom, Symptom::Gpu | Symptom::GpuCount)));
     }
 
     #[test]
@@ -1712,10 +1350,7 @@ mod tests {
             let manual = repair.sample(RepairKind::Manual, NodeClass::Gpu, &mut rng);
             assert!((15 * MS_PER_MINUTE..=72 * MS_PER_HOUR).contains(&manual));
         }
-        assert!(
-            gpu.iter()
-                .all(|ms| (5 * MS_PER_MINUTE..=30 * MS_PER_MINUTE).contains(ms))
-        );
+        assert!(gpu.iter().all(|ms| (5 * MS_PER_MINUTE..=30 * MS_PER_MINUTE).contains(ms)));
         gpu.sort_unstable();
         cpu.sort_unstable();
         assert!(gpu[1000] > cpu[1000]);

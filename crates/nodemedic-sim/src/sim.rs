@@ -11,7 +11,7 @@ use nodemedic_core::observe::{CheckObservation, NodeObservation, OperatorAction,
 use nodemedic_core::policy::ConditionStatus;
 use nodemedic_core::record::{Records, Stage};
 use nodemedic_core::testkit::set_condition;
-use nodemedic_core::{Duration, Policy, RemediationStep, Time, decide, apply};
+use nodemedic_core::{Duration, Policy, RemediationStep, Time, apply, decide};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -267,7 +267,14 @@ impl<'a> Sim<'a> {
             gpu_thresholds,
             net_thresholds,
             acc: [0.0; 6],
-            report: Report { policy: name.into(), nodes: cfg.fleet.nodes, gpus_per_node: cfg.fleet.gpus_per_node, days: cfg.fleet.duration_days(), seed: cfg.seed, ..Default::default() },
+            report: Report {
+                policy: name.into(),
+                nodes: cfg.fleet.nodes,
+                gpus_per_node: cfg.fleet.gpus_per_node,
+                days: cfg.fleet.duration_days(),
+                seed: cfg.seed,
+                ..Default::default()
+            },
             quarantine_times: Vec::new(),
             repair_times: Vec::new(),
             pending_wake: None,
@@ -460,7 +467,9 @@ impl<'a> Sim<'a> {
         let gpu_allowed = self.gpu_probe_allowed(n);
         let o = &mut self.obs[ni];
         o.checks.clear();
-        for (name, used, p) in [("gpu", self.gpu_check_used, &self.nodes[ni].gpu_probe), ("network", self.net_check_used, &self.nodes[ni].net_probe)] {
+        for (name, used, p) in
+            [("gpu", self.gpu_check_used, &self.nodes[ni].gpu_probe), ("network", self.net_check_used, &self.nodes[ni].net_probe)]
+        {
             let Some(last) = p.last_run else { continue };
             if !used {
                 continue;
@@ -497,7 +506,9 @@ impl<'a> Sim<'a> {
         let gpu_allowed = self.gpu_probe_allowed(n);
         let mut interesting = false;
         let mut keep = false;
-        for (which, bad, allowed, thresholds) in [(0, gpu_bad, gpu_allowed, self.gpu_thresholds.clone()), (1, net_bad, true, self.net_thresholds.clone())] {
+        for (which, bad, allowed, thresholds) in
+            [(0, gpu_bad, gpu_allowed, self.gpu_thresholds.clone()), (1, net_bad, true, self.net_thresholds.clone())]
+        {
             let p = if which == 0 { &mut self.nodes[ni].gpu_probe } else { &mut self.nodes[ni].net_probe };
             if !allowed {
                 continue;
@@ -775,7 +786,9 @@ impl<'a> Sim<'a> {
         let before: Vec<(u32, bool)> = d
             .actions
             .iter()
-            .filter_map(|a| if let Action::SetTaints { node, .. } = a { self.index.get(node).map(|n| (*n, self.tainted(*n))) } else { None })
+            .filter_map(
+                |a| if let Action::SetTaints { node, .. } = a { self.index.get(node).map(|n| (*n, self.tainted(*n))) } else { None },
+            )
             .collect();
         for (n, _) in &before {
             self.account(*n, now);
@@ -895,7 +908,10 @@ mod tests {
         let cfg = small(30, 3);
         let reports: Vec<Report> = presets::all().iter().map(|(n, p)| simulate(&cfg, n, p, &mut |_| {})).collect();
         for r in &reports[1..] {
-            assert_eq!((r.faults.real, r.faults.false_positives, r.faults.network_flaps), (reports[0].faults.real, reports[0].faults.false_positives, reports[0].faults.network_flaps));
+            assert_eq!(
+                (r.faults.real, r.faults.false_positives, r.faults.network_flaps),
+                (reports[0].faults.real, reports[0].faults.false_positives, reports[0].faults.network_flaps)
+            );
         }
     }
 
@@ -904,7 +920,12 @@ mod tests {
         let cfg = small(54, 11);
         let ours = simulate(&cfg, "nodemedic", &presets::recommended(), &mut |_| {});
         let nhc = simulate(&cfg, "seed004", &presets::seed004(), &mut |_| {});
-        assert!(ours.time_to_quarantine.mean_minutes < nhc.time_to_quarantine.mean_minutes, "{:?} vs {:?}", ours.time_to_quarantine, nhc.time_to_quarantine);
+        assert!(
+            ours.time_to_quarantine.mean_minutes < nhc.time_to_quarantine.mean_minutes,
+            "{:?} vs {:?}",
+            ours.time_to_quarantine,
+            nhc.time_to_quarantine
+        );
         assert!(ours.gpu_hours_lost.faulty_node_serving < nhc.gpu_hours_lost.faulty_node_serving);
         assert!(ours.gpu_hours_lost.policy_controlled < nhc.gpu_hours_lost.policy_controlled);
         assert!(ours.decisions > 0 && ours.remediations_by_step.contains_key("reboot"));
@@ -925,7 +946,11 @@ mod tests {
     fn a_trace_tells_the_ladder_with_reasons() {
         let cfg = SimConfig { trace: true, ..small(10, 2) };
         let r = simulate(&cfg, "nodemedic", &presets::recommended(), &mut |_| {});
-        assert!(r.timeline.iter().any(|l| l.contains("RemediationStarted") && l.contains("rule `")), "{:?}", &r.timeline[..r.timeline.len().min(5)]);
+        assert!(
+            r.timeline.iter().any(|l| l.contains("RemediationStarted") && l.contains("rule `")),
+            "{:?}",
+            &r.timeline[..r.timeline.len().min(5)]
+        );
         assert!(r.timeline.iter().any(|l| l.contains("StepStarted: step reboot")));
         let untraced = simulate(&small(10, 2), "nodemedic", &presets::recommended(), &mut |_| {});
         assert!(untraced.timeline.is_empty());

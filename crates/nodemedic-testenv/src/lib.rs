@@ -9,7 +9,7 @@ mod nodes;
 
 pub use nodes::{FakeNode, KWOK_ANNOTATION};
 
-use kube::config::{Kubeconfig, KubeConfigOptions};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::fs::File;
 use std::net::TcpListener;
@@ -96,7 +96,11 @@ impl Binaries {
                     return Err(format!("{} failed ({})", script.display(), out.status));
                 }
                 let stdout = String::from_utf8_lossy(&out.stdout);
-                stdout.lines().last().map(|l| PathBuf::from(l.trim())).ok_or_else(|| format!("{} printed no bin directory", script.display()))
+                stdout
+                    .lines()
+                    .last()
+                    .map(|l| PathBuf::from(l.trim()))
+                    .ok_or_else(|| format!("{} printed no bin directory", script.display()))
             })
             .clone()
             .map_err(TestEnvError::Binaries)?;
@@ -280,7 +284,8 @@ impl ControlPlane {
                 "--node-lease-duration-seconds=40".into(),
                 format!("--server-address=127.0.0.1:{}", free_port()?),
             ];
-            let stages = std::fs::read_dir(&binaries.kwok_stages).map_err(io(format!("reading kwok stages in {}", binaries.kwok_stages.display())))?;
+            let stages = std::fs::read_dir(&binaries.kwok_stages)
+                .map_err(io(format!("reading kwok stages in {}", binaries.kwok_stages.display())))?;
             let mut files: Vec<PathBuf> = stages.filter_map(|e| e.ok().map(|e| e.path())).collect();
             files.sort();
             args.extend(files.iter().map(|f| format!("--config={}", f.display())));
@@ -349,7 +354,9 @@ impl ControlPlane {
                 info.token = Some(token.to_string().into());
             }
         }
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| TestEnvError::Kubeconfig(e.to_string()))?;
+        let mut config =
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| TestEnvError::Kubeconfig(e.to_string()))?;
+        config.default_retry = false;
         Ok(Client::try_from(config)?)
     }
 
@@ -367,7 +374,11 @@ impl ControlPlane {
 
     /// Runs the built kubectl against this control plane.
     pub fn kubectl(&self, args: &[&str]) -> Result<std::process::Output, TestEnvError> {
-        Command::new(self.binaries.path("kubectl")).arg(format!("--kubeconfig={}", self.kubeconfig.display())).args(args).output().map_err(io("running kubectl"))
+        Command::new(self.binaries.path("kubectl"))
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(args)
+            .output()
+            .map_err(io("running kubectl"))
     }
 
     /// Runs a test body against this control plane; on error the components' logs are printed
@@ -386,7 +397,11 @@ impl ControlPlane {
 
     /// The last `lines` lines of each component's log.
     pub fn logs(&self, lines: usize) -> String {
-        self.components.iter().map(|c| format!("----- {} ({})\n{}", c.name, c.log.display(), tail(&c.log, lines))).collect::<Vec<_>>().join("\n")
+        self.components
+            .iter()
+            .map(|c| format!("----- {} ({})\n{}", c.name, c.log.display(), tail(&c.log, lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

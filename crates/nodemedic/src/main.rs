@@ -86,16 +86,20 @@ fn load_policy(spec: &str) -> Result<(String, Policy)> {
     }
     let path = Path::new(spec);
     if !path.exists() {
-        bail!("`{spec}` is neither a policy file nor a preset (presets: {})", presets::all().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
+        bail!(
+            "`{spec}` is neither a policy file nor a preset (presets: {})",
+            presets::all().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        );
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {spec}"))?;
-    let policy = if spec.ends_with(".json") { Policy::from_json(&text) } else { Policy::from_yaml(&text) }.with_context(|| format!("policy {spec}"))?;
+    let policy = if spec.ends_with(".json") { Policy::from_json(&text) } else { Policy::from_yaml(&text) }
+        .with_context(|| format!("policy {spec}"))?;
     let name = path.file_stem().map_or(spec.to_string(), |s| s.to_string_lossy().into_owned());
     Ok((name, policy))
 }
 
 fn run_simulate(args: SimulateArgs) -> Result<()> {
-    if args.nodes == 0 || !(args.days > 0.0) {
+    if args.nodes == 0 || !args.days.is_finite() || args.days <= 0.0 {
         bail!("--nodes and --days must be more than zero");
     }
     let mut policies = vec![load_policy(&args.policy)?];
@@ -135,7 +139,10 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(50));
             if bar.is_none() && started.elapsed().as_secs_f64() > 1.0 && !args.json {
                 let b = ProgressBar::new(1000 * policies.len() as u64);
-                b.set_style(ProgressStyle::with_template("simulating {bar:40} {percent}% ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_bar()));
+                b.set_style(
+                    ProgressStyle::with_template("simulating {bar:40} {percent}% ({elapsed})")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
                 bar = Some(b);
             }
             if let Some(b) = &bar {
@@ -168,7 +175,14 @@ fn render(reports: &[Report], secs: f64) -> String {
     let Some(first) = reports.first() else { return String::new() };
     let mut out = format!(
         "nodemedic simulate: {} nodes x {} GPUs, {:.0} days, seed {} ({:.1}s)\nfaults: {} real, {} probe false positives, {} network flaps\n\n",
-        first.nodes, first.gpus_per_node, first.days, first.seed, secs, first.faults.real, first.faults.false_positives, first.faults.network_flaps
+        first.nodes,
+        first.gpus_per_node,
+        first.days,
+        first.seed,
+        secs,
+        first.faults.real,
+        first.faults.false_positives,
+        first.faults.network_flaps
     );
     let w = 34;
     out += &format!("{:w$}", "");
@@ -238,7 +252,11 @@ async fn dev_cluster(nodes: usize, gpus: u32, pools: usize) -> Result<()> {
     println!("kubectl:    {}", cp.binaries().path("kubectl").display());
     println!("server:     {}", cp.server());
     println!("nodes:      {nodes} fake GPU nodes ({gpus} GPUs each) in {pools} pool(s), run by kwok");
-    println!("try:        KUBECONFIG={} {} get nodes -L cloud.google.com/gke-nodepool,nvidia.com/gpu.count", cp.kubeconfig().display(), cp.binaries().path("kubectl").display());
+    println!(
+        "try:        KUBECONFIG={} {} get nodes -L cloud.google.com/gke-nodepool,nvidia.com/gpu.count",
+        cp.kubeconfig().display(),
+        cp.binaries().path("kubectl").display()
+    );
     println!("ready; Ctrl-C stops the cluster and deletes its files");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {
@@ -252,9 +270,11 @@ async fn dev_cluster(nodes: usize, gpus: u32, pools: usize) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::DevCluster { nodes, gpus_per_node, pools } => {
-            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?.block_on(dev_cluster(nodes, gpus_per_node, pools))
-        }
+        Command::DevCluster { nodes, gpus_per_node, pools } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(dev_cluster(nodes, gpus_per_node, pools)),
         Command::Simulate(args) => run_simulate(args),
         Command::Validate { policy } => {
             let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;
@@ -270,9 +290,11 @@ fn main() -> Result<()> {
         Command::Plan { policy, nodes, records, at } => {
             let (_, policy) = load_policy(&policy)?;
             let text = std::fs::read_to_string(&nodes).with_context(|| format!("reading {}", nodes.display()))?;
-            let fleet: Vec<nodemedic_core::NodeObservation> = serde_json::from_str(&text).with_context(|| format!("{} is not a JSON list of node observations", nodes.display()))?;
+            let fleet: Vec<nodemedic_core::NodeObservation> =
+                serde_json::from_str(&text).with_context(|| format!("{} is not a JSON list of node observations", nodes.display()))?;
             let records: Records = match records {
-                Some(p) => serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?).with_context(|| format!("{} is not a records document", p.display()))?,
+                Some(p) => serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
+                    .with_context(|| format!("{} is not a records document", p.display()))?,
                 None => Records::default(),
             };
             let now = match at {

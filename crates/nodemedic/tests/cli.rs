@@ -51,7 +51,10 @@ fn simulate_accepts_a_policy_file_in_the_comparison() {
 
 #[test]
 fn validate_names_the_bad_field() {
-    let p = temp_file("bad.yaml", "rules:\n- name: r\n  condition: {type: Ready, status: \"False\"}\nladder:\n- step: reboot\ngates:\n  minHealthy: \"140%\"\n");
+    let p = temp_file(
+        "bad.yaml",
+        "rules:\n- name: r\n  condition: {type: Ready, status: \"False\"}\nladder:\n- step: reboot\ngates:\n  minHealthy: \"140%\"\n",
+    );
     let (ok, _, err) = nodemedic(&["validate", p.to_str().unwrap_or_default()]);
     assert!(!ok);
     assert!(err.contains("gates.minHealthy: 140% is over 100%"), "{err}");
@@ -71,7 +74,8 @@ fn plan_previews_a_decision_for_a_snapshot() {
            {"name":"gpu-3","labels":{"node-role.kubernetes.io/worker":""},
             "conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2026-11-21T09:00:00Z"}]}]"#,
     );
-    let (ok, out, err) = nodemedic(&["plan", "--policy", "seed004", "--nodes", nodes.to_str().unwrap_or_default(), "--at", "2026-11-21T10:06:00Z"]);
+    let (ok, out, err) =
+        nodemedic(&["plan", "--policy", "seed004", "--nodes", nodes.to_str().unwrap_or_default(), "--at", "2026-11-21T10:06:00Z"]);
     assert!(ok, "{err}");
     let d: serde_json::Value = serde_json::from_str(&out).expect("JSON decision");
     let text = d.to_string();
@@ -129,7 +133,10 @@ fn dev_cluster_serves_fake_gpu_nodes_to_kubectl_and_stops_on_sigterm() {
         }
     }
     assert!(!kubeconfig.is_empty() && !kubectl.is_empty(), "dev-cluster printed its kubeconfig and kubectl");
-    let out = Command::new(&kubectl).args(["--kubeconfig", &kubeconfig, "get", "nodes", "-L", "cloud.google.com/gke-nodepool", "--no-headers"]).output().expect("kubectl");
+    let out = Command::new(&kubectl)
+        .args(["--kubeconfig", &kubeconfig, "get", "nodes", "-L", "cloud.google.com/gke-nodepool", "--no-headers"])
+        .output()
+        .expect("kubectl");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(text.lines().count(), 3, "{text}");
