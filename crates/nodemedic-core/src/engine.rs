@@ -20,8 +20,8 @@ pub const RECORD_RETENTION: Duration = Duration::from_days(1);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type")]
 pub enum Action {
-    /// Add and remove NoSchedule taints on a node (one patch).
-    SetTaints { node: String, add: Vec<String>, remove: Vec<String> },
+    /// Add and remove NoSchedule taints on a node (one patch), saying why.
+    SetTaints { node: String, add: Vec<String>, remove: Vec<String>, reason: String },
     /// Run a step through the executor. `(node, attempt)` identifies it: an executor that already ran
     /// that attempt must not run it again.
     Execute { node: String, step: RemediationStep, attempt: u32, deadline: Option<Time>, reason: String },
@@ -1204,16 +1204,37 @@ fn reconcile_taints(ctx: &Ctx, w: &Work, breaker_open: bool, out: &mut Out) {
         .collect();
     remove.sort();
     remove.dedup();
+    let mut why: Vec<String> = Vec::new();
+    let step_taint = w.active().map(|a| (a, ctx.step_taints[a.step_index.min(ctx.step_taints.len() - 1)].as_str()));
+    if let Some((a, key)) = step_taint
+        && add.iter().any(|k| k == key)
+    {
+        why.push(format!("{key} shows remediation step {} (attempt {}): {}", a.step, w.record.as_ref().map_or(0, |r| r.attempt), a.reason));
+    }
+    let lifted: Vec<&str> = remove.iter().map(String::as_str).filter(|k| !ctx.soft_keys.iter().flatten().any(|s| s == k)).collect();
+    if !lifted.is_empty() {
+        let because = match (w.selected, step_taint) {
+            (false, _) => "the node is no longer selected by the policy".to_string(),
+            (true, Some((a, _))) => format!("the node moved on to step {}", a.step),
+            (true, None) => "the remediation ended".to_string(),
+        };
+        why.push(format!("{} lifted: {because}", lifted.join(", ")));
+    }
     for (i, key, want) in soft_changes {
         let rule = &ctx.policy.rules[i];
-        if want {
-            out.event(w.name(), EventKind::SoftTaintAdded, format!("{}; tainted {key} (never escalates)", describe(ctx, w, i)));
+        let text = if want {
+            format!("{}; tainted {key} (never escalates)", describe(ctx, w, i))
         } else {
-            out.event(w.name(), EventKind::SoftTaintRemoved, format!("rule `{}` {}; removed {key}", rule.name, w.evals[i].reason.as_str()));
-        }
+            format!("rule `{}` {}; removed {key}", rule.name, w.evals[i].reason.as_str())
+        };
+        why.push(text.clone());
+        out.event(w.name(), if want { EventKind::SoftTaintAdded } else { EventKind::SoftTaintRemoved }, text);
     }
     if !add.is_empty() || !remove.is_empty() {
-        out.actions.push(Action::SetTaints { node: w.obs.name.clone(), add, remove });
+        if why.is_empty() {
+            why.push("taints brought in line with the node's record".into());
+        }
+        out.actions.push(Action::SetTaints { node: w.obs.name.clone(), add, remove, reason: why.join("; ") });
     }
 }
 

@@ -666,3 +666,30 @@ fn a_node_that_recovers_counts_as_healthy_for_the_gates_in_the_same_decision() {
     let again = h.decide();
     assert!(again.actions.is_empty() && again.record_changes.is_empty(), "{:?}", again.actions);
 }
+
+#[test]
+fn every_taint_change_says_why() {
+    let mut h = Harness::new(live(presets::seed000()), vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let d = fail_gpu_three_times(&mut h, "gpu-1");
+    let reasons: Vec<&str> =
+        d.actions.iter().filter_map(|a| if let Action::SetTaints { reason, .. } = a { Some(reason.as_str()) } else { None }).collect();
+    assert_eq!(reasons.len(), 1);
+    assert!(
+        reasons[0].contains("repair-reboot shows remediation step reboot (attempt 1)")
+            && reasons[0].contains("check `gpu` failed 3 time(s)"),
+        "{reasons:?}"
+    );
+    h.advance(Duration::from_mins(1));
+    h.report("gpu-1", ReportedOutcome::Failed);
+    let d = h.decide();
+    let reason = d
+        .actions
+        .iter()
+        .find_map(|a| if let Action::SetTaints { reason, .. } = a { Some(reason.clone()) } else { None })
+        .unwrap_or_default();
+    assert!(
+        reason.contains("repair-reimage shows remediation step reimage")
+            && reason.contains("repair-reboot lifted: the node moved on to step reimage"),
+        "{reason}"
+    );
+}

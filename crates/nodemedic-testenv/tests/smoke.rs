@@ -199,3 +199,31 @@ async fn fake_gpu_nodes_carry_counts_conditions_and_reboot_with_a_new_boot_id() 
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_places_a_gpu_pod_on_the_gpu_node_and_kwok_runs_it() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options::full()).await?;
+    cp.run(|cp| async move {
+        cp.create_node(&FakeNode::cpu("cpu-0", "pool-cpu")).await?;
+        cp.create_node(&FakeNode::gpu("gpu-0", "pool-gpu", 8)).await?;
+        namespace(cp, "train").await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(cp.client(), "train");
+        wait_for(Duration::from_secs(60), "the default service account", || async { sas.get_opt("default").await.ok().flatten() }).await?;
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "needs-a-gpu"},
+            "spec": {"containers": [{"name": "c", "image": "cuda", "resources": {"limits": {"nvidia.com/gpu": "2"}}}],
+                     "tolerations": [{"operator": "Exists"}]},
+        }))?;
+        let pods: Api<Pod> = Api::namespaced(cp.client(), "train");
+        pods.create(&PostParams::default(), &pod).await?;
+        let placed = wait_for(Duration::from_secs(90), "the pod to be scheduled and running", || async {
+            let p = pods.get("needs-a-gpu").await.ok()?;
+            let node = p.spec.as_ref()?.node_name.clone()?;
+            (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(node)
+        })
+        .await?;
+        assert_eq!(placed, "gpu-0", "only gpu-0 has nvidia.com/gpu allocatable");
+        Ok(())
+    })
+    .await
+}
