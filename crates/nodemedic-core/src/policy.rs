@@ -21,7 +21,7 @@ pub const GPU_NODE_CLASS: &str = "gpu";
 /// Node class of nodes that match no custom class and have no GPUs.
 pub const STANDARD_NODE_CLASS: &str = "standard";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     /// Which nodes the policy manages (AND'ed with `nodePools`, `nodeRole` and the exclude label).
@@ -72,7 +72,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum NodeRole {
     #[default]
@@ -81,7 +81,7 @@ pub enum NodeRole {
     Any,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeClass {
     pub name: String,
@@ -89,7 +89,7 @@ pub struct NodeClass {
 }
 
 /// One unhealthy rule. Exactly one of `condition`, `gpuCount`, `check` is set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     pub name: String,
@@ -110,7 +110,7 @@ pub struct Rule {
 }
 
 /// A Node condition in a given status. `False` and `Unknown` are distinct (medik8s semantics).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConditionMatch {
     #[serde(rename = "type")]
@@ -122,7 +122,7 @@ pub struct ConditionMatch {
     pub only_with_reasons: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ConditionStatus {
     True,
     False,
@@ -141,7 +141,7 @@ impl ConditionStatus {
 
 /// Seed 003's GPU rule: the expected count label (static, set by GPU feature discovery) against the
 /// allocatable resource (dynamic; drops when a GPU falls off the bus).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GpuCountMatch {
     #[serde(default = "default_gpu_vendors")]
@@ -154,7 +154,7 @@ impl Default for GpuCountMatch {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GpuVendor {
     /// Label with the expected GPU count, e.g. `nvidia.com/gpu.count`.
@@ -171,7 +171,7 @@ pub fn default_gpu_vendors() -> Vec<GpuVendor> {
 }
 
 /// A probe result reported by the node agent, with consecutive-failure counting (seed 000: "fails three times").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckMatch {
     /// Check name as the agent reports it (`gpu`, `network`, `disk`, or a custom plugin's name).
@@ -192,7 +192,7 @@ fn default_passes() -> u32 {
 }
 
 /// What a firing rule does.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleEffect {
     /// Set: a soft condition that never escalates; the node only carries this NoSchedule taint while
@@ -208,7 +208,7 @@ impl Rule {
 }
 
 /// A rung of the remediation ladder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RemediationStep {
     /// NoSchedule taint only; its timeout is a window in which the node may recover by itself.
@@ -275,7 +275,7 @@ impl fmt::Display for RemediationStep {
 }
 
 /// How the engine learns a step is done.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Completion {
     /// The executor reports success or failure (for a reboot: a new bootID and Ready again);
@@ -286,7 +286,7 @@ pub enum Completion {
     FixedWait,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LadderStep {
     pub step: RemediationStep,
@@ -360,6 +360,22 @@ impl IntOrPercent {
     }
 }
 
+impl schemars::JsonSchema for IntOrPercent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IntOrPercent".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A count (3) or a percentage of the selected nodes (\"51%\", at most 100%).",
+            "x-kubernetes-int-or-string": true,
+            "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^([0-9]|[1-9][0-9]|100)%$"}]
+        })
+    }
+}
+
 impl fmt::Display for IntOrPercent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -410,7 +426,7 @@ impl<'de> Deserialize<'de> for IntOrPercent {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Gates {
     /// Remediate only while at least this many selected nodes are healthy (medik8s `minHealthy`).
@@ -436,7 +452,7 @@ pub struct Gates {
 
 /// Halts new remediations when too many nodes turn unhealthy at once: a mass failure is more likely a
 /// broken probe, network or control plane than many broken machines.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreaker {
     /// Trip when more than this many selected nodes turned unhealthy within `window`.
@@ -450,14 +466,14 @@ pub struct CircuitBreaker {
 }
 
 /// The "lemon node" rule: a node remediated `maxRemediations` times within `window` goes straight to Manual.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryBudget {
     pub max_remediations: u32,
     pub window: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MaintenanceWindow {
     /// Days the window opens on; empty means every day.
@@ -468,7 +484,7 @@ pub struct MaintenanceWindow {
     pub duration: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Weekday {
     #[serde(alias = "Monday")]
     Mon,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 /// Most step outcomes kept per node; older ones are dropped first.
 pub const HISTORY_LIMIT: usize = 32;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeRecord {
     pub node: String,
@@ -33,8 +33,8 @@ pub struct NodeRecord {
     pub history: Vec<StepHistory>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, PartialOrd, Ord)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, PartialOrd, Ord, schemars::JsonSchema)]
+/// Serialised as Kubernetes phases are: `Healthy`, `Remediating`, `Manual`.
 pub enum Phase {
     /// Nothing in flight (the record only remembers history, budgets or pending timers).
     #[default]
@@ -55,7 +55,7 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActiveRemediation {
     /// The rule that started it and what it saw.
@@ -90,7 +90,28 @@ pub enum Stage {
     AwaitingNext { ended_at: Time },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The stage as one flat object (`name` plus the times that stage has), which is how serde writes it;
+/// Kubernetes structural schemas cannot express a tagged union.
+impl schemars::JsonSchema for Stage {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Stage".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "enum": ["executing", "verifying", "awaitingNext"]},
+                "completedAt": {"type": "string", "format": "date-time"},
+                "verifyFrom": {"type": "string", "format": "date-time"},
+                "verifyDeadline": {"type": "string", "format": "date-time"},
+                "endedAt": {"type": "string", "format": "date-time"}
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepHistory {
     pub attempt: u32,
@@ -102,7 +123,7 @@ pub struct StepHistory {
     pub executed: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum StepOutcome {
     /// The checks passed after the step: the node is healthy again.
@@ -130,7 +151,7 @@ impl StepOutcome {
 }
 
 /// Per-policy durable state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,7 +164,7 @@ pub struct PolicyRecord {
 }
 
 /// All durable state the engine reads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Records {
     #[serde(default)]

@@ -183,6 +183,34 @@ impl<'de> Deserialize<'de> for Time {
     }
 }
 
+impl schemars::JsonSchema for Time {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Time".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "date-time"})
+    }
+}
+
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration in Kubernetes notation: 300s, 5m, 1h30m, 500ms, 2d (never negative).",
+            "type": "string",
+            "pattern": "^(0|([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))+)$"
+        })
+    }
+}
+
 /// A timestamp or duration string that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -41,6 +41,8 @@ enum Command {
     },
     /// Print a built-in policy as YAML (nodemedic, seed000, seed003, seed004).
     Preset { name: String },
+    /// Print the NodeHealthPolicy and NodeRemediation CRDs (for `kubectl apply -f -`).
+    Crds,
     /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
     /// kwok) with fake GPU nodes for use with kubectl; stops on Ctrl-C or SIGTERM.
     DevCluster {
@@ -303,6 +305,10 @@ fn main() -> Result<()> {
             };
             let d = decide(&policy, &fleet, &records, now);
             println!("{}", serde_json::to_string_pretty(&d)?);
+            Ok(())
+        }
+        Command::Crds => {
+            print!("{}", nodemedic_k8s::crds_yaml().map_err(|e| anyhow::anyhow!("rendering the CRDs: {e}"))?);
             Ok(())
         }
         Command::Preset { name } => {

@@ -146,3 +146,11 @@ fn dev_cluster_serves_fake_gpu_nodes_to_kubectl_and_stops_on_sigterm() {
     assert!(status.success(), "dev-cluster exits cleanly on SIGTERM: {status}");
     assert!(!std::path::Path::new(&kubeconfig).exists(), "its files are deleted");
 }
+
+#[test]
+fn crds_prints_both_custom_resource_definitions() {
+    let (ok, out, err) = nodemedic(&["crds"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("nodehealthpolicies.nodemedic.io") && out.contains("noderemediations.nodemedic.io"), "{out}");
+    assert_eq!(out.matches("---").count(), 2);
+}
