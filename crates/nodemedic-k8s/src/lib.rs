@@ -7,10 +7,14 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt};
+use nodemedic_core::observe::{OperatorRequest, StepReport};
 use nodemedic_core::record::{NodeRecord, PolicyRecord};
 use nodemedic_core::{Policy, PolicyError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+mod observe;
+pub use observe::{ObserveError, lean, observe_node};
 
 pub const GROUP: &str = "nodemedic.io";
 
@@ -90,6 +94,12 @@ pub struct NodeRemediationSpec {
 pub struct NodeRemediationStatus {
     #[serde(flatten)]
     pub record: NodeRecord,
+    /// Written by the executor (the node agent or a site script): how the current attempt ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_report: Option<StepReport>,
+    /// Written by a person through the CLI or API (e.g. resolved by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_request: Option<OperatorRequest>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

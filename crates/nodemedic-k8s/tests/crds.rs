@@ -113,7 +113,7 @@ async fn a_node_remediation_records_its_status_and_kubectl_tells_the_story() -> 
             &NodeRemediation::new("gpu-7", NodeRemediationSpec { node: "gpu-7".into(), policy: "gpu-workers".into() }),
         )
         .await?;
-        let status = NodeRemediationStatus { record: record.clone(), conditions: vec![] };
+        let status = NodeRemediationStatus { record: record.clone(), ..Default::default() };
         api.patch_status("gpu-7", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": status}))).await?;
         let back = api.get("gpu-7").await?;
         assert_eq!(back.status.map(|s| s.record), Some(record), "the record survives the API server exactly");

@@ -1,0 +1,153 @@
+//! From Kubernetes objects to what the engine observes. A field that cannot be read is an error
+//! naming the node and the field: the engine never decides on data that could not be read.
+
+use crate::NodeRemediation;
+use k8s_openapi::api::core::v1::Node;
+use nodemedic_core::observe::{NodeCondition, NodeObservation, Taint, TaintEffect};
+use nodemedic_core::policy::ConditionStatus;
+use nodemedic_core::time::Time;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObserveError {
+    pub node: String,
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ObserveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {}: {}: {}", self.node, self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ObserveError {}
+
+fn millis(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Time {
+    Time(t.0.as_millisecond())
+}
+
+/// Builds the engine's view of a node, with the executor's report and a person's request taken from
+/// the node's NodeRemediation when there is one. Agent check results arrive as conditions.
+pub fn observe_node(node: &Node, remediation: Option<&NodeRemediation>) -> Result<NodeObservation, ObserveError> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let err = |field: String, reason: String| ObserveError {
+        node: if name.is_empty() { "<unnamed>".into() } else { name.clone() },
+        field,
+        reason,
+    };
+    if name.is_empty() {
+        return Err(err("metadata.name".into(), "missing".into()));
+    }
+    let mut obs = NodeObservation::new(name.clone());
+    obs.labels = node.metadata.labels.clone().unwrap_or_default();
+    for (i, t) in node.spec.as_ref().and_then(|s| s.taints.as_ref()).into_iter().flatten().enumerate() {
+        let effect = match t.effect.as_str() {
+            "NoSchedule" => TaintEffect::NoSchedule,
+            "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
+            "NoExecute" => TaintEffect::NoExecute,
+            other => return Err(err(format!("spec.taints[{i}].effect"), format!("unknown effect `{other}`"))),
+        };
+        obs.taints.push(Taint { key: t.key.clone(), value: t.value.clone(), effect });
+    }
+    let status = node.status.as_ref();
+    for (i, c) in status.and_then(|s| s.conditions.as_ref()).into_iter().flatten().enumerate() {
+        let cond_status = match c.status.as_str() {
+            "True" => ConditionStatus::True,
+            "False" => ConditionStatus::False,
+            "Unknown" => ConditionStatus::Unknown,
+            other => return Err(err(format!("status.conditions[{i}].status"), format!("`{other}` is not True, False or Unknown"))),
+        };
+        let heartbeat = c.last_heartbeat_time.as_ref().map(millis);
+        let Some(transition) = c.last_transition_time.as_ref().map(millis).or(heartbeat) else {
+            return Err(err(
+                format!("status.conditions[{i}] ({})", c.type_),
+                "has neither lastTransitionTime nor lastHeartbeatTime".into(),
+            ));
+        };
+        obs.conditions.push(NodeCondition {
+            type_: c.type_.clone(),
+            status: cond_status,
+            reason: c.reason.clone().unwrap_or_default(),
+            message: c.message.clone().unwrap_or_default(),
+            last_transition_time: transition,
+            last_heartbeat_time: heartbeat,
+        });
+    }
+    // Whole-number resources only (GPUs, pods); cpu and memory quantities are not the engine's business.
+    for (resource, q) in status.and_then(|s| s.allocatable.as_ref()).into_iter().flatten() {
+        if let Ok(n) = q.0.trim().parse::<i64>() {
+            obs.allocatable.insert(resource.clone(), n);
+        } else if resource.ends_with("/gpu") {
+            return Err(err(format!("status.allocatable[{resource}]"), format!("`{}` is not a whole number of GPUs", q.0)));
+        }
+    }
+    if let Some(st) = remediation.and_then(|r| r.status.as_ref()) {
+        obs.step_report = st.step_report.clone();
+        obs.operator_request = st.operator_request.clone();
+    }
+    Ok(obs)
+}
+
+/// Trims what a node cache does not need (managed fields, the image list) before storing it.
+pub fn lean(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    if let Some(s) = node.status.as_mut() {
+        s.images = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(json: serde_json::Value) -> Node {
+        serde_json::from_value(json).expect("node fixture")
+    }
+
+    fn gpu_node() -> serde_json::Value {
+        serde_json::json!({
+            "metadata": {"name": "gpu-1", "labels": {"nvidia.com/gpu.count": "8"}, "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"taints": [{"key": "nodemedic.io/repair-reboot", "effect": "NoSchedule"}]},
+            "status": {
+                "allocatable": {"nvidia.com/gpu": "7", "cpu": "96", "memory": "1Ti"},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastTransitionTime": "2026-11-21T10:00:00Z", "lastHeartbeatTime": "2026-11-21T10:05:00Z"}],
+                "images": [{"names": ["cuda:12"], "sizeBytes": 1}],
+            },
+        })
+    }
+
+    #[test]
+    fn a_gpu_node_becomes_an_observation() {
+        let obs = observe_node(&node(gpu_node()), None).expect("readable");
+        assert_eq!(obs.name, "gpu-1");
+        assert_eq!(obs.allocatable.get("nvidia.com/gpu"), Some(&7));
+        assert!(!obs.allocatable.contains_key("memory"));
+        assert!(obs.has_taint("nodemedic.io/repair-reboot"));
+        let ready = obs.condition("Ready").expect("Ready");
+        assert_eq!(ready.status, ConditionStatus::True);
+        assert_eq!(ready.last_transition_time, Time::parse_rfc3339("2026-11-21T10:00:00Z").expect("time"));
+        assert_eq!(ready.last_heartbeat_time, Time::parse_rfc3339("2026-11-21T10:05:00Z").ok());
+    }
+
+    #[test]
+    fn unreadable_fields_are_errors_naming_the_node_and_field() {
+        let mut bad = gpu_node();
+        bad["status"]["conditions"][0]["status"] = "Maybe".into();
+        let e = observe_node(&node(bad), None).expect_err("bad status");
+        assert_eq!(e.to_string(), "node gpu-1: status.conditions[0].status: `Maybe` is not True, False or Unknown");
+        let mut bad = gpu_node();
+        bad["status"]["allocatable"]["nvidia.com/gpu"] = "7.5".into();
+        assert!(observe_node(&node(bad), None).expect_err("half a GPU").to_string().contains("status.allocatable[nvidia.com/gpu]"));
+        let mut bad = gpu_node();
+        bad["spec"]["taints"][0]["effect"] = "Sometimes".into();
+        assert!(observe_node(&node(bad), None).expect_err("effect").to_string().contains("spec.taints[0].effect"));
+    }
+
+    #[test]
+    fn the_lean_cache_drops_managed_fields_and_images() {
+        let mut n = node(gpu_node());
+        lean(&mut n);
+        assert!(n.metadata.managed_fields.is_none());
+        assert!(n.status.as_ref().is_some_and(|s| s.images.is_none() && s.conditions.is_some()));
+    }
+}
