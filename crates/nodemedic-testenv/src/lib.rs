@@ -169,6 +169,20 @@ fn free_port() -> Result<u16, TestEnvError> {
     Ok(l.local_addr().map_err(io("reading the bound port"))?.port())
 }
 
+/// Flags kube-controller-manager and kube-scheduler share: the admin kubeconfig for everything, no
+/// leader election, their own serving port on loopback.
+fn client_component_args(kubeconfig: &Path) -> Result<Vec<String>, TestEnvError> {
+    let k = kubeconfig.display();
+    Ok(vec![
+        format!("--kubeconfig={k}"),
+        format!("--authentication-kubeconfig={k}"),
+        format!("--authorization-kubeconfig={k}"),
+        "--leader-elect=false".into(),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={}", free_port()?),
+    ])
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -243,36 +257,19 @@ impl ControlPlane {
 
         if opts.controller_manager {
             let grace = opts.node_monitor_grace_period.as_secs().max(5);
-            cp.spawn(
-                "kube-controller-manager",
-                &[
-                    format!("--kubeconfig={}", kubeconfig.display()),
-                    format!("--authentication-kubeconfig={}", kubeconfig.display()),
-                    format!("--authorization-kubeconfig={}", kubeconfig.display()),
-                    "--leader-elect=false".into(),
-                    "--bind-address=127.0.0.1".into(),
-                    format!("--secure-port={}", free_port()?),
-                    format!("--service-account-private-key-file={}", p("sa.key")),
-                    format!("--root-ca-file={}", p("ca.crt")),
-                    "--use-service-account-credentials=false".into(),
-                    "--node-monitor-period=1s".into(),
-                    format!("--node-monitor-grace-period={grace}s"),
-                    "--controllers=*".into(),
-                ],
-            )?;
+            let mut args = client_component_args(&kubeconfig)?;
+            args.extend([
+                format!("--service-account-private-key-file={}", p("sa.key")),
+                format!("--root-ca-file={}", p("ca.crt")),
+                "--use-service-account-credentials=false".into(),
+                "--node-monitor-period=1s".into(),
+                format!("--node-monitor-grace-period={grace}s"),
+                "--controllers=*".into(),
+            ]);
+            cp.spawn("kube-controller-manager", &args)?;
         }
         if opts.scheduler {
-            cp.spawn(
-                "kube-scheduler",
-                &[
-                    format!("--kubeconfig={}", kubeconfig.display()),
-                    format!("--authentication-kubeconfig={}", kubeconfig.display()),
-                    format!("--authorization-kubeconfig={}", kubeconfig.display()),
-                    "--leader-elect=false".into(),
-                    "--bind-address=127.0.0.1".into(),
-                    format!("--secure-port={}", free_port()?),
-                ],
-            )?;
+            cp.spawn("kube-scheduler", &client_component_args(&kubeconfig)?)?;
         }
         if opts.kwok {
             let mut args = vec![

@@ -21,6 +21,14 @@ async fn namespace(cp: &ControlPlane, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A namespace pods can run in: the service-account controller has created its default account.
+async fn namespace_for_pods(cp: &ControlPlane, name: &str) -> anyhow::Result<()> {
+    namespace(cp, name).await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(cp.client(), name);
+    wait_for(Duration::from_secs(60), "the default service account", || async { sas.get_opt("default").await.ok().flatten() }).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_account_without_permission_is_refused_by_rbac() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options::default()).await?;
@@ -72,10 +80,7 @@ async fn evicting_a_pod_protected_by_a_disruption_budget_is_refused() -> anyhow:
     let cp = ControlPlane::start(Options { controller_manager: true, kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
         cp.create_node(&FakeNode::gpu("gpu-0", "pool-a", 8)).await?;
-        namespace(cp, "work").await?;
-        // The service-account controller creates the namespace's default account pods need.
-        let sas: Api<ServiceAccount> = Api::namespaced(cp.client(), "work");
-        wait_for(Duration::from_secs(60), "the default service account", || async { sas.get_opt("default").await.ok().flatten() }).await?;
+        namespace_for_pods(cp, "work").await?;
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "trainer", "labels": {"app": "trainer"}},
             "spec": {"nodeName": "gpu-0", "containers": [{"name": "c", "image": "busybox"}],
@@ -206,9 +211,7 @@ async fn the_scheduler_places_a_gpu_pod_on_the_gpu_node_and_kwok_runs_it() -> an
     cp.run(|cp| async move {
         cp.create_node(&FakeNode::cpu("cpu-0", "pool-cpu")).await?;
         cp.create_node(&FakeNode::gpu("gpu-0", "pool-gpu", 8)).await?;
-        namespace(cp, "train").await?;
-        let sas: Api<ServiceAccount> = Api::namespaced(cp.client(), "train");
-        wait_for(Duration::from_secs(60), "the default service account", || async { sas.get_opt("default").await.ok().flatten() }).await?;
+        namespace_for_pods(cp, "train").await?;
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "needs-a-gpu"},
             "spec": {"containers": [{"name": "c", "image": "cuda", "resources": {"limits": {"nvidia.com/gpu": "2"}}}],
