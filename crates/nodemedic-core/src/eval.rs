@@ -108,8 +108,11 @@ impl RuleEval {
     pub fn is_ok(&self) -> bool {
         self.verdict == Verdict::Ok
     }
+    /// Evidence produced at or after `t`. Kubernetes condition times have one-second precision, so
+    /// `t` is compared from the start of its second: a condition posted in the same second counts.
     pub fn fresh_since(&self, t: Time) -> bool {
-        self.evidence_at.is_none_or(|e| e >= t)
+        let second = Time(t.0 - t.0.rem_euclid(1000));
+        self.evidence_at.is_none_or(|e| e >= second)
     }
 }
 

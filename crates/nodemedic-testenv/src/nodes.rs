@@ -111,8 +111,9 @@ impl FakeNode {
     }
 }
 
+/// Now, truncated to the second as Kubernetes condition times are (never rounded up into the future).
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// A fresh boot ID in the kernel's format.

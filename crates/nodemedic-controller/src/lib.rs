@@ -1,0 +1,218 @@
+//! nodemedic-controller owns putting the engine's decisions to work on a cluster: it reads Nodes,
+//! NodeRemediations and a NodeHealthPolicy, runs nodemedic-core's `decide`, persists the records
+//! *before* it acts, then patches taints (with resourceVersion preconditions) and hands steps to an
+//! executor. It must not decide anything itself: every choice comes from the engine.
+
+use k8s_openapi::api::core::v1::{Node, Taint as K8sTaint};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use nodemedic_core::engine::{Action, Decision, RecordChange};
+use nodemedic_core::{Records, RemediationStep, Time, decide};
+use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation, NodeRemediationSpec, NodeRemediationStatus, lean, observe_node};
+use std::collections::BTreeMap;
+
+/// The field manager nodemedic writes with.
+pub const FIELD_MANAGER: &str = "nodemedic-controller";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("policy {0}: {1}")]
+    InvalidPolicy(String, String),
+    #[error("{0}")]
+    Observe(#[from] nodemedic_k8s::ObserveError),
+    #[error("node {node}: the taints changed under us {attempts} times in a row")]
+    TaintConflict { node: String, attempts: u32 },
+    #[error("executor for {step} on {node} (attempt {attempt}): {message}")]
+    Executor { node: String, step: RemediationStep, attempt: u32, message: String },
+}
+
+impl ControllerError {
+    /// A short, bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ControllerError::Kube(_) => "kube",
+            ControllerError::InvalidPolicy(..) => "invalid_policy",
+            ControllerError::Observe(_) => "unreadable_node",
+            ControllerError::TaintConflict { .. } => "taint_conflict",
+            ControllerError::Executor { .. } => "executor",
+        }
+    }
+}
+
+/// Runs a step. The record naming the step and its attempt is already persisted when this is
+/// called, so an executor that remembers `(node, attempt)` never runs a step twice.
+pub trait Executor: Send + Sync {
+    fn execute(&self, node: &str, step: RemediationStep, attempt: u32, reason: &str) -> Result<(), String>;
+}
+
+/// The node agent executes node-local steps: the persisted record *is* the request (the agent on
+/// that node watches its NodeRemediation), so nothing more is sent.
+pub struct AgentExecutor;
+
+impl Executor for AgentExecutor {
+    fn execute(&self, _node: &str, _step: RemediationStep, _attempt: u32, _reason: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// One reconcile pass for one policy: read, decide, persist records, act.
+pub struct Reconciler<'e> {
+    pub client: Client,
+    pub executor: &'e dyn Executor,
+}
+
+impl Reconciler<'_> {
+    pub async fn reconcile(&self, policy_name: &str, now: Time) -> Result<Decision, ControllerError> {
+        let policies: Api<NodeHealthPolicy> = Api::all(self.client.clone());
+        let policy = policies.get(policy_name).await?;
+        policy.validate().map_err(|e| ControllerError::InvalidPolicy(policy_name.to_string(), e.to_string()))?;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let remediations: Api<NodeRemediation> = Api::all(self.client.clone());
+        let recs: BTreeMap<String, NodeRemediation> = remediations
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|r| r.spec.policy == policy_name)
+            .map(|r| (r.spec.node.clone(), r))
+            .collect();
+        let mut fleet = Vec::new();
+        for mut n in nodes.list(&ListParams::default()).await?.items {
+            lean(&mut n);
+            let name = n.name_any();
+            fleet.push(observe_node(&n, recs.get(&name))?);
+        }
+        let mut records = Records::default();
+        for (node, r) in &recs {
+            if let Some(st) = &r.status {
+                records.nodes.insert(node.clone(), st.record.clone());
+            }
+        }
+        if let Some(st) = &policy.status {
+            records.policy = st.record.clone();
+        }
+        let decision = decide(&policy.spec.policy, &fleet, &records, now);
+        self.persist(policy_name, &decision).await?;
+        self.act(&decision).await?;
+        Ok(decision)
+    }
+
+    /// Records first: nothing is executed that is not recorded.
+    async fn persist(&self, policy_name: &str, decision: &Decision) -> Result<(), ControllerError> {
+        let api: Api<NodeRemediation> = Api::all(self.client.clone());
+        let ssa = PatchParams::apply(FIELD_MANAGER).force();
+        for change in &decision.record_changes {
+            match change {
+                RecordChange::Upsert(record) => {
+                    let obj = NodeRemediation::new(
+                        &record.node,
+                        NodeRemediationSpec { node: record.node.clone(), policy: policy_name.to_string() },
+                    );
+                    api.patch(&record.node, &ssa, &Patch::Apply(&obj)).await?;
+                    // Server-side apply of the whole record: fields the engine dropped are removed,
+                    // fields others own (the executor's report, a person's request) are kept.
+                    let status = serde_json::json!({
+                        "apiVersion": "nodemedic.io/v1alpha1",
+                        "kind": "NodeRemediation",
+                        "metadata": {"name": record.node},
+                        "status": NodeRemediationStatus { record: record.clone(), ..Default::default() },
+                    });
+                    api.patch_status(&record.node, &ssa, &Patch::Apply(&status)).await?;
+                }
+                RecordChange::Delete(node) => match api.delete(node, &DeleteParams::default()).await {
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                    Ok(_) => {}
+                },
+            }
+        }
+        if let Some(rec) = &decision.policy_record {
+            let policies: Api<NodeHealthPolicy> = Api::all(self.client.clone());
+            let status = serde_json::json!({"apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeHealthPolicy", "metadata": {"name": policy_name}, "status": rec});
+            policies.patch_status(policy_name, &ssa, &Patch::Apply(&status)).await?;
+        }
+        Ok(())
+    }
+
+    async fn act(&self, decision: &Decision) -> Result<(), ControllerError> {
+        for action in &decision.actions {
+            match action {
+                Action::SetTaints { node, add, remove, .. } => self.set_taints(node, add, remove).await?,
+                Action::Execute { node, step, attempt, reason, .. } => self
+                    .executor
+                    .execute(node, *step, *attempt, reason)
+                    .map_err(|message| ControllerError::Executor { node: node.clone(), step: *step, attempt: *attempt, message })?,
+                Action::Notify { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Read-modify-write of the node's taints with a resourceVersion precondition, so taints others
+    /// set meanwhile (the node lifecycle controller's, a person's) are never lost.
+    async fn set_taints(&self, node: &str, add: &[String], remove: &[String]) -> Result<(), ControllerError> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        const ATTEMPTS: u32 = 5;
+        for _ in 0..ATTEMPTS {
+            let current = api.get(node).await?;
+            let mut taints: Vec<K8sTaint> = current.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+            taints.retain(|t| !remove.contains(&t.key));
+            for key in add {
+                if !taints.iter().any(|t| &t.key == key) {
+                    taints.push(K8sTaint { key: key.clone(), effect: "NoSchedule".into(), value: None, time_added: None });
+                }
+            }
+            let patch = serde_json::json!({"metadata": {"resourceVersion": current.resource_version()}, "spec": {"taints": taints}});
+            match api.patch(node, &PatchParams::default(), &Patch::Merge(patch)).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ControllerError::TaintConflict { node: node.to_string(), attempts: ATTEMPTS })
+    }
+}
+
+/// Installs (or updates) the CRDs with server-side apply and waits until the API server serves them.
+pub async fn install_crds(client: &Client) -> Result<(), ControllerError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [nodemedic_k8s::policy_crd(), nodemedic_k8s::remediation_crd()] {
+        let name = crd.name_any();
+        crds.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd)).await?;
+        for _ in 0..150 {
+            let established = crds
+                .get(&name)
+                .await?
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            if established {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    // Established is not yet served: a new resource's storage answers 429 "(re)initializing" for a
+    // moment. Wait until both can be listed.
+    let lp = ListParams::default().limit(1);
+    for _ in 0..150 {
+        let policies = Api::<NodeHealthPolicy>::all(client.clone()).list(&lp).await;
+        let records = Api::<NodeRemediation>::all(client.clone()).list(&lp).await;
+        match (policies, records) {
+            (Ok(_), Ok(_)) => return Ok(()),
+            (Err(kube::Error::Api(s)), _) | (_, Err(kube::Error::Api(s))) if s.code == 429 || s.code == 404 || s.code == 503 => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The wall clock as the engine's time (the controller is the only place that reads it).
+pub fn now() -> Time {
+    Time(jiff::Timestamp::now().as_millisecond())
+}
