@@ -155,18 +155,37 @@ impl ControlPlane {
     }
 
     /// A reboot as the API server sees it: Ready goes False, then the node comes back with a new
-    /// `status.nodeInfo.bootID` and Ready True. Returns the new boot ID.
+    /// `status.nodeInfo.bootID` and Ready True. Returns the new boot ID once the API server shows it.
+    /// (kwok re-initialises a node whose Ready turns False and may write its cached status — the old
+    /// boot ID — back over ours; the new one is re-applied until it holds.)
     pub async fn simulate_reboot(&self, node: &str) -> Result<String, TestEnvError> {
         self.set_node_condition(node, "Ready", "False", "KubeletNotReady", "node is rebooting").await?;
         let boot_id = new_boot_id();
         let api: Api<Node> = Api::all(self.client());
-        let now = now_rfc3339();
-        let patch = serde_json::json!({"status": {
-            "nodeInfo": {"bootID": boot_id},
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status", "lastTransitionTime": now, "lastHeartbeatTime": now}],
-        }});
-        api.patch_status(node, &PatchParams::default(), &Patch::Strategic(patch)).await?;
-        Ok(boot_id)
+        let started = std::time::Instant::now();
+        loop {
+            let now = now_rfc3339();
+            let patch = serde_json::json!({"status": {
+                "nodeInfo": {"bootID": boot_id},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status", "lastTransitionTime": now, "lastHeartbeatTime": now}],
+            }});
+            api.patch_status(node, &PatchParams::default(), &Patch::Strategic(patch)).await?;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let n = api.get(node).await?;
+            let status = n.status.as_ref();
+            let shown = status.and_then(|s| s.node_info.as_ref()).map(|i| i.boot_id.as_str()) == Some(boot_id.as_str());
+            let ready =
+                status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if shown && ready {
+                return Ok(boot_id);
+            }
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                return Err(TestEnvError::Timeout(
+                    std::time::Duration::from_secs(20),
+                    format!("node {node} to show boot ID {boot_id} and Ready"),
+                ));
+            }
+        }
     }
 
     /// The node's kubelet "dies": kwok stops posting its status, and its Lease in `kube-node-lease`
