@@ -4,11 +4,14 @@
 //! executor. It must not decide anything itself: every choice comes from the engine.
 
 use k8s_openapi::api::core::v1::{Node, Taint as K8sTaint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use nodemedic_core::engine::{Action, Decision, RecordChange};
 use nodemedic_core::{Records, RemediationStep, Time, decide};
-use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation, NodeRemediationSpec, NodeRemediationStatus, lean, observe_node};
+use nodemedic_k8s::{
+    NodeHealthPolicy, NodeHealthPolicyStatus, NodeRemediation, NodeRemediationSpec, NodeRemediationStatus, lean, observe_node,
+};
 use std::collections::BTreeMap;
 
 /// The field manager nodemedic writes with.
@@ -67,7 +70,16 @@ impl Reconciler<'_> {
     pub async fn reconcile(&self, policy_name: &str, now: Time) -> Result<Decision, ControllerError> {
         let policies: Api<NodeHealthPolicy> = Api::all(self.client.clone());
         let policy = policies.get(policy_name).await?;
-        policy.validate().map_err(|e| ControllerError::InvalidPolicy(policy_name.to_string(), e.to_string()))?;
+        if let Err(e) = policy.validate() {
+            // What the schema and CEL could not catch: say so on the policy and act on nothing.
+            let status = NodeHealthPolicyStatus {
+                observed_generation: policy.metadata.generation,
+                conditions: conditions(policy.status.as_ref(), &[("Valid", false, "InvalidPolicy", e.to_string())]),
+                ..policy.status.clone().unwrap_or_default()
+            };
+            self.write_policy_status(policy_name, &policy, status).await?;
+            return Err(ControllerError::InvalidPolicy(policy_name.to_string(), e.to_string()));
+        }
         let nodes: Api<Node> = Api::all(self.client.clone());
         let remediations: Api<NodeRemediation> = Api::all(self.client.clone());
         let recs: BTreeMap<String, NodeRemediation> = remediations
@@ -95,8 +107,55 @@ impl Reconciler<'_> {
         }
         let decision = decide(&policy.spec.policy, &fleet, &records, now);
         self.persist(policy_name, &decision).await?;
+        let p = &policy.spec.policy;
+        let sum = &decision.summary;
+        let paused = (
+            !p.pause_requests.is_empty(),
+            "PauseRequested",
+            if p.pause_requests.is_empty() {
+                "no pause requests".to_string()
+            } else {
+                format!("paused by: {}", p.pause_requests.join(", "))
+            },
+        );
+        let breaker = decision.policy_record.as_ref().unwrap_or(&records.policy);
+        let status = NodeHealthPolicyStatus {
+            observed_generation: policy.metadata.generation,
+            conditions: conditions(
+                policy.status.as_ref(),
+                &[
+                    ("Valid", true, "Validated", "the policy passed validation".into()),
+                    ("Paused", paused.0, paused.1, paused.2),
+                    ("BreakerOpen", sum.breaker_open, "CircuitBreaker", breaker.breaker_reason.clone().unwrap_or_else(|| "closed".into())),
+                ],
+            ),
+            selected: sum.selected as u64,
+            healthy: sum.healthy as u64,
+            unhealthy: sum.unhealthy as u64,
+            unknown: sum.unknown as u64,
+            remediating: sum.remediating as u64,
+            manual: sum.manual as u64,
+            record: breaker.clone(),
+        };
+        self.write_policy_status(policy_name, &policy, status).await?;
         self.act(&decision).await?;
         Ok(decision)
+    }
+
+    /// Server-side applies the policy status when it changed (condition times aside).
+    async fn write_policy_status(
+        &self,
+        name: &str,
+        policy: &NodeHealthPolicy,
+        status: NodeHealthPolicyStatus,
+    ) -> Result<(), ControllerError> {
+        if policy.status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        let api: Api<NodeHealthPolicy> = Api::all(self.client.clone());
+        let body = serde_json::json!({"apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeHealthPolicy", "metadata": {"name": name}, "status": status});
+        api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+        Ok(())
     }
 
     /// Records first: nothing is executed that is not recorded.
@@ -127,11 +186,6 @@ impl Reconciler<'_> {
                     Ok(_) => {}
                 },
             }
-        }
-        if let Some(rec) = &decision.policy_record {
-            let policies: Api<NodeHealthPolicy> = Api::all(self.client.clone());
-            let status = serde_json::json!({"apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeHealthPolicy", "metadata": {"name": policy_name}, "status": rec});
-            policies.patch_status(policy_name, &ssa, &Patch::Apply(&status)).await?;
         }
         Ok(())
     }
@@ -210,6 +264,29 @@ pub async fn install_crds(client: &Client) -> Result<(), ControllerError> {
         }
     }
     Ok(())
+}
+
+/// Standard conditions, keeping a condition's lastTransitionTime while its status does not change.
+fn conditions(previous: Option<&NodeHealthPolicyStatus>, wanted: &[(&str, bool, &str, String)]) -> Vec<Condition> {
+    // Truncated to the second, as Kubernetes writes condition times.
+    let second = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_else(|_| jiff::Timestamp::now());
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(second);
+    wanted
+        .iter()
+        .map(|(type_, on, reason, message)| {
+            let status = if *on { "True" } else { "False" }.to_string();
+            let old = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == *type_));
+            let last_transition_time = old.filter(|c| c.status == status).map_or(now.clone(), |c| c.last_transition_time.clone());
+            Condition {
+                type_: type_.to_string(),
+                status,
+                reason: reason.to_string(),
+                message: message.clone(),
+                last_transition_time,
+                observed_generation: None,
+            }
+        })
+        .collect()
 }
 
 /// The wall clock as the engine's time (the controller is the only place that reads it).

@@ -67,6 +67,16 @@ async fn a_gpu_fault_is_rebooted_once_and_cleared_when_the_checks_pass() -> anyh
         assert_eq!(executor.calls(), [("gpu-001".to_string(), RemediationStep::Reboot, 1)]);
         let rec = remediations.get("gpu-001").await?.status.map(|s| s.record).unwrap_or_default();
         assert_eq!((rec.phase, rec.attempt), (Phase::Remediating, 1));
+        let status = Api::<NodeHealthPolicy>::all(cp.client()).get("gpu-workers").await?.status.unwrap_or_default();
+        assert_eq!((status.selected, status.unhealthy, status.remediating), (3, 1, 1));
+        let cond = |t: &str| status.conditions.iter().find(|c| c.type_ == t).map(|c| c.status.clone());
+        assert_eq!(
+            (cond("Valid").as_deref(), cond("Paused").as_deref(), cond("BreakerOpen").as_deref()),
+            (Some("True"), Some("False"), Some("False"))
+        );
+        let out = cp.kubectl(&["get", "nhp", "gpu-workers", "--no-headers"])?;
+        let row: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        assert_eq!(&row[..4], ["gpu-workers", "True", "false", "3"], "NAME VALID MONITOR-ONLY SELECTED: {row:?}");
         assert!(rec.active.as_ref().is_some_and(|a| a.reason.contains("Xid 79")), "{rec:?}");
 
         // A new controller process (nothing in memory) reloads the record and does not reboot again.
@@ -94,6 +104,35 @@ async fn a_gpu_fault_is_rebooted_once_and_cleared_when_the_checks_pass() -> anyh
         assert!(!taints(&nodes.get("gpu-001").await?).iter().any(|t| t.starts_with("nodemedic.io/")), "cleared of all repair taints");
         assert_eq!(rec.history.last().map(|h| (h.step, h.outcome)), Some((RemediationStep::Reboot, StepOutcome::Recovered)));
         assert!(restarted.calls().is_empty(), "still exactly one reboot");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_the_schema_accepts_but_the_engine_refuses_is_marked_invalid_and_acts_on_nothing() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        install_crds(&cp.client()).await?;
+        cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 2).await?;
+        // Two rules with one name: fine for the schema, ambiguous for the engine.
+        let mut policy = Policy::from_yaml(POLICY)?;
+        policy.rules.push(policy.rules[0].clone());
+        let api: Api<NodeHealthPolicy> = Api::all(cp.client());
+        api.create(&PostParams::default(), &NodeHealthPolicy::new("dup", NodeHealthPolicySpec { policy })).await?;
+        cp.set_node_condition("gpu-000", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
+        let executor = RecordingExecutor::default();
+        let err = Reconciler { client: cp.client(), executor: &executor }.reconcile("dup", now()).await.expect_err("invalid policy");
+        assert_eq!(err.metric_label(), "invalid_policy");
+        let status = api.get("dup").await?.status.unwrap_or_default();
+        let valid = status.conditions.iter().find(|c| c.type_ == "Valid").cloned();
+        assert_eq!(valid.as_ref().map(|c| c.status.as_str()), Some("False"));
+        assert!(valid.is_some_and(|c| c.message.contains("rules[1].name") && c.message.contains("used by another rule")));
+        assert!(executor.calls().is_empty());
+        assert!(
+            !taints(&Api::<Node>::all(cp.client()).get("gpu-000").await?).iter().any(|t| t.starts_with("nodemedic.io/")),
+            "acts on nothing"
+        );
         Ok(())
     })
     .await
