@@ -246,7 +246,7 @@ pub async fn install_crds(client: &Client) -> Result<(), ControllerError> {
             if established {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
     // Established is not yet served: a new resource's storage answers 429 "(re)initializing" for a
@@ -258,7 +258,7 @@ pub async fn install_crds(client: &Client) -> Result<(), ControllerError> {
         match (policies, records) {
             (Ok(_), Ok(_)) => return Ok(()),
             (Err(kube::Error::Api(s)), _) | (_, Err(kube::Error::Api(s))) if s.code == 429 || s.code == 404 || s.code == 503 => {
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             (Err(e), _) | (_, Err(e)) => return Err(e.into()),
         }

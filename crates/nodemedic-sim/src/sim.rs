@@ -384,7 +384,7 @@ impl<'a> Sim<'a> {
             let phase = self.probe_phase(n);
             let kubelet_up = self.nodes[n as usize].down_until.is_none();
             if kubelet_up && self.obs[n as usize].condition("Ready").is_some_and(|c| c.status == ConditionStatus::True) {
-                let latest = Time(phase + (now.0 - phase).div_euclid(report) * report);
+                let latest = Self::last_tick(phase, report, now);
                 for c in self.obs[n as usize].conditions.iter_mut() {
                     if c.last_heartbeat_time.is_none_or(|h| h < latest) {
                         c.last_heartbeat_time = Some(latest);
@@ -395,13 +395,18 @@ impl<'a> Sim<'a> {
                 continue;
             }
             let gpu_allowed = self.gpu_probe_allowed(n);
-            let latest = Time(phase + (now.0 - phase).div_euclid(iv) * iv);
+            let latest = Self::last_tick(phase, iv, now);
             for c in self.obs[n as usize].checks.iter_mut() {
                 if (c.name != "gpu" || gpu_allowed) && latest > c.last_run {
                     c.last_run = latest;
                 }
             }
         }
+    }
+
+    /// The latest tick at or before `now` of a clock that ticks every `period` from `phase`.
+    fn last_tick(phase: i64, period: i64, now: Time) -> Time {
+        Time(phase + (now.0 - phase).div_euclid(period) * period)
     }
 
     fn probe_phase(&self, n: u32) -> i64 {
@@ -465,6 +470,7 @@ impl<'a> Sim<'a> {
         }
         let up = self.nodes[ni].down_until.is_none();
         let gpu_allowed = self.gpu_probe_allowed(n);
+        let (phase, iv) = (self.probe_phase(n), self.cfg.probe_interval.0.max(1));
         let o = &mut self.obs[ni];
         o.checks.clear();
         for (name, used, p) in
@@ -476,13 +482,7 @@ impl<'a> Sim<'a> {
             }
             // Between state changes the agent keeps probing; its last run is the latest tick.
             let paused = name == "gpu" && !gpu_allowed;
-            let last_run = if up && !paused {
-                let iv = self.cfg.probe_interval.0.max(1);
-                let phase = (i64::from(n) * 7_919) % iv;
-                Time(phase + (now.0 - phase).div_euclid(iv) * iv).max(last)
-            } else {
-                last
-            };
+            let last_run = if up && !paused { Self::last_tick(phase, iv, now).max(last) } else { last };
             o.checks.push(CheckObservation {
                 name: name.into(),
                 consecutive_failures: if p.bad { p.count } else { 0 },

@@ -1,29 +1,15 @@
-//! The CRDs on a real kube-apiserver: installed, valid policies accepted, invalid ones refused by
+//! The CRDs on a real kube-apiserver: installed by the controller's `install_crds`, valid policies accepted, invalid ones refused by
 //! the schema or CEL with a message naming the problem, status through the subresource, and the
 //! printer columns `kubectl get` shows.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use nodemedic_controller::install_crds;
 use nodemedic_core::testkit::{EPOCH, Harness, gpu_node, probe};
 use nodemedic_core::{Duration, presets};
 use nodemedic_k8s::{
     NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation, NodeRemediationSpec, NodeRemediationStatus, policy_crd, remediation_crd,
 };
-use nodemedic_testenv::{ControlPlane, Options, wait_for};
-
-async fn install(cp: &ControlPlane) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(cp.client());
-    for crd in [policy_crd(), remediation_crd()] {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        crds.patch(&name, &PatchParams::apply("nodemedic-test").force(), &Patch::Apply(&crd)).await?;
-        wait_for(std::time::Duration::from_secs(30), &format!("CRD {name} to be established"), || async {
-            let c = crds.get(&name).await.ok()?;
-            c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-        })
-        .await?;
-    }
-    Ok(())
-}
+use nodemedic_testenv::{ControlPlane, Options};
 
 fn policy_api(cp: &ControlPlane) -> Api<DynamicObject> {
     Api::all_with(cp.client(), &ApiResource::erase::<NodeHealthPolicy>(&()))
@@ -48,7 +34,7 @@ fn minimal() -> serde_json::Value {
 async fn the_presets_are_accepted_and_read_back_unchanged() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options::default()).await?;
     cp.run(|cp| async move {
-        install(cp).await?;
+        install_crds(&cp.client()).await?;
         let api: Api<NodeHealthPolicy> = Api::all(cp.client());
         for (name, policy) in presets::all() {
             let obj = NodeHealthPolicy::new(name, NodeHealthPolicySpec { policy: policy.clone() });
@@ -65,7 +51,7 @@ async fn the_presets_are_accepted_and_read_back_unchanged() -> anyhow::Result<()
 async fn invalid_policies_are_refused_with_a_message_naming_the_problem() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options::default()).await?;
     cp.run(|cp| async move {
-        install(cp).await?;
+        install_crds(&cp.client()).await?;
         create_raw(cp, "minimal", minimal()).await?;
         let cases: Vec<(&str, serde_json::Value, &str)> = vec![
             ("unknown-step", serde_json::json!({"rules": minimal()["rules"], "ladder": [{"step": "rebot"}]}), "spec.ladder[0].step"),
@@ -93,7 +79,7 @@ async fn invalid_policies_are_refused_with_a_message_naming_the_problem() -> any
 async fn a_node_remediation_records_its_status_and_kubectl_tells_the_story() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options::default()).await?;
     cp.run(|cp| async move {
-        install(cp).await?;
+        install_crds(&cp.client()).await?;
         // A real record from the engine: three GPU failures, reboot in flight.
         let mut p = presets::seed000();
         p.monitor_only = false;
