@@ -13,23 +13,38 @@ async fn a_node_that_lost_a_gpu_is_chosen_for_reboot_and_its_healthy_peers_are_n
     cp.run(|cp| async move {
         cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 4).await?;
         let nodes: Api<Node> = Api::all(cp.client());
-        // One GPU fell off the bus: allocatable drops to 7 while the count label still says 8.
-        nodes
-            .patch_status(
-                "gpu-002",
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"status": {"allocatable": {"nvidia.com/gpu": "7"}}})),
-            )
-            .await?;
-        let ready = wait_for(std::time::Duration::from_secs(60), "kwok to make every node Ready", || async {
+        let all_ready = |list: &[Node]| {
+            list.len() == 4
+                && list.iter().all(|n| {
+                    n.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+        };
+        wait_for(std::time::Duration::from_secs(60), "kwok to make every node Ready", || async {
             let list = nodes.list(&Default::default()).await.ok()?;
-            let all_ready = list.items.iter().all(|n| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            });
-            (list.items.len() == 4 && all_ready).then_some(list.items)
+            all_ready(&list.items).then_some(())
+        })
+        .await?;
+        // One GPU fell off the bus: allocatable drops to 7 while the count label still says 8. kwok may
+        // write its cached status back once after initialising a node, so patch until the API server shows it.
+        let allocatable = |n: &Node| {
+            n.status.as_ref().and_then(|s| s.allocatable.as_ref()).and_then(|a| a.get("nvidia.com/gpu")).map(|q| q.0.clone())
+        };
+        let ready = wait_for(std::time::Duration::from_secs(60), "gpu-002 to report 7 allocatable GPUs", || async {
+            nodes
+                .patch_status(
+                    "gpu-002",
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"status": {"allocatable": {"nvidia.com/gpu": "7"}}})),
+                )
+                .await
+                .ok()?;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let list = nodes.list(&Default::default()).await.ok()?;
+            let lost = list.items.iter().find(|n| n.metadata.name.as_deref() == Some("gpu-002")).and_then(allocatable);
+            (all_ready(&list.items) && lost.as_deref() == Some("7")).then_some(list.items)
         })
         .await?;
 
