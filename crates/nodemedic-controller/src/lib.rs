@@ -44,10 +44,27 @@ impl ControllerError {
     }
 }
 
+/// What an executor is asked to do: one step of one attempt on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRequest {
+    pub node: String,
+    pub step: RemediationStep,
+    pub attempt: u32,
+    /// When the engine gives up waiting for a report (the step's timeout).
+    pub deadline: Option<Time>,
+    pub reason: String,
+}
+
+/// A boxed future, so executors can be chosen at run time (`&dyn Executor`).
+pub type ExecFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
 /// Runs a step. The record naming the step and its attempt is already persisted when this is
-/// called, so an executor that remembers `(node, attempt)` never runs a step twice.
+/// called, and the engine asks once per attempt, so a step runs at most once per attempt even
+/// across restarts. `execute` returns once the request is accepted; long work (a drain) goes on in
+/// the background and ends with a `stepReport` on the node's NodeRemediation
+/// ([`nodemedic_k8s::report_step`]), which is what the engine waits for.
 pub trait Executor: Send + Sync {
-    fn execute(&self, node: &str, step: RemediationStep, attempt: u32, reason: &str) -> Result<(), String>;
+    fn execute<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a>;
 }
 
 /// The node agent executes node-local steps: the persisted record *is* the request (the agent on
@@ -55,8 +72,8 @@ pub trait Executor: Send + Sync {
 pub struct AgentExecutor;
 
 impl Executor for AgentExecutor {
-    fn execute(&self, _node: &str, _step: RemediationStep, _attempt: u32, _reason: &str) -> Result<(), String> {
-        Ok(())
+    fn execute<'a>(&'a self, _request: &'a StepRequest) -> ExecFuture<'a> {
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -194,10 +211,16 @@ impl Reconciler<'_> {
         for action in &decision.actions {
             match action {
                 Action::SetTaints { node, add, remove, .. } => self.set_taints(node, add, remove).await?,
-                Action::Execute { node, step, attempt, reason, .. } => self
-                    .executor
-                    .execute(node, *step, *attempt, reason)
-                    .map_err(|message| ControllerError::Executor { node: node.clone(), step: *step, attempt: *attempt, message })?,
+                Action::Execute { node, step, attempt, deadline, reason } => {
+                    let request =
+                        StepRequest { node: node.clone(), step: *step, attempt: *attempt, deadline: *deadline, reason: reason.clone() };
+                    self.executor.execute(&request).await.map_err(|message| ControllerError::Executor {
+                        node: node.clone(),
+                        step: *step,
+                        attempt: *attempt,
+                        message,
+                    })?
+                }
                 Action::Notify { .. } => {}
             }
         }

@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use nodemedic_controller::{Executor, Reconciler, install_crds, now};
+use nodemedic_controller::{ExecFuture, Executor, Reconciler, StepRequest, install_crds, now};
 use nodemedic_core::record::{Phase, StepOutcome};
 use nodemedic_core::{Policy, RemediationStep};
 use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation};
@@ -15,9 +15,9 @@ use std::sync::Mutex;
 struct RecordingExecutor(Mutex<Vec<(String, RemediationStep, u32)>>);
 
 impl Executor for RecordingExecutor {
-    fn execute(&self, node: &str, step: RemediationStep, attempt: u32, _reason: &str) -> Result<(), String> {
-        self.0.lock().map_err(|e| e.to_string())?.push((node.to_string(), step, attempt));
-        Ok(())
+    fn execute<'a>(&'a self, r: &'a StepRequest) -> ExecFuture<'a> {
+        let result = self.0.lock().map(|mut calls| calls.push((r.node.clone(), r.step, r.attempt))).map_err(|e| e.to_string());
+        Box::pin(async move { result })
     }
 }
 

@@ -183,3 +183,33 @@ impl NodeHealthPolicy {
         self.spec.policy.validate()
     }
 }
+
+/// Field managers of the writers that share a NodeRemediation's status: each owns its own fields,
+/// so server-side apply keeps them apart.
+pub mod field_managers {
+    pub const CONTROLLER: &str = "nodemedic-controller";
+    pub const AGENT: &str = "nodemedic-agent";
+    pub const DRAIN: &str = "nodemedic-drain";
+    pub const EXECUTOR: &str = "nodemedic-executor";
+    pub const OPERATOR: &str = "nodemedic-operator";
+}
+
+/// Reports how a step ended on the node's NodeRemediation (`status.stepReport`), server-side
+/// applied under `field_manager` so the controller's record fields are untouched. The engine only
+/// accepts a report whose `attempt` matches the record's, so a late report about an older attempt
+/// is harmless.
+pub async fn report_step(
+    client: &kube::Client,
+    field_manager: &str,
+    node: &str,
+    report: &StepReport,
+) -> Result<NodeRemediation, kube::Error> {
+    let api: kube::Api<NodeRemediation> = kube::Api::all(client.clone());
+    let body = serde_json::json!({
+        "apiVersion": "nodemedic.io/v1alpha1",
+        "kind": "NodeRemediation",
+        "metadata": {"name": node},
+        "status": {"stepReport": report},
+    });
+    api.patch_status(node, &kube::api::PatchParams::apply(field_manager).force(), &kube::api::Patch::Apply(&body)).await
+}

@@ -29,9 +29,8 @@ async fn a_node_that_lost_a_gpu_is_chosen_for_reboot_and_its_healthy_peers_are_n
         .await?;
         // One GPU fell off the bus: allocatable drops to 7 while the count label still says 8. kwok may
         // write its cached status back once after initialising a node, so patch until the API server shows it.
-        let allocatable = |n: &Node| {
-            n.status.as_ref().and_then(|s| s.allocatable.as_ref()).and_then(|a| a.get("nvidia.com/gpu")).map(|q| q.0.clone())
-        };
+        let allocatable =
+            |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.as_ref()).and_then(|a| a.get("nvidia.com/gpu")).map(|q| q.0.clone());
         let ready = wait_for(std::time::Duration::from_secs(60), "gpu-002 to report 7 allocatable GPUs", || async {
             nodes
                 .patch_status(
