@@ -8,11 +8,23 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use nodemedic_core::engine::{Action, Decision, RecordChange};
-use nodemedic_core::{Records, RemediationStep, Time, decide};
+use nodemedic_core::{Records, RemediationStep, Time, apply, decide};
 use nodemedic_k8s::{
     NodeHealthPolicy, NodeHealthPolicyStatus, NodeRemediation, NodeRemediationSpec, NodeRemediationStatus, lean, observe_node,
 };
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub mod events;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod run;
+
+use events::publish_events;
+pub use kube::runtime::events::Recorder;
+pub use leader::Leadership;
+pub use metrics::Metrics;
 
 /// The field manager nodemedic writes with.
 pub const FIELD_MANAGER: &str = "nodemedic-controller";
@@ -29,6 +41,10 @@ pub enum ControllerError {
     TaintConflict { node: String, attempts: u32 },
     #[error("executor for {step} on {node} (attempt {attempt}): {message}")]
     Executor { node: String, step: RemediationStep, attempt: u32, message: String },
+    #[error("this replica no longer holds the leader lease; nothing written")]
+    NotLeader,
+    #[error("leader election: {0}")]
+    Lease(String),
 }
 
 impl ControllerError {
@@ -40,6 +56,8 @@ impl ControllerError {
             ControllerError::Observe(_) => "unreadable_node",
             ControllerError::TaintConflict { .. } => "taint_conflict",
             ControllerError::Executor { .. } => "executor",
+            ControllerError::NotLeader => "not_leader",
+            ControllerError::Lease(_) => "lease",
         }
     }
 }
@@ -77,14 +95,43 @@ impl Executor for AgentExecutor {
     }
 }
 
-/// One reconcile pass for one policy: read, decide, persist records, act.
+/// One reconcile pass for one policy: read, decide, persist records, act, tell.
 pub struct Reconciler<'e> {
     pub client: Client,
     pub executor: &'e dyn Executor,
+    /// Publishes the engine's events on Nodes, records and the policy.
+    pub events: Option<&'e Recorder>,
+    pub metrics: Option<&'e Metrics>,
+    /// Checked right before anything is written: only the lease holder writes.
+    pub fence: Option<&'e Leadership>,
 }
 
-impl Reconciler<'_> {
+impl<'e> Reconciler<'e> {
+    pub fn new(client: Client, executor: &'e dyn Executor) -> Self {
+        Reconciler { client, executor, events: None, metrics: None, fence: None }
+    }
+
+    /// Reads everything from the API server, then reconciles.
     pub async fn reconcile(&self, policy_name: &str, now: Time) -> Result<Decision, ControllerError> {
+        self.reconcile_with(policy_name, None, now).await
+    }
+
+    /// Reconciles with `nodes` from a watch cache when given (lean objects). The policy and the
+    /// records are always read fresh: they are few, and the engine must see its own last writes
+    /// (the attempt counter, the breaker) or it could start the same step twice.
+    pub async fn reconcile_with(&self, policy_name: &str, nodes: Option<&[Arc<Node>]>, now: Time) -> Result<Decision, ControllerError> {
+        let started = std::time::Instant::now();
+        let result = self.reconcile_inner(policy_name, nodes, now).await;
+        if let Some(m) = self.metrics {
+            m.reconcile_took(started.elapsed().as_secs_f64());
+            if let Err(e) = &result {
+                m.reconcile_error(e.metric_label());
+            }
+        }
+        result
+    }
+
+    async fn reconcile_inner(&self, policy_name: &str, cached: Option<&[Arc<Node>]>, now: Time) -> Result<Decision, ControllerError> {
         let policies: Api<NodeHealthPolicy> = Api::all(self.client.clone());
         let policy = policies.get(policy_name).await?;
         if let Err(e) = policy.validate() {
@@ -94,6 +141,7 @@ impl Reconciler<'_> {
                 conditions: conditions(policy.status.as_ref(), &[("Valid", false, "InvalidPolicy", e.to_string())]),
                 ..policy.status.clone().unwrap_or_default()
             };
+            self.fenced().await?;
             self.write_policy_status(policy_name, &policy, status).await?;
             return Err(ControllerError::InvalidPolicy(policy_name.to_string(), e.to_string()));
         }
@@ -107,11 +155,26 @@ impl Reconciler<'_> {
             .filter(|r| r.spec.policy == policy_name)
             .map(|r| (r.spec.node.clone(), r))
             .collect();
-        let mut fleet = Vec::new();
-        for mut n in nodes.list(&ListParams::default()).await?.items {
-            lean(&mut n);
-            let name = n.name_any();
-            fleet.push(observe_node(&n, recs.get(&name))?);
+        let listed: Vec<Arc<Node>>;
+        let snapshot = match cached {
+            Some(c) => c,
+            None => {
+                listed = nodes
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .map(|mut n| {
+                        lean(&mut n);
+                        Arc::new(n)
+                    })
+                    .collect();
+                &listed
+            }
+        };
+        let mut fleet = Vec::with_capacity(snapshot.len());
+        for n in snapshot {
+            fleet.push(observe_node(n, recs.get(&n.name_any()))?);
         }
         let mut records = Records::default();
         for (node, r) in &recs {
@@ -123,6 +186,7 @@ impl Reconciler<'_> {
             records.policy = st.record.clone();
         }
         let decision = decide(&policy.spec.policy, &fleet, &records, now);
+        self.fenced().await?;
         self.persist(policy_name, &decision).await?;
         let p = &policy.spec.policy;
         let sum = &decision.summary;
@@ -155,8 +219,26 @@ impl Reconciler<'_> {
             record: breaker.clone(),
         };
         self.write_policy_status(policy_name, &policy, status).await?;
-        self.act(&decision).await?;
+        let acted = self.act(policy_name, &decision).await;
+        if let Some(m) = self.metrics {
+            let mut after = records.clone();
+            apply(&decision, &mut fleet, &mut after);
+            m.observe(policy_name, &decision, &after, now);
+        }
+        if let Some(recorder) = self.events {
+            publish_events(recorder, &policy, snapshot, &recs, &decision).await;
+        }
+        acted?;
         Ok(decision)
+    }
+
+    async fn fenced(&self) -> Result<(), ControllerError> {
+        match self.fence {
+            Some(f) if !f.confirm().await.map_err(|e| ControllerError::Lease(format!("reading the lease: {e}")))? => {
+                Err(ControllerError::NotLeader)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Server-side applies the policy status when it changed (condition times aside).
@@ -207,24 +289,38 @@ impl Reconciler<'_> {
         Ok(())
     }
 
-    async fn act(&self, decision: &Decision) -> Result<(), ControllerError> {
+    /// Carries out every action, even after one failed (a node whose taint patch failed must not
+    /// keep another node's reboot from being handed over); the first error is returned.
+    async fn act(&self, policy_name: &str, decision: &Decision) -> Result<(), ControllerError> {
+        let mut first_error = None;
         for action in &decision.actions {
-            match action {
-                Action::SetTaints { node, add, remove, .. } => self.set_taints(node, add, remove).await?,
+            let result = match action {
+                Action::SetTaints { node, add, remove, reason } => {
+                    tracing::info!(node = %node, add = ?add, remove = ?remove, reason = %reason, "setting taints");
+                    self.set_taints(node, add, remove).await
+                }
                 Action::Execute { node, step, attempt, deadline, reason } => {
+                    tracing::info!(node = %node, step = %step, attempt, reason = %reason, "executing step");
                     let request =
                         StepRequest { node: node.clone(), step: *step, attempt: *attempt, deadline: *deadline, reason: reason.clone() };
-                    self.executor.execute(&request).await.map_err(|message| ControllerError::Executor {
-                        node: node.clone(),
-                        step: *step,
-                        attempt: *attempt,
-                        message,
-                    })?
+                    self.executor.execute(&request).await.map_err(|message| {
+                        if let Some(m) = self.metrics {
+                            m.executor_error(policy_name, &step.to_string());
+                        }
+                        ControllerError::Executor { node: node.clone(), step: *step, attempt: *attempt, message }
+                    })
                 }
-                Action::Notify { .. } => {}
+                Action::Notify { node, notice } => {
+                    tracing::warn!(node = %node, notice = ?notice, "notification due");
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "action failed");
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Read-modify-write of the node's taints with a resourceVersion precondition, so taints others

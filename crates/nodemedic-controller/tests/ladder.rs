@@ -57,7 +57,7 @@ async fn a_gpu_fault_is_rebooted_once_and_cleared_when_the_checks_pass() -> anyh
 
         cp.set_node_condition("gpu-001", "GPUProblem", "True", "XidCritical", "Xid 79: GPU has fallen off the bus").await?;
         let executor = RecordingExecutor::default();
-        let controller = Reconciler { client: cp.client(), executor: &executor };
+        let controller = Reconciler::new(cp.client(), &executor);
         controller.reconcile("gpu-workers", now()).await?;
         // Ours is added beside the taints others set (no controller-manager runs here to lift the
         // admission-time not-ready taint); theirs are never lost.
@@ -81,7 +81,7 @@ async fn a_gpu_fault_is_rebooted_once_and_cleared_when_the_checks_pass() -> anyh
 
         // A new controller process (nothing in memory) reloads the record and does not reboot again.
         let restarted = RecordingExecutor::default();
-        let again = Reconciler { client: cp.client(), executor: &restarted };
+        let again = Reconciler::new(cp.client(), &restarted);
         for _ in 0..3 {
             again.reconcile("gpu-workers", now()).await?;
         }
@@ -122,7 +122,7 @@ async fn a_policy_the_schema_accepts_but_the_engine_refuses_is_marked_invalid_an
         api.create(&PostParams::default(), &NodeHealthPolicy::new("dup", NodeHealthPolicySpec { policy })).await?;
         cp.set_node_condition("gpu-000", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
         let executor = RecordingExecutor::default();
-        let err = Reconciler { client: cp.client(), executor: &executor }.reconcile("dup", now()).await.expect_err("invalid policy");
+        let err = Reconciler::new(cp.client(), &executor).reconcile("dup", now()).await.expect_err("invalid policy");
         assert_eq!(err.metric_label(), "invalid_policy");
         let status = api.get("dup").await?.status.unwrap_or_default();
         let valid = status.conditions.iter().find(|c| c.type_ == "Valid").cloned();

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+mod controller_cmd;
+
 #[derive(Parser)]
 #[command(name = "nodemedic", version, about = "Keeps Kubernetes GPU clusters healthy: detect, quarantine, repair, escalate — safely.")]
 struct Cli {
@@ -43,6 +45,8 @@ enum Command {
     Preset { name: String },
     /// Print the NodeHealthPolicy and NodeRemediation CRDs (for `kubectl apply -f -`).
     Crds,
+    /// Run the controller (one replica; run two or more with leader election).
+    Controller(controller_cmd::ControllerArgs),
     /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
     /// kwok) with fake GPU nodes for use with kubectl; stops on Ctrl-C or SIGTERM.
     DevCluster {
@@ -277,6 +281,11 @@ fn main() -> Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(dev_cluster(nodes, gpus_per_node, pools)),
+        Command::Controller(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(controller_cmd::controller(args)),
         Command::Simulate(args) => run_simulate(args),
         Command::Validate { policy } => {
             let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;

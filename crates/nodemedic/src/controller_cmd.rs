@@ -1,0 +1,109 @@
+//! `nodemedic controller`: the controller process (one replica). Reads the kubeconfig from the
+//! environment (in-cluster service account, `KUBECONFIG` or `~/.kube/config`).
+
+use anyhow::{Context, Result};
+use nodemedic_controller::http::{HttpState, serve};
+use nodemedic_controller::leader::LeaseConfig;
+use nodemedic_controller::run::{RunConfig, run};
+use nodemedic_controller::{AgentExecutor, Executor, Metrics, install_crds};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// This replica's identity in the leader lease (default: $POD_NAME, else the host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    #[arg(long, default_value = "nodemedic-controller")]
+    pub lease_name: String,
+    /// Seconds a lease stays valid without renewal; a standby takes over after that.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    pub listen: std::net::SocketAddr,
+    /// Reconcile at least this often (seconds) even when nothing changes.
+    #[arg(long, default_value_t = 30)]
+    pub resync: u64,
+    /// Install or update the CRDs at start (needs permission on customresourcedefinitions).
+    #[arg(long)]
+    pub install_crds: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube_lease_manager=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests running several commands in one process) is harmless: keep the first.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+pub async fn controller(args: ControllerArgs) -> Result<()> {
+    init_logging(args.log_format);
+    let mut kube_config = kube::Config::infer().await.context("reading the Kubernetes client configuration (kubeconfig or in-cluster)")?;
+    // An eviction refused by a PodDisruptionBudget answers 429: the drain must see it, not a
+    // client-side retry loop.
+    kube_config.default_retry = false;
+    let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
+    if args.install_crds {
+        install_crds(&client).await.context("installing the CRDs")?;
+    }
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "nodemedic".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound, http) = serve(args.listen, HttpState { metrics: metrics.clone(), ready: ready.clone() }, async {
+        let _ = http_stopped.await;
+    })
+    .await
+    .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz");
+    let mut config = RunConfig::new(identity);
+    config.lease = LeaseConfig {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        duration_seconds: args.lease_duration,
+        grace_seconds: (args.lease_duration / 3).max(1),
+        ..config.lease
+    };
+    config.resync = std::time::Duration::from_secs(args.resync.max(1));
+    let executor: Arc<dyn Executor> = Arc::new(AgentExecutor);
+    let result = run(client, config, executor, metrics, ready, shutdown_signal()).await;
+    let _ = stop_http.send(());
+    let _ = http.await;
+    result.context("controller")
+}
