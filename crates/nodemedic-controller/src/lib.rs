@@ -14,6 +14,8 @@ use nodemedic_k8s::{
 };
 use std::collections::BTreeMap;
 
+pub mod executors;
+
 /// The field manager nodemedic writes with.
 pub const FIELD_MANAGER: &str = "nodemedic-controller";
 
