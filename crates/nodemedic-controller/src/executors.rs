@@ -172,7 +172,13 @@ impl Started {
 
 /// Writes the step's outcome on the node's NodeRemediation, retrying a few times when the API server
 /// does not answer. A record that is gone is not an error: nothing waits for the report any more.
-async fn report(client: &Client, field_manager: &str, req: &StepRequest, outcome: ReportedOutcome, message: String) -> Result<(), kube::Error> {
+async fn report(
+    client: &Client,
+    field_manager: &str,
+    req: &StepRequest,
+    outcome: ReportedOutcome,
+    message: String,
+) -> Result<(), kube::Error> {
     let report = StepReport { attempt: req.attempt, outcome, at: crate::now(), message };
     let mut pause = std::time::Duration::from_millis(500);
     let mut tries = 0;
@@ -402,11 +408,8 @@ async fn evict(client: &Client, pod: &Pod, evicted: &mut std::collections::BTree
 /// The failure report: which pods remain and why (at most ten named).
 fn unfinished(node: &str, evicted: usize, remaining: &BTreeMap<String, String>) -> String {
     const NAMED: usize = 10;
-    let mut parts: Vec<String> = remaining
-        .iter()
-        .take(NAMED)
-        .map(|(pod, why)| if pod.is_empty() { why.clone() } else { format!("pod {pod} {why}") })
-        .collect();
+    let mut parts: Vec<String> =
+        remaining.iter().take(NAMED).map(|(pod, why)| if pod.is_empty() { why.clone() } else { format!("pod {pod} {why}") }).collect();
     if remaining.len() > NAMED {
         parts.push(format!("and {} more", remaining.len() - NAMED));
     }
@@ -563,14 +566,20 @@ impl CommandExecutor {
                 Ok(Ok(out)) if out.status.success() => {
                     let stdout = String::from_utf8_lossy(&out.stdout);
                     let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-                    (ReportedOutcome::Succeeded, format!("{program} succeeded{}", if last.is_empty() { String::new() } else { format!(": {}", tail(last, 300)) }))
+                    (
+                        ReportedOutcome::Succeeded,
+                        format!("{program} succeeded{}", if last.is_empty() { String::new() } else { format!(": {}", tail(last, 300)) }),
+                    )
                 }
                 Ok(Ok(out)) => {
                     let stderr = String::from_utf8_lossy(&out.stderr);
                     (ReportedOutcome::Failed, format!("{program} failed ({}): {}", out.status, tail(&stderr, STDERR_TAIL)))
                 }
                 Ok(Err(e)) => (ReportedOutcome::Failed, format!("{program}: waiting for it failed: {e}")),
-                Err(_) => (ReportedOutcome::Failed, format!("{program} did not finish by the step's deadline ({}s) and was killed", left.as_secs())),
+                Err(_) => (
+                    ReportedOutcome::Failed,
+                    format!("{program} did not finish by the step's deadline ({}s) and was killed", left.as_secs()),
+                ),
             };
             report_or_log(&client, field_managers::EXECUTOR, &req, outcome, message).await;
         })
@@ -753,7 +762,10 @@ steps:
   reboot: noop
 "#;
         let config: ExecutorsConfig = serde_saphyr::from_str(yaml)?;
-        assert_eq!(config.drain, DrainConfig { timeout: Duration::from_mins(15), backoff: Duration::from_secs(2), ..DrainConfig::default() });
+        assert_eq!(
+            config.drain,
+            DrainConfig { timeout: Duration::from_mins(15), backoff: Duration::from_secs(2), ..DrainConfig::default() }
+        );
         assert_eq!(config.command_timeout, Duration::from_mins(30));
         assert_eq!(
             config.steps.get(&RemediationStep::Replace),

@@ -23,14 +23,23 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 fn request(node: &str, step: RemediationStep, attempt: u32, deadline_in: Duration) -> StepRequest {
     let ms = i64::try_from(deadline_in.as_millis()).unwrap_or(i64::MAX);
-    StepRequest { node: node.into(), step, attempt, deadline: Some(Time(now().as_millis() + ms)), reason: "Xid 79: GPU has fallen off the bus".into() }
+    StepRequest {
+        node: node.into(),
+        step,
+        attempt,
+        deadline: Some(Time(now().as_millis() + ms)),
+        reason: "Xid 79: GPU has fallen off the bus".into(),
+    }
 }
 
 /// The node's NodeRemediation as the controller leaves it before executing a step: spec and record.
 async fn open_record(cp: &ControlPlane, node: &str, attempt: u32) -> anyhow::Result<()> {
     let api: Api<NodeRemediation> = Api::all(cp.client());
-    api.create(&PostParams::default(), &NodeRemediation::new(node, NodeRemediationSpec { node: node.into(), policy: "gpu-workers".into() }))
-        .await?;
+    api.create(
+        &PostParams::default(),
+        &NodeRemediation::new(node, NodeRemediationSpec { node: node.into(), policy: "gpu-workers".into() }),
+    )
+    .await?;
     let status = serde_json::json!({
         "apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeRemediation", "metadata": {"name": node},
         "status": {"node": node, "phase": "Remediating", "attempt": attempt},
@@ -368,7 +377,10 @@ async fn a_webhook_that_answers_with_an_outcome_is_reported_at_once() -> anyhow:
         webhook.execute(&request("gpu-5", RemediationStep::Replace, 6, Duration::from_secs(600))).await.map_err(anyhow::Error::msg)?;
         // Written before execute returned.
         let report = current_report(cp, "gpu-5").await?;
-        assert_eq!(report.as_ref().map(|r| (r.attempt, r.outcome, r.message.as_str())), Some((6, ReportedOutcome::Failed, "no spare machine in pool-a")));
+        assert_eq!(
+            report.as_ref().map(|r| (r.attempt, r.outcome, r.message.as_str())),
+            Some((6, ReportedOutcome::Failed, "no spare machine in pool-a"))
+        );
         assert_eq!(received(&seen).len(), 1);
         Ok(())
     })
@@ -396,6 +408,7 @@ async fn a_command_gets_the_request_in_its_environment_and_its_exit_status_is_re
     std::fs::write(&script, SCRIPT)?;
     std::process::Command::new("chmod").arg("+x").arg(&script).status()?;
     let cp = ControlPlane::start(Options::default()).await?;
+    let seen = dir.clone();
     let result = cp
         .run(|cp| async move {
             install_crds(&cp.client()).await?;
@@ -403,7 +416,8 @@ async fn a_command_gets_the_request_in_its_environment_and_its_exit_status_is_re
             let yaml = format!("steps:\n  reimage: {{command: [{}]}}\n", script.display());
             let config: ExecutorsConfig = serde_saphyr::from_str(&yaml)?;
             let router = StepRouter::from_config(cp.client(), &config)?;
-            let err = router.execute(&request("gpu-000", RemediationStep::Replace, 1, Duration::from_secs(5))).await.err().unwrap_or_default();
+            let err =
+                router.execute(&request("gpu-000", RemediationStep::Replace, 1, Duration::from_secs(5))).await.err().unwrap_or_default();
             assert!(err.contains("no executor is configured for step replace"), "{err}");
 
             // Exit 0: succeeded, with the script's last line.
@@ -411,13 +425,17 @@ async fn a_command_gets_the_request_in_its_environment_and_its_exit_status_is_re
             let report = report_of(cp, "gpu-000", 1, Duration::from_secs(30)).await?;
             assert_eq!(report.outcome, ReportedOutcome::Succeeded, "{report:?}");
             assert!(report.message.ends_with("reimaged with image 2026.11"), "{}", report.message);
-            assert_eq!(std::fs::read_to_string(dir.join("seen-1"))?, "gpu-000|reimage|1|Xid 79: GPU has fallen off the bus");
+            assert_eq!(std::fs::read_to_string(seen.join("seen-1"))?, "gpu-000|reimage|1|Xid 79: GPU has fallen off the bus");
 
             // Non-zero: failed, with the end of stderr.
             router.execute(&request("gpu-000", RemediationStep::Reimage, 2, Duration::from_secs(30))).await.map_err(anyhow::Error::msg)?;
             let report = report_of(cp, "gpu-000", 2, Duration::from_secs(30)).await?;
             assert_eq!(report.outcome, ReportedOutcome::Failed, "{report:?}");
-            assert!(report.message.contains("exit status: 3") && report.message.ends_with("disk /dev/nvme0n1 is read-only"), "{}", report.message);
+            assert!(
+                report.message.contains("exit status: 3") && report.message.ends_with("disk /dev/nvme0n1 is read-only"),
+                "{}",
+                report.message
+            );
 
             // Still running at the deadline: killed, failed.
             let asked = Instant::now();
