@@ -137,11 +137,14 @@ fn std_duration(d: Duration) -> std::time::Duration {
     std::time::Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(0))
 }
 
+/// The attempt and step of a node's background work, and the handle to stop it.
+type StartedWork = (u32, RemediationStep, Option<AbortHandle>);
+
 /// The (attempt, step) each node's background work was last started for, so that a repeated
 /// request does not start it again.
 #[derive(Default)]
 struct Started {
-    by_node: Mutex<HashMap<String, (u32, RemediationStep, Option<AbortHandle>)>>,
+    by_node: Mutex<HashMap<String, StartedWork>>,
     count: std::sync::atomic::AtomicU64,
 }
 
@@ -264,20 +267,20 @@ pub fn pod_disposition(pod: &Pod) -> PodDisposition {
 
 /// Why an eviction was refused, in words: a budget's refusal names the budget.
 fn refusal(status: &kube::core::Status) -> String {
-    let causes = status.details.iter().flat_map(|d| d.causes.iter());
-    for cause in causes.filter(|c| c.reason == "DisruptionBudget") {
+    let mut causes = status.details.iter().flat_map(|d| d.causes.iter());
+    if let Some(cause) = causes.find(|c| c.reason == "DisruptionBudget") {
         // The API server writes "The disruption budget NAME needs N healthy pods and has M currently"
         // (or "... is still being processed by the server.").
-        if let Some(rest) = cause.message.strip_prefix("The disruption budget ") {
-            let (name, why) = rest.split_once(' ').unwrap_or((rest, ""));
-            let why = why.trim().trim_end_matches('.');
-            return if why.is_empty() {
-                format!("blocked by PodDisruptionBudget {name}")
-            } else {
-                format!("blocked by PodDisruptionBudget {name} ({why})")
-            };
-        }
-        return format!("blocked by a PodDisruptionBudget: {}", cause.message);
+        let Some(rest) = cause.message.strip_prefix("The disruption budget ") else {
+            return format!("blocked by a PodDisruptionBudget: {}", cause.message);
+        };
+        let (name, why) = rest.split_once(' ').unwrap_or((rest, ""));
+        let why = why.trim().trim_end_matches('.');
+        return if why.is_empty() {
+            format!("blocked by PodDisruptionBudget {name}")
+        } else {
+            format!("blocked by PodDisruptionBudget {name} ({why})")
+        };
     }
     format!("eviction refused ({} {}): {}", status.code, status.reason, status.message)
 }
