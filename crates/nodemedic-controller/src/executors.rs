@@ -286,7 +286,8 @@ fn refusal(status: &kube::core::Status) -> String {
 }
 
 /// Evicts the pods of a node through the Eviction API, so PodDisruptionBudgets are honoured. The node
-/// is already cordoned by the repair taints. A refused eviction (429) is tried again with backoff
+/// is already cordoned by the repair taints. An allowed eviction deletes the pod (with its grace
+/// period); the drain waits until it is gone. DaemonSet and mirror pods are left in place. A refused eviction (429) is tried again with backoff
 /// until the step's deadline; the drain reports `Succeeded` once every evictable pod is gone, or
 /// `Failed` at the deadline naming the pods that remain and why.
 pub struct DrainExecutor {
@@ -370,8 +371,13 @@ async fn drain(client: &Client, config: &DrainConfig, req: &StepRequest) -> (Rep
         }
         if remaining.is_empty() {
             let mut message = format!("evicted {} pods", evicted.len());
-            if daemon_sets + mirrors > 0 {
-                message.push_str(&format!("; left {daemon_sets} DaemonSet and {mirrors} mirror pods in place"));
+            let left: Vec<String> = [(daemon_sets, "DaemonSet"), (mirrors, "mirror")]
+                .into_iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, kind)| format!("{n} {kind} pods"))
+                .collect();
+            if !left.is_empty() {
+                message.push_str(&format!("; left in place: {}", left.join(", ")));
             }
             return (ReportedOutcome::Succeeded, message);
         }
