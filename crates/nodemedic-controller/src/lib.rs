@@ -26,6 +26,8 @@ pub use kube::runtime::events::Recorder;
 pub use leader::Leadership;
 pub use metrics::Metrics;
 
+pub mod executors;
+
 /// The field manager nodemedic writes with.
 pub const FIELD_MANAGER: &str = "nodemedic-controller";
 

@@ -1,0 +1,452 @@
+//! The executors against a real API server: a drain evicts through the Eviction API and honours
+//! PodDisruptionBudgets, leaves DaemonSet pods alone and runs once per attempt; a webhook receives the
+//! request as JSON with its idempotency key; a command gets the request in its environment and its
+//! exit status becomes the step report.
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, Config};
+use nodemedic_controller::executors::{DrainConfig, DrainExecutor, ExecutorsConfig, StepRouter, WebhookConfig, WebhookExecutor};
+use nodemedic_controller::{Executor, StepRequest, install_crds, now};
+use nodemedic_core::observe::{ReportedOutcome, StepReport};
+use nodemedic_core::{Duration as EngineDuration, RemediationStep, Time};
+use nodemedic_k8s::{NodeRemediation, NodeRemediationSpec, field_managers};
+use nodemedic_testenv::{ControlPlane, FakeNode, Options, wait_for};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn request(node: &str, step: RemediationStep, attempt: u32, deadline_in: Duration) -> StepRequest {
+    let ms = i64::try_from(deadline_in.as_millis()).unwrap_or(i64::MAX);
+    StepRequest {
+        node: node.into(),
+        step,
+        attempt,
+        deadline: Some(Time(now().as_millis() + ms)),
+        reason: "Xid 79: GPU has fallen off the bus".into(),
+    }
+}
+
+/// The node's NodeRemediation as the controller leaves it before executing a step: spec and record.
+async fn open_record(cp: &ControlPlane, node: &str, attempt: u32) -> anyhow::Result<()> {
+    let api: Api<NodeRemediation> = Api::all(cp.client());
+    api.create(
+        &PostParams::default(),
+        &NodeRemediation::new(node, NodeRemediationSpec { node: node.into(), policy: "gpu-workers".into() }),
+    )
+    .await?;
+    let status = serde_json::json!({
+        "apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeRemediation", "metadata": {"name": node},
+        "status": {"node": node, "phase": "Remediating", "attempt": attempt},
+    });
+    api.patch_status(node, &PatchParams::apply(field_managers::CONTROLLER).force(), &Patch::Apply(&status)).await?;
+    Ok(())
+}
+
+/// Waits for the step report of `attempt` on the node's record.
+async fn report_of(cp: &ControlPlane, node: &str, attempt: u32, limit: Duration) -> anyhow::Result<StepReport> {
+    let api: Api<NodeRemediation> = Api::all(cp.client());
+    let what = format!("the step report of attempt {attempt} on {node}");
+    Ok(wait_for(limit, &what, || async { api.get(node).await.ok()?.status?.step_report.filter(|r| r.attempt == attempt) }).await?)
+}
+
+async fn current_report(cp: &ControlPlane, node: &str) -> anyhow::Result<Option<StepReport>> {
+    Ok(Api::<NodeRemediation>::all(cp.client()).get(node).await?.status.and_then(|s| s.step_report))
+}
+
+/// A namespace pods can be created in: its `default` service account exists (made here, as no
+/// controller-manager may run to make it).
+async fn namespace(cp: &ControlPlane, name: &str) -> anyhow::Result<()> {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+    Api::<Namespace>::all(cp.client()).create(&PostParams::default(), &ns).await?;
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}}))?;
+    match Api::<ServiceAccount>::namespaced(cp.client(), name).create(&PostParams::default(), &sa).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
+    Ok(())
+}
+
+/// A pod bound straight to `node` (kwok runs it), optionally with extra metadata.
+async fn pod_on(cp: &ControlPlane, ns: &str, name: &str, node: &str, metadata: serde_json::Value) -> anyhow::Result<()> {
+    let mut meta = serde_json::json!({"name": name});
+    if let (Some(m), Some(extra)) = (meta.as_object_mut(), metadata.as_object()) {
+        m.extend(extra.clone());
+    }
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": meta,
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}], "tolerations": [{"operator": "Exists"}]},
+    }))?;
+    Api::<Pod>::namespaced(cp.client(), ns).create(&PostParams::default(), &pod).await?;
+    Ok(())
+}
+
+async fn pods_on(cp: &ControlPlane, node: &str) -> anyhow::Result<Vec<String>> {
+    let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let mut names: Vec<String> = Api::<Pod>::all(cp.client())
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .map(|p| format!("{}/{}", p.metadata.namespace.unwrap_or_default(), p.metadata.name.unwrap_or_default()))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+async fn wait_running(cp: &ControlPlane, ns: &str, names: &[&str]) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(cp.client(), ns);
+    for name in names {
+        wait_for(Duration::from_secs(60), &format!("kwok to run pod {ns}/{name}"), || async {
+            (pods.get(name).await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn budget(cp: &ControlPlane, ns: &str, name: &str, app: &str, min_available: i32) -> anyhow::Result<()> {
+    let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": app}}},
+    }))?;
+    Api::<PodDisruptionBudget>::namespaced(cp.client(), ns).create(&PostParams::default(), &pdb).await?;
+    Ok(())
+}
+
+/// Fast pacing for tests; the deadline comes from each request.
+fn quick_drains() -> DrainConfig {
+    DrainConfig { backoff: EngineDuration::from_millis(200), max_backoff: EngineDuration::from_secs(1), ..DrainConfig::default() }
+}
+
+/// A client for executors that never reach the API server in the test.
+fn unused_client() -> anyhow::Result<Client> {
+    let mut config = Config::new("http://127.0.0.1:9".parse()?);
+    config.default_retry = false;
+    Ok(Client::try_from(config)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drain
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_evicts_every_pod_but_the_daemonset_pod_and_reports_success_once_they_are_gone() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        install_crds(&cp.client()).await?;
+        cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 2).await?;
+        namespace(cp, "train").await?;
+        for name in ["trainer-0", "trainer-1", "notebook"] {
+            pod_on(cp, "train", name, "gpu-000", serde_json::json!({})).await?;
+        }
+        let ds_owner = serde_json::json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "gpu-agent",
+            "uid": "6f1c2a4e-0000-4000-8000-000000000001", "controller": true}]});
+        pod_on(cp, "train", "gpu-agent-x7k2p", "gpu-000", ds_owner).await?;
+        pod_on(cp, "train", "elsewhere", "gpu-001", serde_json::json!({})).await?;
+        wait_running(cp, "train", &["trainer-0", "trainer-1", "notebook", "gpu-agent-x7k2p", "elsewhere"]).await?;
+        open_record(cp, "gpu-000", 1).await?;
+
+        let drain = DrainExecutor::new(cp.client(), quick_drains());
+        drain.execute(&request("gpu-000", RemediationStep::Drain, 1, Duration::from_secs(60))).await.map_err(anyhow::Error::msg)?;
+        let report = report_of(cp, "gpu-000", 1, Duration::from_secs(60)).await?;
+        assert_eq!(report.outcome, ReportedOutcome::Succeeded, "{report:?}");
+        assert!(report.message.starts_with("evicted 3 pods"), "{}", report.message);
+        assert!(report.message.ends_with("left in place: 1 DaemonSet pods"), "{}", report.message);
+        assert_eq!(pods_on(cp, "gpu-000").await?, ["train/gpu-agent-x7k2p"], "only the DaemonSet pod stays");
+        assert_eq!(pods_on(cp, "gpu-001").await?, ["train/elsewhere"], "another node's pods are untouched");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_guarded_by_a_pdb_fails_the_drain_at_its_deadline_and_names_the_pod() -> anyhow::Result<()> {
+    // The disruption controller (in the controller-manager) keeps the budget's status, as in a cluster.
+    let cp = ControlPlane::start(Options { controller_manager: true, kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        install_crds(&cp.client()).await?;
+        cp.create_node(&FakeNode::gpu("gpu-0", "pool-a", 8)).await?;
+        namespace(cp, "shop").await?;
+        pod_on(cp, "shop", "db-0", "gpu-0", serde_json::json!({"labels": {"app": "db"}})).await?;
+        pod_on(cp, "shop", "web-0", "gpu-0", serde_json::json!({"labels": {"app": "web"}})).await?;
+        pod_on(cp, "shop", "web-1", "gpu-0", serde_json::json!({"labels": {"app": "web"}})).await?;
+        wait_running(cp, "shop", &["db-0", "web-0", "web-1"]).await?;
+        // minAvailable = every db pod there is: no eviction of db-0 is ever allowed.
+        budget(cp, "shop", "db-pdb", "db", 1).await?;
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cp.client(), "shop");
+        wait_for(Duration::from_secs(90), "the disruption controller to count db-0 healthy", || async {
+            let p = pdbs.get("db-pdb").await.ok()?;
+            let s = p.status?;
+            (s.current_healthy == 1 && s.disruptions_allowed == 0 && s.observed_generation == p.metadata.generation).then_some(())
+        })
+        .await?;
+        open_record(cp, "gpu-0", 4).await?;
+
+        let drain = DrainExecutor::new(cp.client(), quick_drains());
+        let req = request("gpu-0", RemediationStep::Drain, 4, Duration::from_secs(8));
+        let asked = Instant::now();
+        drain.execute(&req).await.map_err(anyhow::Error::msg)?;
+        assert!(asked.elapsed() < Duration::from_secs(2), "execute returns once the drain is under way");
+        wait_for(Duration::from_secs(30), "the web pods to be evicted", || async {
+            (pods_on(cp, "gpu-0").await.ok()? == ["shop/db-0"]).then_some(())
+        })
+        .await?;
+        assert_eq!(current_report(cp, "gpu-0").await?, None, "no report while the deadline has not passed");
+
+        let report = report_of(cp, "gpu-0", 4, Duration::from_secs(40)).await?;
+        assert_eq!(report.outcome, ReportedOutcome::Failed, "{report:?}");
+        assert!(report.message.contains("pod shop/db-0 blocked by PodDisruptionBudget db-pdb"), "{}", report.message);
+        assert!(report.message.contains("evicted 2 pods"), "{}", report.message);
+        assert!(!report.message.contains("web-"), "the evicted pods are not named: {}", report.message);
+        let deadline = req.deadline.map(|d| d.as_millis()).unwrap_or_default();
+        assert!(report.at.as_millis() >= deadline - 500, "reported at the deadline, not before: {:?} vs {deadline}", report.at);
+        assert_eq!(pods_on(cp, "gpu-0").await?, ["shop/db-0"], "the guarded pod is still running");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_attempt_requested_twice_starts_one_drain() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        install_crds(&cp.client()).await?;
+        cp.create_node(&FakeNode::gpu("gpu-0", "pool-a", 8)).await?;
+        namespace(cp, "batch").await?;
+        // Without a disruption controller the budget is never processed, so it blocks every eviction
+        // and the drain stays in flight until its deadline.
+        pod_on(cp, "batch", "job-0", "gpu-0", serde_json::json!({"labels": {"app": "job"}})).await?;
+        budget(cp, "batch", "job-pdb", "job", 1).await?;
+        open_record(cp, "gpu-0", 2).await?;
+
+        let drain = DrainExecutor::new(cp.client(), quick_drains());
+        let req = request("gpu-0", RemediationStep::Drain, 2, Duration::from_secs(4));
+        let (a, b) = tokio::join!(drain.execute(&req), drain.execute(&req));
+        a.map_err(anyhow::Error::msg)?;
+        b.map_err(anyhow::Error::msg)?;
+        drain.execute(&req).await.map_err(anyhow::Error::msg)?;
+        assert_eq!(drain.drains_started(), 1);
+        let report = report_of(cp, "gpu-0", 2, Duration::from_secs(30)).await?;
+        assert_eq!(report.outcome, ReportedOutcome::Failed);
+        assert!(report.message.contains("pod batch/job-0 blocked by PodDisruptionBudget job-pdb"), "{}", report.message);
+        // Asked again after it ended: still not run a second time.
+        drain.execute(&req).await.map_err(anyhow::Error::msg)?;
+        assert_eq!(drain.drains_started(), 1);
+        // A new attempt is new work.
+        drain.execute(&request("gpu-0", RemediationStep::Drain, 3, Duration::from_secs(1))).await.map_err(anyhow::Error::msg)?;
+        assert_eq!(drain.drains_started(), 2);
+        report_of(cp, "gpu-0", 3, Duration::from_secs(30)).await?;
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook
+// ---------------------------------------------------------------------------------------------
+
+/// What the test's HTTP receiver saw: method and path, headers (lower-case names), JSON body.
+#[derive(Debug, Clone)]
+struct Received {
+    line: String,
+    headers: Vec<(String, String)>,
+    body: serde_json::Value,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A one-purpose HTTP/1.1 server: answers each request with the next of `answers` (status, body).
+async fn receiver(answers: Vec<(u16, &'static str)>) -> anyhow::Result<(String, Arc<Mutex<Vec<Received>>>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/nodemedic/steps", listener.local_addr()?);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        for (code, body) in answers {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let mut stream = BufReader::new(stream);
+            let mut line = String::new();
+            if stream.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if stream.read_line(&mut h).await.is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((n, v)) = h.split_once(':') {
+                    headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+                }
+            }
+            let length = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(0);
+            let mut raw = vec![0; length];
+            if stream.read_exact(&mut raw).await.is_err() {
+                return;
+            }
+            let body_seen = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
+            if let Ok(mut v) = log.lock() {
+                v.push(Received { line: line.trim().to_string(), headers, body: body_seen });
+            }
+            let answer = format!(
+                "HTTP/1.1 {code} Answer\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+            let _ = stream.get_mut().shutdown().await;
+        }
+    });
+    Ok((url, seen))
+}
+
+fn received(seen: &Arc<Mutex<Vec<Received>>>) -> Vec<Received> {
+    seen.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_receives_the_request_as_json_with_its_idempotency_key_and_token() -> anyhow::Result<()> {
+    let (url, seen) = receiver(vec![(202, r#"{"ticket": "PROV-1234"}"#)]).await?;
+    let token_file = std::env::temp_dir().join(format!("nodemedic-webhook-token-{}", std::process::id()));
+    std::fs::write(&token_file, "s3cret\n")?;
+    let webhook = WebhookExecutor::new(
+        unused_client()?,
+        WebhookConfig { url: url.clone(), token_file: Some(token_file.clone()), timeout: EngineDuration::from_secs(5) },
+    )?;
+    let req = StepRequest {
+        node: "gpu-3".into(),
+        step: RemediationStep::Replace,
+        attempt: 4,
+        deadline: Some(Time::parse_rfc3339("2026-11-21T15:00:00Z")?),
+        reason: "reimage did not fix Xid 79".into(),
+    };
+    let accepted = webhook.execute(&req).await;
+    let _ = std::fs::remove_file(&token_file);
+    accepted.map_err(anyhow::Error::msg)?;
+    let got = received(&seen);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].line, "POST /nodemedic/steps HTTP/1.1");
+    assert_eq!(
+        got[0].body,
+        serde_json::json!({"node": "gpu-3", "step": "replace", "attempt": 4, "deadline": "2026-11-21T15:00:00Z",
+            "reason": "reimage did not fix Xid 79", "idempotencyKey": "gpu-3/4/replace"})
+    );
+    assert_eq!(got[0].header("idempotency-key"), Some("gpu-3/4/replace"));
+    assert_eq!(got[0].header("authorization"), Some("Bearer s3cret"));
+    assert!(got[0].header("content-type").is_some_and(|c| c.starts_with("application/json")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_that_refuses_or_cannot_be_reached_is_an_error_naming_the_url_and_status() -> anyhow::Result<()> {
+    let (url, _seen) = receiver(vec![(503, r#"{"error": "provisioning is down for maintenance"}"#)]).await?;
+    let config = |url: &str| WebhookConfig { url: url.into(), token_file: None, timeout: EngineDuration::from_secs(5) };
+    let req = request("gpu-3", RemediationStep::Replace, 1, Duration::from_secs(60));
+    let err = WebhookExecutor::new(unused_client()?, config(&url))?.execute(&req).await.err().unwrap_or_default();
+    assert!(err.contains(&url) && err.contains("503") && err.contains("down for maintenance"), "{err}");
+
+    // Nothing listens on a port that was just freed.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}/steps", l.local_addr()?)
+    };
+    let err = WebhookExecutor::new(unused_client()?, config(&closed))?.execute(&req).await.err().unwrap_or_default();
+    assert!(err.contains(&closed) && err.contains("could not be reached"), "{err}");
+    assert!(WebhookExecutor::new(unused_client()?, config("ftp://provisioning/")).is_err(), "only http(s)");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_that_answers_with_an_outcome_is_reported_at_once() -> anyhow::Result<()> {
+    let (url, seen) = receiver(vec![(200, r#"{"outcome": "failed", "message": "no spare machine in pool-a"}"#)]).await?;
+    let cp = ControlPlane::start(Options::default()).await?;
+    cp.run(|cp| async move {
+        install_crds(&cp.client()).await?;
+        open_record(cp, "gpu-5", 6).await?;
+        let webhook = WebhookExecutor::new(cp.client(), WebhookConfig { url, token_file: None, timeout: EngineDuration::from_secs(5) })?;
+        webhook.execute(&request("gpu-5", RemediationStep::Replace, 6, Duration::from_secs(600))).await.map_err(anyhow::Error::msg)?;
+        // Written before execute returned.
+        let report = current_report(cp, "gpu-5").await?;
+        assert_eq!(
+            report.as_ref().map(|r| (r.attempt, r.outcome, r.message.as_str())),
+            Some((6, ReportedOutcome::Failed, "no spare machine in pool-a"))
+        );
+        assert_eq!(received(&seen).len(), 1);
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command (through a router built from configuration)
+// ---------------------------------------------------------------------------------------------
+
+const SCRIPT: &str = r#"#!/bin/sh
+printf '%s|%s|%s|%s' "$NODEMEDIC_NODE" "$NODEMEDIC_STEP" "$NODEMEDIC_ATTEMPT" "$NODEMEDIC_REASON" > "$(dirname "$0")/seen-$NODEMEDIC_ATTEMPT"
+case "$NODEMEDIC_ATTEMPT" in
+  1) echo "reimaging"; echo "reimaged with image 2026.11"; exit 0 ;;
+  2) echo "lots of noise" >&2; echo "disk /dev/nvme0n1 is read-only" >&2; exit 3 ;;
+  *) exec sleep 30 ;;
+esac
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_gets_the_request_in_its_environment_and_its_exit_status_is_reported() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("nodemedic-command-{}-{}", std::process::id(), now().as_millis()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("reimage.sh");
+    std::fs::write(&script, SCRIPT)?;
+    std::process::Command::new("chmod").arg("+x").arg(&script).status()?;
+    let cp = ControlPlane::start(Options::default()).await?;
+    let seen = dir.clone();
+    let result = cp
+        .run(|cp| async move {
+            install_crds(&cp.client()).await?;
+            open_record(cp, "gpu-000", 1).await?;
+            let yaml = format!("steps:\n  reimage: {{command: [{}]}}\n", script.display());
+            let config: ExecutorsConfig = serde_saphyr::from_str(&yaml)?;
+            let router = StepRouter::from_config(cp.client(), &config)?;
+            let err =
+                router.execute(&request("gpu-000", RemediationStep::Replace, 1, Duration::from_secs(5))).await.err().unwrap_or_default();
+            assert!(err.contains("no executor is configured for step replace"), "{err}");
+
+            // Exit 0: succeeded, with the script's last line.
+            router.execute(&request("gpu-000", RemediationStep::Reimage, 1, Duration::from_secs(30))).await.map_err(anyhow::Error::msg)?;
+            let report = report_of(cp, "gpu-000", 1, Duration::from_secs(30)).await?;
+            assert_eq!(report.outcome, ReportedOutcome::Succeeded, "{report:?}");
+            assert!(report.message.ends_with("reimaged with image 2026.11"), "{}", report.message);
+            assert_eq!(std::fs::read_to_string(seen.join("seen-1"))?, "gpu-000|reimage|1|Xid 79: GPU has fallen off the bus");
+
+            // Non-zero: failed, with the end of stderr.
+            router.execute(&request("gpu-000", RemediationStep::Reimage, 2, Duration::from_secs(30))).await.map_err(anyhow::Error::msg)?;
+            let report = report_of(cp, "gpu-000", 2, Duration::from_secs(30)).await?;
+            assert_eq!(report.outcome, ReportedOutcome::Failed, "{report:?}");
+            assert!(
+                report.message.contains("exit status: 3") && report.message.ends_with("disk /dev/nvme0n1 is read-only"),
+                "{}",
+                report.message
+            );
+
+            // Still running at the deadline: killed, failed.
+            let asked = Instant::now();
+            router.execute(&request("gpu-000", RemediationStep::Reimage, 3, Duration::from_secs(2))).await.map_err(anyhow::Error::msg)?;
+            assert!(asked.elapsed() < Duration::from_secs(1), "execute returns while the command runs");
+            let report = report_of(cp, "gpu-000", 3, Duration::from_secs(30)).await?;
+            assert_eq!(report.outcome, ReportedOutcome::Failed, "{report:?}");
+            assert!(report.message.contains("did not finish by the step's deadline"), "{}", report.message);
+            Ok::<(), anyhow::Error>(())
+        })
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
