@@ -32,7 +32,7 @@ class SaveToDirectory:
             self.count += 1
             number = self.count
         stem = os.path.join(self.directory, str(number))
-        login = session.login_data.decode() if isinstance(session.login_data, bytes) else session.login_data
+        login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         text_part = message.get_body(preferencelist=("plain",))
         html_part = message.get_body(preferencelist=("html",))
@@ -62,7 +62,7 @@ class SaveToDirectory:
 def password_checker(user, password):
     def authenticate(server, session, envelope, mechanism, auth_data):
         if isinstance(auth_data, LoginPassword) and auth_data.login.decode() == user and auth_data.password.decode() == password:
-            return AuthResult(success=True)
+            return AuthResult(success=True, auth_data=auth_data)
         return AuthResult(success=False, handled=False)
 
     return authenticate

@@ -161,8 +161,8 @@ mod tests {
 
     #[test]
     fn a_manual_node_fires_one_alert_with_its_labels_and_diagnostics() {
-        let incident =
-            Incident::for_node(IncidentKind::NodeManual, "gpu-default", NodeDetails::named("gpu-7"), 3, Time(1_000)).with_summary("ladder done");
+        let incident = Incident::for_node(IncidentKind::NodeManual, "gpu-default", NodeDetails::named("gpu-7"), 3, Time(1_000))
+            .with_summary("ladder done");
         let alerts = alerts_for(&incident, Time(2_000), Duration::from_secs(60), None);
         assert_eq!(alerts.len(), 1);
         let alert = &alerts[0];

@@ -39,11 +39,7 @@ impl RetryPolicy {
         let exponent = i32::try_from(failed_attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let factor = self.multiplier.max(1.0).powi(exponent);
         let seconds = self.initial_backoff.as_secs_f64() * factor;
-        if !seconds.is_finite() || seconds >= self.max_backoff.as_secs_f64() {
-            self.max_backoff
-        } else {
-            Duration::from_secs_f64(seconds)
-        }
+        if !seconds.is_finite() || seconds >= self.max_backoff.as_secs_f64() { self.max_backoff } else { Duration::from_secs_f64(seconds) }
     }
 }
 
@@ -367,7 +363,8 @@ mod tests {
     #[tokio::test]
     async fn a_failing_channel_is_retried_until_it_accepts() {
         let channel = flaky("hook", 2);
-        let (dispatcher, outcomes) = Dispatcher::start(vec![ChannelRoute::new(channel.clone(), IncidentFilter::all())], fast_retries(5), []);
+        let (dispatcher, outcomes) =
+            Dispatcher::start(vec![ChannelRoute::new(channel.clone(), IncidentFilter::all())], fast_retries(5), []);
         assert!(dispatcher.submit(manual("gpu-1")).is_ok());
         dispatcher.shutdown().await;
         let outcomes = collect(outcomes).await;
@@ -381,7 +378,8 @@ mod tests {
     #[tokio::test]
     async fn delivery_gives_up_after_the_last_try_and_says_so() {
         let channel = flaky("hook", 100);
-        let (dispatcher, outcomes) = Dispatcher::start(vec![ChannelRoute::new(channel.clone(), IncidentFilter::all())], fast_retries(3), []);
+        let (dispatcher, outcomes) =
+            Dispatcher::start(vec![ChannelRoute::new(channel.clone(), IncidentFilter::all())], fast_retries(3), []);
         assert!(dispatcher.submit(manual("gpu-1")).is_ok());
         dispatcher.shutdown().await;
         let outcomes = collect(outcomes).await;
@@ -394,8 +392,7 @@ mod tests {
     async fn an_incident_already_delivered_before_a_restart_is_not_sent_again_but_an_undelivered_one_is() {
         let email = flaky("email", 0);
         let hook = flaky("hook", 0);
-        let routes =
-            vec![ChannelRoute::new(email.clone(), IncidentFilter::all()), ChannelRoute::new(hook.clone(), IncidentFilter::all())];
+        let routes = vec![ChannelRoute::new(email.clone(), IncidentFilter::all()), ChannelRoute::new(hook.clone(), IncidentFilter::all())];
         // The records say the email went out before the restart; the webhook did not.
         let delivered = [("gpu-1/NodeManual/3".to_string(), "email".to_string())];
         let (dispatcher, outcomes) = Dispatcher::start(routes, fast_retries(3), delivered);
@@ -418,7 +415,9 @@ mod tests {
             ChannelRoute::new(chat.clone(), IncidentFilter::all()),
         ];
         let (dispatcher, outcomes) = Dispatcher::start(routes, fast_retries(1), []);
-        assert!(dispatcher.submit(Incident::for_node(IncidentKind::RemediationStarted, "gpu", NodeDetails::named("n"), 1, Time(0))).is_ok());
+        assert!(
+            dispatcher.submit(Incident::for_node(IncidentKind::RemediationStarted, "gpu", NodeDetails::named("n"), 1, Time(0))).is_ok()
+        );
         assert!(dispatcher.submit(manual("n")).is_ok());
         dispatcher.shutdown().await;
         let _ = collect(outcomes).await;

@@ -119,7 +119,14 @@ pub fn html(incident: &Incident) -> String {
         let _ = write!(out, "</ul><h4>Conditions</h4><table border=\"1\" cellpadding=\"4\">");
         let _ = write!(out, "<tr><th>Type</th><th>Status</th><th>Reason</th><th>Message</th></tr>");
         for c in &node.conditions {
-            let _ = write!(out, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", e(&c.type_), e(&c.status), e(&c.reason), e(&c.message));
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                e(&c.type_),
+                e(&c.status),
+                e(&c.reason),
+                e(&c.message)
+            );
         }
         let _ = write!(out, "</table>");
     }
@@ -127,7 +134,11 @@ pub fn html(incident: &Incident) -> String {
     if !incident.probes.is_empty() {
         let _ = write!(out, "<h3>Probe results</h3>");
         for probe in &incident.probes {
-            let _ = write!(out, "<h4>{}</h4><table border=\"1\" cellpadding=\"4\"><tr><th>At</th><th>Result</th><th>Message</th></tr>", e(&probe.probe));
+            let _ = write!(
+                out,
+                "<h4>{}</h4><table border=\"1\" cellpadding=\"4\"><tr><th>At</th><th>Result</th><th>Message</th></tr>",
+                e(&probe.probe)
+            );
             for r in &probe.results {
                 let _ = write!(out, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", e(&r.at.to_string()), pass_fail(r.passed), e(&r.message));
             }
@@ -173,14 +184,8 @@ pub fn chat_line(incident: &Incident) -> String {
         let _ = write!(out, "\nRule: {}", e(rule));
     }
     if let Some(last) = incident.attempts.last() {
-        let _ = write!(
-            out,
-            "\nAttempts: {} (last: #{} {} {})",
-            incident.attempts.len(),
-            last.attempt,
-            last.step.as_str(),
-            last.outcome_text()
-        );
+        let _ =
+            write!(out, "\nAttempts: {} (last: #{} {} {})", incident.attempts.len(), last.attempt, last.step.as_str(), last.outcome_text());
     }
     let _ = write!(out, "\nNext: {}", e(&incident.next_action));
     out

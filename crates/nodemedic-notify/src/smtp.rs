@@ -103,7 +103,8 @@ impl SmtpChannel {
             .collect::<Result<Vec<_>, _>>()?;
 
         let port = config.port.unwrap_or(config.security.default_port());
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str()).port(port).timeout(Some(config.timeout));
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str()).port(port).timeout(Some(config.timeout));
         builder = match config.security {
             SmtpSecurity::Plain => builder.tls(Tls::None),
             SmtpSecurity::StartTls => builder.tls(Tls::Required(tls_parameters(&config)?)),
@@ -144,7 +145,8 @@ impl SmtpChannel {
 fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters, DeliveryError> {
     let mut builder = TlsParameters::builder(config.host.clone());
     if let Some(pem) = &config.extra_root_certificates_pem {
-        let certificate = Certificate::from_pem(pem.as_bytes()).map_err(|e| DeliveryError::Config(format!("extra root certificate: {e}")))?;
+        let certificate =
+            Certificate::from_pem(pem.as_bytes()).map_err(|e| DeliveryError::Config(format!("extra root certificate: {e}")))?;
         builder = builder.add_root_certificate(certificate);
     }
     builder.build_rustls().map_err(|e| DeliveryError::Config(format!("TLS: {e}")))

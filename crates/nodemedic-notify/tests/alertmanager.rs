@@ -37,7 +37,8 @@ async fn a_manual_node_fires_an_alert_with_its_diagnostics_that_resolves_when_th
     assert_eq!(diagnostics["attempts"].as_array().map(Vec::len), Some(4));
     assert_eq!(diagnostics["key"], "gpu-node-3/NodeManual/4");
 
-    let recovered = Incident::for_node(IncidentKind::NodeRecovered, "gpu-default", NodeDetails::named("gpu-node-3"), 5, Time(1_700_000_900_000));
+    let recovered =
+        Incident::for_node(IncidentKind::NodeRecovered, "gpu-default", NodeDetails::named("gpu-node-3"), 5, Time(1_700_000_900_000));
     channel.deliver(&recovered).await.context("posting the resolution")?;
     // Alertmanager lists only alerts that have not ended; the resolved one disappears from the list.
     eventually("the alert to be resolved", Duration::from_secs(20), || async {

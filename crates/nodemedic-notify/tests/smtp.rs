@@ -73,6 +73,7 @@ async fn smtp_auth_logs_in_with_the_password_from_the_secret() -> Result<()> {
     let refused = SmtpChannel::new(wrong)?.deliver(&never_recovering_node_incident()).await;
     let error = refused.err().context("a wrong password must be refused")?;
     assert!(!error.to_string().contains("wrong password"), "the error leaks the password: {error}");
+    assert_eq!(sink.message_count()?, 0, "a refused login must not deliver");
 
     let mut right = config_for(&sink, SmtpSecurity::Plain);
     right.username = Some("nodemedic".into());
@@ -92,10 +93,7 @@ async fn starttls_upgrades_the_connection_and_verifies_the_servers_certificate()
     let key_path = keys.path().join("key.pem");
     std::fs::write(&cert_path, certified.cert.pem())?;
     std::fs::write(&key_path, certified.signing_key.serialize_pem())?;
-    let options = SmtpSinkOptions {
-        auth: Some(("nodemedic".into(), "tls-only".into())),
-        starttls: Some((cert_path, key_path)),
-    };
+    let options = SmtpSinkOptions { auth: Some(("nodemedic".into(), "tls-only".into())), starttls: Some((cert_path, key_path)) };
     let sink = SmtpSink::start(options).await?;
 
     // Without trusting the self-signed certificate the upgrade must fail: nothing is sent in the clear.
@@ -103,7 +101,10 @@ async fn starttls_upgrades_the_connection_and_verifies_the_servers_certificate()
     untrusted.username = Some("nodemedic".into());
     untrusted.password = Some(Secret::new("tls-only"));
     let trusted_config = SmtpConfig { extra_root_certificates_pem: Some(certified.cert.pem()), ..untrusted.clone() };
-    assert!(SmtpChannel::new(untrusted)?.deliver(&never_recovering_node_incident()).await.is_err());
+    let refused = SmtpChannel::new(untrusted)?.deliver(&never_recovering_node_incident()).await;
+    let error = refused.err().context("an untrusted certificate must stop the delivery")?;
+    assert!(error.to_string().to_lowercase().contains("certificate"), "{error}");
+    assert_eq!(sink.message_count()?, 0);
 
     SmtpChannel::new(trusted_config)?.deliver(&never_recovering_node_incident()).await?;
     let message = sink.message(1).await?;

@@ -99,12 +99,8 @@ async fn a_webhook_receives_the_incident_as_json_with_the_bearer_token() -> Resu
 #[tokio::test]
 async fn a_receiver_failing_twice_gets_the_incident_on_the_third_try_after_growing_waits() -> Result<()> {
     let (url, state) = start_receiver(2).await?;
-    let retry = RetryPolicy {
-        max_attempts: 5,
-        initial_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(2),
-        multiplier: 2.0,
-    };
+    let retry =
+        RetryPolicy { max_attempts: 5, initial_backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(2), multiplier: 2.0 };
     let outcomes = deliver_through_dispatcher(WebhookConfig::new("hook", &url), retry).await?;
     let summary: Vec<(u32, bool)> = outcomes.iter().map(|o| (o.attempt, o.ok)).collect();
     assert_eq!(summary, vec![(1, false), (2, false), (3, true)]);

@@ -47,7 +47,11 @@ pub fn never_recovering_node_incident() -> Incident {
     let probes = vec![ProbeHistory {
         probe: "gpu-count".into(),
         results: (0..3)
-            .map(|i| ProbeResult { at: Time(1_700_000_000_000 + i * 60_000), passed: false, message: format!("nvidia-smi lists 7 GPUs (run {i})") })
+            .map(|i| ProbeResult {
+                at: Time(1_700_000_000_000 + i * 60_000),
+                passed: false,
+                message: format!("nvidia-smi lists 7 GPUs (run {i})"),
+            })
             .collect(),
     }];
     Incident::for_node(IncidentKind::NodeManual, "gpu-default", node, 4, Time(1_700_000_006_000))
@@ -97,7 +101,13 @@ pub fn aiosmtpd_python() -> Result<PathBuf> {
     Ok(PathBuf::from(run_setup()?.trim()))
 }
 
+/// Runs the setup script once per test binary and remembers what it printed last.
 fn run_setup() -> Result<String> {
+    static LAST_LINE: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    LAST_LINE.get_or_init(|| run_setup_script().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
+}
+
+fn run_setup_script() -> Result<String> {
     let script = repo_root().join("scripts/notify-peers/setup");
     let output = std::process::Command::new("bash")
         .arg(&script)
@@ -122,8 +132,9 @@ pub fn alertmanager_binary() -> Result<PathBuf> {
         return Ok(binary);
     }
     run_setup()?;
-    on_path("prometheus-alertmanager")
-        .ok_or_else(|| anyhow!("prometheus-alertmanager is not on PATH even after scripts/notify-peers/setup (apt-get install prometheus-alertmanager)"))
+    on_path("prometheus-alertmanager").ok_or_else(|| {
+        anyhow!("prometheus-alertmanager is not on PATH even after scripts/notify-peers/setup (apt-get install prometheus-alertmanager)")
+    })
 }
 
 /// A running aiosmtpd that saves what it receives in `dir`.
@@ -144,21 +155,20 @@ impl SmtpSink {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let mut command = Command::new(&python);
-        command
-            .arg(repo_root().join("scripts/notify-peers/smtp_sink.py"))
-            .args(["--port", &port.to_string()])
-            .arg("--dir")
-            .arg(dir.path());
+        command.arg(repo_root().join("scripts/notify-peers/smtp_sink.py")).args(["--port", &port.to_string()]).arg("--dir").arg(dir.path());
         if let Some((user, password)) = &options.auth {
             command.args(["--auth", &format!("{user}:{password}")]);
         }
         if let Some((cert, key)) = &options.starttls {
             command.arg("--starttls-cert").arg(cert).arg("--starttls-key").arg(key);
         }
+        // Its log (tracebacks of clients the tests make fail on purpose) goes to a file, shown if it fails to start.
+        let log_path = dir.path().join("aiosmtpd.log");
+        let log = std::fs::File::create(&log_path)?;
         let mut process = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting aiosmtpd with {} (run scripts/notify-peers/setup)", python.display()))?;
@@ -170,7 +180,10 @@ impl SmtpSink {
             .context("reading aiosmtpd's output")?;
         match ready {
             Some(line) if line.starts_with("ready") => Ok(SmtpSink { port, dir, _process: process }),
-            other => bail!("aiosmtpd failed to start (said {other:?}); see its stderr above"),
+            other => {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("aiosmtpd failed to start (said {other:?}); its log:\n{log}")
+            }
         }
     }
 
@@ -198,7 +211,7 @@ impl SmtpSink {
     pub fn message_count(&self) -> Result<usize> {
         let mut count = 0;
         for entry in std::fs::read_dir(self.dir.path())? {
-            if entry?.path().extension().is_some_and(|ext| ext == "eml") {
+            if entry?.path().extension().is_some_and(|ext| ext == "eml" || ext == "tmp") {
                 count += 1;
             }
         }
