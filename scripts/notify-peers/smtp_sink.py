@@ -4,7 +4,8 @@ Each message becomes <n>.eml (the bytes as received) plus <n>.json with the enve
 the login that authenticated, if any, and whether STARTTLS was used) and the message as Python's email package
 reads it (headers, the decoded text/plain and text/html parts), so tests need no MIME decoder of their own. Prints "ready <port>" once it accepts connections.
 
-Usage: python smtp_sink.py --port PORT --dir DIR [--auth USER:PASSWORD] [--starttls-cert CERT --starttls-key KEY]
+Usage: python smtp_sink.py --port PORT --dir DIR [--auth USER:PASSWORD]
+                           [--starttls-cert CERT --starttls-key KEY | --tls-cert CERT --tls-key KEY]
 """
 
 import argparse
@@ -40,7 +41,7 @@ class SaveToDirectory:
             "mailFrom": envelope.mail_from,
             "rcptTos": envelope.rcpt_tos,
             "login": login,
-            "tls": session.ssl is not None,
+            "tls": session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
             "subject": str(message["Subject"]),
             "from": str(message["From"]),
             "to": str(message["To"]),
@@ -75,6 +76,8 @@ def main():
     parser.add_argument("--auth", help="USER:PASSWORD; AUTH is then required")
     parser.add_argument("--starttls-cert")
     parser.add_argument("--starttls-key")
+    parser.add_argument("--tls-cert", help="TLS from the first byte (SMTPS) with this certificate")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
 
     options = {}
@@ -87,6 +90,12 @@ def main():
         options.update(tls_context=context, require_starttls=True)
         if args.auth:
             options["auth_require_tls"] = True
+
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        # The whole connection is encrypted; aiosmtpd's own TLS check only knows about STARTTLS.
+        options.update(ssl_context=context, auth_require_tls=False)
 
     controller = Controller(SaveToDirectory(args.dir), hostname="127.0.0.1", port=args.port, **options)
     controller.start()

@@ -3,7 +3,7 @@
 mod common;
 
 use anyhow::{Context, Result};
-use common::{SmtpSink, SmtpSinkOptions, never_recovering_node_incident};
+use common::{SmtpSink, SmtpSinkOptions, never_recovering_node_incident, self_signed_certificate};
 use nodemedic_notify::{Channel, Secret, SmtpChannel, SmtpConfig, SmtpSecurity};
 
 fn config_for(sink: &SmtpSink, security: SmtpSecurity) -> SmtpConfig {
@@ -24,7 +24,7 @@ fn str_field<'a>(message: &'a serde_json::Value, field: &str) -> &'a str {
 
 #[tokio::test]
 async fn a_node_reaching_manual_sends_an_email_with_every_attempt() -> Result<()> {
-    let sink = SmtpSink::start(SmtpSinkOptions { auth: None, starttls: None }).await?;
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).await?;
     let channel = SmtpChannel::new(config_for(&sink, SmtpSecurity::Plain))?;
     channel.deliver(&never_recovering_node_incident()).await.context("delivering to aiosmtpd")?;
 
@@ -34,6 +34,7 @@ async fn a_node_reaching_manual_sends_an_email_with_every_attempt() -> Result<()
     assert_eq!(str_field(&message, "mailFrom"), "nodemedic@example.com");
     assert_eq!(str_field(&message, "contentType"), "multipart/alternative");
     assert_eq!(str_field(&message, "incidentKey"), "gpu-node-3/NodeManual/4");
+    assert_eq!(message["tls"], serde_json::json!(false));
 
     let text = str_field(&message, "text");
     for expected in [
@@ -64,7 +65,7 @@ async fn a_node_reaching_manual_sends_an_email_with_every_attempt() -> Result<()
 
 #[tokio::test]
 async fn smtp_auth_logs_in_with_the_password_from_the_secret() -> Result<()> {
-    let options = SmtpSinkOptions { auth: Some(("nodemedic".into(), "correct horse".into())), starttls: None };
+    let options = SmtpSinkOptions { auth: Some(("nodemedic".into(), "correct horse".into())), ..SmtpSinkOptions::default() };
     let sink = SmtpSink::start(options).await?;
 
     let mut wrong = config_for(&sink, SmtpSecurity::Plain);
@@ -87,20 +88,19 @@ async fn smtp_auth_logs_in_with_the_password_from_the_secret() -> Result<()> {
 
 #[tokio::test]
 async fn starttls_upgrades_the_connection_and_verifies_the_servers_certificate() -> Result<()> {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-    let keys = tempfile::tempdir()?;
-    let cert_path = keys.path().join("cert.pem");
-    let key_path = keys.path().join("key.pem");
-    std::fs::write(&cert_path, certified.cert.pem())?;
-    std::fs::write(&key_path, certified.signing_key.serialize_pem())?;
-    let options = SmtpSinkOptions { auth: Some(("nodemedic".into(), "tls-only".into())), starttls: Some((cert_path, key_path)) };
+    let (_keys, cert_path, key_path, cert_pem) = self_signed_certificate()?;
+    let options = SmtpSinkOptions {
+        auth: Some(("nodemedic".into(), "tls-only".into())),
+        starttls: Some((cert_path, key_path)),
+        ..SmtpSinkOptions::default()
+    };
     let sink = SmtpSink::start(options).await?;
 
     // Without trusting the self-signed certificate the upgrade must fail: nothing is sent in the clear.
     let mut untrusted = config_for(&sink, SmtpSecurity::StartTls);
     untrusted.username = Some("nodemedic".into());
     untrusted.password = Some(Secret::new("tls-only"));
-    let trusted_config = SmtpConfig { extra_root_certificates_pem: Some(certified.cert.pem()), ..untrusted.clone() };
+    let trusted_config = SmtpConfig { extra_root_certificates_pem: Some(cert_pem), ..untrusted.clone() };
     let refused = SmtpChannel::new(untrusted)?.deliver(&never_recovering_node_incident()).await;
     let error = refused.err().context("an untrusted certificate must stop the delivery")?;
     assert!(error.to_string().to_lowercase().contains("certificate"), "{error}");
@@ -111,5 +111,25 @@ async fn starttls_upgrades_the_connection_and_verifies_the_servers_certificate()
     assert_eq!(message["tls"], serde_json::json!(true));
     assert_eq!(str_field(&message, "login"), "nodemedic");
     assert!(str_field(&message, "text").contains("gpu-node-3"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn implicit_tls_sends_over_an_encrypted_connection_from_the_first_byte() -> Result<()> {
+    let (_keys, cert_path, key_path, cert_pem) = self_signed_certificate()?;
+    let options = SmtpSinkOptions {
+        auth: Some(("nodemedic".into(), "smtps".into())),
+        implicit_tls: Some((cert_path, key_path)),
+        ..SmtpSinkOptions::default()
+    };
+    let sink = SmtpSink::start(options).await?;
+    let mut config = config_for(&sink, SmtpSecurity::Tls);
+    config.username = Some("nodemedic".into());
+    config.password = Some(Secret::new("smtps"));
+    config.extra_root_certificates_pem = Some(cert_pem);
+    SmtpChannel::new(config)?.deliver(&never_recovering_node_incident()).await?;
+    let message = sink.message(1).await?;
+    assert_eq!(message["tls"], serde_json::json!(true));
+    assert_eq!(str_field(&message, "login"), "nodemedic");
     Ok(())
 }

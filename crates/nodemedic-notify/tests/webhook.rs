@@ -116,6 +116,25 @@ async fn a_receiver_failing_twice_gets_the_incident_on_the_third_try_after_growi
 }
 
 #[tokio::test]
+async fn after_a_restart_an_incident_delivered_before_is_not_sent_again() -> Result<()> {
+    let (url, state) = start_receiver(0).await?;
+    let before_restart = deliver_through_dispatcher(WebhookConfig::new("hook", &url), RetryPolicy::default()).await?;
+    assert_eq!(requests(&state).len(), 1);
+
+    // The controller records the outcomes; after a restart it starts the dispatcher with the delivered ones
+    // and submits the same incident again (it cannot tell whether it was sent).
+    let delivered: Vec<(String, String)> = before_restart.iter().filter(|o| o.ok).map(|o| (o.key.clone(), o.channel.clone())).collect();
+    let channel = Arc::new(WebhookChannel::new(WebhookConfig::new("hook", &url))?);
+    let (dispatcher, mut outcomes) =
+        Dispatcher::start(vec![ChannelRoute::new(channel, IncidentFilter::all())], DispatcherConfig::default(), delivered);
+    dispatcher.submit(never_recovering_node_incident()).map_err(|e| anyhow!("submit: {e}"))?;
+    dispatcher.shutdown().await;
+    assert!(outcomes.recv().await.is_none(), "nothing should be delivered again");
+    assert_eq!(requests(&state).len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_slack_text_mode_posts_only_a_short_text_field() -> Result<()> {
     let (url, state) = start_receiver(0).await?;
     let mut config = WebhookConfig::new("slack", &url);

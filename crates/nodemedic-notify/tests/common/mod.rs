@@ -144,9 +144,24 @@ pub struct SmtpSink {
     _process: Child,
 }
 
+#[derive(Default)]
 pub struct SmtpSinkOptions {
     pub auth: Option<(String, String)>,
+    /// Certificate and key files: offer STARTTLS and require it.
     pub starttls: Option<(PathBuf, PathBuf)>,
+    /// Certificate and key files: TLS from the first byte.
+    pub implicit_tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// A self-signed certificate for 127.0.0.1 written to a temporary directory: (dir, cert path, key path, cert PEM).
+pub fn self_signed_certificate() -> Result<(tempfile::TempDir, PathBuf, PathBuf, String)> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    let dir = tempfile::tempdir()?;
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem())?;
+    std::fs::write(&key_path, certified.signing_key.serialize_pem())?;
+    Ok((dir, cert_path, key_path, certified.cert.pem()))
 }
 
 impl SmtpSink {
@@ -161,6 +176,9 @@ impl SmtpSink {
         }
         if let Some((cert, key)) = &options.starttls {
             command.arg("--starttls-cert").arg(cert).arg("--starttls-key").arg(key);
+        }
+        if let Some((cert, key)) = &options.implicit_tls {
+            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
         }
         // Its log (tracebacks of clients the tests make fail on purpose) goes to a file, shown if it fails to start.
         let log_path = dir.path().join("aiosmtpd.log");
