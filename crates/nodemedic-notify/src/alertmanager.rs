@@ -9,12 +9,13 @@
 
 use crate::channel::{Channel, DeliveryError, DeliveryFuture, http_error};
 use crate::incident::{Incident, IncidentKind, Severity};
+use crate::now;
 use crate::render;
 use crate::secret::Secret;
 use nodemedic_core::time::Time;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct AlertmanagerConfig {
@@ -146,12 +147,6 @@ impl Channel for AlertmanagerChannel {
     fn deliver<'a>(&'a self, incident: &'a Incident) -> DeliveryFuture<'a> {
         Box::pin(self.send(incident))
     }
-}
-
-/// The wall clock as a core `Time`.
-pub(crate) fn now() -> Time {
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Time(millis)
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! channel whose filter accepts it, retries with capped exponential backoff, reports every try as a
 //! [`DeliveryOutcome`], and never delivers the same (incident key, channel) twice.
 
-use crate::alertmanager::now;
 use crate::channel::Channel;
 use crate::incident::{Incident, IncidentKind, Severity};
+use crate::now;
 use nodemedic_core::time::Time;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
@@ -245,8 +245,22 @@ struct Delivery {
     limiter: Arc<Semaphore>,
 }
 
+/// Holds a (key, channel) pair in the ledger's in-flight set and takes it out when dropped, also when the
+/// delivery task panics, so the pair can be delivered again later.
+struct InFlight {
+    id: DeliveryId,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner).in_flight.remove(&self.id);
+    }
+}
+
 impl Delivery {
     async fn run(self) {
+        let mut in_flight = Some(InFlight { id: self.id.clone(), ledger: Arc::clone(&self.ledger) });
         let max_attempts = self.retry.max_attempts.max(1);
         for attempt in 1..=max_attempts {
             let result = {
@@ -255,14 +269,12 @@ impl Delivery {
             };
             let ok = result.is_ok();
             let gave_up = !ok && attempt == max_attempts;
-            {
-                let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
-                if ok {
-                    ledger.delivered.insert(self.id.clone());
-                }
-                if ok || gave_up {
-                    ledger.in_flight.remove(&self.id);
-                }
+            if ok {
+                self.ledger.lock().unwrap_or_else(PoisonError::into_inner).delivered.insert(self.id.clone());
+            }
+            if ok || gave_up {
+                // Done before the outcome goes out, so a resubmission from whoever reads it is not skipped.
+                drop(in_flight.take());
             }
             let outcome = DeliveryOutcome {
                 key: self.id.0.clone(),
@@ -386,6 +398,28 @@ mod tests {
         assert_eq!(outcomes.len(), 3);
         assert!(outcomes.iter().all(|o| !o.ok));
         assert_eq!(outcomes.iter().map(|o| o.gave_up).collect::<Vec<_>>(), vec![false, false, true]);
+    }
+
+    #[tokio::test]
+    async fn an_incident_given_up_on_is_delivered_when_submitted_again() {
+        let channel = flaky("hook", 2);
+        let (dispatcher, mut outcomes) =
+            Dispatcher::start(vec![ChannelRoute::new(channel.clone(), IncidentFilter::all())], fast_retries(2), []);
+        assert!(dispatcher.submit(manual("gpu-1")).is_ok());
+        let mut last = None;
+        while let Some(outcome) = outcomes.recv().await {
+            let done = outcome.gave_up;
+            last = Some(outcome);
+            if done {
+                break;
+            }
+        }
+        assert!(last.is_some_and(|o| o.gave_up && !o.ok));
+        assert!(dispatcher.submit(manual("gpu-1")).is_ok());
+        dispatcher.shutdown().await;
+        let again = collect(outcomes).await;
+        assert_eq!(again.iter().map(|o| o.ok).collect::<Vec<_>>(), vec![true]);
+        assert_eq!(channel.tries.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

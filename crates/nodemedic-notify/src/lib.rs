@@ -22,3 +22,9 @@ pub use incident::{Attempt, Condition, Incident, IncidentKind, NodeDetails, Prob
 pub use secret::Secret;
 pub use smtp::{SmtpChannel, SmtpConfig, SmtpSecurity};
 pub use webhook::{WebhookChannel, WebhookConfig, WebhookFormat};
+
+/// The wall clock as a core `Time` (alert times, outcome times).
+pub(crate) fn now() -> nodemedic_core::time::Time {
+    let elapsed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    nodemedic_core::time::Time(elapsed.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+}
