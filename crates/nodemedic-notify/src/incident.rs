@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// How many results per probe a notification keeps unless the caller says otherwise.
+/// A sensible `limit` for [`Incident::with_probes`]: the results per probe a notification keeps.
 pub const DEFAULT_PROBE_RESULTS: usize = 5;
 
 /// What happened.

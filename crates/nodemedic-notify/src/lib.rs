@@ -18,7 +18,9 @@ pub mod webhook;
 pub use alertmanager::{AlertmanagerChannel, AlertmanagerConfig};
 pub use channel::{Channel, DeliveryError, DeliveryFuture};
 pub use dispatch::{ChannelRoute, DeliveryOutcome, Dispatcher, DispatcherConfig, IncidentFilter, RetryPolicy, SubmitError};
-pub use incident::{Attempt, Condition, Incident, IncidentKind, NodeDetails, ProbeHistory, ProbeResult, Severity, Taint};
+pub use incident::{
+    Attempt, Condition, DEFAULT_PROBE_RESULTS, Incident, IncidentKind, NodeDetails, ProbeHistory, ProbeResult, Resolved, Severity, Taint,
+};
 pub use secret::Secret;
 pub use smtp::{SmtpChannel, SmtpConfig, SmtpSecurity};
 pub use webhook::{WebhookChannel, WebhookConfig, WebhookFormat};
