@@ -2,10 +2,11 @@
 //! environment (in-cluster service account, `KUBECONFIG` or `~/.kube/config`).
 
 use anyhow::{Context, Result};
+use nodemedic_controller::executors::{ExecutorsConfig, StepRouter};
 use nodemedic_controller::http::{HttpState, serve};
 use nodemedic_controller::leader::LeaseConfig;
 use nodemedic_controller::run::{RunConfig, run};
-use nodemedic_controller::{AgentExecutor, Executor, Metrics, install_crds};
+use nodemedic_controller::{Executor, Metrics, install_crds};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -31,6 +32,10 @@ pub struct ControllerArgs {
     /// Install or update the CRDs at start (needs permission on customresourcedefinitions).
     #[arg(long)]
     pub install_crds: bool,
+    /// Which executor carries out each step (YAML, see ExecutorsConfig): drain, agent, webhook,
+    /// command, noop. Default: drain by eviction, reboot and reimage by the node agent.
+    #[arg(long)]
+    pub executors: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -101,7 +106,14 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
         ..config.lease
     };
     config.resync = std::time::Duration::from_secs(args.resync.max(1));
-    let executor: Arc<dyn Executor> = Arc::new(AgentExecutor);
+    let executors: ExecutorsConfig = match &args.executors {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => ExecutorsConfig::default(),
+    };
+    let executor: Arc<dyn Executor> = Arc::new(StepRouter::from_config(client.clone(), &executors).context("building the executors")?);
     let result = run(client, config, executor, metrics, ready, shutdown_signal()).await;
     let _ = stop_http.send(());
     let _ = http.await;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 mod controller_cmd;
+mod demo;
 
 #[derive(Parser)]
 #[command(name = "nodemedic", version, about = "Keeps Kubernetes GPU clusters healthy: detect, quarantine, repair, escalate — safely.")]
@@ -45,6 +46,16 @@ enum Command {
     Preset { name: String },
     /// Print the NodeHealthPolicy and NodeRemediation CRDs (for `kubectl apply -f -`).
     Crds,
+    /// Play a scenario on a local control plane: kwok GPU nodes, two controller replicas, simulated
+    /// node agents; prints the controller's decisions as they happen and checks the outcome.
+    Demo {
+        /// Scenario file (YAML; see docs/demo.md). Default: examples/demo-scenario.yaml, built in.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Keep the cluster running after the summary (for kubectl), until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run the controller (one replica; run two or more with leader election).
     Controller(controller_cmd::ControllerArgs),
     /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
@@ -286,6 +297,11 @@ fn main() -> Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(controller_cmd::controller(args)),
+        Command::Demo { scenario, keep } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(demo::demo(demo::DemoArgs { scenario, keep })),
         Command::Simulate(args) => run_simulate(args),
         Command::Validate { policy } => {
             let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;
