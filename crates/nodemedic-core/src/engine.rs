@@ -760,7 +760,12 @@ fn describe(ctx: &Ctx, w: &Work, rule: usize) -> String {
         }
     } else if let Some(c) = &r.check {
         if let Some(chk) = w.obs.check(&c.name) {
-            s += &format!(": check `{}` failed {} time(s) in a row (threshold {})", chk.name, chk.consecutive_failures, c.failures);
+            // The agent's conditions carry no run counts: its own thresholds were met (u32::MAX).
+            s += &match (chk.consecutive_failures, chk.consecutive_passes, chk.failing_since) {
+                (u32::MAX, _, Some(since)) => format!(": check `{}` failing since {} (the agent's threshold met)", chk.name, since),
+                (_, u32::MAX, _) => format!(": check `{}` passing", chk.name),
+                (f, _, _) => format!(": check `{}` failed {} time(s) in a row (threshold {})", chk.name, f, c.failures),
+            };
             if !chk.message.is_empty() {
                 s += &format!(", \"{}\"", chk.message);
             }

@@ -265,7 +265,8 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario) -> Result<()> {
     let start = Instant::now();
     let state = Arc::new(Mutex::new(FaultState::default()));
     let mut next_fault = 0;
-    let mut seen_events: BTreeSet<String> = BTreeSet::new();
+    // Event name → times seen (the recorder folds a repeat into the same Event as a series).
+    let mut seen_events: BTreeMap<String, i32> = BTreeMap::new();
     let mut last_table = String::new();
     let mut last_heartbeat = Instant::now();
     let mut breaker_tripped_at: Option<f64> = None;
@@ -294,6 +295,25 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario) -> Result<()> {
             state.lock().map_err(|_| anyhow::anyhow!("state lock"))?.active.remove(&n);
             publish(cp, &n, scenario.faults[i].kind, false, "probe passes again", &jiff::Timestamp::now().to_string()).await?;
             println!("{} {:<11} {:<20} {}", elapsed(start), n, "FaultCleared", "the fault passed by itself; the agent's probe passes");
+        }
+        // The controller's decisions, as it published them.
+        let mut events = Api::<K8sEvent>::namespaced(client.clone(), "default").list(&ListParams::default()).await?.items;
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        for e in events {
+            let Some(name) = e.metadata.name.clone() else { continue };
+            let regarding = e.regarding.as_ref();
+            let kind = regarding.and_then(|r| r.kind.as_deref()).unwrap_or_default();
+            let count = e.series.as_ref().map_or(1, |s| s.count);
+            if kind == "NodeRemediation" || seen_events.insert(name, count) == Some(count) {
+                continue;
+            }
+            let again = if count > 1 { format!(" (×{count})") } else { String::new() };
+            let object = regarding.and_then(|r| r.name.clone()).unwrap_or_default();
+            let reason = e.reason.clone().unwrap_or_default();
+            if reason == "BreakerTripped" && breaker_tripped_at.is_none() {
+                breaker_tripped_at = Some(start.elapsed().as_secs_f64());
+            }
+            println!("{} {:<11} {:<20} {}{again}", elapsed(start), object, reason, e.note.unwrap_or_default());
         }
         // The agents: heartbeats, and the reboots and reimages the records ask for.
         if last_heartbeat.elapsed() > std::time::Duration::from_secs(20) {
@@ -325,23 +345,6 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario) -> Result<()> {
                 Ok(Err(e)) => println!("{} agent error: {e:#}", elapsed(start)),
                 Err(e) => println!("{} agent task failed: {e}", elapsed(start)),
             }
-        }
-        // The controller's decisions, as it published them.
-        let mut events = Api::<K8sEvent>::namespaced(client.clone(), "default").list(&ListParams::default()).await?.items;
-        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-        for e in events {
-            let Some(name) = e.metadata.name.clone() else { continue };
-            let regarding = e.regarding.as_ref();
-            let kind = regarding.and_then(|r| r.kind.as_deref()).unwrap_or_default();
-            if kind == "NodeRemediation" || !seen_events.insert(name) {
-                continue;
-            }
-            let object = regarding.and_then(|r| r.name.clone()).unwrap_or_default();
-            let reason = e.reason.clone().unwrap_or_default();
-            if reason == "BreakerTripped" && breaker_tripped_at.is_none() {
-                breaker_tripped_at = Some(start.elapsed().as_secs_f64());
-            }
-            println!("{} {:<11} {:<20} {}", elapsed(start), object, reason, e.note.unwrap_or_default());
         }
         let table = table(&client, &records).await?;
         if table != last_table {
@@ -441,7 +444,7 @@ async fn agent_repair(
         }
     }
     let at = Time(jiff::Timestamp::now().as_millisecond());
-    let message = format!("{step} done, new bootID {}", &boot_id[..8.min(boot_id.len())]);
+    let message = format!("{step} done, new bootID …{}", &boot_id[boot_id.len().saturating_sub(12)..]);
     report_step(
         &cp.client(),
         field_managers::AGENT,
