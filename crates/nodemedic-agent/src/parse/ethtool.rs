@@ -84,6 +84,12 @@ pub fn parse_driver(text: &str) -> Result<DriverInfo, EthtoolError> {
     Ok(DriverInfo { driver: driver.ok_or(EthtoolError::NoDriver)?, version, bus_info })
 }
 
+pub fn driver_verdict(info: &DriverInfo) -> Verdict {
+    let version = info.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
+    let bus = info.bus_info.as_deref().filter(|b| !b.is_empty()).map(|b| format!(" at {b}")).unwrap_or_default();
+    Verdict::healthy(format!("driver {}{version}{bus}", info.driver))
+}
+
 /// `ethtool -S` counters in file order.
 pub fn parse_statistics(text: &str) -> Result<Vec<(String, u64)>, EthtoolError> {
     let mut counters = Vec::new();
@@ -111,3 +117,4 @@ pub fn statistics_verdict(counters: &[(String, u64)], max_errors: u64) -> Verdic
     let drops: u64 = counters.iter().filter(|(n, _)| n.contains("drop")).map(|(_, v)| *v).sum();
     Verdict::healthy(format!("{} NIC counters, {errors} errors, {drops} drops", counters.len()))
 }
+
