@@ -190,7 +190,8 @@ impl Catalog {
                 return Err(CatalogError::DuplicateName(rule.name.clone()));
             }
             check_escalation(&format!("amdgpu {}", rule.name), rule.action, rule.escalate.as_ref())?;
-            let regex = Regex::new(&rule.pattern).map_err(|e| CatalogError::BadPattern { name: rule.name.clone(), message: e.to_string() })?;
+            let regex =
+                Regex::new(&rule.pattern).map_err(|e| CatalogError::BadPattern { name: rule.name.clone(), message: e.to_string() })?;
             patterns.push(CompiledPattern { rule: rule.clone(), regex });
         }
         Ok(Catalog { file, xid_index, sxid_index, patterns })
@@ -202,17 +203,21 @@ impl Catalog {
 
     fn code_rule(&self, key: &FaultKey) -> Option<(&str, ActionClass, Option<&Escalation>)> {
         match key {
-            FaultKey::NvidiaXid(code) => {
-                self.xid_index.get(code).and_then(|i| self.file.nvidia_xid.rules.get(*i)).map(|r| (r.meaning.as_str(), r.action, r.escalate.as_ref()))
-            }
+            FaultKey::NvidiaXid(code) => self
+                .xid_index
+                .get(code)
+                .and_then(|i| self.file.nvidia_xid.rules.get(*i))
+                .map(|r| (r.meaning.as_str(), r.action, r.escalate.as_ref())),
             FaultKey::NvswitchSxid(code) => self
                 .sxid_index
                 .get(code)
                 .and_then(|i| self.file.nvswitch_sxid.rules.get(*i))
                 .map(|r| (r.meaning.as_str(), r.action, r.escalate.as_ref())),
-            FaultKey::Amdgpu(name) => {
-                self.patterns.iter().find(|p| &p.rule.name == name).map(|p| (p.rule.meaning.as_str(), p.rule.action, p.rule.escalate.as_ref()))
-            }
+            FaultKey::Amdgpu(name) => self
+                .patterns
+                .iter()
+                .find(|p| &p.rule.name == name)
+                .map(|p| (p.rule.meaning.as_str(), p.rule.action, p.rule.escalate.as_ref())),
         }
     }
 

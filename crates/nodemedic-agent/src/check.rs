@@ -93,9 +93,27 @@ pub fn render_table(reports: &[ProbeReport]) -> String {
         .collect();
     let width = |column: usize| rows.iter().map(|r| r[column].chars().count()).chain([headers[column].len()]).max().unwrap_or(0);
     let widths = [width(0), width(1), width(2)];
-    let mut out = format!("{:<w0$}  {:<w1$}  {:<w2$}  {}\n", headers[0], headers[1], headers[2], headers[3], w0 = widths[0], w1 = widths[1], w2 = widths[2]);
+    let mut out = format!(
+        "{:<w0$}  {:<w1$}  {:<w2$}  {}\n",
+        headers[0],
+        headers[1],
+        headers[2],
+        headers[3],
+        w0 = widths[0],
+        w1 = widths[1],
+        w2 = widths[2]
+    );
     for row in &rows {
-        out.push_str(&format!("{:<w0$}  {:<w1$}  {:<w2$}  {}\n", row[0], row[1], row[2], row[3], w0 = widths[0], w1 = widths[1], w2 = widths[2]));
+        out.push_str(&format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}\n",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        ));
     }
     out
 }

@@ -133,7 +133,12 @@ pub struct InfinibandProbe {
 
 impl Default for InfinibandProbe {
     fn default() -> Self {
-        InfinibandProbe { sysfs_root: PathBuf::from("/sys/class/infiniband"), expected_ports: None, min_rate_gbps: None, devices: Vec::new() }
+        InfinibandProbe {
+            sysfs_root: PathBuf::from("/sys/class/infiniband"),
+            expected_ports: None,
+            min_rate_gbps: None,
+            devices: Vec::new(),
+        }
     }
 }
 

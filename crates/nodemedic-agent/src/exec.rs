@@ -42,7 +42,9 @@ pub struct SearchPath(pub OsString);
 impl SearchPath {
     /// The agent's own PATH (or the usual system directories when it has none).
     pub fn from_environment() -> Self {
-        SearchPath(std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")))
+        SearchPath(
+            std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")),
+        )
     }
 
     /// `first` put in front of the agent's own PATH.
@@ -131,7 +133,10 @@ fn run_resolved(program: &Path, args: &[String], timeout: Duration, path_env: &O
     };
     // A grandchild that left the group could keep the pipes open; do not wait for it forever.
     let collect = |receiver: Option<mpsc::Receiver<Vec<u8>>>| {
-        receiver.and_then(|r| r.recv_timeout(Duration::from_secs(1)).ok()).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()
+        receiver
+            .and_then(|r| r.recv_timeout(Duration::from_secs(1)).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
     };
     Ok(CommandOutput { exit_code: status.code(), stdout: collect(stdout), stderr: collect(stderr), timed_out, elapsed: started.elapsed() })
 }

@@ -78,7 +78,9 @@ fn probe_with(nvml: &Nvml, expected_gpus: Option<u32>, max_pcie_replays: u64) ->
             }
         };
         match device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile) {
-            Ok(n) if n > 0 => findings.push(Verdict::unhealthy(Reason::UncorrectableEcc, format!("GPU {id} has {n} uncorrectable volatile ECC errors"))),
+            Ok(n) if n > 0 => {
+                findings.push(Verdict::unhealthy(Reason::UncorrectableEcc, format!("GPU {id} has {n} uncorrectable volatile ECC errors")))
+            }
             Ok(_) => {}
             Err(error) => lost(&error, "ECC", &mut findings),
         }
@@ -89,18 +91,20 @@ fn probe_with(nvml: &Nvml, expected_gpus: Option<u32>, max_pcie_replays: u64) ->
         }
         match device.current_throttle_reasons() {
             Ok(reasons) => {
-                let hardware = ThrottleReasons::HW_SLOWDOWN | ThrottleReasons::HW_THERMAL_SLOWDOWN | ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN;
+                let hardware =
+                    ThrottleReasons::HW_SLOWDOWN | ThrottleReasons::HW_THERMAL_SLOWDOWN | ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN;
                 if reasons.intersects(hardware) {
-                    findings.push(Verdict::unhealthy(Reason::HardwareSlowdown, format!("GPU {id} is in hardware slowdown ({:?})", reasons & hardware)));
+                    findings.push(Verdict::unhealthy(
+                        Reason::HardwareSlowdown,
+                        format!("GPU {id} is in hardware slowdown ({:?})", reasons & hardware),
+                    ));
                 }
             }
             Err(error) => lost(&error, "throttle reasons", &mut findings),
         }
         match device.pcie_replay_counter() {
-            Ok(replays) if u64::from(replays) > max_pcie_replays => findings.push(Verdict::unhealthy(
-                Reason::PcieReplays,
-                format!("GPU {id} has {replays} PCIe replays (bound {max_pcie_replays})"),
-            )),
+            Ok(replays) if u64::from(replays) > max_pcie_replays => findings
+                .push(Verdict::unhealthy(Reason::PcieReplays, format!("GPU {id} has {replays} PCIe replays (bound {max_pcie_replays})"))),
             Ok(_) => {}
             Err(error) => lost(&error, "PCIe replays", &mut findings),
         }

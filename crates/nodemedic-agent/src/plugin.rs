@@ -43,7 +43,9 @@ pub fn plugin_verdict(name: &str, exit_code: Option<i32>, timed_out: bool, stdou
     match (timed_out, exit_code) {
         (true, _) => Verdict::unknown(Reason::CustomCheckUnknown, format!("{name}: timed out")),
         (false, Some(0)) => Verdict::healthy(if message.is_empty() { format!("{name}: ok") } else { message }),
-        (false, Some(1)) => Verdict::unhealthy(Reason::CustomCheckProblem, if message.is_empty() { format!("{name}: problem") } else { message }),
+        (false, Some(1)) => {
+            Verdict::unhealthy(Reason::CustomCheckProblem, if message.is_empty() { format!("{name}: problem") } else { message })
+        }
         (false, Some(code)) => Verdict::unknown(Reason::CustomCheckUnknown, format!("{name}: exit {code}: {message}")),
         (false, None) => Verdict::unknown(Reason::CustomCheckUnknown, format!("{name}: killed by a signal")),
     }

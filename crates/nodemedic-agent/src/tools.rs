@@ -57,7 +57,11 @@ pub fn nvidia_smi(probe: &NvidiaSmiProbe, expected_gpus: Option<u32>, max_pcie_r
         Ok(report) if output.exit_code == Some(0) => nvidia_smi::verdict(&report, &thresholds),
         Ok(report) => {
             let verdict = nvidia_smi::verdict(&report, &thresholds);
-            if verdict.health == Health::Unhealthy { verdict } else { nvidia_smi::failure_verdict(&format!("{}\n{}", output.stdout, output.stderr), expected_gpus) }
+            if verdict.health == Health::Unhealthy {
+                verdict
+            } else {
+                nvidia_smi::failure_verdict(&format!("{}\n{}", output.stdout, output.stderr), expected_gpus)
+            }
         }
         Err(_) => nvidia_smi::failure_verdict(&format!("{}\n{}", output.stdout, output.stderr), expected_gpus),
     }
@@ -84,7 +88,14 @@ pub fn amd_smi(probe: &AmdSmiProbe, expected_gpus: Option<u32>, search: &SearchP
     let parsed = if text.starts_with('[') || text.starts_with('{') { amd::parse_amd_smi_json(text) } else { amd::parse_amd_smi_csv(text) };
     let expect = amd::AmdExpectations { expected_gpus, required_metrics: probe.required_metrics.clone() };
     match parsed {
-        Ok(gpus) => amd::amd_smi_verdict(&gpus, &expect),
+        Ok(gpus) if output.exit_code == Some(0) => amd::amd_smi_verdict(&gpus, &expect),
+        _ if format!("{}{}", output.stdout, output.stderr).to_ascii_lowercase().replace('_', " ").contains("driver not loaded") => {
+            amd::amd_failure_verdict(
+                &amd::AmdError::AmdSmiDriverNotLoaded { first_line: first_line(&output.stdout).to_string() },
+                expected_gpus,
+            )
+        }
+        Ok(_) => unparseable("amd-smi", &output, &"non-zero exit"),
         Err(error) => unparseable("amd-smi", &output, &error),
     }
 }
@@ -141,7 +152,11 @@ pub fn iperf3(probe: &Iperf3Probe, search: &SearchPath) -> Verdict {
 }
 
 pub fn ping(probe: &PingProbe, search: &SearchPath) -> Verdict {
-    let tool = ToolSpec { path: probe.path.clone(), args: vec!["-c".to_string(), probe.count.to_string(), probe.peer.clone()], timeout: probe.timeout };
+    let tool = ToolSpec {
+        path: probe.path.clone(),
+        args: vec!["-c".to_string(), probe.count.to_string(), probe.peer.clone()],
+        timeout: probe.timeout,
+    };
     let output = match run_tool("ping", &tool, search) {
         Ok(output) => output,
         Err(verdict) => return verdict,
@@ -165,10 +180,16 @@ pub fn speedtest(probe: &SpeedtestProbe, search: &SearchPath) -> Verdict {
     }
 }
 
-pub fn infiniband(root: &Path, expect: &infiniband::IbExpectations, previous: Option<&[infiniband::IbPort]>) -> (Verdict, Vec<infiniband::IbPort>) {
+pub fn infiniband(
+    root: &Path,
+    expect: &infiniband::IbExpectations,
+    previous: Option<&[infiniband::IbPort]>,
+) -> (Verdict, Vec<infiniband::IbPort>) {
     match infiniband::read_sysfs(root) {
         Ok(ports) => (infiniband::verdict(&ports, expect, previous), ports),
-        Err(infiniband::InfinibandError::Io { path, source }) if source.kind() == std::io::ErrorKind::NotFound && path == root.display().to_string() => {
+        Err(infiniband::InfinibandError::Io { path, source })
+            if source.kind() == std::io::ErrorKind::NotFound && path == root.display().to_string() =>
+        {
             let verdict = if expect.expected_ports.unwrap_or(0) > 0 {
                 Verdict::unhealthy(Reason::IbDeviceMissing, format!("{path} does not exist: no InfiniBand/RoCE devices"))
             } else {

@@ -200,7 +200,9 @@ fn verdict_for(root: &Path, name: &str) -> Result<Verdict, String> {
         "nvidia-smi-text" if file.starts_with("nvlink_") || file.starts_with("c2c_") => {
             Ok(nvidia_smi::link_status_verdict(&nvidia_smi::parse_link_status(&text).map_err(err)?))
         }
-        "nvidia-smi-text" if file.starts_with("table_") => Ok(nvidia_smi::table_verdict(&nvidia_smi::parse_table(&text).map_err(err)?, None)),
+        "nvidia-smi-text" if file.starts_with("table_") => {
+            Ok(nvidia_smi::table_verdict(&nvidia_smi::parse_table(&text).map_err(err)?, None))
+        }
         "nvidia-smi-text" => Ok(nvidia_smi::verdict(&nvidia_smi::parse_query_text(&text).map_err(err)?, &Default::default())),
         "amd-smi" => {
             let body = text.trim_start_matches('\u{feff}');

@@ -89,7 +89,9 @@ fn a_dbe_with_row_remap_asks_for_a_gpu_reset() -> anyhow::Result<()> {
     let catalog = catalog()?;
     let events = kernel::scan(&fixture("dmesg/nvidia_xid48_63_94_dbe_rowremap_iso.log")?, &catalog);
     let codes: Vec<FaultKey> = events.iter().map(|e| e.key.clone()).collect();
-    assert!(codes.contains(&FaultKey::NvidiaXid(48)) && codes.contains(&FaultKey::NvidiaXid(63)) && codes.contains(&FaultKey::NvidiaXid(94)));
+    assert!(
+        codes.contains(&FaultKey::NvidiaXid(48)) && codes.contains(&FaultKey::NvidiaXid(63)) && codes.contains(&FaultKey::NvidiaXid(94))
+    );
     let (verdict, _) = kernel::verdict(&events, &catalog, &mut FaultTracker::new(), Duration::ZERO);
     assert_eq!(verdict.reason, Reason::KernelFaultResetGpu);
     assert!(verdict.message.contains("Xid 48"), "{}", verdict.message);

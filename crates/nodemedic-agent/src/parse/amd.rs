@@ -14,12 +14,16 @@ use crate::verdict::{Health, Reason, Verdict, worst_of};
 pub enum AmdError {
     #[error("amd-smi output is not JSON ({message}); first line: {first_line:?}")]
     AmdSmiNotJson { message: String, first_line: String },
+    #[error("amd-smi says the driver is not loaded: {first_line:?}")]
+    AmdSmiDriverNotLoaded { first_line: String },
     #[error("amd-smi JSON is neither a list of GPUs nor an object with \"gpu_data\"")]
     AmdSmiShape,
     #[error("amd-smi entry {index} is not an object")]
     AmdSmiEntry { index: usize },
     #[error("amd-smi CSV is empty")]
     AmdSmiCsvEmpty,
+    #[error("amd-smi CSV header has no \"gpu\" column: {header:?}")]
+    AmdSmiCsvNoGpuColumn { header: String },
     #[error("amd-smi CSV row {row} has {found} fields but the header has {expected}")]
     AmdSmiCsvWidth { row: usize, found: usize, expected: usize },
     #[error("rocm-smi output is not JSON (is the amdgpu driver loaded?): {first_line:?}")]
@@ -65,7 +69,8 @@ fn uncorrectable_counts(prefix: &str, value: &Value, out: &mut Vec<(String, f64)
         for (key, inner) in map {
             let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
             let lower = key.to_ascii_lowercase();
-            let names_uncorrectable = lower.contains("uncorrectable") || lower == "ue" || lower.ends_with("_ue") || lower.starts_with("ue_");
+            let names_uncorrectable =
+                lower.contains("uncorrectable") || lower == "ue" || lower.ends_with("_ue") || lower.starts_with("ue_");
             if names_uncorrectable
                 && !lower.contains("deferred")
                 && let Some(n) = metric_number(inner)
@@ -140,7 +145,11 @@ fn split_csv_line(line: &str) -> Vec<String> {
 /// Parses `amd-smi ... --csv` output (a UTF-8 BOM is allowed) into the same shape as the JSON.
 pub fn parse_amd_smi_csv(text: &str) -> Result<Vec<AmdSmiGpu>, AmdError> {
     let mut lines = text.lines().map(|l| l.trim_start_matches('\u{feff}')).filter(|l| !l.trim().is_empty());
-    let header = split_csv_line(lines.next().ok_or(AmdError::AmdSmiCsvEmpty)?);
+    let header_line = lines.next().ok_or(AmdError::AmdSmiCsvEmpty)?;
+    let header = split_csv_line(header_line);
+    if !header.iter().any(|h| h == "gpu") {
+        return Err(AmdError::AmdSmiCsvNoGpuColumn { header: header_line.chars().take(120).collect() });
+    }
     let mut gpus = Vec::new();
     for (row, line) in lines.enumerate() {
         let values = split_csv_line(line);
@@ -229,7 +238,10 @@ pub fn rocm_smi_verdict(cards: &[RocmSmiCard], expect: &AmdExpectations) -> Verd
 /// The verdict for a rocm-smi/amd-smi failure to parse: the driver is probably not loaded.
 pub fn amd_failure_verdict(error: &AmdError, expected_gpus: Option<u32>) -> Verdict {
     match error {
-        AmdError::RocmSmiNoCards | AmdError::RocmSmiNotJson { .. } | AmdError::RocminfoNoAgents { .. } => {
+        AmdError::RocmSmiNoCards
+        | AmdError::RocmSmiNotJson { .. }
+        | AmdError::RocminfoNoAgents { .. }
+        | AmdError::AmdSmiDriverNotLoaded { .. } => {
             if expected_gpus == Some(0) {
                 Verdict::new(Health::Healthy, Reason::NonGpuNode, error.to_string())
             } else {

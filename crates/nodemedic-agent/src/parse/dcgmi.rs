@@ -41,8 +41,10 @@ fn get_ci<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
 /// Parses `dcgmi diag -j`.
 pub fn parse_diag(text: &str) -> Result<Vec<DiagResult>, DcgmiError> {
     let value: Value = serde_json::from_str(text).map_err(|e| DcgmiError::NotJson(e.to_string()))?;
-    let categories =
-        get_ci(&value, "DCGM GPU Diagnostic").and_then(|d| get_ci(d, "test_categories")).and_then(Value::as_array).ok_or(DcgmiError::NoDiagnostic)?;
+    let categories = get_ci(&value, "DCGM GPU Diagnostic")
+        .and_then(|d| get_ci(d, "test_categories"))
+        .and_then(Value::as_array)
+        .ok_or(DcgmiError::NoDiagnostic)?;
     let mut results = Vec::new();
     for category in categories {
         let category_name = text_of(get_ci(category, "category")).unwrap_or_default();

@@ -117,4 +117,3 @@ pub fn statistics_verdict(counters: &[(String, u64)], max_errors: u64) -> Verdic
     let drops: u64 = counters.iter().filter(|(n, _)| n.contains("drop")).map(|(_, v)| *v).sum();
     Verdict::healthy(format!("{} NIC counters, {errors} errors, {drops} drops", counters.len()))
 }
-

@@ -53,7 +53,9 @@ impl IbPort {
 }
 
 fn read_value(path: &Path) -> Result<String, InfinibandError> {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|source| InfinibandError::Io { path: path.display().to_string(), source })
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| InfinibandError::Io { path: path.display().to_string(), source })
 }
 
 fn read_optional(path: &Path) -> Option<String> {
@@ -96,8 +98,11 @@ pub fn read_sysfs(root: &Path) -> Result<Vec<IbPort>, InfinibandError> {
             let phys_state = state_word(&read_value(&port_dir.join("phys_state"))?);
             let rate_path = port_dir.join("rate");
             let rate_text = read_value(&rate_path)?;
-            let rate = rate_gbps(&rate_text)
-                .ok_or(InfinibandError::BadValue { path: rate_path.display().to_string(), value: rate_text, expected: "'<n> Gb/sec …'" })?;
+            let rate = rate_gbps(&rate_text).ok_or(InfinibandError::BadValue {
+                path: rate_path.display().to_string(),
+                value: rate_text,
+                expected: "'<n> Gb/sec …'",
+            })?;
             let link_downed_path = port_dir.join("counters").join("link_downed");
             let link_downed = match read_optional(&link_downed_path) {
                 Some(text) => Some(text.parse::<u64>().map_err(|_| InfinibandError::BadValue {
@@ -213,7 +218,8 @@ pub fn verdict(ports: &[IbPort], expect: &IbExpectations, previous: Option<&[IbP
     if let Some(expected) = expect.expected_ports {
         let seen = u32::try_from(selected.len()).unwrap_or(u32::MAX);
         if seen < expected {
-            findings.push(Verdict::unhealthy(Reason::IbDeviceMissing, format!("{seen} InfiniBand/RoCE ports present, expected {expected}")));
+            findings
+                .push(Verdict::unhealthy(Reason::IbDeviceMissing, format!("{seen} InfiniBand/RoCE ports present, expected {expected}")));
         }
     }
     for port in &selected {
@@ -229,11 +235,15 @@ pub fn verdict(ports: &[IbPort], expect: &IbExpectations, previous: Option<&[IbP
         {
             findings.push(Verdict::unhealthy(Reason::IbRateLow, format!("{} runs at {rate} Gb/s, expected at least {min}", port.name())));
         }
-        let before = previous.and_then(|prev| prev.iter().find(|p| p.device == port.device && p.port == port.port)).and_then(|p| p.link_downed);
+        let before =
+            previous.and_then(|prev| prev.iter().find(|p| p.device == port.device && p.port == port.port)).and_then(|p| p.link_downed);
         if let (Some(before), Some(now)) = (before, port.link_downed)
             && now > before
         {
-            findings.push(Verdict::unhealthy(Reason::IbLinkFlapping, format!("{} link went down {} times since the last check", port.name(), now - before)));
+            findings.push(Verdict::unhealthy(
+                Reason::IbLinkFlapping,
+                format!("{} link went down {} times since the last check", port.name(), now - before),
+            ));
         }
     }
     worst_of(findings, format!("{} InfiniBand/RoCE ports ACTIVE/LinkUp", selected.len()))

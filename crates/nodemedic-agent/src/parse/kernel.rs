@@ -142,7 +142,9 @@ pub fn verdict(events: &[KernelEvent], catalog: &Catalog, tracker: &mut FaultTra
             let tail = if others > 0 { format!(" ({others} more GPU kernel messages)") } else { String::new() };
             match worst.action.kernel_reason() {
                 Some(reason) => Verdict::unhealthy(reason, format!("{} on {device}{tail}", worst.reason)),
-                None if worst.action == ActionClass::Ignore => Verdict::healthy(format!("only ignorable GPU kernel messages: {}{tail}", worst.reason)),
+                None if worst.action == ActionClass::Ignore => {
+                    Verdict::healthy(format!("only ignorable GPU kernel messages: {}{tail}", worst.reason))
+                }
                 None => Verdict::healthy(format!("application-level GPU faults only: {} on {device}{tail}", worst.reason)),
             }
         }
@@ -172,7 +174,8 @@ mod tests {
     #[test]
     fn sxid_lines_are_recognised() -> Result<(), crate::catalog::CatalogError> {
         let catalog = Catalog::embedded()?;
-        let found = classify_message("nvidia-nvswitch3: SXid (PCI:0000:c8:00.0): 12028, Non-fatal, Link 32 egress non-posted PRIV error", &catalog);
+        let found =
+            classify_message("nvidia-nvswitch3: SXid (PCI:0000:c8:00.0): 12028, Non-fatal, Link 32 egress non-posted PRIV error", &catalog);
         assert_eq!(found, Some(("0000:c8:00.0".to_string(), FaultKey::NvswitchSxid(12028))));
         Ok(())
     }

@@ -111,7 +111,10 @@ pub fn ping_verdict(summary: &PingSummary, max_loss_percent: f64, max_avg_rtt_ms
     if summary.loss_percent > max_loss_percent {
         return Verdict::unhealthy(
             Reason::PacketLoss,
-            format!("ping lost {}% ({} of {} answered), bound {max_loss_percent}%", summary.loss_percent, summary.received, summary.transmitted),
+            format!(
+                "ping lost {}% ({} of {} answered), bound {max_loss_percent}%",
+                summary.loss_percent, summary.received, summary.transmitted
+            ),
         );
     }
     if let (Some(bound), Some(avg)) = (max_avg_rtt_ms, summary.avg_rtt_ms)
@@ -140,7 +143,11 @@ pub fn parse_speedtest(text: &str) -> Result<SpeedtestResult, NetperfError> {
     match kind {
         "result" => {
             let bandwidth = |key: &'static str| {
-                value.pointer(&format!("/{key}/bandwidth")).and_then(Value::as_f64).map(|b| b * 8.0).ok_or(NetperfError::SpeedtestMissing(key))
+                value
+                    .pointer(&format!("/{key}/bandwidth"))
+                    .and_then(Value::as_f64)
+                    .map(|b| b * 8.0)
+                    .ok_or(NetperfError::SpeedtestMissing(key))
             };
             Ok(SpeedtestResult::Measured {
                 download_bits_per_second: bandwidth("download")?,
@@ -166,7 +173,11 @@ pub fn speedtest_verdict(result: &SpeedtestResult, min_download_bits_per_second:
                     format!("speedtest download {}, below {}", gbits(*download_bits_per_second), gbits(min_download_bits_per_second)),
                 )
             } else {
-                Verdict::healthy(format!("speedtest download {}, upload {}", gbits(*download_bits_per_second), gbits(*upload_bits_per_second)))
+                Verdict::healthy(format!(
+                    "speedtest download {}, upload {}",
+                    gbits(*download_bits_per_second),
+                    gbits(*upload_bits_per_second)
+                ))
             }
         }
     }

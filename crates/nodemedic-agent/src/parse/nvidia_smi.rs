@@ -334,7 +334,10 @@ pub fn gpu_health(gpu: &GpuReport) -> GpuHealth {
         }
         let in_reasons = segments.iter().any(|s| *s == "clocks_throttle_reasons" || *s == "clocks_event_reasons");
         let slowdown = ["hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"].iter().find(|k| leaf.ends_with(*k));
-        if in_reasons && let Some(kind) = slowdown && value.eq_ignore_ascii_case("active") {
+        if in_reasons
+            && let Some(kind) = slowdown
+            && value.eq_ignore_ascii_case("active")
+        {
             health.hardware_slowdowns.push((*kind).to_string());
         }
         if segments.first() == Some(&"pci") && (leaf == "replay_counter" || leaf == "replays_since_reset") {
@@ -438,8 +441,10 @@ pub fn parse_link_status(text: &str) -> Result<Vec<LinkStatusGpu>, NvidiaSmiErro
         let Some(gpu) = gpus.last_mut() else { continue };
         if let Some(at) = line.find("Link ") {
             let rest = &line[at + 5..];
-            let (number_text, speed_text) = rest.split_once(':').ok_or_else(|| NvidiaSmiError::BadLinkLine { line: number + 1, text: line.to_string() })?;
-            let link: u32 = number_text.trim().parse().map_err(|_| NvidiaSmiError::BadLinkLine { line: number + 1, text: line.to_string() })?;
+            let (number_text, speed_text) =
+                rest.split_once(':').ok_or_else(|| NvidiaSmiError::BadLinkLine { line: number + 1, text: line.to_string() })?;
+            let link: u32 =
+                number_text.trim().parse().map_err(|_| NvidiaSmiError::BadLinkLine { line: number + 1, text: line.to_string() })?;
             let speed_text = speed_text.trim();
             let speed = if speed_text.to_ascii_lowercase().contains("inactive") {
                 None
@@ -521,7 +526,10 @@ pub fn table_verdict(gpus: &[TableGpu], expected_gpus: Option<u32>) -> Verdict {
         } else if let Ok(n) = ecc.parse::<u64>()
             && n > 0
         {
-            findings.push(Verdict::unhealthy(Reason::UncorrectableEcc, format!("GPU {} ({}) has {n} uncorrectable volatile ECC errors", gpu.index, gpu.bus_id)));
+            findings.push(Verdict::unhealthy(
+                Reason::UncorrectableEcc,
+                format!("GPU {} ({}) has {n} uncorrectable volatile ECC errors", gpu.index, gpu.bus_id),
+            ));
         }
     }
     worst_of(findings, format!("{seen} NVIDIA GPUs in the table, no ECC errors"))
