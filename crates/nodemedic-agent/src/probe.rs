@@ -60,12 +60,12 @@ pub fn format_duration(duration: Duration) -> String {
     if millis == 0 {
         return "0s".to_string();
     }
-    if millis % 1000 != 0 {
+    if !millis.is_multiple_of(1000) {
         return format!("{millis}ms");
     }
     let seconds = millis / 1000;
     for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if seconds % size == 0 {
+        if seconds.is_multiple_of(size) {
             return format!("{}{unit}", seconds / size);
         }
     }

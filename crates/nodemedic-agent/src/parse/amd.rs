@@ -46,7 +46,7 @@ fn first_line(text: &str) -> String {
 pub fn metric_number(value: &Value) -> Option<f64> {
     match value {
         Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().split_whitespace().next().and_then(|v| v.parse().ok()),
+        Value::String(s) => s.split_whitespace().next().and_then(|v| v.parse().ok()),
         Value::Object(map) => map.get("value").and_then(metric_number),
         _ => None,
     }

@@ -135,7 +135,7 @@ pub enum SpeedtestResult {
 
 /// Parses `speedtest --format=json` (bandwidth is in bytes per second there).
 pub fn parse_speedtest(text: &str) -> Result<SpeedtestResult, NetperfError> {
-    let line = text.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("");
+    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("");
     let value: Value = serde_json::from_str(text.trim())
         .or_else(|_| serde_json::from_str(line))
         .map_err(|e| NetperfError::SpeedtestNotJson { message: e.to_string(), first_line: first_line(text) })?;
