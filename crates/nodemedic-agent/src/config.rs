@@ -1,6 +1,7 @@
 //! The agent's configuration file (YAML): which probes run, where their tools are, and what the node should
 //! look like (GPU count, InfiniBand rate, iperf peer, custom plugins). A probe runs when its section is present.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -233,8 +234,15 @@ pub struct AgentConfig {
     pub catalog_file: Option<PathBuf>,
     /// Schedule shared by all probes.
     pub schedule: ProbeSchedule,
+    /// Per-probe schedules by probe name (as `check --once` prints them: `nvidia-smi`, `kernel-log`,
+    /// `plugin/<name>`…), replacing `schedule` for that probe.
+    pub schedules: BTreeMap<String, ProbeSchedule>,
     pub probes: ProbesConfig,
 }
+
+/// The probe names `check --once` reports, apart from `plugin/<name>`.
+pub const PROBE_NAMES: &[&str] =
+    &["nvml", "nvidia-smi", "rocm-smi", "amd-smi", "rocminfo", "dcgmi", "kernel-log", "infiniband", "ping", "iperf3", "speedtest"];
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -244,6 +252,7 @@ impl Default for AgentConfig {
             search_path: None,
             catalog_file: None,
             schedule: ProbeSchedule::default(),
+            schedules: BTreeMap::new(),
             probes: ProbesConfig::default(),
         }
     }
@@ -261,8 +270,20 @@ impl AgentConfig {
         AgentConfig::from_yaml(&text)
     }
 
+    /// The schedule that applies to `probe`.
+    pub fn schedule_for(&self, probe: &str) -> &ProbeSchedule {
+        self.schedules.get(probe).unwrap_or(&self.schedule)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.schedule.validate().map_err(|source| ConfigError::Schedule { probe: "schedule".to_string(), source })?;
+        for (probe, schedule) in &self.schedules {
+            let plugin = probe.strip_prefix("plugin/").is_some_and(|name| self.probes.plugins.iter().any(|p| p.name == name));
+            if !plugin && !PROBE_NAMES.contains(&probe.as_str()) {
+                return Err(ConfigError::Invalid(format!("schedules names unknown probe {probe:?}")));
+            }
+            schedule.validate().map_err(|source| ConfigError::Schedule { probe: probe.clone(), source })?;
+        }
         let mut names = std::collections::HashSet::new();
         for plugin in &self.probes.plugins {
             if plugin.name.trim().is_empty() {
@@ -305,6 +326,19 @@ probes:
         assert_eq!(config.probes.rocm_smi.as_ref().map(|p| p.path.as_str()), Some("rocm-smi"));
         assert_eq!(config.probes.infiniband.as_ref().and_then(|p| p.min_rate_gbps), Some(400.0));
         assert_eq!(config.probes.plugins.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_probe_can_have_its_own_schedule() -> Result<(), ConfigError> {
+        let yaml =
+            "schedules:\n  iperf3: { interval: 10m, timeout: 1m }\nprobes:\n  iperf3: { peer: 10.0.0.2, min_gbits_per_second: 10 }\n";
+        let config = AgentConfig::from_yaml(yaml)?;
+        assert_eq!(config.schedule_for("iperf3").interval.0, Duration::from_secs(600));
+        assert_eq!(config.schedule_for("iperf3").failures_before_unhealthy, 3);
+        assert_eq!(config.schedule_for("nvidia-smi").interval.0, Duration::from_secs(30));
+        let typo = AgentConfig::from_yaml("schedules:\n  iperf: { interval: 10m, timeout: 1m }\n").err().map(|e| e.to_string());
+        assert!(typo.is_some_and(|e| e.contains("\"iperf\"")));
         Ok(())
     }
 

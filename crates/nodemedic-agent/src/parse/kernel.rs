@@ -14,6 +14,8 @@ use crate::verdict::Verdict;
 /// One kernel log line with its prefix taken off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelLine<'a> {
+    /// The kmsg sequence number (kmsg format only).
+    pub sequence: Option<u64>,
     /// Time since boot when the format carries it (kmsg, plain dmesg).
     pub since_boot: Option<Duration>,
     pub message: &'a str,
@@ -37,7 +39,8 @@ macro_rules! pattern {
 
 pattern!(KMSG, r"^(\d+),(\d+),(\d+),[^;]*;(.*)$");
 pattern!(DECODED, r"^[a-z]+\s*:[a-z]+\s*: (.*)$");
-pattern!(BRACKETED, r"^\[\s*([^\]]*)\]\s?(.*)$");
+// `[  12.345678]` (seconds since boot) or `[Sun Feb 23 16:24:18 2025]` (dmesg -T); not `[drm:…]` message text.
+pattern!(BRACKETED, r"^\[\s*(\d+\.\d+|[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d [\d:]+ \d{4})\]\s?(.*)$");
 pattern!(ISO, r"^\d{4}-\d{2}-\d{2}T\S+\s(.*)$");
 pattern!(JOURNAL, r"^[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \S+ kernel: (.*)$");
 pattern!(XID, r"NVRM: Xid \((?:PCI:)?([^)]*)\): (\d+),\s*(.*)$");
@@ -59,8 +62,9 @@ pub fn split_line(line: &str) -> Option<KernelLine<'_>> {
         return None;
     }
     if let Some(caps) = captures(&KMSG, line) {
+        let sequence: Option<u64> = group(&caps, 2).parse().ok();
         let micros: u64 = group(&caps, 3).parse().ok()?;
-        return Some(KernelLine { since_boot: Some(Duration::from_micros(micros)), message: group(&caps, 4) });
+        return Some(KernelLine { sequence, since_boot: Some(Duration::from_micros(micros)), message: group(&caps, 4) });
     }
     let mut rest = line;
     if let Some(caps) = captures(&DECODED, rest) {
@@ -69,15 +73,15 @@ pub fn split_line(line: &str) -> Option<KernelLine<'_>> {
     if let Some(caps) = captures(&BRACKETED, rest) {
         let stamp = group(&caps, 1).trim();
         let since_boot = stamp.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64);
-        return Some(KernelLine { since_boot, message: group(&caps, 2) });
+        return Some(KernelLine { sequence: None, since_boot, message: group(&caps, 2) });
     }
     if let Some(caps) = captures(&ISO, rest) {
-        return Some(KernelLine { since_boot: None, message: group(&caps, 1) });
+        return Some(KernelLine { sequence: None, since_boot: None, message: group(&caps, 1) });
     }
     if let Some(caps) = captures(&JOURNAL, rest) {
-        return Some(KernelLine { since_boot: None, message: group(&caps, 1) });
+        return Some(KernelLine { sequence: None, since_boot: None, message: group(&caps, 1) });
     }
-    Some(KernelLine { since_boot: None, message: rest })
+    Some(KernelLine { sequence: None, since_boot: None, message: rest })
 }
 
 /// Recognises a GPU fault in one message.
@@ -120,6 +124,31 @@ pub fn scan(text: &str, catalog: &Catalog) -> Vec<KernelEvent> {
         events.iter().filter(|e| e.key == FaultKey::NvidiaXid(79) && e.message.contains("Xid")).map(|e| short_pci(&e.device)).collect();
     events.retain(|e| !(is_off_bus_line(e) && xid79_devices.contains(&short_pci(&e.device))));
     events
+}
+
+/// Remembers the last kmsg sequence number seen, so a long-running agent that re-reads /dev/kmsg (or a saved
+/// copy) counts each record once. Lines without a sequence number (dmesg/journal text) always pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KmsgCursor {
+    pub last_sequence: Option<u64>,
+}
+
+impl KmsgCursor {
+    /// The lines of `text` not seen before, in order; the cursor moves past them.
+    pub fn fresh_lines<'a>(&mut self, text: &'a str) -> Vec<&'a str> {
+        let mut fresh = Vec::new();
+        for line in text.lines() {
+            match split_line(line).and_then(|l| l.sequence) {
+                Some(sequence) if self.last_sequence.is_some_and(|last| sequence <= last) => {}
+                Some(sequence) => {
+                    self.last_sequence = Some(sequence);
+                    fresh.push(line);
+                }
+                None => fresh.push(line),
+            }
+        }
+        fresh
+    }
 }
 
 fn short_pci(device: &str) -> String {
@@ -169,6 +198,20 @@ mod tests {
         let decoded = split_line("kern  :err   : 2026-01-07T10:02:00,123456-06:00 amdgpu 0000:01:00.0: {14}poison is consumed");
         assert_eq!(decoded.map(|l| l.message), Some("amdgpu 0000:01:00.0: {14}poison is consumed"));
         assert_eq!(split_line(" SUBSYSTEM=pci"), None);
+        let bare = split_line("[drm:amdgpu_job_timedout [amdgpu]] *ERROR* ring gfx_0.0.0 timeout");
+        assert_eq!(bare.map(|l| l.message), Some("[drm:amdgpu_job_timedout [amdgpu]] *ERROR* ring gfx_0.0.0 timeout"));
+        let dated = split_line("[Sun Feb 23 16:24:18 2025] NVRM: Xid (PCI:0000:9b:00): 119, pid=1");
+        assert_eq!(dated.map(|l| l.message), Some("NVRM: Xid (PCI:0000:9b:00): 119, pid=1"));
+    }
+
+    #[test]
+    fn a_kmsg_cursor_passes_each_record_once() {
+        let mut cursor = KmsgCursor::default();
+        let first = "4,10,100,-;NVRM: Xid (PCI:0000:3b:00): 13, a\n4,11,200,-;NVRM: Xid (PCI:0000:3b:00): 13, b\n";
+        assert_eq!(cursor.fresh_lines(first).len(), 2);
+        let again = format!("{first}4,12,300,-;NVRM: Xid (PCI:0000:3b:00): 13, c\n");
+        assert_eq!(cursor.fresh_lines(&again), vec!["4,12,300,-;NVRM: Xid (PCI:0000:3b:00): 13, c"]);
+        assert_eq!(cursor.last_sequence, Some(12));
     }
 
     #[test]
