@@ -35,6 +35,14 @@ pub fn load_catalog(config: &AgentConfig) -> Result<Catalog, CatalogError> {
     }
 }
 
+/// Time since boot from /proc/uptime: the clock kmsg records are stamped with, so lines without a stamp count
+/// as seen now on the same clock.
+pub fn uptime() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let seconds: f64 = text.split_whitespace().next()?.parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
 /// Runs every configured probe once, in a fixed order.
 pub fn run_once(config: &AgentConfig, catalog: &Catalog) -> Vec<ProbeReport> {
     let search = config.search_path.as_ref().map(|p| SearchPath(p.into())).unwrap_or_else(SearchPath::from_environment);
@@ -63,7 +71,7 @@ pub fn run_once(config: &AgentConfig, catalog: &Catalog) -> Vec<ProbeReport> {
         let source: PathBuf = probe.source.clone();
         reports.push(timed("kernel-log", || {
             let mut tracker = FaultTracker::new();
-            tools::kernel_log(&source, catalog, &mut tracker, Duration::ZERO)
+            tools::kernel_log(&source, catalog, &mut tracker, uptime().unwrap_or(Duration::ZERO))
         }));
     }
     if let Some(probe) = &probes.infiniband {

@@ -162,7 +162,8 @@ fn short_pci(device: &str) -> String {
 pub fn verdict(events: &[KernelEvent], catalog: &Catalog, tracker: &mut FaultTracker, now: Duration) -> (Verdict, Vec<Classification>) {
     let classifications: Vec<Classification> =
         events.iter().map(|e| tracker.observe(catalog, &short_pci(&e.device), &e.key, e.since_boot.unwrap_or(now))).collect();
-    let worst = classifications.iter().enumerate().max_by_key(|(position, c)| (c.action, usize::MAX - position));
+    // The strongest action wins; among equals the latest sighting, whose count is the highest.
+    let worst = classifications.iter().enumerate().max_by_key(|(position, c)| (c.action, *position));
     let verdict = match worst {
         None => Verdict::healthy("no GPU faults in the kernel log"),
         Some((position, worst)) => {
