@@ -86,6 +86,9 @@ pub fn run_once(config: &AgentConfig, catalog: &Catalog) -> Vec<ProbeReport> {
     if let Some(probe) = &probes.speedtest {
         reports.push(timed("speedtest", || tools::speedtest(probe, &search)));
     }
+    if let Some(probe) = &probes.disk {
+        reports.push(timed("disk", || tools::disk(probe)));
+    }
     for plugin in &probes.plugins {
         reports.push(timed(format!("plugin/{}", plugin.name), || run_plugin(plugin, &search)));
     }

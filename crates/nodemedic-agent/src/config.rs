@@ -198,6 +198,23 @@ fn default_ping_timeout() -> TextDuration {
     TextDuration(Duration::from_secs(15))
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskProbe {
+    /// Mount points that must be mounted read-write.
+    pub mounts: Vec<String>,
+    /// Less free space than this (percent, as `df` counts it) is unhealthy.
+    pub min_free_percent: f64,
+    /// Where the mount table is read from.
+    pub mounts_file: PathBuf,
+}
+
+impl Default for DiskProbe {
+    fn default() -> Self {
+        DiskProbe { mounts: vec!["/".to_string()], min_free_percent: 5.0, mounts_file: PathBuf::from("/proc/mounts") }
+    }
+}
+
 /// Every probe section; a present section turns the probe on.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -213,6 +230,7 @@ pub struct ProbesConfig {
     pub iperf3: Option<Iperf3Probe>,
     pub ping: Option<PingProbe>,
     pub speedtest: Option<SpeedtestProbe>,
+    pub disk: Option<DiskProbe>,
     pub plugins: Vec<PluginSpec>,
 }
 
@@ -242,7 +260,7 @@ pub struct AgentConfig {
 
 /// The probe names `check --once` reports, apart from `plugin/<name>`.
 pub const PROBE_NAMES: &[&str] =
-    &["nvml", "nvidia-smi", "rocm-smi", "amd-smi", "rocminfo", "dcgmi", "kernel-log", "infiniband", "ping", "iperf3", "speedtest"];
+    &["nvml", "nvidia-smi", "rocm-smi", "amd-smi", "rocminfo", "dcgmi", "kernel-log", "infiniband", "ping", "iperf3", "speedtest", "disk"];
 
 impl Default for AgentConfig {
     fn default() -> Self {

@@ -8,11 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, FaultTracker};
-use crate::config::{AmdSmiProbe, Iperf3Probe, NvidiaSmiFormat, NvidiaSmiProbe, PingProbe, RocmSmiProbe, SpeedtestProbe, ToolSpec};
+use crate::config::{
+    AmdSmiProbe, DiskProbe, Iperf3Probe, NvidiaSmiFormat, NvidiaSmiProbe, PingProbe, RocmSmiProbe, SpeedtestProbe, ToolSpec,
+};
 use crate::exec::{CommandOutput, ExecError, SearchPath, run_with_timeout};
-use crate::parse::{amd, dcgmi, infiniband, kernel, netperf, nvidia_smi};
+use crate::parse::{amd, dcgmi, disk, infiniband, kernel, netperf, nvidia_smi};
 use crate::probe::format_duration;
-use crate::verdict::{Health, Reason, Verdict};
+use crate::verdict::{Health, Reason, Verdict, worst_of};
 
 fn first_line(text: &str) -> &str {
     text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no output")
@@ -237,4 +239,23 @@ pub fn kernel_log(source: &Path, catalog: &Catalog, tracker: &mut FaultTracker, 
         }
         Err(error) => Verdict::unknown(Reason::ToolFailed, format!("reading {}: {error}", source.display())),
     }
+}
+
+/// Read-only and free-space checks for the configured mount points.
+pub fn disk(probe: &DiskProbe) -> Verdict {
+    let mounts = match std::fs::read_to_string(&probe.mounts_file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| disk::parse_mounts(&t).map_err(|e| e.to_string()))
+    {
+        Ok(mounts) => mounts,
+        Err(error) => return Verdict::unknown(Reason::OutputUnparseable, format!("{}: {error}", probe.mounts_file.display())),
+    };
+    let mut findings = vec![disk::read_only_verdict(&mounts, &probe.mounts)];
+    for point in &probe.mounts {
+        match disk::free_space(Path::new(point)) {
+            Ok(space) => findings.push(disk::free_space_verdict(point, &space, probe.min_free_percent)),
+            Err(error) => findings.push(Verdict::unknown(Reason::ToolFailed, error.to_string())),
+        }
+    }
+    worst_of(findings, format!("{} filesystems read-write with at least {}% free", probe.mounts.len(), probe.min_free_percent))
 }

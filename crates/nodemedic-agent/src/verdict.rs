@@ -115,6 +115,12 @@ reasons! {
     DcgmHealthDegraded,
     /// An ethernet link is down or slower than expected.
     NicLinkDown,
+    /// A watched filesystem is mounted read-only.
+    FilesystemReadOnly,
+    /// A watched mount point is not mounted.
+    MountMissing,
+    /// A watched filesystem has less free space than allowed.
+    DiskSpaceLow,
     /// A custom (node-problem-detector protocol) plugin reported a problem.
     CustomCheckProblem,
     /// A custom plugin exited with a code other than 0 or 1, or timed out.

@@ -245,3 +245,19 @@ fn kernel_log_probe_reads_a_saved_log_file() -> anyhow::Result<()> {
     assert_eq!(verdict.health, Health::Unknown);
     Ok(())
 }
+
+#[test]
+fn disk_probe_flags_a_read_only_root_and_low_space() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mounts = dir.path().join("mounts");
+    std::fs::write(&mounts, "/dev/nvme0n1p1 / ext4 ro,relatime 0 0\n")?;
+    let probe = nodemedic_agent::config::DiskProbe { mounts: vec!["/".to_string()], min_free_percent: 0.0, mounts_file: mounts.clone() };
+    let verdict = tools::disk(&probe);
+    assert_eq!((verdict.health, verdict.reason), (Health::Unhealthy, Reason::FilesystemReadOnly), "{verdict:?}");
+
+    std::fs::write(&mounts, "/dev/nvme0n1p1 / ext4 rw,relatime 0 0\n")?;
+    assert!(tools::disk(&probe).is_healthy());
+    let greedy = nodemedic_agent::config::DiskProbe { min_free_percent: 100.1, ..probe };
+    assert_eq!(tools::disk(&greedy).reason, Reason::DiskSpaceLow);
+    Ok(())
+}

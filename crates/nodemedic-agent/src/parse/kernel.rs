@@ -169,7 +169,18 @@ pub fn verdict(events: &[KernelEvent], catalog: &Catalog, tracker: &mut FaultTra
         Some((position, worst)) => {
             let device = events.get(position).map(|e| e.device.as_str()).unwrap_or("?");
             let others = classifications.len() - 1;
-            let tail = if others > 0 { format!(" ({others} more GPU kernel messages)") } else { String::new() };
+            let mut other_keys: Vec<String> = Vec::new();
+            for classification in &classifications {
+                let key = classification.key.to_string();
+                if classification.key != worst.key && !other_keys.contains(&key) {
+                    other_keys.push(key);
+                }
+            }
+            let tail = match (others, other_keys.is_empty()) {
+                (0, _) => String::new(),
+                (n, true) => format!(" ({n} more GPU kernel messages)"),
+                (n, false) => format!(" (also {}; {n} more GPU kernel messages)", other_keys.join(", ")),
+            };
             match worst.action.kernel_reason() {
                 Some(reason) => Verdict::unhealthy(reason, format!("{} on {device}{tail}", worst.reason)),
                 None if worst.action == ActionClass::Ignore => {

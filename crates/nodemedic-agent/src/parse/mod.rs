@@ -3,6 +3,7 @@
 
 pub mod amd;
 pub mod dcgmi;
+pub mod disk;
 pub mod ethtool;
 pub mod infiniband;
 pub mod kernel;
