@@ -1,9 +1,10 @@
-//! nodemedic-agent (pure half) owns what the node agent knows about hardware: parsers for GPU, kernel-log and
-//! network tool outputs with a verdict for each, the fault catalog (XID / SXid / amdgpu patterns → action class,
-//! with count-in-window escalation), the probe threshold machine that keeps verdicts from flapping, the
-//! node-problem-detector plugin protocol, tool runners with timeouts, and the `nodemedic-agent check --once`
-//! operator CLI. It must not touch Kubernetes: no kube or k8s-openapi dependency, no Node objects, no
-//! conditions written anywhere, and no reboot or reimage; the caller turns verdicts into Node conditions.
+//! nodemedic-agent (pure half) owns what the node agent knows about hardware: parsers for GPU, kernel-log,
+//! network and disk tool outputs with a verdict for each, the fault catalog (XID / SXid / amdgpu patterns →
+//! action class, with count-in-window escalation), the probe threshold machine that keeps verdicts from
+//! flapping, the node-problem-detector plugin protocol, tool runners with timeouts, and the
+//! `nodemedic-agent check --once` operator CLI. It must not touch Kubernetes: no kube or k8s-openapi
+//! dependency, no Node objects, no conditions written anywhere, and no reboot or reimage; the caller turns
+//! verdicts into Node conditions.
 
 pub mod catalog;
 pub mod check;
