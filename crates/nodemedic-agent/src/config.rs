@@ -348,6 +348,16 @@ probes:
     }
 
     #[test]
+    fn the_example_config_reads() -> Result<(), ConfigError> {
+        let config = AgentConfig::from_yaml(include_str!("../agent.example.yaml"))?;
+        assert_eq!(config.expected_gpus, Some(8));
+        assert_eq!(config.schedule_for("iperf3").interval.0, Duration::from_secs(600));
+        assert_eq!(config.probes.disk.as_ref().map(|d| d.mounts.len()), Some(2));
+        assert_eq!(config.probes.plugins.len(), 1);
+        Ok(())
+    }
+
+    #[test]
     fn a_probe_can_have_its_own_schedule() -> Result<(), ConfigError> {
         let yaml =
             "schedules:\n  iperf3: { interval: 10m, timeout: 1m }\nprobes:\n  iperf3: { peer: 10.0.0.2, min_gbits_per_second: 10 }\n";

@@ -45,7 +45,8 @@ pub fn probe(expected_gpus: Option<u32>, max_pcie_replays: u64) -> Verdict {
     }
 }
 
-fn probe_with(nvml: &Nvml, expected_gpus: Option<u32>, max_pcie_replays: u64) -> Verdict {
+/// Runs the NVML checks with an already initialised library (a long-running agent keeps one).
+pub fn probe_with(nvml: &Nvml, expected_gpus: Option<u32>, max_pcie_replays: u64) -> Verdict {
     let count = match nvml.device_count() {
         Ok(count) => count,
         Err(error) => return Verdict::unknown(Reason::NvmlUnavailable, format!("NVML device count: {error}")),
