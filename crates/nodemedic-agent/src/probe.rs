@@ -311,6 +311,21 @@ mod tests {
     }
 
     #[test]
+    fn a_tool_that_stops_answering_turns_unhealthy_into_unknown_only_after_the_threshold() {
+        let mut state = ProbeState::new(&ProbeSchedule::default());
+        let now = Instant::now();
+        for _ in 0..3 {
+            state.record(fail(), now);
+        }
+        let timed_out = Verdict::unknown(Reason::ToolTimedOut, "nvidia-smi did not finish within 20s");
+        state.record(timed_out.clone(), now);
+        state.record(timed_out.clone(), now);
+        assert_eq!(state.published(now).health, Health::Unhealthy);
+        state.record(timed_out, now);
+        assert_eq!(state.published(now).reason, Reason::ToolTimedOut);
+    }
+
+    #[test]
     fn a_never_run_probe_is_unknown_not_unhealthy() {
         let state = ProbeState::new(&ProbeSchedule::default());
         let verdict = state.published(Instant::now());

@@ -20,6 +20,8 @@ pub enum NvidiaSmiError {
     NoQuerySections,
     #[error("nvidia-smi CSV is empty")]
     EmptyCsv,
+    #[error("nvidia-smi CSV header names none of index, pci.bus_id, uuid, name, count, timestamp: {0:?}")]
+    NotCsvHeader(String),
     #[error("nvidia-smi CSV row {row} has {found} fields but the header has {expected}")]
     CsvWidth { row: usize, found: usize, expected: usize },
     #[error("nvidia-smi link status has no 'GPU n:' line")]
@@ -266,6 +268,10 @@ pub fn parse_query_text(text: &str) -> Result<NvidiaSmiReport, NvidiaSmiError> {
 pub fn parse_query_csv(text: &str) -> Result<NvidiaSmiReport, NvidiaSmiError> {
     let mut lines = text.lines().map(|l| l.trim_start_matches('\u{feff}')).filter(|l| !l.trim().is_empty());
     let header = lines.next().ok_or(NvidiaSmiError::EmptyCsv)?;
+    let known = ["index", "pci.bus_id", "uuid", "name", "count", "timestamp"];
+    if !header.split(',').any(|h| known.contains(&h.trim().split(" [").next().unwrap_or(""))) {
+        return Err(NvidiaSmiError::NotCsvHeader(header.chars().take(120).collect()));
+    }
     let names: Vec<String> = header
         .split(',')
         .map(|h| {
@@ -585,6 +591,12 @@ mod tests {
         assert_eq!(normalise_key("Pending Page Blacklist"), "pending_page_blacklist");
         assert_eq!(normalise_key("HW Power Brake Slowdown"), "hw_power_brake_slowdown");
         assert_eq!(normalise_key("Replays Since Reset"), "replays_since_reset");
+    }
+
+    #[test]
+    fn csv_without_a_known_column_is_not_taken_for_zero_gpus() {
+        assert!(matches!(parse_query_csv("No devices were found\n"), Err(NvidiaSmiError::NotCsvHeader(_))));
+        assert!(matches!(parse_query_csv(""), Err(NvidiaSmiError::EmptyCsv)));
     }
 
     #[test]
