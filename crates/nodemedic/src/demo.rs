@@ -294,7 +294,7 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario) -> Result<()> {
         for (n, i) in expired {
             state.lock().map_err(|_| anyhow::anyhow!("state lock"))?.active.remove(&n);
             publish(cp, &n, scenario.faults[i].kind, false, "probe passes again", &jiff::Timestamp::now().to_string()).await?;
-            println!("{} {:<11} {:<20} {}", elapsed(start), n, "FaultCleared", "the fault passed by itself; the agent's probe passes");
+            println!("{} {n:<11} FaultCleared         the fault passed by itself; the agent's probe passes", elapsed(start));
         }
         // The controller's decisions, as it published them.
         let mut events = Api::<K8sEvent>::namespaced(client.clone(), "default").list(&ListParams::default()).await?.items;
@@ -425,11 +425,7 @@ async fn agent_repair(
     let fault = state.lock().map_err(|_| anyhow::anyhow!("state lock"))?.active.get(node).map(|(i, _)| *i);
     let fixed = fault.is_none_or(|i| {
         let f = &scenario.faults[i];
-        match (f.fixed_by, step) {
-            (Some(FixedBy::Reboot), _) => true,
-            (Some(FixedBy::Reimage), RemediationStep::Reimage) => true,
-            _ => false,
-        }
+        matches!((f.fixed_by, step), (Some(FixedBy::Reboot), _) | (Some(FixedBy::Reimage), RemediationStep::Reimage))
     });
     let mut outcome = String::new();
     if let Some(i) = fault {

@@ -1,0 +1,378 @@
+//! The agent's configuration file (YAML): which probes run, where their tools are, and what the node should
+//! look like (GPU count, InfiniBand rate, iperf peer, custom plugins). A probe runs when its section is present.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::parse::infiniband::IbExpectations;
+use crate::plugin::PluginSpec;
+use crate::probe::{ProbeSchedule, ScheduleError, TextDuration};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading agent config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("agent config is invalid: {0}")]
+    Yaml(String),
+    #[error("agent config probe {probe}: {source}")]
+    Schedule { probe: String, source: ScheduleError },
+    #[error("agent config: {0}")]
+    Invalid(String),
+}
+
+/// A tool invocation: program (path or PATH name), arguments and timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSpec {
+    pub path: String,
+    pub args: Vec<String>,
+    pub timeout: TextDuration,
+}
+
+/// A probe section that runs one tool: `path`, `args`, `timeout`, plus the probe's own fields.
+macro_rules! tool_probe {
+    ($(#[$doc:meta])* $name:ident, $path:expr, [$($arg:expr),*], $timeout:expr $(, $(#[$fdoc:meta])* $field:ident : $ty:ty)*) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            pub path: String,
+            pub args: Vec<String>,
+            pub timeout: TextDuration,
+            $($(#[$fdoc])* pub $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    path: $path.to_string(),
+                    args: vec![$($arg.to_string()),*],
+                    timeout: TextDuration(Duration::from_secs($timeout)),
+                    $($field: Default::default(),)*
+                }
+            }
+        }
+
+        impl $name {
+            pub fn tool(&self) -> ToolSpec {
+                ToolSpec { path: self.path.clone(), args: self.args.clone(), timeout: self.timeout }
+            }
+        }
+    };
+}
+
+/// Which nvidia-smi output the configured arguments produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NvidiaSmiFormat {
+    /// `-q -x`
+    #[default]
+    Xml,
+    /// `-q` (any `-d`)
+    QueryText,
+    /// `--query-gpu=… --format=csv`
+    Csv,
+}
+
+tool_probe!(
+    /// `nvidia-smi` (the fallback for NVML).
+    NvidiaSmiProbe, "nvidia-smi", ["-q", "-x"], 20, format: NvidiaSmiFormat
+);
+tool_probe!(
+    /// `rocm-smi --json`.
+    RocmSmiProbe, "rocm-smi", ["--showuse", "--showtemp", "--showrasinfo", "all", "--json"], 20,
+    /// Dotted metric paths each card must report.
+    required_metrics: Vec<String>
+);
+tool_probe!(
+    /// `amd-smi … --json` (or `--csv`).
+    AmdSmiProbe, "amd-smi", ["metric", "--json"], 20,
+    /// Dotted metric paths each GPU must report.
+    required_metrics: Vec<String>
+);
+tool_probe!(
+    /// `rocminfo` (GPU agent count).
+    RocminfoProbe, "rocminfo", [], 20
+);
+tool_probe!(
+    /// `dcgmi health -c -j`.
+    DcgmiProbe, "dcgmi", ["health", "-c", "-j"], 20
+);
+tool_probe!(
+    /// Ookla `speedtest --format=json`.
+    SpeedtestProbe, "speedtest", ["--format=json", "--accept-license", "--accept-gdpr"], 60,
+    /// Download below this is unhealthy.
+    min_download_mbits_per_second: f64
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelLogProbe {
+    /// /dev/kmsg (read without blocking) or a saved log file.
+    pub source: PathBuf,
+}
+
+impl Default for KernelLogProbe {
+    fn default() -> Self {
+        KernelLogProbe { source: PathBuf::from("/dev/kmsg") }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InfinibandProbe {
+    pub sysfs_root: PathBuf,
+    pub expected_ports: Option<u32>,
+    pub min_rate_gbps: Option<f64>,
+    /// Only these devices are checked (all when empty).
+    pub devices: Vec<String>,
+}
+
+impl Default for InfinibandProbe {
+    fn default() -> Self {
+        InfinibandProbe {
+            sysfs_root: PathBuf::from("/sys/class/infiniband"),
+            expected_ports: None,
+            min_rate_gbps: None,
+            devices: Vec::new(),
+        }
+    }
+}
+
+impl InfinibandProbe {
+    pub fn expectations(&self) -> IbExpectations {
+        IbExpectations { expected_ports: self.expected_ports, min_rate_gbps: self.min_rate_gbps, devices: self.devices.clone() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Iperf3Probe {
+    pub peer: String,
+    #[serde(default = "default_iperf_path")]
+    pub path: String,
+    #[serde(default = "default_iperf_seconds")]
+    pub seconds: u32,
+    pub min_gbits_per_second: f64,
+    #[serde(default = "default_iperf_timeout")]
+    pub timeout: TextDuration,
+}
+
+fn default_iperf_path() -> String {
+    "iperf3".to_string()
+}
+fn default_iperf_seconds() -> u32 {
+    5
+}
+fn default_iperf_timeout() -> TextDuration {
+    TextDuration(Duration::from_secs(20))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PingProbe {
+    pub peer: String,
+    #[serde(default = "default_ping_path")]
+    pub path: String,
+    #[serde(default = "default_ping_count")]
+    pub count: u32,
+    #[serde(default)]
+    pub max_loss_percent: f64,
+    #[serde(default)]
+    pub max_avg_rtt_ms: Option<f64>,
+    #[serde(default = "default_ping_timeout")]
+    pub timeout: TextDuration,
+}
+
+fn default_ping_path() -> String {
+    "ping".to_string()
+}
+fn default_ping_count() -> u32 {
+    5
+}
+fn default_ping_timeout() -> TextDuration {
+    TextDuration(Duration::from_secs(15))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskProbe {
+    /// Mount points that must be mounted read-write.
+    pub mounts: Vec<String>,
+    /// Less free space than this (percent, as `df` counts it) is unhealthy.
+    pub min_free_percent: f64,
+    /// Where the mount table is read from.
+    pub mounts_file: PathBuf,
+}
+
+impl Default for DiskProbe {
+    fn default() -> Self {
+        DiskProbe { mounts: vec!["/".to_string()], min_free_percent: 5.0, mounts_file: PathBuf::from("/proc/mounts") }
+    }
+}
+
+/// Every probe section; a present section turns the probe on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    pub nvml: Option<NvmlProbe>,
+    pub nvidia_smi: Option<NvidiaSmiProbe>,
+    pub rocm_smi: Option<RocmSmiProbe>,
+    pub amd_smi: Option<AmdSmiProbe>,
+    pub rocminfo: Option<RocminfoProbe>,
+    pub dcgmi_health: Option<DcgmiProbe>,
+    pub kernel_log: Option<KernelLogProbe>,
+    pub infiniband: Option<InfinibandProbe>,
+    pub iperf3: Option<Iperf3Probe>,
+    pub ping: Option<PingProbe>,
+    pub speedtest: Option<SpeedtestProbe>,
+    pub disk: Option<DiskProbe>,
+    pub plugins: Vec<PluginSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NvmlProbe {}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// GPUs this node should have (usually from a node label); None skips the count check.
+    pub expected_gpus: Option<u32>,
+    /// PCIe replays since reset above which a GPU is unhealthy.
+    pub max_pcie_replays: u64,
+    /// PATH used to find tools (and given to them); the agent's own PATH when absent.
+    pub search_path: Option<String>,
+    /// A fault catalog replacing the embedded default.
+    pub catalog_file: Option<PathBuf>,
+    /// Schedule shared by all probes.
+    pub schedule: ProbeSchedule,
+    /// Per-probe schedules by probe name (as `check --once` prints them: `nvidia-smi`, `kernel-log`,
+    /// `plugin/<name>`…), replacing `schedule` for that probe.
+    pub schedules: BTreeMap<String, ProbeSchedule>,
+    pub probes: ProbesConfig,
+}
+
+/// The probe names `check --once` reports, apart from `plugin/<name>`.
+pub const PROBE_NAMES: &[&str] =
+    &["nvml", "nvidia-smi", "rocm-smi", "amd-smi", "rocminfo", "dcgmi", "kernel-log", "infiniband", "ping", "iperf3", "speedtest", "disk"];
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            expected_gpus: None,
+            max_pcie_replays: 1000,
+            search_path: None,
+            catalog_file: None,
+            schedule: ProbeSchedule::default(),
+            schedules: BTreeMap::new(),
+            probes: ProbesConfig::default(),
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn from_yaml(text: &str) -> Result<AgentConfig, ConfigError> {
+        let config: AgentConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        AgentConfig::from_yaml(&text)
+    }
+
+    /// The schedule that applies to `probe`.
+    pub fn schedule_for(&self, probe: &str) -> &ProbeSchedule {
+        self.schedules.get(probe).unwrap_or(&self.schedule)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.schedule.validate().map_err(|source| ConfigError::Schedule { probe: "schedule".to_string(), source })?;
+        for (probe, schedule) in &self.schedules {
+            let plugin = probe.strip_prefix("plugin/").is_some_and(|name| self.probes.plugins.iter().any(|p| p.name == name));
+            if !plugin && !PROBE_NAMES.contains(&probe.as_str()) {
+                return Err(ConfigError::Invalid(format!("schedules names unknown probe {probe:?}")));
+            }
+            schedule.validate().map_err(|source| ConfigError::Schedule { probe: probe.clone(), source })?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for plugin in &self.probes.plugins {
+            if plugin.name.trim().is_empty() {
+                return Err(ConfigError::Invalid("a plugin has an empty name".to_string()));
+            }
+            if !names.insert(plugin.name.as_str()) {
+                return Err(ConfigError::Invalid(format!("two plugins are named {:?}", plugin.name)));
+            }
+        }
+        if let Some(iperf) = &self.probes.iperf3
+            && !(iperf.min_gbits_per_second.is_finite() && iperf.min_gbits_per_second >= 0.0)
+        {
+            return Err(ConfigError::Invalid("iperf3.min_gbits_per_second must be a non-negative number".to_string()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_config_reads() -> Result<(), ConfigError> {
+        let yaml = r#"
+expected_gpus: 8
+schedule: { interval: 30s, timeout: 20s, jitter: 5s, failures_before_unhealthy: 3, passes_before_healthy: 2 }
+probes:
+  nvidia_smi: { path: /usr/bin/nvidia-smi, args: ["-q", "-x"], timeout: 15s }
+  rocm_smi: {}
+  infiniband: { sysfs_root: /sys/class/infiniband, min_rate_gbps: 400, expected_ports: 8 }
+  iperf3: { peer: 10.0.0.2, min_gbits_per_second: 100 }
+  ping: { peer: 10.0.0.1, max_loss_percent: 1 }
+  plugins:
+    - { name: ntp, path: /etc/npd/check_ntp.sh, timeout: 5s }
+"#;
+        let config = AgentConfig::from_yaml(yaml)?;
+        assert_eq!(config.expected_gpus, Some(8));
+        assert_eq!(config.probes.nvidia_smi.as_ref().map(|p| p.timeout.0), Some(Duration::from_secs(15)));
+        assert_eq!(config.probes.rocm_smi.as_ref().map(|p| p.path.as_str()), Some("rocm-smi"));
+        assert_eq!(config.probes.infiniband.as_ref().and_then(|p| p.min_rate_gbps), Some(400.0));
+        assert_eq!(config.probes.plugins.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn the_example_config_reads() -> Result<(), ConfigError> {
+        let config = AgentConfig::from_yaml(include_str!("../agent.example.yaml"))?;
+        assert_eq!(config.expected_gpus, Some(8));
+        assert_eq!(config.schedule_for("iperf3").interval.0, Duration::from_secs(600));
+        assert_eq!(config.probes.disk.as_ref().map(|d| d.mounts.len()), Some(2));
+        assert_eq!(config.probes.plugins.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_probe_can_have_its_own_schedule() -> Result<(), ConfigError> {
+        let yaml =
+            "schedules:\n  iperf3: { interval: 10m, timeout: 1m }\nprobes:\n  iperf3: { peer: 10.0.0.2, min_gbits_per_second: 10 }\n";
+        let config = AgentConfig::from_yaml(yaml)?;
+        assert_eq!(config.schedule_for("iperf3").interval.0, Duration::from_secs(600));
+        assert_eq!(config.schedule_for("iperf3").failures_before_unhealthy, 3);
+        assert_eq!(config.schedule_for("nvidia-smi").interval.0, Duration::from_secs(30));
+        let typo = AgentConfig::from_yaml("schedules:\n  iperf: { interval: 10m, timeout: 1m }\n").err().map(|e| e.to_string());
+        assert!(typo.is_some_and(|e| e.contains("\"iperf\"")));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let error = AgentConfig::from_yaml("probes:\n  nvidia_smy: {}\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("nvidia_smy"), "{error}");
+    }
+}
