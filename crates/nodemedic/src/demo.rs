@@ -543,6 +543,10 @@ async fn summary(cp: &ControlPlane, scenario: &Scenario, breaker_tripped_at: Opt
             );
         }
     }
+    match cp.kubectl(&["get", "nodehealthpolicies,noderemediations", "-o", "wide"]) {
+        Ok(out) => println!("\n$ kubectl get nodehealthpolicies,noderemediations -o wide\n{}", String::from_utf8_lossy(&out.stdout)),
+        Err(e) => println!("(kubectl: {e})"),
+    }
     println!(
         "inspect while it runs with --keep:  KUBECONFIG={} {} get nhp,nrem",
         cp.kubeconfig().display(),

@@ -1,0 +1,31 @@
+//! README's main command, end to end: `nodemedic demo` plays the built-in scenario on a real
+//! control plane with two controller replicas and must end with every node as the scenario expects.
+
+use std::process::Command;
+
+#[test]
+fn the_demo_scenario_ends_as_it_expects_and_kubectl_tells_the_story() -> anyhow::Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodemedic")).arg("demo").output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(stdout.contains("every node ended as the scenario expects"), "{stdout}");
+    for line in [
+        "RemediationStarted",
+        "StepStarted",
+        "AgentReported",
+        "Recovered",
+        "EscalatedToManual",
+        "SoftTaintAdded",
+        "SoftTaintRemoved",
+        "BreakerTripped",
+        "BreakerClosed",
+    ] {
+        assert!(stdout.contains(line), "the timeline shows {line}:\n{stdout}");
+    }
+    // kubectl's view: the policy's counts and the manual node's record.
+    let kubectl = stdout.split("$ kubectl get nodehealthpolicies,noderemediations").nth(1).unwrap_or_default();
+    assert!(kubectl.lines().any(|l| l.contains("nodehealthpolicy.nodemedic.io/demo") && l.contains("True")), "{kubectl}");
+    assert!(kubectl.lines().any(|l| l.contains("noderemediation.nodemedic.io/gpu-011") && l.contains("Manual")), "{kubectl}");
+    Ok(())
+}
