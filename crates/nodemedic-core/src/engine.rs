@@ -6,7 +6,7 @@
 
 use crate::eval::{Reason, RuleEval, Verdict, evaluate_rule, has_gpus, policy_gpu_vendors};
 use crate::observe::{NodeObservation, OperatorAction, ReportedOutcome, is_control_plane_label};
-use crate::policy::{Completion, GpuVendor, LadderStep, Policy, RemediationStep};
+use crate::policy::{Completion, ConditionStatus, GpuVendor, LadderStep, Policy, RemediationStep};
 use crate::record::{ActiveRemediation, NodeRecord, Phase, PolicyRecord, Records, Stage, StepHistory, StepOutcome};
 use crate::selector::label;
 use crate::time::{Duration, Time};
@@ -669,6 +669,14 @@ pub(crate) fn decide_with(
     }
 }
 
+/// A reboot or reimage reported done is believed once the node shows a new boot ID and is not
+/// NotReady; other steps (and nodes whose boot ID was unknown at the start) need only the report.
+fn rebooted(a: &ActiveRemediation, obs: &NodeObservation) -> bool {
+    let Some(before) = &a.boot_id_at_start else { return true };
+    let ready = obs.condition("Ready").is_none_or(|c| c.status == ConditionStatus::True);
+    obs.boot_id.as_ref().is_some_and(|now| now != before) && ready
+}
+
 /// Counts the disruptive steps in flight as the (updated) records say.
 fn in_flight(ctx: &Ctx, work: &[Work]) -> InFlight {
     let mut inflight = InFlight { total: 0, by_pool: HashMap::new() };
@@ -864,6 +872,7 @@ fn try_start(
         deadline: None,
         stage: Stage::Executing,
         executed: false,
+        boot_id_at_start: None,
         notified_at: None,
     });
     out.event(&node, EventKind::RemediationStarted, format!("node unhealthy: {why}"));
@@ -948,6 +957,7 @@ fn start_step(ctx: &Ctx, w: &mut Work, index: usize, holds_slot: bool, inflight:
     a.step_started_at = now;
     a.stage = Stage::Executing;
     a.executed = !ctx.policy.monitor_only;
+    a.boot_id_at_start = if matches!(ls.step, RemediationStep::Reboot | RemediationStep::Reimage) { w.obs.boot_id.clone() } else { None };
     a.deadline = (ls.step != RemediationStep::Manual).then_some(now + timeout);
     let attempt = record.attempt;
     if ls.step.is_disruptive() && !holds_slot {
@@ -1071,10 +1081,16 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                             end_step(ctx, w, StepOutcome::Failed, format!("executor reported failure: {msg}"), out);
                             continue;
                         }
-                        (Some((ReportedOutcome::Succeeded, at, _)), Completion::Reported) => at,
+                        (Some((ReportedOutcome::Succeeded, at, _)), Completion::Reported) if rebooted(&a, w.obs) => at,
                         (_, Completion::FixedWait) if a.deadline.is_some_and(|d| now >= d) => a.deadline.unwrap_or(now),
                         (_, Completion::Reported) if a.deadline.is_some_and(|d| now >= d) => {
-                            let reason = if a.executed {
+                            let reason = if report.is_some_and(|r| r.outcome == ReportedOutcome::Succeeded) {
+                                format!(
+                                    "the executor reported success, but within {} the node did not come back Ready with a new boot ID (still {})",
+                                    now.since(a.step_started_at),
+                                    w.obs.boot_id.as_deref().unwrap_or("unknown")
+                                )
+                            } else if a.executed {
                                 format!("no completion report within {}", now.since(a.step_started_at))
                             } else {
                                 "monitor-only: not executed".into()

@@ -28,6 +28,9 @@ pub struct NodeObservation {
     /// A person's request about this node (e.g. "resolved by hand").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_request: Option<OperatorRequest>,
+    /// `status.nodeInfo.bootID`: a reboot or reimage is done only once it has changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

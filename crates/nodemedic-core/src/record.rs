@@ -73,6 +73,10 @@ pub struct ActiveRemediation {
     pub stage: Stage,
     /// False in monitor-only mode: the step was decided and recorded but not executed.
     pub executed: bool,
+    /// The node's boot ID when a reboot or reimage started: the executor's success report counts
+    /// only once the node shows another one (and is Ready), so a report alone proves nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id_at_start: Option<String>,
     /// Set once the Manual escalation notice was sent, so it is sent once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notified_at: Option<Time>,

@@ -693,3 +693,53 @@ fn every_taint_change_says_why() {
         "{reason}"
     );
 }
+
+const REPORTED_REBOOT: &str = r#"
+rules:
+- name: gpu
+  check: {name: gpu, failures: 1}
+ladder:
+- {step: reboot, timeout: 10m, settle: 0s, verifyTimeout: 5m}
+- {step: reimage, timeout: 30m}
+- {step: manual}
+monitorOnly: false
+"#;
+
+fn stage(h: &Harness, name: &str) -> Option<Stage> {
+    h.records.nodes.get(name).and_then(|r| r.active.as_ref()).map(|a| a.stage.clone())
+}
+
+#[test]
+fn a_reboot_reported_done_counts_only_once_the_node_shows_a_new_boot_id() {
+    let policy = Policy::from_yaml(REPORTED_REBOOT).unwrap();
+    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    h.node("gpu-1").boot_id = Some("boot-1".into());
+    h.probe("gpu-1", "gpu", false);
+    assert_eq!(executes(&h.decide()), [("gpu-1".to_string(), RemediationStep::Reboot, 1)]);
+    h.advance(Duration::from_secs(30));
+    // The executor says done, but the node still runs the same boot: not believed.
+    h.report("gpu-1", ReportedOutcome::Succeeded);
+    let d = h.decide();
+    assert!(!d.events.iter().any(|e| e.kind == EventKind::StepSucceeded || e.kind == EventKind::StepFailed), "{:?}", d.events);
+    assert_eq!(stage(&h, "gpu-1"), Some(Stage::Executing));
+    // It comes back with a new boot ID: now the reboot is done and the checks are re-run.
+    h.advance(Duration::from_secs(30));
+    h.node("gpu-1").boot_id = Some("boot-2".into());
+    h.decide();
+    assert!(matches!(stage(&h, "gpu-1"), Some(Stage::Verifying { .. })), "{:?}", stage(&h, "gpu-1"));
+}
+
+#[test]
+fn a_reboot_whose_node_never_shows_a_new_boot_id_times_out_saying_so() {
+    let policy = Policy::from_yaml(REPORTED_REBOOT).unwrap();
+    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    h.node("gpu-1").boot_id = Some("boot-1".into());
+    h.probe("gpu-1", "gpu", false);
+    h.decide();
+    h.report("gpu-1", ReportedOutcome::Succeeded);
+    h.advance(Duration::from_mins(11));
+    let d = h.decide();
+    let timed_out = d.events.iter().find(|e| e.kind == EventKind::StepTimedOut).expect("timed out");
+    assert!(timed_out.message.contains("did not come back Ready with a new boot ID (still boot-1)"), "{}", timed_out.message);
+    assert_eq!(executes(&d), [("gpu-1".to_string(), RemediationStep::Reimage, 2)]);
+}

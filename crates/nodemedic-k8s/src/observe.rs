@@ -84,6 +84,7 @@ pub fn observe_node(node: &Node, remediation: Option<&NodeRemediation>) -> Resul
             return Err(err(format!("status.allocatable[{resource}]"), format!("`{}` is not a whole number of GPUs", q.0)));
         }
     }
+    obs.boot_id = status.and_then(|s| s.node_info.as_ref()).map(|i| i.boot_id.clone()).filter(|b| !b.is_empty());
     if let Some(st) = remediation.and_then(|r| r.status.as_ref()) {
         obs.step_report = st.step_report.clone();
         obs.operator_request = st.operator_request.clone();

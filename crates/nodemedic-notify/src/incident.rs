@@ -452,6 +452,7 @@ mod tests {
             deadline: None,
             stage: Stage::Executing,
             executed: true,
+            boot_id_at_start: None,
             notified_at: None,
         });
         let attempts = Attempt::all_from_record(&record);
