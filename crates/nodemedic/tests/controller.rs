@@ -2,18 +2,16 @@
 //! a real kube-apiserver with kwok nodes. An in-test "agent" plays the node side (reboots through
 //! the test environment, reports the attempt).
 
-use k8s_openapi::api::coordination::v1::Lease;
+mod common;
+
+use common::{Replica, agent_reboots, holder, http_get, record, setup, taints};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use nodemedic_controller::install_crds;
-use nodemedic_core::observe::{ReportedOutcome, StepReport};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use nodemedic_core::RemediationStep;
 use nodemedic_core::record::{Phase, StepOutcome};
-use nodemedic_core::{Policy, RemediationStep, Time};
-use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation, field_managers, report_step};
-use nodemedic_testenv::{ControlPlane, FakeNode, Options, wait_for};
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation};
+use nodemedic_testenv::{ControlPlane, Options, wait_for};
 use std::time::Duration;
 
 const POLICY: &str = r#"
@@ -26,94 +24,6 @@ ladder:
 - {step: manual}
 monitorOnly: false
 "#;
-
-/// One controller replica as a child process, killed when dropped.
-struct Replica {
-    name: String,
-    child: Child,
-    port: u16,
-}
-
-impl Replica {
-    fn start(cp: &ControlPlane, name: &str) -> anyhow::Result<Replica> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("nodemedic-e2e-{}-{name}.log", std::process::id())))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
-            .args(["controller", "--identity", name, "--lease-duration", "6", "--listen", &format!("127.0.0.1:{port}"), "--resync", "2"])
-            .env("KUBECONFIG", cp.kubeconfig())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        Ok(Replica { name: name.to_string(), child, port })
-    }
-
-    fn metrics(&self) -> String {
-        http_get(self.port, "/metrics").unwrap_or_default()
-    }
-
-    fn is_leader(&self) -> bool {
-        self.metrics().lines().any(|l| l.trim() == "nodemedic_leader 1")
-    }
-
-    fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        Command::new("kill").args([signal, &self.child.id().to_string()]).status()?;
-        Ok(())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(std::env::temp_dir().join(format!("nodemedic-e2e-{}-{}.log", std::process::id(), self.name)))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
-}
-
-fn taints(n: &Node) -> Vec<String> {
-    n.spec.as_ref().and_then(|s| s.taints.as_ref()).map(|t| t.iter().map(|t| t.key.clone()).collect()).unwrap_or_default()
-}
-
-async fn holder(cp: &ControlPlane) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(cp.client(), "default");
-    leases.get("nodemedic-controller").await.ok()?.spec?.holder_identity
-}
-
-async fn setup(cp: &ControlPlane, nodes: usize, policy: &str) -> anyhow::Result<()> {
-    install_crds(&cp.client()).await?;
-    cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), nodes).await?;
-    Api::<NodeHealthPolicy>::all(cp.client())
-        .create(&PostParams::default(), &NodeHealthPolicy::new("gpu-workers", NodeHealthPolicySpec { policy: Policy::from_yaml(policy)? }))
-        .await?;
-    Ok(())
-}
-
-async fn record(cp: &ControlPlane, node: &str) -> Option<nodemedic_core::NodeRecord> {
-    Api::<NodeRemediation>::all(cp.client()).get(node).await.ok()?.status.map(|s| s.record)
-}
-
-/// The agent's half of a reboot: new boot ID, report the attempt, the GPU check passes.
-async fn agent_reboots(cp: &ControlPlane, node: &str, attempt: u32) -> anyhow::Result<()> {
-    cp.simulate_reboot(node).await?;
-    let at = Time(jiff::Timestamp::now().as_millisecond());
-    let report = StepReport { attempt, outcome: ReportedOutcome::Succeeded, at, message: "rebooted".into() };
-    report_step(&cp.client(), field_managers::AGENT, node, &report).await?;
-    cp.set_node_condition(node, "GPUProblem", "False", "GPUsHealthy", "8 of 8 GPUs healthy").await?;
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_elect_one_leader_and_sigterm_hands_over_at_once() -> anyhow::Result<()> {
