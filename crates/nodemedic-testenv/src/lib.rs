@@ -357,6 +357,24 @@ impl ControlPlane {
         Ok(Client::try_from(config)?)
     }
 
+    /// Writes a kubeconfig that authenticates with `token` (a service account's, say) to `path`, for
+    /// running a process as that identity.
+    pub fn write_kubeconfig_with_token(&self, token: &str, path: &Path) -> Result<(), TestEnvError> {
+        let mut kc = Kubeconfig::read_from(&self.kubeconfig).map_err(|e| TestEnvError::Kubeconfig(e.to_string()))?;
+        for auth in &mut kc.auth_infos {
+            if let Some(info) = auth.auth_info.as_mut() {
+                info.client_certificate_data = None;
+                info.client_key_data = None;
+                info.client_certificate = None;
+                info.client_key = None;
+                info.token = Some(token.to_string().into());
+            }
+        }
+        // JSON is YAML: kubectl and kube read it as a kubeconfig.
+        let text = serde_json::to_string_pretty(&kc).map_err(|e| TestEnvError::Kubeconfig(e.to_string()))?;
+        std::fs::write(path, text).map_err(|e| TestEnvError::Kubeconfig(format!("writing {}: {e}", path.display())))
+    }
+
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
     }

@@ -1,0 +1,74 @@
+//! The shipped manifest is what a cluster runs: `deploy/controller.yaml` applies cleanly, and a
+//! controller authenticated as its service account (nothing more than that RBAC) does a whole
+//! remediation: leader Lease in its namespace, records, taints, Events, policy status.
+
+mod common;
+
+use common::{record, setup, taints};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use nodemedic_core::record::Phase;
+use nodemedic_testenv::{ControlPlane, Options, wait_for};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const POLICY: &str = r#"
+rules:
+- name: gpu
+  check: {name: gpu, failures: 1}
+ladder:
+- {step: drain, timeout: 1m}
+- {step: reboot, timeout: 10m, settle: 1s, verifyTimeout: 2m}
+- {step: manual}
+monitorOnly: false
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deploy_manifest_applies_and_its_rbac_is_enough_for_a_whole_remediation() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        setup(cp, 2, POLICY).await?;
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/controller.yaml");
+        let out = cp.kubectl(&["apply", "--server-side", "-f", manifest])?;
+        anyhow::ensure!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+        let out = cp.kubectl(&["create", "token", "nodemedic-controller", "-n", "nodemedic"])?;
+        anyhow::ensure!(out.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = dir.path().join("sa.kubeconfig");
+        cp.write_kubeconfig_with_token(&token, &kubeconfig)?;
+
+        let log = std::fs::File::create(dir.path().join("controller.log"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
+            .args(["controller", "--identity", "sa-replica", "--lease-namespace", "nodemedic", "--lease-duration", "6"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--resync", "2", "--log-format", "json"])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let result = async {
+            cp.set_node_condition("gpu-001", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
+            let nodes: Api<Node> = Api::all(cp.client());
+            wait_for(Duration::from_secs(40), "the drain and the reboot taint, as the service account", || async {
+                let rec = record(cp, "gpu-001").await?;
+                let tainted = taints(&nodes.get("gpu-001").await.ok()?).contains(&"nodemedic.io/repair-reboot".to_string());
+                (tainted && rec.phase == Phase::Remediating).then_some(())
+            })
+            .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let logs = std::fs::read_to_string(dir.path().join("controller.log")).unwrap_or_default();
+        result.map_err(|e| anyhow::anyhow!("{e}\n--- controller log\n{logs}"))?;
+        assert!(!logs.contains("forbidden"), "the RBAC lacks something:\n{logs}");
+        // JSON logs, one object per line.
+        let first = logs.lines().next().unwrap_or_default();
+        let parsed: serde_json::Value = serde_json::from_str(first).map_err(|e| anyhow::anyhow!("{e}: {first}"))?;
+        assert!(parsed.get("message").is_some() && parsed.get("level").is_some(), "{first}");
+        Ok(())
+    })
+    .await
+}
