@@ -67,6 +67,8 @@ async fn a_gpu_fault_is_rebooted_once_and_cleared_when_the_checks_pass() -> anyh
         assert_eq!(executor.calls(), [("gpu-001".to_string(), RemediationStep::Reboot, 1)]);
         let rec = remediations.get("gpu-001").await?.status.map(|s| s.record).unwrap_or_default();
         assert_eq!((rec.phase, rec.attempt), (Phase::Remediating, 1));
+        // The evidence is kept on the record for `kubectl describe`.
+        assert!(rec.diagnostics.iter().any(|d| d.rule == "gpu" && d.reason == "Unhealthy" && d.detail.contains("Xid 79")), "{rec:?}");
         let status = Api::<NodeHealthPolicy>::all(cp.client()).get("gpu-workers").await?.status.unwrap_or_default();
         assert_eq!((status.selected, status.unhealthy, status.remediating), (3, 1, 1));
         let cond = |t: &str| status.conditions.iter().find(|c| c.type_ == t).map(|c| c.status.clone());

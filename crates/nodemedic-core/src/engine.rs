@@ -7,7 +7,7 @@
 use crate::eval::{Reason, RuleEval, Verdict, evaluate_rule, has_gpus, policy_gpu_vendors};
 use crate::observe::{NodeObservation, OperatorAction, ReportedOutcome, is_control_plane_label};
 use crate::policy::{Completion, ConditionStatus, GpuVendor, LadderStep, Policy, RemediationStep};
-use crate::record::{ActiveRemediation, NodeRecord, Phase, PolicyRecord, Records, Stage, StepHistory, StepOutcome};
+use crate::record::{ActiveRemediation, Diagnostic, NodeRecord, Phase, PolicyRecord, Records, Stage, StepHistory, StepOutcome};
 use crate::selector::label;
 use crate::time::{Duration, Time};
 use serde::{Deserialize, Serialize};
@@ -939,17 +939,18 @@ fn start_step(ctx: &Ctx, w: &mut Work, index: usize, holds_slot: bool, inflight:
     let ls = &ctx.ladder[index];
     let class = ctx.policy.node_class(&w.obs.labels, has_gpus(&ctx.vendors, w.obs));
     let timeout = ls.timeout_for(class);
-    let checks: Vec<(String, String, String)> = if ls.step == RemediationStep::Manual {
-        ctx.policy
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.name.clone(), w.evals[i].reason.as_str().to_string(), describe(ctx, w, i)))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let checks: Vec<(String, String, String)> = ctx
+        .policy
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.clone(), w.evals[i].reason.as_str().to_string(), describe(ctx, w, i)))
+        .collect();
     let Some(record) = w.record.as_mut() else { return };
+    record.diagnostics = checks
+        .iter()
+        .map(|(rule, reason, detail)| Diagnostic { rule: rule.clone(), reason: reason.clone(), detail: detail.clone(), at: now })
+        .collect();
     let Some(a) = record.active.as_mut() else { return };
     record.attempt += 1;
     a.step_index = index;

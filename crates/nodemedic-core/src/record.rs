@@ -31,6 +31,20 @@ pub struct NodeRecord {
     pub failing_since: BTreeMap<String, Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<StepHistory>,
+    /// Every rule's verdict and evidence when the latest step started: what an operator reads in
+    /// `kubectl describe` to see why the node is where it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Diagnostic {
+    pub rule: String,
+    /// The verdict's reason (`Unhealthy`, `GPUCountMismatch`, `Stale`, …).
+    pub reason: String,
+    pub detail: String,
+    pub at: Time,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, PartialOrd, Ord, schemars::JsonSchema)]
