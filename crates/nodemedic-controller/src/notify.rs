@@ -415,7 +415,7 @@ pub fn incidents_for(
         .collect();
     let by_name: BTreeMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), n.as_ref())).collect();
     let objects: BTreeMap<&str, &NodeRemediation> = objects.iter().map(|o| (o.spec.node.as_str(), o.as_ref())).collect();
-    let view = |name: &'_ str| -> (Option<&Node>, Option<&NodeRecord>, Option<&NodeRemediation>) {
+    let view = |name: &str| {
         let object = objects.get(name).copied();
         let record = upserted.get(name).copied().or_else(|| object.and_then(|o| o.status.as_ref()).map(|s| &s.record));
         (by_name.get(name).copied(), record, object)

@@ -30,7 +30,12 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn new(identity: impl Into<String>) -> Self {
-        RunConfig { lease: LeaseConfig::new(identity), resync: Duration::from_secs(30), debounce: Duration::from_millis(200), notifications: None }
+        RunConfig {
+            lease: LeaseConfig::new(identity),
+            resync: Duration::from_secs(30),
+            debounce: Duration::from_millis(200),
+            notifications: None,
+        }
     }
 }
 

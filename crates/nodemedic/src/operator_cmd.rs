@@ -280,19 +280,35 @@ pub fn render_history(rec: &NodeRemediation, policy: Option<&NodeHealthPolicy>, 
     for h in &r.history {
         let ran = if h.executed { "" } else { " (monitor-only: not executed)" };
         rows.push(Row { at: h.started_at, what: "action", text: format!("step {} (attempt {}) started{ran}", h.step, h.attempt) });
-        rows.push(Row { at: h.ended_at, what: "outcome", text: format!("step {} (attempt {}) {}: {}", h.step, h.attempt, h.outcome.as_str(), h.reason) });
+        rows.push(Row {
+            at: h.ended_at,
+            what: "outcome",
+            text: format!("step {} (attempt {}) {}: {}", h.step, h.attempt, h.outcome.as_str(), h.reason),
+        });
     }
     if let Some(a) = &r.active {
         let until = a.deadline.map(|d| format!(", deadline {d}")).unwrap_or_default();
-        rows.push(Row { at: a.step_started_at, what: "action", text: format!("step {} (attempt {}) in progress{until}", a.step, r.attempt) });
+        rows.push(Row {
+            at: a.step_started_at,
+            what: "action",
+            text: format!("step {} (attempt {}) in progress{until}", a.step, r.attempt),
+        });
     }
     if let Some(p) = policy.and_then(|p| p.status.as_ref()) {
         for c in p.conditions.iter().filter(|c| (c.type_ == "Paused" || c.type_ == "BreakerOpen") && c.status == "True") {
-            rows.push(Row { at: Time(c.last_transition_time.0.as_millisecond()), what: "gate", text: format!("{}: {}", c.type_, c.message) });
+            rows.push(Row {
+                at: Time(c.last_transition_time.0.as_millisecond()),
+                what: "gate",
+                text: format!("{}: {}", c.type_, c.message),
+            });
         }
     }
     if let Some(s) = &status.step_report {
-        rows.push(Row { at: s.at, what: "outcome", text: format!("executor reported attempt {}: {:?} {}", s.attempt, s.outcome, s.message) });
+        rows.push(Row {
+            at: s.at,
+            what: "outcome",
+            text: format!("executor reported attempt {}: {:?} {}", s.attempt, s.outcome, s.message),
+        });
     }
     if let Some(o) = &status.operator_request {
         let verb = match o.action {

@@ -179,7 +179,8 @@ async fn manual_alert(alertmanager: &Alertmanager, node: &str) -> Result<Option<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_that_never_recovers_reaches_people_once_and_a_person_brings_it_back() -> Result<()> {
-    let sink = SmtpSink::start(SmtpSinkOptions { auth: Some(("nodemedic".into(), SMTP_PASSWORD.into())), ..SmtpSinkOptions::default() }).await?;
+    let sink =
+        SmtpSink::start(SmtpSinkOptions { auth: Some(("nodemedic".into(), SMTP_PASSWORD.into())), ..SmtpSinkOptions::default() }).await?;
     let alertmanager = Alertmanager::start().await?;
     let config_dir = tempfile::tempdir()?;
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
@@ -195,10 +196,13 @@ async fn a_node_that_never_recovers_reaches_people_once_and_a_person_brings_it_b
         ]}});
         nodes.patch_status("gpu-001", &PatchParams::default(), &Patch::Strategic(addresses)).await?;
         cp.set_node_condition("gpu-001", "GPUProblem", "True", "XidCritical", "Xid 119: GSP RPC timeout").await?;
-        wait_for(Duration::from_secs(60), "gpu-001 to reach Manual", || async { (phase(cp, "gpu-001").await? == Phase::Manual).then_some(()) })
-            .await?;
+        wait_for(Duration::from_secs(60), "gpu-001 to reach Manual", || async {
+            (phase(cp, "gpu-001").await? == Phase::Manual).then_some(())
+        })
+        .await?;
         let node = nodes.get("gpu-001").await?;
-        let ips: Vec<String> = node.status.as_ref().and_then(|s| s.addresses.clone()).unwrap_or_default().into_iter().map(|a| a.address).collect();
+        let ips: Vec<String> =
+            node.status.as_ref().and_then(|s| s.addresses.clone()).unwrap_or_default().into_iter().map(|a| a.address).collect();
         assert!(!ips.is_empty(), "the node shows its addresses");
         assert!(taints(&node).contains(&"nodemedic.io/repair-manual".to_string()), "{:?}", taints(&node));
 
@@ -207,7 +211,17 @@ async fn a_node_that_never_recovers_reaches_people_once_and_a_person_brings_it_b
         assert_eq!(mail["login"], "nodemedic");
         assert_eq!(mail["incidentKey"], "gpu-001/NodeManual/2");
         let text = mail["text"].as_str().unwrap_or_default();
-        for want in ["Node gpu-001", "cloud.google.com/gke-nodepool=pool-a", "nvidia.com/gpu.count=8", "GPUProblem=True", "Xid 119", "#1 reboot", "timed_out", "#2 manual", "Rule fired:    gpu"] {
+        for want in [
+            "Node gpu-001",
+            "cloud.google.com/gke-nodepool=pool-a",
+            "nvidia.com/gpu.count=8",
+            "GPUProblem=True",
+            "Xid 119",
+            "#1 reboot",
+            "timed_out",
+            "#2 manual",
+            "Rule fired:    gpu",
+        ] {
             assert!(text.contains(want), "`{want}` in the email:\n{text}");
         }
         for ip in &ips {
@@ -215,7 +229,9 @@ async fn a_node_that_never_recovers_reaches_people_once_and_a_person_brings_it_b
         }
 
         // An alert fires in Alertmanager with the same diagnostics.
-        let alert = peers::eventually("the NodeManual alert", Duration::from_secs(30), || async { manual_alert(&alertmanager, "gpu-001").await }).await?;
+        let alert =
+            peers::eventually("the NodeManual alert", Duration::from_secs(30), || async { manual_alert(&alertmanager, "gpu-001").await })
+                .await?;
         assert_eq!(alert["labels"]["policy"], "gpu-workers");
         let diagnostics = alert["annotations"]["diagnostics"].as_str().unwrap_or_default();
         assert!(diagnostics.contains("\"gpu-001\"") && diagnostics.contains("Xid 119"), "{diagnostics}");
@@ -247,8 +263,10 @@ async fn a_node_that_never_recovers_reaches_people_once_and_a_person_brings_it_b
         assert!(said.contains("resume requested by alice"), "{said}");
         tokio::time::sleep(Duration::from_millis(1100)).await;
         cp.set_node_condition("gpu-001", "GPUProblem", "False", "GPUsHealthy", "8 of 8 GPUs healthy").await?;
-        wait_for(Duration::from_secs(30), "gpu-001 back to Healthy", || async { (phase(cp, "gpu-001").await? == Phase::Healthy).then_some(()) })
-            .await?;
+        wait_for(Duration::from_secs(30), "gpu-001 back to Healthy", || async {
+            (phase(cp, "gpu-001").await? == Phase::Healthy).then_some(())
+        })
+        .await?;
         let record = remediation(cp, "gpu-001").await.and_then(|r| r.status).map(|s| s.record).context("record")?;
         let last = record.history.last().context("history")?;
         assert_eq!((last.step, last.outcome), (RemediationStep::Manual, StepOutcome::Recovered));
@@ -262,7 +280,15 @@ async fn a_node_that_never_recovers_reaches_people_once_and_a_person_brings_it_b
 
         // The story, as a timeline.
         let history = succeeds(cp, &["history", "gpu-001"])?;
-        for want in ["signal", "step reboot (attempt 1) started", "timed_out", "step manual (attempt 2)", "resume (repaired by hand) requested by alice", "gpu-001/NodeManual/2 to email-infra (try 1): delivered", "recovered"] {
+        for want in [
+            "signal",
+            "step reboot (attempt 1) started",
+            "timed_out",
+            "step manual (attempt 2)",
+            "resume (repaired by hand) requested by alice",
+            "gpu-001/NodeManual/2 to email-infra (try 1): delivered",
+            "recovered",
+        ] {
             assert!(history.contains(want), "`{want}` in the history:\n{history}");
         }
 
@@ -290,7 +316,10 @@ async fn operator_commands_change_what_they_should_and_record_who() -> Result<()
         assert!(annotation(&p, "nodemedic.io/pause-by").starts_with("bob at "), "{:?}", p.metadata.annotations);
         wait_for(Duration::from_secs(30), "Paused=True naming bob", || async {
             let st = policies.get("gpu-workers").await.ok()?.status?;
-            st.conditions.iter().any(|c| c.type_ == "Paused" && c.status == "True" && c.message.contains("bob: rack maintenance")).then_some(())
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Paused" && c.status == "True" && c.message.contains("bob: rack maintenance"))
+                .then_some(())
         })
         .await?;
 
@@ -310,10 +339,15 @@ async fn operator_commands_change_what_they_should_and_record_who() -> Result<()
 
         // abort: the ladder stops during the reboot and the node stays cordoned for a person.
         cp.set_node_condition("gpu-000", "GPUProblem", "True", "XidCritical", "Xid 79: GPU has fallen off the bus").await?;
-        wait_for(Duration::from_secs(30), "gpu-000 rebooting", || async { (phase(cp, "gpu-000").await? == Phase::Remediating).then_some(()) })
-            .await?;
+        wait_for(Duration::from_secs(30), "gpu-000 rebooting", || async {
+            (phase(cp, "gpu-000").await? == Phase::Remediating).then_some(())
+        })
+        .await?;
         let early = nodemedic(cp, &["resume", "gpu-000", "--as", "carol"])?;
-        assert!(!early.status.success() && String::from_utf8_lossy(&early.stderr).contains("nothing to resume"), "only a Manual node can be resumed");
+        assert!(
+            !early.status.success() && String::from_utf8_lossy(&early.stderr).contains("nothing to resume"),
+            "only a Manual node can be resumed"
+        );
         succeeds(cp, &["abort", "gpu-000", "--as", "carol"])?;
         wait_for(Duration::from_secs(30), "gpu-000 in Manual", || async { (phase(cp, "gpu-000").await? == Phase::Manual).then_some(()) })
             .await?;
