@@ -42,6 +42,20 @@ gates:
 monitorOnly: false
 "#;
 
+/// A breaker that trips when more than one node turns unhealthy within 5 minutes and stays open until a
+/// person resets it.
+const FRAGILE_BREAKER: &str = r#"
+rules:
+- name: gpu
+  condition: {type: GPUProblem, status: "True"}
+ladder:
+- {step: reboot, timeout: 10m}
+- {step: manual}
+gates:
+  circuitBreaker: {maxUnhealthy: 1, window: 5m, cooldown: 2s, manualReset: true}
+monitorOnly: false
+"#;
+
 const SMTP_PASSWORD: &str = "correct-horse-battery";
 const ALERTMANAGER_TOKEN: &str = "am-token-5f3a9c";
 
@@ -370,4 +384,67 @@ async fn operator_commands_change_what_they_should_and_record_who() -> Result<()
     })
     .await
     .map_err(|e| anyhow!("{e:#}"))
+}
+
+async fn breaker_alert(alertmanager: &Alertmanager) -> Result<Option<serde_json::Value>> {
+    Ok(alertmanager
+        .alerts()
+        .await?
+        .into_iter()
+        .find(|a| a["labels"]["alertname"] == "NodemedicBreakerTripped" && a["labels"]["policy"] == "gpu-workers"))
+}
+
+async fn breaker_open(policies: &Api<NodeHealthPolicy>) -> Option<bool> {
+    let status = policies.get("gpu-workers").await.ok()?.status?;
+    status.conditions.iter().find(|c| c.type_ == "BreakerOpen").map(|c| c.status == "True")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tripped_breaker_is_told_and_recorded_on_the_policy_and_reset_breaker_closes_it() -> Result<()> {
+    let sink =
+        SmtpSink::start(SmtpSinkOptions { auth: Some(("nodemedic".into(), SMTP_PASSWORD.into())), ..SmtpSinkOptions::default() }).await?;
+    let alertmanager = Alertmanager::start().await?;
+    let config_dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        setup(cp, FRAGILE_BREAKER).await?;
+        credentials(cp).await?;
+        let file = notifications_file(config_dir.path(), sink.port, &alertmanager.url)?;
+        let _controller = Controller::start(cp, "controller-1", Some(&file))?;
+        let policies: Api<NodeHealthPolicy> = Api::all(cp.client());
+
+        cp.set_node_condition("gpu-000", "GPUProblem", "True", "XidCritical", "Xid 79 (rack power event)").await?;
+        cp.set_node_condition("gpu-001", "GPUProblem", "True", "XidCritical", "Xid 79 (rack power event)").await?;
+        wait_for(Duration::from_secs(30), "the breaker to trip", || async { breaker_open(&policies).await.filter(|open| *open) }).await?;
+
+        // People hear about it once, by email and in Alertmanager, and the policy status records both.
+        let mail = sink.message(1).await?;
+        assert!(mail["incidentKey"].as_str().is_some_and(|k| k.starts_with("policy:gpu-workers/BreakerTripped/")), "{mail}");
+        peers::eventually("the breaker alert", Duration::from_secs(30), || async { breaker_alert(&alertmanager).await }).await?;
+        let recorded = wait_for(Duration::from_secs(30), "the deliveries on the policy status", || async {
+            let list = policies.get("gpu-workers").await.ok()?.status?.notifications;
+            let ok: Vec<String> = list.iter().filter(|n| n.ok && n.key.contains("/BreakerTripped/")).map(|n| n.channel.clone()).collect();
+            (ok.contains(&"email-infra".to_string()) && ok.contains(&"alertmanager".to_string())).then_some(list)
+        })
+        .await?;
+        assert!(recorded.iter().all(|n| n.key.starts_with("policy:gpu-workers/")), "{recorded:?}");
+
+        // The cooldown passes, but a manual-reset breaker stays open until a person resets it.
+        cp.set_node_condition("gpu-001", "GPUProblem", "False", "GPUsHealthy", "8 of 8 GPUs healthy").await?;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(breaker_open(&policies).await, Some(true));
+        succeeds(cp, &["reset-breaker", "gpu-workers", "--as", "dave"])?;
+        wait_for(Duration::from_secs(30), "the breaker to close", || async { breaker_open(&policies).await.filter(|open| !*open) }).await?;
+        peers::eventually("the breaker alert to be resolved", Duration::from_secs(30), || async {
+            Ok(breaker_alert(&alertmanager).await?.is_none().then_some(()))
+        })
+        .await?;
+        let p = policies.get("gpu-workers").await?;
+        assert!(annotation(&p, "nodemedic.io/reset-breaker-by").starts_with("dave at "));
+        let list = p.status.map(|s| s.notifications).unwrap_or_default();
+        assert!(list.iter().any(|n| n.ok && n.channel == "alertmanager" && n.key.contains("/BreakerReset/")), "{list:?}");
+        assert_eq!(sink.message_count()?, 1, "the reset (info) is not mailed to a critical-only channel");
+        Ok::<(), anyhow::Error>(())
+    })
+    .await
 }
