@@ -332,3 +332,37 @@ pub fn render_history(rec: &NodeRemediation, policy: Option<&NodeHealthPolicy>, 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_reads_as_a_timeline_from_the_signal_to_the_notification() -> Result<()> {
+        let rec: NodeRemediation = serde_json::from_value(serde_json::json!({
+            "apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeRemediation",
+            "metadata": {"name": "gpu-011"},
+            "spec": {"node": "gpu-011", "policy": "gpu-workers"},
+            "status": {
+                "node": "gpu-011", "phase": "Manual", "attempt": 2,
+                "active": {"trigger": "gpu", "reason": "rule `gpu` Unhealthy: Xid 119", "startedAt": "2026-11-21T10:00:01Z",
+                           "unhealthySince": "2026-11-21T10:00:00Z", "stepIndex": 1, "step": "manual",
+                           "stepStartedAt": "2026-11-21T10:00:04Z", "stage": {"name": "executing"}, "executed": true},
+                "history": [{"attempt": 1, "step": "reboot", "startedAt": "2026-11-21T10:00:01Z", "endedAt": "2026-11-21T10:00:04Z",
+                             "outcome": "timedOut", "reason": "no completion report within 3s", "executed": true}],
+                "operatorRequest": {"action": "resolve", "by": "alice", "at": "2026-11-21T11:00:00Z"},
+                "notifications": [{"key": "gpu-011/NodeManual/2", "channel": "email-infra", "attempt": 1, "ok": true,
+                                   "at": "2026-11-21T10:00:05Z"}]
+            }
+        }))?;
+        let text = render_history(&rec, None, &[]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "Node gpu-011 (policy gpu-workers): phase Manual, attempt 2");
+        let order: Vec<&str> = lines[1..].iter().filter_map(|l| l.split_whitespace().nth(1)).collect();
+        assert_eq!(order, ["signal", "rule", "action", "outcome", "action", "notification", "operator"], "{text}");
+        assert!(text.contains("step reboot (attempt 1) timed_out: no completion report within 3s"), "{text}");
+        assert!(text.contains("gpu-011/NodeManual/2 to email-infra (try 1): delivered"), "{text}");
+        assert!(text.contains("resume (repaired by hand) requested by alice"), "{text}");
+        Ok(())
+    }
+}
