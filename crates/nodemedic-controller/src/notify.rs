@@ -445,10 +445,10 @@ pub fn incidents_for(
 
 /// The incidents that must not be lost across a restart: every node waiting in Manual, every open
 /// breaker. Submitted again at start; the dispatcher skips the channels that already have them.
-pub fn standing_incidents(
-    policies: &[NodeHealthPolicy],
-    objects: &[NodeRemediation],
-    nodes: &BTreeMap<String, Node>,
+pub fn standing_incidents<'a>(
+    policies: impl IntoIterator<Item = &'a NodeHealthPolicy>,
+    objects: impl IntoIterator<Item = &'a NodeRemediation>,
+    node: impl Fn(&str) -> Option<&'a Node>,
     probe_results: usize,
     now: Time,
 ) -> Vec<Incident> {
@@ -467,11 +467,40 @@ pub fn standing_incidents(
             continue;
         }
         let name = o.spec.node.as_str();
-        let v = NodeView { policy: &o.spec.policy, node: nodes.get(name), name, record: Some(record), object: Some(o) };
+        let v = NodeView { policy: &o.spec.policy, node: node(name), name, record: Some(record), object: Some(o) };
         let summary = format!("node {name} needs a person: automated repair did not fix it ({})", active.reason);
         out.push(node_incident(&v, IncidentKind::NodeManual, record.attempt, &summary, None, probe_results, active.step_started_at));
     }
     out
+}
+
+/// The standing incidents no status has any delivery try for: decided, but never handed over (the
+/// pass that decided them failed after persisting, or the replica stopped before submitting).
+pub fn unattempted_incidents<'a>(
+    policies: &'a [Arc<NodeHealthPolicy>],
+    objects: &'a [Arc<NodeRemediation>],
+    nodes: &'a [Arc<Node>],
+    probe_results: usize,
+    now: Time,
+) -> Vec<Incident> {
+    let tried: BTreeSet<&str> = objects
+        .iter()
+        .filter_map(|o| o.status.as_ref().map(|s| &s.notifications))
+        .chain(policies.iter().filter_map(|p| p.status.as_ref().map(|s| &s.notifications)))
+        .flatten()
+        .map(|n| n.key.as_str())
+        .collect();
+    let by_name: BTreeMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), n.as_ref())).collect();
+    standing_incidents(
+        policies.iter().map(AsRef::as_ref),
+        objects.iter().map(AsRef::as_ref),
+        |name| by_name.get(name).copied(),
+        probe_results,
+        now,
+    )
+    .into_iter()
+    .filter(|i| !tried.contains(i.key.as_str()))
+    .collect()
 }
 
 /// Writes each delivery outcome to the status of the object it is about, under the notifier's field
@@ -570,7 +599,7 @@ impl Notifier {
         let (dispatcher, outcomes) = Dispatcher::start(routes, self.config.dispatcher_config(), delivered);
         tokio::spawn(record_outcomes(self.client.clone(), outcomes));
         let mut running = Running { dispatcher, backlog: Vec::new() };
-        let standing = standing_incidents(&policies, &objects, &nodes, self.config.probe_results, crate::now());
+        let standing = standing_incidents(&policies, &objects, |name| nodes.get(name), self.config.probe_results, crate::now());
         submit_all(&mut running, standing);
         self.running = Some(running);
         Ok(())
@@ -584,6 +613,14 @@ impl Notifier {
         }
     }
 
+    /// Hands over, once per pass, what was decided but never tried (see [`unattempted_incidents`]);
+    /// the dispatcher skips what it is delivering or has delivered.
+    pub fn catch_up(&mut self, policies: &[Arc<NodeHealthPolicy>], nodes: &[Arc<Node>], objects: &[Arc<NodeRemediation>]) {
+        let Some(running) = self.running.as_mut() else { return };
+        let missing = unattempted_incidents(policies, objects, nodes, self.config.probe_results, crate::now());
+        submit_all(running, missing);
+    }
+
     /// Queues the incidents a decision calls for; never waits.
     pub fn on_decision(&mut self, policy: &NodeHealthPolicy, decision: &Decision, nodes: &[Arc<Node>], objects: &[Arc<NodeRemediation>]) {
         let Some(running) = self.running.as_mut() else { return };
@@ -595,7 +632,7 @@ impl Notifier {
 fn submit_all(running: &mut Running, incidents: Vec<Incident>) {
     let queued: Vec<Incident> = std::mem::take(&mut running.backlog).into_iter().chain(incidents).collect();
     for incident in queued {
-        tracing::info!(key = %incident.key, kind = %incident.kind, "notification queued");
+        tracing::debug!(key = %incident.key, kind = %incident.kind, "notification queued");
         match running.dispatcher.submit(incident) {
             Ok(()) => {}
             Err(SubmitError::QueueFull(incident)) => running.backlog.push(*incident),
@@ -687,6 +724,36 @@ mod tests {
         assert!(list.iter().any(|n| n.ok), "the delivery survives the trimming");
         let delivered = delivered_pairs([list.as_slice()]);
         assert_eq!(delivered, BTreeSet::from([("n/NodeManual/1".to_string(), "email".to_string())]));
+    }
+
+    fn manual_record(tried: serde_json::Value, executed: bool) -> Result<NodeRemediation, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeRemediation",
+            "metadata": {"name": "gpu-011"},
+            "spec": {"node": "gpu-011", "policy": "gpu-workers"},
+            "status": {
+                "node": "gpu-011", "phase": "Manual", "attempt": 3,
+                "active": {"trigger": "gpu", "reason": "Xid 119", "startedAt": "2026-11-21T10:00:01Z",
+                           "unhealthySince": "2026-11-21T10:00:00Z", "stepIndex": 2, "step": "manual",
+                           "stepStartedAt": "2026-11-21T10:05:00Z", "stage": {"name": "executing"}, "executed": executed},
+                "notifications": tried,
+            }
+        }))
+    }
+
+    #[test]
+    fn a_manual_node_nobody_tried_to_tell_is_told_and_one_already_tried_is_left_to_the_dispatcher() -> Result<(), serde_json::Error> {
+        let untold = Arc::new(manual_record(serde_json::json!([]), true)?);
+        let missing = unattempted_incidents(&[], std::slice::from_ref(&untold), &[], 5, Time(0));
+        assert_eq!(missing.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["gpu-011/NodeManual/3"]);
+        assert_eq!((missing[0].rule.as_deref(), missing[0].attempts.len()), (Some("gpu"), 1));
+        let tried = serde_json::json!([{"key": "gpu-011/NodeManual/3", "channel": "email", "attempt": 1, "ok": false,
+                                        "error": "refused", "at": "2026-11-21T10:05:01Z"}]);
+        let told = Arc::new(manual_record(tried, true)?);
+        assert!(unattempted_incidents(&[], &[told], &[], 5, Time(0)).is_empty());
+        let monitor_only = Arc::new(manual_record(serde_json::json!([]), false)?);
+        assert!(unattempted_incidents(&[], &[monitor_only], &[], 5, Time(0)).is_empty(), "nothing was done to the node");
+        Ok(())
     }
 
     #[test]

@@ -151,6 +151,9 @@ pub async fn run(
         {
             tracing::error!(error = %e, "notifications could not start; retrying on the next pass");
         }
+        if let Some(n) = notifier.as_mut() {
+            n.catch_up(&policies.state(), &snapshot, &records.state());
+        }
         let now = now();
         for name in &current {
             let before = policies.get(&reflector::ObjectRef::new(name));
