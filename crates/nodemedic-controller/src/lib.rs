@@ -19,6 +19,7 @@ pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod run;
 
 use events::publish_events;
@@ -141,6 +142,7 @@ impl<'e> Reconciler<'e> {
             let status = NodeHealthPolicyStatus {
                 observed_generation: policy.metadata.generation,
                 conditions: conditions(policy.status.as_ref(), &[("Valid", false, "InvalidPolicy", e.to_string())]),
+                notifications: Vec::new(),
                 ..policy.status.clone().unwrap_or_default()
             };
             self.fenced().await?;
@@ -219,6 +221,8 @@ impl<'e> Reconciler<'e> {
             remediating: sum.remediating as u64,
             manual: sum.manual as u64,
             record: breaker.clone(),
+            // Owned by the notifier's field manager; this apply leaves them alone.
+            notifications: Vec::new(),
         };
         self.write_policy_status(policy_name, &policy, status).await?;
         let acted = self.act(policy_name, &decision).await;
@@ -250,7 +254,8 @@ impl<'e> Reconciler<'e> {
         policy: &NodeHealthPolicy,
         status: NodeHealthPolicyStatus,
     ) -> Result<(), ControllerError> {
-        if policy.status.as_ref() == Some(&status) {
+        let notifications = policy.status.as_ref().map(|s| s.notifications.clone()).unwrap_or_default();
+        if policy.status.as_ref() == Some(&NodeHealthPolicyStatus { notifications, ..status.clone() }) {
             return Ok(());
         }
         let api: Api<NodeHealthPolicy> = Api::all(self.client.clone());

@@ -24,11 +24,18 @@ pub struct RunConfig {
     pub resync: Duration,
     /// Wait this long after a change before reconciling, so a burst of watch events is one pass.
     pub debounce: Duration,
+    /// Tell people about the engine's events (see [`crate::notify`]); nobody is told when None.
+    pub notifications: Option<crate::notify::NotificationsConfig>,
 }
 
 impl RunConfig {
     pub fn new(identity: impl Into<String>) -> Self {
-        RunConfig { lease: LeaseConfig::new(identity), resync: Duration::from_secs(30), debounce: Duration::from_millis(200) }
+        RunConfig {
+            lease: LeaseConfig::new(identity),
+            resync: Duration::from_secs(30),
+            debounce: Duration::from_millis(200),
+            notifications: None,
+        }
     }
 }
 
@@ -88,6 +95,7 @@ pub async fn run(
     futures::pin_mut!(shutdown);
     let mut known_policies: BTreeSet<String> = BTreeSet::new();
     let mut wake_at: Option<tokio::time::Instant> = None;
+    let mut notifier = config.notifications.clone().map(|c| crate::notify::Notifier::new(client.clone(), c));
     let mut leading = leadership.is_leader();
     metrics.set_leader(leading);
     loop {
@@ -115,6 +123,7 @@ pub async fn run(
         }
         wake_at = None;
         if !leading {
+            notifier.iter_mut().for_each(|n| n.stand_by());
             continue;
         }
         // Nothing is decided on a half-filled cache: wait for every watch's first list.
@@ -137,10 +146,22 @@ pub async fn run(
             metrics: Some(metrics.as_ref()),
             fence: Some(&leadership),
         };
+        if let Some(n) = notifier.as_mut()
+            && let Err(e) = n.ensure_started().await
+        {
+            tracing::error!(error = %e, "notifications could not start; retrying on the next pass");
+        }
+        if let Some(n) = notifier.as_mut() {
+            n.catch_up(&policies.state(), &snapshot, &records.state());
+        }
         let now = now();
         for name in &current {
+            let before = policies.get(&reflector::ObjectRef::new(name));
             match reconciler.reconcile_with(name, Some(&snapshot), now).await {
                 Ok(decision) => {
+                    if let (Some(n), Some(policy)) = (notifier.as_mut(), before) {
+                        n.on_decision(&policy, &decision, &snapshot, &records.state());
+                    }
                     if let Some(next) = decision.next_wakeup {
                         let after = Duration::from_millis(next.0.saturating_sub(now.0).max(0) as u64);
                         let at = tokio::time::Instant::now() + after;

@@ -1043,6 +1043,23 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
     // Bounded: each pass either changes the stage or stops.
     for _ in 0..8 {
         let Some(a) = w.active().cloned() else { return false };
+        let abort = w.obs.operator_request.as_ref().filter(|r| r.action == OperatorAction::Abort && r.at >= a.started_at);
+        if let Some(req) = abort
+            && a.step != RemediationStep::Manual
+        {
+            // A person stops the ladder: the step in flight ends, nothing else runs, the node stays
+            // cordoned under the Manual taint until someone resolves it.
+            let msg = format!("ladder aborted by {} at {}; the node stays cordoned for a person", req.by, req.at);
+            if matches!(a.stage, Stage::AwaitingNext { .. }) {
+                if let Some(h) = w.record.as_mut().and_then(|r| r.history.last_mut()) {
+                    h.reason = format!("{}; {msg}", h.reason);
+                }
+            } else {
+                end_step(ctx, w, StepOutcome::Failed, msg, out);
+            }
+            start_step(ctx, w, ctx.ladder.len() - 1, a.step.is_disruptive(), inflight, out);
+            return false;
+        }
         let ls = &ctx.ladder[a.step_index.min(ctx.ladder.len() - 1)];
         match a.stage {
             Stage::Executing => match a.step {
@@ -1294,5 +1311,59 @@ pub fn apply(decision: &Decision, fleet: &mut [NodeObservation], records: &mut R
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::OperatorRequest;
+    use crate::presets;
+    use crate::testkit::{EPOCH, Harness, gpu_node};
+
+    fn on_reboot() -> Harness {
+        let mut policy = presets::seed000();
+        policy.monitor_only = false;
+        let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+        for _ in 0..3 {
+            h.probe("gpu-1", "gpu", false);
+            h.decide();
+            h.advance(Duration::from_secs(30));
+        }
+        h
+    }
+
+    fn request(h: &mut Harness, action: OperatorAction, by: &str) {
+        let now = h.now;
+        h.node("gpu-1").operator_request = Some(OperatorRequest { action, by: by.into(), at: now });
+    }
+
+    #[test]
+    fn an_abort_stops_the_ladder_and_keeps_the_node_cordoned_for_a_person() {
+        let mut h = on_reboot();
+        assert_eq!(h.taints("gpu-1"), ["repair-reboot"]);
+        request(&mut h, OperatorAction::Abort, "carol");
+        let d = h.decide();
+        let record = &h.records.nodes["gpu-1"];
+        assert_eq!(record.phase, Phase::Manual);
+        assert_eq!(h.taints("gpu-1"), ["repair-manual"], "still cordoned, no reboot taint");
+        let last = record.history.last().map(|s| (s.step, s.outcome, s.reason.contains("aborted by carol")));
+        assert_eq!(last, Some((RemediationStep::Reboot, StepOutcome::Failed, true)));
+        assert!(d.actions.iter().all(|a| !matches!(a, Action::Execute { .. })), "no further step runs");
+        assert!(d.actions.iter().any(|a| matches!(a, Action::Notify { .. })), "people are told");
+        // The request stays on the object: deciding again changes nothing.
+        h.advance(Duration::from_hours(2));
+        let again = h.decide();
+        assert!(again.record_changes.is_empty() && again.actions.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn an_abort_from_an_earlier_remediation_is_ignored() {
+        let mut h = on_reboot();
+        let earlier = h.now - Duration::from_hours(1);
+        h.node("gpu-1").operator_request = Some(OperatorRequest { action: OperatorAction::Abort, by: "carol".into(), at: earlier });
+        h.decide();
+        assert_eq!(h.records.nodes["gpu-1"].phase, Phase::Remediating);
+        assert_eq!(h.taints("gpu-1"), ["repair-reboot"]);
     }
 }

@@ -113,6 +113,9 @@ pub struct OperatorRequest {
 pub enum OperatorAction {
     /// The node was repaired by hand: leave Manual once the checks pass.
     Resolve,
+    /// Stop the automated ladder now and keep the node cordoned: it goes straight to Manual (the
+    /// `repair-manual` taint) and waits for a person, who ends it with `Resolve`.
+    Abort,
 }
 
 impl NodeObservation {

@@ -63,6 +63,29 @@ pub struct NodeHealthPolicyStatus {
     /// The engine's durable per-policy state (the circuit breaker).
     #[serde(default, flatten)]
     pub record: PolicyRecord,
+    /// Every try at telling people about the policy (the breaker), written by the notifier under its own
+    /// field manager.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationRecord>,
+}
+
+/// One try at delivering one notification to one channel, as recorded in a status. The `ok` entries are
+/// what the controller reloads after a restart so that nothing is sent twice.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationRecord {
+    /// The incident's idempotency key (`<node>/<kind>/<attempt>`, `policy:<policy>/<kind>/<millis>`).
+    pub key: String,
+    pub channel: String,
+    /// 1 for the first try.
+    pub attempt: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at: nodemedic_core::Time,
+    /// The last failed try: no more retries until the incident is submitted again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gave_up: bool,
 }
 
 /// One node's remediation record: what happened, what is in flight, and why. Named after the node.
@@ -103,6 +126,9 @@ pub struct NodeRemediationStatus {
     pub operator_request: Option<OperatorRequest>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Every try at telling people about this node, written by the notifier under its own field manager.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationRecord>,
 }
 
 /// CEL rules for what a structural schema cannot say, each with the message `kubectl` shows.
@@ -193,6 +219,7 @@ pub mod field_managers {
     pub const DRAIN: &str = "nodemedic-drain";
     pub const EXECUTOR: &str = "nodemedic-executor";
     pub const OPERATOR: &str = "nodemedic-operator";
+    pub const NOTIFIER: &str = "nodemedic-notifier";
 }
 
 /// Reports how a step ended on the node's NodeRemediation (`status.stepReport`), server-side

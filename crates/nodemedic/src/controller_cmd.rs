@@ -36,6 +36,10 @@ pub struct ControllerArgs {
     /// command, noop. Default: drain by eviction, reboot and reimage by the node agent.
     #[arg(long)]
     pub executors: Option<std::path::PathBuf>,
+    /// Who is told about nodes that need a person, the breaker, lemons and timeouts (YAML, see
+    /// docs/notifications.md): channels, what each gets, credentials by Secret reference.
+    #[arg(long)]
+    pub notifications: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -73,6 +77,15 @@ async fn shutdown_signal() {
     }
 }
 
+/// Reads and checks a notifications file; its Secrets are read once the controller leads.
+pub fn load_notifications(path: &std::path::Path) -> Result<nodemedic_controller::notify::NotificationsConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: nodemedic_controller::notify::NotificationsConfig =
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    config.validate().with_context(|| path.display().to_string())?;
+    Ok(config)
+}
+
 pub async fn controller(args: ControllerArgs) -> Result<()> {
     init_logging(args.log_format);
     let mut kube_config = kube::Config::infer().await.context("reading the Kubernetes client configuration (kubeconfig or in-cluster)")?;
@@ -106,6 +119,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
         ..config.lease
     };
     config.resync = std::time::Duration::from_secs(args.resync.max(1));
+    config.notifications = args.notifications.as_deref().map(load_notifications).transpose()?;
     let executors: ExecutorsConfig = match &args.executors {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;

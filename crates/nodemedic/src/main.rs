@@ -13,6 +13,7 @@ use std::time::Instant;
 
 mod controller_cmd;
 mod demo;
+mod operator_cmd;
 
 #[derive(Parser)]
 #[command(name = "nodemedic", version, about = "Keeps Kubernetes GPU clusters healthy: detect, quarantine, repair, escalate — safely.")]
@@ -58,6 +59,8 @@ enum Command {
     },
     /// Run the controller (one replica; run two or more with leader election).
     Controller(controller_cmd::ControllerArgs),
+    #[command(flatten)]
+    Operator(operator_cmd::OperatorCommand),
     /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
     /// kwok) with fake GPU nodes for use with kubectl; stops on Ctrl-C or SIGTERM.
     DevCluster {
@@ -302,6 +305,11 @@ fn main() -> Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(demo::demo(demo::DemoArgs { scenario, keep })),
+        Command::Operator(cmd) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(operator_cmd::run(cmd)),
         Command::Simulate(args) => run_simulate(args),
         Command::Validate { policy } => {
             let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;
