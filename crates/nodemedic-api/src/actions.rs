@@ -15,6 +15,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -77,14 +78,10 @@ async fn ensure_leader(state: &ApiState) -> Result<(), ApiError> {
     Err(e)
 }
 
-async fn post_action(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> (StatusCode, Json<ActionResponse>) {
+async fn post_action(State(state): State<ApiState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     match post_action_inner(&state, &headers, body).await {
-        Ok(id) => (StatusCode::OK, Json(ActionResponse { id: Some(id), ..Default::default() })),
-        Err(e) => (e.status, Json(e.body)),
+        Ok(id) => (StatusCode::OK, Json(ActionResponse { id: Some(id), ..Default::default() })).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -222,6 +219,10 @@ async fn gates(
     let nodes =
         Api::<Node>::all(state.client.clone()).list(&ListParams::default()).await.map_err(|e| ApiError::kube("listing nodes", e))?.items;
     let now = Time(jiff::Timestamp::now().as_millisecond());
+    // Nodes already cordoned (by a person or an earlier action) are out of service too, though no
+    // record of the engine says so.
+    let cordoned: Vec<String> =
+        nodes.iter().filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)).map(|n| n.name_any()).collect();
     let mut refusals = Vec::new();
     for policy in &policies {
         if policy.validate().is_err() {
@@ -246,7 +247,7 @@ async fn gates(
         if let Some(st) = &policy.status {
             records.policy = st.record.clone();
         }
-        let check = may_take_out(&policy.spec.policy, &fleet, &records, out_of_service, repairs, now);
+        let check = may_take_out(&policy.spec.policy, &fleet, &records, out_of_service, repairs, &cordoned, now);
         for h in check.holds {
             refusals.push((h.gate.as_str().to_string(), format!("policy {name}, gate {}: {}", h.gate.as_str(), h.message)));
         }

@@ -157,3 +157,16 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_answer_says_when_to_retry_and_an_unauthenticated_one_how_to_authenticate() {
+        let standby = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not the leader").into_response();
+        assert_eq!(standby.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"5"[..]));
+        let anonymous = ApiError::new(StatusCode::UNAUTHORIZED, "no token").into_response();
+        assert_eq!(anonymous.headers().get(header::WWW_AUTHENTICATE).map(|v| v.as_bytes()), Some(&b"Bearer"[..]));
+    }
+}

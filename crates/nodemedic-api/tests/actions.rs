@@ -42,7 +42,7 @@ async fn every_action_type_does_what_seed_002_says_and_tells_it_in_events() -> a
         nodemedic_controller::install_crds(&cp.client()).await?;
         install_jobset_crd(cp).await?;
         fleet(cp).await?;
-        create_jobset(cp, "default", "trainer", "slice-b-001", "slice-b-002").await?;
+        create_jobset(cp, "default", "trainer", "slice-b-000", "slice-b-001").await?;
         let api = serve(cp, no_auth(), None).await?;
 
         // A dry run checks and tells, and changes nothing.
@@ -50,11 +50,11 @@ async fn every_action_type_does_what_seed_002_says_and_tells_it_in_events() -> a
         assert_eq!(status, 200, "{body}");
         let id = body["id"].as_str().unwrap_or_default().to_string();
         assert!(!id.is_empty() && body.get("error").is_none(), "{body}");
-        assert!(!unschedulable(cp, "slice-a-001").await?, "a dry run cordons nothing");
+        assert!(!unschedulable(cp, "slice-a-000").await?, "a dry run cordons nothing");
         let (_, record) = api.get(&format!("/actions/{id}")).await?;
         assert_eq!(record["state"], "DryRun");
-        assert_eq!(record["steps"][0], "would cordon node slice-a-001");
-        let notes = event_notes(cp, "slice-a-001", "ManualActionDryRun").await?;
+        assert_eq!(record["steps"][0], "would cordon node slice-a-000");
+        let notes = event_notes(cp, "slice-a-000", "ManualActionDryRun").await?;
         assert!(notes.iter().any(|n| n.contains("alice@example.com") && n.contains("ICI link errors")), "{notes:?}");
 
         // The preflight refuses a slice that is missing a node, and passes a complete one.
@@ -64,22 +64,25 @@ async fn every_action_type_does_what_seed_002_says_and_tells_it_in_events() -> a
         assert_eq!(body["field"], "preflight_checks.expected_node_counts");
         assert!(body["error"].as_str().unwrap_or_default().contains("needs 3"), "{body}");
         assert!(body["id"].is_string(), "the id is returned with the error: {body}");
-        assert!(!unschedulable(cp, "slice-b-001").await?);
+        assert!(!unschedulable(cp, "slice-b-000").await?);
 
         // cordon_nodepool: every node of the pool.
         let (status, body) =
             api.post(&with(with(request("cordon_nodepool", "slice-a"), "preflight_checks", preflight), "id", json!("cordon-a"))).await?;
         assert_eq!((status, body.clone()), (200, json!({"id": "cordon-a"})));
-        for n in ["slice-a-001", "slice-a-002", "slice-a-003"] {
+        for n in ["slice-a-000", "slice-a-001", "slice-a-002"] {
             assert!(unschedulable(cp, n).await?, "{n} cordoned");
             let notes = event_notes(cp, n, "Cordoned").await?;
-            assert!(notes.iter().any(|t| t.contains("alice@example.com") && t.contains("ICI link errors") && t.contains("cordon-a")), "{notes:?}");
+            assert!(
+                notes.iter().any(|t| t.contains("alice@example.com") && t.contains("ICI link errors") && t.contains("cordon-a")),
+                "{notes:?}"
+            );
         }
-        assert!(!unschedulable(cp, "spare-001").await?, "other pools untouched");
+        assert!(!unschedulable(cp, "spare-000").await?, "other pools untouched");
         let (status, record) = api.get("/actions/cordon-a").await?;
         assert_eq!(status, 200);
         assert_eq!(record["state"], "Succeeded");
-        assert_eq!(record["nodes"], json!(["slice-a-001", "slice-a-002", "slice-a-003"]));
+        assert_eq!(record["nodes"], json!(["slice-a-000", "slice-a-001", "slice-a-002"]));
 
         // The same id twice is a conflict.
         let (status, body) = api.post(&with(request("cordon_nodepool", "slice-a"), "id", json!("cordon-a"))).await?;
@@ -89,7 +92,7 @@ async fn every_action_type_does_what_seed_002_says_and_tells_it_in_events() -> a
         let restart = with(request("cordon_nodepool_and_restart_jobset", "slice-b"), "jobset_name", json!("trainer"));
         let (status, body) = api.post(&restart).await?;
         assert_eq!(status, 200, "{body}");
-        assert!(unschedulable(cp, "slice-b-001").await? && unschedulable(cp, "slice-b-002").await?);
+        assert!(unschedulable(cp, "slice-b-000").await? && unschedulable(cp, "slice-b-001").await?);
         assert!(pod_deleted(cp, "default", "trainer-workers-0-0").await?, "the leader pod is deleted");
         assert!(!pod_deleted(cp, "default", "trainer-workers-0-1").await?, "the other pod is left alone");
         let notes = event_notes(cp, "trainer", "JobSetRestarted").await?;
@@ -102,34 +105,34 @@ async fn every_action_type_does_what_seed_002_says_and_tells_it_in_events() -> a
         assert_eq!((status, body["field"].clone()), (404, json!("jobset_name")), "no leader pod left: {body}");
 
         // repair_nodepool: the test provider replaces the node (a new Node object, same name).
-        let before = uid(cp, "spare-001").await?;
+        let before = uid(cp, "spare-000").await?;
         let (status, body) = api.post(&request("repair_nodepool", "spare")).await?;
         assert_eq!(status, 200, "{body}");
-        let after = uid(cp, "spare-001").await?;
-        assert!(after.is_some() && after != before, "spare-001 was recreated");
-        assert!(!unschedulable(cp, "spare-001").await?, "repair_nodepool does not cordon");
-        let notes = event_notes(cp, "spare-001", "RepairRequested").await?;
+        let after = uid(cp, "spare-000").await?;
+        assert!(after.is_some() && after != before, "spare-000 was recreated");
+        assert!(!unschedulable(cp, "spare-000").await?, "repair_nodepool does not cordon");
+        let notes = event_notes(cp, "spare-000", "RepairRequested").await?;
         assert!(notes.iter().any(|n| n.contains("recreate-node") && n.contains("alice@example.com")), "{notes:?}");
 
         // cordon_and_repair_nodepool: cordon, then replace one instance.
-        let before = uid(cp, "spare-001").await?;
+        let before = uid(cp, "spare-000").await?;
         let (status, body) = api.post(&request("cordon_and_repair_nodepool", "spare")).await?;
         assert_eq!(status, 200, "{body}");
-        assert_ne!(uid(cp, "spare-001").await?, before);
+        assert_ne!(uid(cp, "spare-000").await?, before);
         let id = body["id"].as_str().unwrap_or_default().to_string();
         let (_, record) = api.get(&format!("/actions/{id}")).await?;
-        assert_eq!(record["steps"][0], "cordoned node spare-001");
+        assert_eq!(record["steps"][0], "cordoned node spare-000");
         assert!(record["steps"][1].as_str().unwrap_or_default().contains("deleted and created again"), "{record}");
 
         // cordon_node and repair_node act on one node.
         let one = |t: &str, node: &str| json!({"requestor": "bob", "type": t, "node_name": node, "reason": "XID 79"});
-        let (status, body) = api.post(&one("cordon_node", "spare-001")).await?;
+        let (status, body) = api.post(&one("cordon_node", "spare-000")).await?;
         assert_eq!(status, 200, "{body}");
-        assert!(unschedulable(cp, "spare-001").await?);
-        let before = uid(cp, "spare-001").await?;
-        let (status, body) = api.post(&one("repair_node", "spare-001")).await?;
+        assert!(unschedulable(cp, "spare-000").await?);
+        let before = uid(cp, "spare-000").await?;
+        let (status, body) = api.post(&one("repair_node", "spare-000")).await?;
         assert_eq!(status, 200, "{body}");
-        assert_ne!(uid(cp, "spare-001").await?, before);
+        assert_ne!(uid(cp, "spare-000").await?, before);
 
         // 404s name the field.
         let (status, body) = api.post(&request("cordon_nodepool", "no-such-pool")).await?;
@@ -156,7 +159,7 @@ async fn every_action_type_does_what_seed_002_says_and_tells_it_in_events() -> a
         let (status, nodes) = api.get("/nodes").await?;
         assert_eq!(status, 200);
         assert_eq!(nodes["total"], 6);
-        assert_eq!(nodes["nodes"][0]["name"], "slice-a-001");
+        assert_eq!(nodes["nodes"][0]["name"], "slice-a-000");
         assert_eq!(nodes["nodes"][0]["node_pool"], "slice-a");
         assert_eq!(nodes["nodes"][0]["unschedulable"], true);
         let (status, doc) = api.get("/openapi.json").await?;
@@ -175,19 +178,21 @@ async fn a_replica_that_does_not_hold_the_lease_refuses_writes_and_names_the_lea
         let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "nodemedic-controller", "namespace": "default"},
             "spec": {"holderIdentity": "replica-a", "leaseDurationSeconds": 60, "renewTime": now}}))?;
         Api::<Lease>::namespaced(cp.client(), "default").create(&PostParams::default(), &lease).await?;
-        let lease_of = |identity: &str| LeaderLease { namespace: "default".into(), name: "nodemedic-controller".into(), identity: identity.into() };
+        let lease_of =
+            |identity: &str| LeaderLease { namespace: "default".into(), name: "nodemedic-controller".into(), identity: identity.into() };
         let standby = serve(cp, ApiConfig { leader: Some(lease_of("replica-b")), ..no_auth() }, None).await?;
         let resp = standby.http.post(format!("{}/actions", standby.url)).json(&request("cordon_nodepool", "pool")).send().await?;
-        assert_eq!(resp.status().as_u16(), 503);
-        assert!(resp.headers().get("retry-after").is_some(), "Retry-After is set");
+        let (status, retry_after) = (resp.status().as_u16(), resp.headers().get("retry-after").cloned());
         let body: serde_json::Value = resp.json().await?;
+        assert_eq!(status, 503, "{body}");
+        assert!(retry_after.is_some(), "Retry-After is set: {body}");
         assert_eq!(body["leader"], "replica-a");
-        assert!(!unschedulable(cp, "n-001").await?);
+        assert!(!unschedulable(cp, "n-000").await?);
 
         let leader = serve(cp, ApiConfig { leader: Some(lease_of("replica-a")), ..no_auth() }, None).await?;
         let (status, body) = leader.post(&request("cordon_nodepool", "pool")).await?;
         assert_eq!(status, 200, "{body}");
-        assert!(unschedulable(cp, "n-001").await?);
+        assert!(unschedulable(cp, "n-000").await?);
         Ok::<_, anyhow::Error>(())
     })
     .await

@@ -56,45 +56,45 @@ async fn the_policys_gates_hold_a_manual_action_unless_forced_and_a_remediation_
         let api = serve(cp, no_auth(), None).await?;
 
         // One node out leaves three healthy: allowed. A second would leave two: refused by minHealthy.
-        let (status, body) = api.post(&cordon("gpu-001")).await?;
+        let (status, body) = api.post(&cordon("gpu-000")).await?;
         assert_eq!(status, 200, "{body}");
-        let (status, body) = api.post(&cordon("gpu-002")).await?;
+        let (status, body) = api.post(&cordon("gpu-001")).await?;
         assert_eq!(status, 409, "{body}");
         assert_eq!(body["gates"], json!(["min_healthy"]));
         assert!(body["error"].as_str().unwrap_or_default().contains("policy gpu-workers"), "{body}");
-        assert!(!unschedulable(cp, "gpu-002").await?);
+        assert!(!unschedulable(cp, "gpu-001").await?);
 
         // force overrides the gate, and the record and an event say so.
         let forced = {
-            let mut v = cordon("gpu-002");
+            let mut v = cordon("gpu-001");
             v["force"] = json!(true);
             v["id"] = json!("forced-1");
             v
         };
         let (status, body) = api.post(&forced).await?;
         assert_eq!(status, 200, "{body}");
-        assert!(unschedulable(cp, "gpu-002").await?);
+        assert!(unschedulable(cp, "gpu-001").await?);
         let (_, record) = api.get("/actions/forced-1").await?;
         assert!(record["forced_gates"][0].as_str().unwrap_or_default().contains("min_healthy"), "{record}");
-        let notes = event_notes(cp, "gpu-002", "SafetyGateOverridden").await?;
+        let notes = event_notes(cp, "gpu-001", "SafetyGateOverridden").await?;
         assert!(notes.iter().any(|n| n.contains("carol") && n.contains("min_healthy")), "{notes:?}");
 
         // A node in the middle of a remediation is not the API's to touch: 409 naming the node.
         let records: Api<NodeRemediation> = Api::all(cp.client());
         records
-            .create(&PostParams::default(), &NodeRemediation::new("gpu-004", NodeRemediationSpec { node: "gpu-004".into(), policy: "other".into() }))
+            .create(&PostParams::default(), &NodeRemediation::new("gpu-003", NodeRemediationSpec { node: "gpu-003".into(), policy: "other".into() }))
             .await?;
-        let status_body = json!({"apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeRemediation", "metadata": {"name": "gpu-004"},
-            "status": {"node": "gpu-004", "phase": "Remediating", "attempt": 1, "active": {
+        let status_body = json!({"apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeRemediation", "metadata": {"name": "gpu-003"},
+            "status": {"node": "gpu-003", "phase": "Remediating", "attempt": 1, "active": {
                 "trigger": "gpu", "reason": "Xid 79", "startedAt": "2026-11-21T10:00:00Z", "unhealthySince": "2026-11-21T10:00:00Z",
                 "stepIndex": 0, "step": "reboot", "stepStartedAt": "2026-11-21T10:00:00Z", "stage": {"name": "executing"}, "executed": true}}});
-        records.patch_status("gpu-004", &PatchParams::apply(field_managers::CONTROLLER).force(), &Patch::Apply(&status_body)).await?;
-        let mut in_flight = cordon("gpu-004");
+        records.patch_status("gpu-003", &PatchParams::apply(field_managers::CONTROLLER).force(), &Patch::Apply(&status_body)).await?;
+        let mut in_flight = cordon("gpu-003");
         in_flight["force"] = json!(true);
         let (status, body) = api.post(&in_flight).await?;
         assert_eq!(status, 409, "{body}");
         assert_eq!(body["field"], "node_name");
-        assert!(body["error"].as_str().unwrap_or_default().contains("gpu-004 is being remediated (step reboot)"), "{body}");
+        assert!(body["error"].as_str().unwrap_or_default().contains("gpu-003 is being remediated (step reboot)"), "{body}");
 
         // GET /nodes shows the remediation.
         let (_, nodes) = api.get("/nodes").await?;
@@ -147,7 +147,7 @@ async fn with_auth_on_a_token_needs_rbac_permission_and_the_api_speaks_tls() -> 
         let (status, answer) = api.post_raw(body.clone(), Some(&token)).await?;
         assert_eq!(status, 403, "{answer}");
         assert!(answer["error"].as_str().unwrap_or_default().contains("system:serviceaccount:default:oncall"), "{answer}");
-        assert!(!unschedulable(cp, "n-001").await?);
+        assert!(!unschedulable(cp, "n-000").await?);
 
         // Granted `create` on actions.nodemedic.io: 200, and the record names the authenticated user.
         let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "nodemedic-actions"},
@@ -165,7 +165,7 @@ async fn with_auth_on_a_token_needs_rbac_permission_and_the_api_speaks_tls() -> 
         })
         .await?;
         assert_eq!(allowed.0, 200, "{}", allowed.1);
-        assert!(unschedulable(cp, "n-001").await?);
+        assert!(unschedulable(cp, "n-000").await?);
         let id = allowed.1["id"].as_str().unwrap_or_default().to_string();
         let resp = api.http.get(format!("{}/actions/{id}", api.url)).bearer_auth(&token).send().await?;
         assert_eq!(resp.status().as_u16(), 200);

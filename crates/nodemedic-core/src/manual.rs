@@ -41,12 +41,15 @@ impl GateCheck {
 
 /// May `out_of_service` (cordoned or repaired) be taken out now, `repairs` of them by a disruptive
 /// repair? `repairs` should be a subset of `out_of_service`; a repaired node is out of service too.
+/// `already_out` are nodes out of service by other hands (cordoned by a person or an earlier
+/// action) that the engine's own records do not know about: they do not count as healthy either.
 pub fn may_take_out(
     policy: &Policy,
     fleet: &[NodeObservation],
     records: &Records,
     out_of_service: &[String],
     repairs: &[String],
+    already_out: &[String],
     now: Time,
 ) -> GateCheck {
     let by_name: BTreeMap<&str, &NodeObservation> = fleet.iter().map(|n| (n.name.as_str(), n)).collect();
@@ -82,9 +85,10 @@ pub fn may_take_out(
     }
 
     // The fleet as it would be: the nodes in question are no longer counted healthy.
-    let rest: Vec<NodeObservation> = fleet.iter().filter(|n| !taken.contains(&n.name)).cloned().collect();
+    let gone = |name: &String| taken.contains(name) || already_out.contains(name);
+    let rest: Vec<NodeObservation> = fleet.iter().filter(|n| !gone(&n.name)).cloned().collect();
     let mut rest_records = records.clone();
-    rest_records.nodes.retain(|name, _| !taken.contains(name));
+    rest_records.nodes.retain(|name, _| !gone(name));
     let after = decide(policy, &rest, &rest_records, now).summary;
     let total = before.selected;
     let healthy_after = after.healthy;
@@ -214,7 +218,7 @@ mod tests {
     #[test]
     fn a_policy_without_gates_lets_a_whole_pool_be_cordoned() {
         let p = policy_with(|_| {});
-        let check = may_take_out(&p, &fleet("a", 4), &Records::default(), &names("a", 0..4), &[], EPOCH);
+        let check = may_take_out(&p, &fleet("a", 4), &Records::default(), &names("a", 0..4), &[], &[], EPOCH);
         assert!(check.allowed(), "{check:?}");
         assert_eq!(check.selected.len(), 4);
     }
@@ -223,9 +227,9 @@ mod tests {
     fn min_healthy_counts_the_nodes_taken_out() {
         let p = policy_with(|p| p.gates.min_healthy = Some(IntOrPercent::Percent(75)));
         let nodes = fleet("a", 4);
-        let one = may_take_out(&p, &nodes, &Records::default(), &names("a", 0..1), &[], EPOCH);
+        let one = may_take_out(&p, &nodes, &Records::default(), &names("a", 0..1), &[], &[], EPOCH);
         assert!(one.allowed(), "3 of 4 healthy meets 75%: {one:?}");
-        let two = may_take_out(&p, &nodes, &Records::default(), &names("a", 0..2), &[], EPOCH);
+        let two = may_take_out(&p, &nodes, &Records::default(), &names("a", 0..2), &[], &[], EPOCH);
         assert_eq!(gates_of(&two), [Gate::MinHealthy]);
         assert!(two.holds[0].message.contains("leaves 2 of 4 nodes healthy"), "{}", two.holds[0].message);
     }
@@ -235,21 +239,31 @@ mod tests {
         let p = policy_with(|p| p.gates.min_healthy = Some(IntOrPercent::Count(3)));
         let mut nodes = fleet("a", 4);
         set_condition(&mut nodes[0], "Ready", ConditionStatus::False, "KubeletNotReady", EPOCH);
-        let check = may_take_out(&p, &nodes, &Records::default(), &names("a", 0..1), &[], EPOCH + Duration::from_mins(10));
+        let check = may_take_out(&p, &nodes, &Records::default(), &names("a", 0..1), &[], &[], EPOCH + Duration::from_mins(10));
         assert!(check.allowed(), "{check:?}");
+    }
+
+    #[test]
+    fn nodes_already_cordoned_by_hand_do_not_count_as_healthy() {
+        let p = policy_with(|p| p.gates.min_healthy = Some(IntOrPercent::Count(3)));
+        let nodes = fleet("a", 4);
+        let first = may_take_out(&p, &nodes, &Records::default(), &names("a", 0..1), &[], &[], EPOCH);
+        assert!(first.allowed(), "{first:?}");
+        let second = may_take_out(&p, &nodes, &Records::default(), &names("a", 1..2), &[], &names("a", 0..1), EPOCH);
+        assert_eq!(gates_of(&second), [Gate::MinHealthy]);
     }
 
     #[test]
     fn max_unhealthy_holds_when_the_action_would_exceed_it() {
         let p = policy_with(|p| p.gates.max_unhealthy = Some(IntOrPercent::Count(1)));
-        let check = may_take_out(&p, &fleet("a", 4), &Records::default(), &names("a", 0..2), &[], EPOCH);
+        let check = may_take_out(&p, &fleet("a", 4), &Records::default(), &names("a", 0..2), &[], &[], EPOCH);
         assert_eq!(gates_of(&check), [Gate::MaxUnhealthy]);
     }
 
     #[test]
     fn a_pause_request_holds_every_manual_action() {
         let p = policy_with(|p| p.pause_requests = vec!["upgrade-window".into()]);
-        let check = may_take_out(&p, &fleet("a", 2), &Records::default(), &names("a", 0..1), &[], EPOCH);
+        let check = may_take_out(&p, &fleet("a", 2), &Records::default(), &names("a", 0..1), &[], &[], EPOCH);
         assert_eq!(gates_of(&check), [Gate::Paused]);
         assert!(check.holds[0].message.contains("upgrade-window"));
     }
@@ -267,7 +281,7 @@ mod tests {
         let mut records = Records::default();
         records.policy.breaker_tripped_at = Some(EPOCH);
         records.policy.breaker_reason = Some("2 of 4 turned unhealthy".into());
-        let check = may_take_out(&p, &fleet("a", 4), &records, &names("a", 0..1), &[], EPOCH + Duration::from_mins(1));
+        let check = may_take_out(&p, &fleet("a", 4), &records, &names("a", 0..1), &[], &[], EPOCH + Duration::from_mins(1));
         assert_eq!(gates_of(&check), [Gate::CircuitBreaker]);
         assert!(check.holds[0].message.contains("2 of 4 turned unhealthy"));
     }
@@ -276,13 +290,13 @@ mod tests {
     fn max_concurrent_counts_repairs_in_flight_and_asked() {
         let p = policy_with(|p| p.gates.max_concurrent = Some(IntOrPercent::Count(1)));
         let nodes = fleet("a", 4);
-        let free = may_take_out(&p, &nodes, &Records::default(), &names("a", 1..2), &names("a", 1..2), EPOCH);
+        let free = may_take_out(&p, &nodes, &Records::default(), &names("a", 1..2), &names("a", 1..2), &[], EPOCH);
         assert!(free.allowed(), "{free:?}");
         let mut records = Records::default();
         records.nodes.insert("a-0".into(), reboot_record("a-0"));
-        let busy = may_take_out(&p, &nodes, &records, &names("a", 1..2), &names("a", 1..2), EPOCH);
+        let busy = may_take_out(&p, &nodes, &records, &names("a", 1..2), &names("a", 1..2), &[], EPOCH);
         assert_eq!(gates_of(&busy), [Gate::MaxConcurrent]);
-        let cordon_only = may_take_out(&p, &nodes, &records, &names("a", 1..2), &[], EPOCH);
+        let cordon_only = may_take_out(&p, &nodes, &records, &names("a", 1..2), &[], &[], EPOCH);
         assert!(cordon_only.allowed(), "a cordon is not a disruptive step: {cordon_only:?}");
     }
 
@@ -293,9 +307,9 @@ mod tests {
         nodes.extend(fleet("b", 3));
         let mut records = Records::default();
         records.nodes.insert("a-0".into(), reboot_record("a-0"));
-        let same_pool = may_take_out(&p, &nodes, &records, &names("a", 1..2), &names("a", 1..2), EPOCH);
+        let same_pool = may_take_out(&p, &nodes, &records, &names("a", 1..2), &names("a", 1..2), &[], EPOCH);
         assert_eq!(gates_of(&same_pool), [Gate::MaxConcurrentPerPool]);
-        let other_pool = may_take_out(&p, &nodes, &records, &names("b", 0..1), &names("b", 0..1), EPOCH);
+        let other_pool = may_take_out(&p, &nodes, &records, &names("b", 0..1), &names("b", 0..1), &[], EPOCH);
         assert!(other_pool.allowed(), "{other_pool:?}");
     }
 
@@ -305,7 +319,7 @@ mod tests {
             p.node_pools = vec!["b".into()];
             p.gates.min_healthy = Some(IntOrPercent::Percent(100));
         });
-        let check = may_take_out(&p, &fleet("a", 2), &Records::default(), &names("a", 0..2), &[], EPOCH);
+        let check = may_take_out(&p, &fleet("a", 2), &Records::default(), &names("a", 0..2), &[], &[], EPOCH);
         assert!(check.allowed());
         assert!(check.selected.is_empty());
     }

@@ -165,8 +165,13 @@ pub fn request_body(args: &ActionArgs) -> serde_json::Value {
             o.insert(k.into(), v);
         }
     };
-    for (k, v) in [("id", &args.id), ("node_pool", &args.pool), ("node_name", &args.node), ("jobset_name", &args.jobset), ("namespace", &args.namespace)]
-    {
+    for (k, v) in [
+        ("id", &args.id),
+        ("node_pool", &args.pool),
+        ("node_name", &args.node),
+        ("jobset_name", &args.jobset),
+        ("namespace", &args.namespace),
+    ] {
         if let Some(v) = v {
             set(k, v.clone().into());
         }
@@ -189,7 +194,9 @@ pub fn action(args: ActionArgs) -> Result<()> {
         let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(300));
         if let Some(ca) = &args.ca_file {
             let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).with_context(|| format!("{} is not a PEM certificate", ca.display()))?);
+            builder = builder.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem).with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
+            );
         }
         let http = builder.build().context("building the HTTP client")?;
         let url = format!("{}/actions", args.server.trim_end_matches('/'));

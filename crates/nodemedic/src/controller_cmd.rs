@@ -121,7 +121,11 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
         &args.api,
         client.clone(),
         nodemedic_controller::http::router(HttpState { metrics: metrics.clone(), ready: ready.clone() }),
-        nodemedic_api::LeaderLease { namespace: config.lease.namespace.clone(), name: config.lease.name.clone(), identity: config.lease.identity.clone() },
+        nodemedic_api::LeaderLease {
+            namespace: config.lease.namespace.clone(),
+            name: config.lease.name.clone(),
+            identity: config.lease.identity.clone(),
+        },
         async {
             let _ = api_stopped.await;
         },

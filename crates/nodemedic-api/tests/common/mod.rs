@@ -87,9 +87,7 @@ pub async fn install_jobset_crd(cp: &ControlPlane) -> anyhow::Result<()> {
     let path = String::from_utf8(out.stdout)?.trim().to_string();
     let applied = cp.kubectl(&["apply", "--server-side", "-f", &path])?;
     anyhow::ensure!(applied.status.success(), "applying the JobSet CRD: {}", String::from_utf8_lossy(&applied.stderr));
-    let waited = cp.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd/jobsets.jobset.x-k8s.io"])?;
-    anyhow::ensure!(waited.status.success(), "waiting for the JobSet CRD: {}", String::from_utf8_lossy(&waited.stderr));
-    for _ in 0..100 {
+    for _ in 0..150 {
         if cp.kubectl(&["get", "jobsets", "-A"])?.status.success() {
             return Ok(());
         }
