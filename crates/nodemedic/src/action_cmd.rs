@@ -43,6 +43,16 @@ pub struct ApiArgs {
     pub actions_namespace: Option<String>,
 }
 
+impl ApiArgs {
+    /// Refuses a plain-text API unless `--insecure-no-tls` says so (checked before anything starts).
+    pub fn check(&self) -> Result<()> {
+        if self.api_listen.is_some() && self.api_tls_cert.is_none() && !self.insecure_no_tls {
+            bail!("the actions API needs --api-tls-cert and --api-tls-key, or --insecure-no-tls for local use");
+        }
+        Ok(())
+    }
+}
+
 /// Starts the API server when `--api-listen` is given. `extra` (the controller's health and
 /// metrics routes) is served beside it.
 pub async fn start_api(

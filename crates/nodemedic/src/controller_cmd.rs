@@ -77,6 +77,7 @@ async fn shutdown_signal() {
 
 pub async fn controller(args: ControllerArgs) -> Result<()> {
     init_logging(args.log_format);
+    args.api.check()?;
     let mut kube_config = kube::Config::infer().await.context("reading the Kubernetes client configuration (kubeconfig or in-cluster)")?;
     // An eviction refused by a PodDisruptionBudget answers 429: the drain must see it, not a
     // client-side retry loop.
