@@ -113,7 +113,7 @@ struct Plan {
     repair: Option<Node>,
     /// The JobSet and its leader pod.
     jobset: Option<(DynamicObject, ApiResource, Pod)>,
-    /// Every node of the pool (for the preflight), or the single node.
+    /// Every node of the pool, for the preflight (a single node's pool when it asks for the preflight).
     pool: Vec<Node>,
 }
 
@@ -121,30 +121,41 @@ fn node_ready(n: &Node) -> bool {
     n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+async fn pool_nodes(state: &ApiState, pool: &str) -> Result<Vec<Node>, ApiError> {
+    let label = &state.config.node_pool_label;
+    let lp = ListParams::default().labels(&format!("{label}={pool}"));
+    let mut found =
+        Api::<Node>::all(state.client.clone()).list(&lp).await.map_err(|e| ApiError::kube("listing the pool's nodes", e))?.items;
+    found.sort_by_key(|n| n.name_any());
+    Ok(found)
+}
+
 async fn resolve(state: &ApiState, req: &ActionRequest) -> Result<Plan, ApiError> {
-    let nodes: Api<Node> = Api::all(state.client.clone());
-    let pool: Vec<Node> = if req.type_.single_node() {
+    let (targets, pool) = if req.type_.single_node() {
         let name = req.node_name.clone().unwrap_or_default();
-        let node = nodes
+        let node = Api::<Node>::all(state.client.clone())
             .get_opt(&name)
             .await
             .map_err(|e| ApiError::kube("reading the node", e))?
             .ok_or_else(|| ApiError::field(StatusCode::NOT_FOUND, "node_name", format!("no node named `{name}`")))?;
-        vec![node]
+        // The preflight looks at the node's whole pool.
+        let pool = match node.labels().get(&state.config.node_pool_label) {
+            Some(p) if req.preflight_checks.expected_node_counts => pool_nodes(state, p).await?,
+            _ => vec![node.clone()],
+        };
+        (vec![node], pool)
     } else {
         let pool = req.node_pool.clone().unwrap_or_default();
-        let label = &state.config.node_pool_label;
-        let lp = ListParams::default().labels(&format!("{label}={pool}"));
-        let mut found = nodes.list(&lp).await.map_err(|e| ApiError::kube("listing the pool's nodes", e))?.items;
+        let found = pool_nodes(state, &pool).await?;
         if found.is_empty() {
+            let label = &state.config.node_pool_label;
             return Err(ApiError::field(StatusCode::NOT_FOUND, "node_pool", format!("no nodes labelled {label}={pool}")));
         }
-        found.sort_by_key(|n| n.name_any());
-        found
+        (found.clone(), found)
     };
-    let cordon = if req.type_.cordons() { pool.clone() } else { Vec::new() };
-    // Repair the pool's worst node: one that is not Ready, else the first by name.
-    let repair = req.type_.repairs().then(|| pool.iter().find(|n| !node_ready(n)).or(pool.first()).cloned()).flatten();
+    let cordon = if req.type_.cordons() { targets.clone() } else { Vec::new() };
+    // Repair the worst target: one that is not Ready, else the first by name.
+    let repair = req.type_.repairs().then(|| targets.iter().find(|n| !node_ready(n)).or(targets.first()).cloned()).flatten();
     let jobset = if req.type_.restarts_jobset() { Some(find_leader_pod(state, req).await?) } else { None };
     Ok(Plan { cordon, repair, jobset, pool })
 }

@@ -134,6 +134,11 @@ async fn every_action_type_does_what_seed_002_says_and_tells_it_in_events() -> a
         assert_eq!(status, 200, "{body}");
         assert_ne!(uid(cp, "spare-000").await?, before);
 
+        // A single node's preflight counts the node's whole pool.
+        let (status, body) =
+            api.post(&with(one("cordon_node", "slice-b-000"), "preflight_checks", json!({"expected_node_counts": true}))).await?;
+        assert_eq!((status, body["field"].clone()), (422, json!("preflight_checks.expected_node_counts")), "{body}");
+
         // 404s name the field.
         let (status, body) = api.post(&request("cordon_nodepool", "no-such-pool")).await?;
         assert_eq!((status, body["field"].clone()), (404, json!("node_pool")));
