@@ -296,6 +296,101 @@ async fn run(state: &ApiState, req: ActionRequest, caller: Option<Caller>) -> Re
         return Err(ApiError::field(StatusCode::CONFLICT, "id", format!("an action with id `{id}` already exists")));
     }
     let plan = resolve(state, &req).await?;
+    let checked = check(state, &req, &plan).await;
+    let (out_of_service, refusals) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            // A refusal is kept too: who asked for what, and why it was refused.
+            let refused = ActionRecord {
+                id: id.clone(),
+                state: ActionState::Refused,
+                request: req.clone(),
+                user: caller.as_ref().map(|c| c.username.clone()),
+                created_at: now_rfc3339(),
+                finished_at: Some(now_rfc3339()),
+                nodes: Vec::new(),
+                forced_gates: Vec::new(),
+                steps: Vec::new(),
+                error: e.body.error.clone(),
+            };
+            let is_refusal = matches!(e.status, StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY);
+            if is_refusal && let Err(err) = store.create(&refused).await {
+                tracing::warn!(action = %id, error = %err, "could not record the refused action");
+            }
+            tracing::info!(action = %id, type_ = %req.type_, requestor = %req.requestor, status = %e.status, error = ?e.body.error, "manual action refused");
+            return Err(e);
+        }
+    };
+
+    let who = match &caller {
+        Some(c) => format!("{} (authenticated as {})", req.requestor, c.username),
+        None => req.requestor.clone(),
+    };
+    let mut record = ActionRecord {
+        id: id.clone(),
+        state: if req.dry_run { ActionState::DryRun } else { ActionState::Running },
+        request: req.clone(),
+        user: caller.as_ref().map(|c| c.username.clone()),
+        created_at: now_rfc3339(),
+        finished_at: None,
+        nodes: out_of_service.clone(),
+        forced_gates: refusals.iter().map(|(_, m)| m.clone()).collect(),
+        steps: Vec::new(),
+        error: None,
+    };
+    store.create(&record).await.map_err(store_err)?;
+    let prefix = if req.dry_run { "[dry run] " } else { "" };
+    let intro = format!("{prefix}{} requested by {who}: {} (action {id})", req.type_, req.reason);
+    tracing::info!(action = %id, type_ = %req.type_, requestor = %req.requestor, user = ?record.user, dry_run = req.dry_run, nodes = ?out_of_service, reason = %req.reason, "manual action");
+
+    // Tell every object the action touches, before touching it.
+    let mut touched: Vec<ObjectReference> = Vec::new();
+    for n in plan.cordon.iter().chain(plan.repair.iter()) {
+        if !touched.iter().any(|t| t.name.as_deref() == n.metadata.name.as_deref()) {
+            touched.push(n.object_ref(&()));
+        }
+    }
+    if let Some((jobset, ar, pod)) = &plan.jobset {
+        touched.push(jobset.object_ref(ar));
+        touched.push(pod.object_ref(&()));
+    }
+    for target in &touched {
+        tell(state, target, EventType::Normal, if req.dry_run { "ManualActionDryRun" } else { "ManualActionRequested" }, intro.clone())
+            .await;
+        if !refusals.is_empty() {
+            let note = format!("{prefix}safety gates overridden with force by {who} (action {id}): {}", record.forced_gates.join("; "));
+            tell(state, target, EventType::Warning, "SafetyGateOverridden", note).await;
+        }
+    }
+
+    if req.dry_run {
+        for n in &plan.cordon {
+            record.steps.push(format!("would cordon node {}", n.name_any()));
+        }
+        if let Some((jobset, _, pod)) = &plan.jobset {
+            record.steps.push(format!("would delete pod {} to restart JobSet {}", pod.name_any(), jobset.name_any()));
+        }
+        if let Some(n) = &plan.repair {
+            record.steps.push(format!("would repair node {} through the {} provider", n.name_any(), state.provider.name()));
+        }
+        record.finished_at = Some(now_rfc3339());
+        store.update(&record).await.map_err(store_err)?;
+        return Ok(());
+    }
+
+    let result = carry_out(state, &req, &plan, &who, &id, &mut record).await;
+    record.finished_at = Some(now_rfc3339());
+    record.state = if result.is_ok() { ActionState::Succeeded } else { ActionState::Failed };
+    record.error = result.as_ref().err().cloned();
+    if let Err(e) = store.update(&record).await {
+        tracing::error!(action = %id, error = %e, "could not update the action record");
+    }
+    result.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+/// The checks before anything is recorded as accepted: the preflight, remediations in flight and
+/// the safety gates. Returns the nodes taken out of service and the gate refusals `force` overrides.
+async fn check(state: &ApiState, req: &ActionRequest, plan: &Plan) -> Result<(Vec<String>, Vec<(String, String)>), ApiError> {
     let target_field = if req.type_.single_node() { "node_name" } else { "node_pool" };
 
     if req.preflight_checks.expected_node_counts {
@@ -343,67 +438,7 @@ async fn run(state: &ApiState, req: ActionRequest, caller: Option<Caller>) -> Re
         e.body.gates = refusals.iter().map(|(g, _)| g.clone()).collect();
         return Err(e);
     }
-
-    let who = match &caller {
-        Some(c) => format!("{} (authenticated as {})", req.requestor, c.username),
-        None => req.requestor.clone(),
-    };
-    let mut record = ActionRecord {
-        id: id.clone(),
-        state: if req.dry_run { ActionState::DryRun } else { ActionState::Running },
-        request: req.clone(),
-        user: caller.as_ref().map(|c| c.username.clone()),
-        created_at: now_rfc3339(),
-        finished_at: None,
-        nodes: out_of_service.clone(),
-        forced_gates: refusals.iter().map(|(_, m)| m.clone()).collect(),
-        steps: Vec::new(),
-        error: None,
-    };
-    store.create(&record).await.map_err(store_err)?;
-    let prefix = if req.dry_run { "[dry run] " } else { "" };
-    let intro = format!("{prefix}{} requested by {who}: {} (action {id})", req.type_, req.reason);
-    tracing::info!(action = %id, type_ = %req.type_, requestor = %req.requestor, user = ?record.user, dry_run = req.dry_run, nodes = ?out_of_service, reason = %req.reason, "manual action");
-
-    // Tell every object the action touches, before touching it.
-    let mut touched: Vec<ObjectReference> = plan.cordon.iter().chain(plan.repair.iter()).map(|n| n.object_ref(&())).collect();
-    touched.dedup_by(|a, b| a.name == b.name);
-    if let Some((jobset, ar, pod)) = &plan.jobset {
-        touched.push(jobset.object_ref(ar));
-        touched.push(pod.object_ref(&()));
-    }
-    for target in &touched {
-        tell(state, target, EventType::Normal, if req.dry_run { "ManualActionDryRun" } else { "ManualActionRequested" }, intro.clone())
-            .await;
-        if !refusals.is_empty() {
-            let note = format!("{prefix}safety gates overridden with force by {who} (action {id}): {}", record.forced_gates.join("; "));
-            tell(state, target, EventType::Warning, "SafetyGateOverridden", note).await;
-        }
-    }
-
-    if req.dry_run {
-        for n in &plan.cordon {
-            record.steps.push(format!("would cordon node {}", n.name_any()));
-        }
-        if let Some((jobset, _, pod)) = &plan.jobset {
-            record.steps.push(format!("would delete pod {} to restart JobSet {}", pod.name_any(), jobset.name_any()));
-        }
-        if let Some(n) = &plan.repair {
-            record.steps.push(format!("would repair node {} through the {} provider", n.name_any(), state.provider.name()));
-        }
-        record.finished_at = Some(now_rfc3339());
-        store.update(&record).await.map_err(store_err)?;
-        return Ok(());
-    }
-
-    let result = carry_out(state, &req, &plan, &who, &id, &mut record).await;
-    record.finished_at = Some(now_rfc3339());
-    record.state = if result.is_ok() { ActionState::Succeeded } else { ActionState::Failed };
-    record.error = result.as_ref().err().cloned();
-    if let Err(e) = store.update(&record).await {
-        tracing::error!(action = %id, error = %e, "could not update the action record");
-    }
-    result.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
+    Ok((out_of_service, refusals))
 }
 
 async fn carry_out(

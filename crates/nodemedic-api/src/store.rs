@@ -22,6 +22,8 @@ pub enum ActionState {
     Failed,
     /// A dry run: checked and told, nothing changed.
     DryRun,
+    /// Refused by the preflight, a remediation in flight or a safety gate; nothing changed.
+    Refused,
 }
 
 /// The durable record of one action.

@@ -64,6 +64,8 @@ async fn every_action_type_does_what_seed_002_says_and_tells_it_in_events() -> a
         assert_eq!(body["field"], "preflight_checks.expected_node_counts");
         assert!(body["error"].as_str().unwrap_or_default().contains("needs 3"), "{body}");
         assert!(body["id"].is_string(), "the id is returned with the error: {body}");
+        let (_, record) = api.get(&format!("/actions/{}", body["id"].as_str().unwrap_or_default())).await?;
+        assert_eq!(record["state"], "Refused", "a refusal is recorded: {record}");
         assert!(!unschedulable(cp, "slice-b-000").await?);
 
         // cordon_nodepool: every node of the pool.
