@@ -1,6 +1,6 @@
 //! `POST /actions` against a real control plane (auth off, as `--insecure-no-auth` serves it):
 //! every action type, dry run, the expected-node-counts preflight, the JSON errors naming their
-//! field, the action record, `GET /nodes`, `/openapi.json`, and a standby replica's 503.
+//! field, the action record, `GET /nodes`, `/openapi.json`, and a standby replica's 503, and a repair that fails.
 
 mod common;
 
@@ -177,7 +177,7 @@ async fn every_action_type_does_what_seed_002_says_and_tells_it_in_events() -> a
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_replica_that_does_not_hold_the_lease_refuses_writes_and_names_the_leader() -> anyhow::Result<()> {
+async fn a_standby_refuses_writes_naming_the_leader_and_a_failed_repair_answers_500_with_its_record() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options::default()).await?;
     cp.run(|cp| async move {
         cp.create_nodes(&FakeNode::cpu("n", "pool"), 1).await?;
@@ -200,6 +200,16 @@ async fn a_replica_that_does_not_hold_the_lease_refuses_writes_and_names_the_lea
         let (status, body) = leader.post(&request("cordon_nodepool", "pool")).await?;
         assert_eq!(status, 200, "{body}");
         assert!(unschedulable(cp, "n-000").await?);
+
+        // A repair the cloud refuses: 500 with the id and the error; the record says how far it got.
+        let broken = serve_with(cp, no_auth(), None, std::sync::Arc::new(BrokenCloud)).await?;
+        let (status, body) = broken.post(&with(request("cordon_and_repair_nodepool", "pool"), "id", json!("broken-1"))).await?;
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(body["id"], "broken-1");
+        assert!(body["error"].as_str().unwrap_or_default().contains("quota exceeded replacing n-000"), "{body}");
+        let (_, record) = broken.get("/actions/broken-1").await?;
+        assert_eq!(record["state"], "Failed");
+        assert_eq!(record["steps"], json!(["cordoned node n-000"]));
         Ok::<_, anyhow::Error>(())
     })
     .await

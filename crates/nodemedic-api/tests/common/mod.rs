@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
-use nodemedic_api::{ApiConfig, ApiState, RecreateNodeProvider};
+use nodemedic_api::{ApiConfig, ApiState, Provider, RecreateNodeProvider};
 use nodemedic_testenv::ControlPlane;
 use std::sync::Arc;
 
@@ -28,7 +28,16 @@ impl Drop for Server {
 
 /// Serves the API for `cp` on a free loopback port (plain HTTP unless `tls` is given).
 pub async fn serve(cp: &ControlPlane, config: ApiConfig, tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Result<Server> {
-    let state = ApiState::new(cp.client(), config, Arc::new(RecreateNodeProvider { client: cp.client() }));
+    serve_with(cp, config, tls, Arc::new(RecreateNodeProvider { client: cp.client() })).await
+}
+
+pub async fn serve_with(
+    cp: &ControlPlane,
+    config: ApiConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    provider: Arc<dyn Provider>,
+) -> anyhow::Result<Server> {
+    let state = ApiState::new(cp.client(), config, provider);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -157,4 +166,17 @@ pub async fn event_notes(cp: &ControlPlane, name: &str, reason: &str) -> anyhow:
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name) && e.reason.as_deref() == Some(reason))
         .filter_map(|e| e.note)
         .collect())
+}
+
+/// A provider whose cloud refuses every repair.
+pub struct BrokenCloud;
+
+impl Provider for BrokenCloud {
+    fn name(&self) -> &'static str {
+        "broken-cloud"
+    }
+    fn repair<'a>(&'a self, node: &'a Node) -> nodemedic_api::provider::ProviderFuture<'a> {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        Box::pin(async move { Err(format!("quota exceeded replacing {name}")) })
+    }
 }
