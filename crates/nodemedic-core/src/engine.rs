@@ -359,6 +359,11 @@ fn tally<'n>(
     }
 }
 
+/// Whether `policy` manages `node` (selector, node pools, role, exclude label), exactly as `decide` selects.
+pub fn selects(policy: &Policy, node: &NodeObservation) -> bool {
+    Ctx::new(policy, Time(0)).selects(node)
+}
+
 /// Decides what to do now. Nodes are considered in name order, unhealthy candidates oldest first.
 pub fn decide(policy: &Policy, fleet: &[NodeObservation], records: &Records, now: Time) -> Decision {
     decide_with(policy, fleet, records, now, None)

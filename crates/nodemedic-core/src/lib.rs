@@ -6,6 +6,7 @@
 pub mod engine;
 pub mod eval;
 pub mod index;
+pub mod manual;
 pub mod observe;
 pub mod policy;
 pub mod presets;

@@ -43,6 +43,8 @@ pub struct ControllerArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub api: crate::action_cmd::ApiArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +90,7 @@ pub fn load_notifications(path: &std::path::Path) -> Result<nodemedic_controller
 
 pub async fn controller(args: ControllerArgs) -> Result<()> {
     init_logging(args.log_format);
+    args.api.check()?;
     let mut kube_config = kube::Config::infer().await.context("reading the Kubernetes client configuration (kubeconfig or in-cluster)")?;
     // An eviction refused by a PodDisruptionBudget answers 429: the drain must see it, not a
     // client-side retry loop.
@@ -128,8 +131,27 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
         None => ExecutorsConfig::default(),
     };
     let executor: Arc<dyn Executor> = Arc::new(StepRouter::from_config(client.clone(), &executors).context("building the executors")?);
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = crate::action_cmd::start_api(
+        &args.api,
+        client.clone(),
+        nodemedic_controller::http::router(HttpState { metrics: metrics.clone(), ready: ready.clone() }),
+        nodemedic_api::LeaderLease {
+            namespace: config.lease.namespace.clone(),
+            name: config.lease.name.clone(),
+            identity: config.lease.identity.clone(),
+        },
+        async {
+            let _ = api_stopped.await;
+        },
+    )
+    .await?;
     let result = run(client, config, executor, metrics, ready, shutdown_signal()).await;
     let _ = stop_http.send(());
+    let _ = stop_api.send(());
     let _ = http.await;
+    if let Some(api) = api {
+        let _ = api.await;
+    }
     result.context("controller")
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+mod action_cmd;
 mod controller_cmd;
 mod demo;
 mod operator_cmd;
@@ -57,6 +58,8 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Ask the actions API (served by the controller with --api-listen) to act on a node pool or a node.
+    Action(action_cmd::ActionArgs),
     /// Run the controller (one replica; run two or more with leader election).
     Controller(controller_cmd::ControllerArgs),
     #[command(flatten)]
@@ -310,6 +313,7 @@ fn main() -> Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(operator_cmd::run(cmd)),
+        Command::Action(args) => action_cmd::action(args),
         Command::Simulate(args) => run_simulate(args),
         Command::Validate { policy } => {
             let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;

@@ -1,0 +1,172 @@
+//! nodemedic-api owns the actions API: seed 002's `POST /actions` (people and automation cordon node
+//! pools, restart JobSets, repair instances over HTTP), `GET /actions/{id}`, `GET /nodes` and the
+//! OpenAPI document at `/openapi.json`. Requests are authenticated (TokenReview) and authorised
+//! (SubjectAccessReview on resource `actions` in group `nodemedic.io`), held to the same safety
+//! gates as automatic remediation (`nodemedic_core::manual`), recorded durably (one ConfigMap per
+//! action) and told as Kubernetes Events on every object they touch.
+//!
+//! Every controller replica serves the API; only the leader writes. A replica that does not hold
+//! the leader Lease answers writes with 503, a `Retry-After` header and the leader's identity.
+//!
+//! It must not decide remediation itself: the gates come from nodemedic-core.
+
+pub mod actions;
+pub mod auth;
+pub mod openapi;
+pub mod provider;
+pub mod request;
+pub mod store;
+pub mod tls;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+pub use provider::{GceProvider, Provider, RecreateNodeProvider};
+pub use request::{ActionRequest, ActionType};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// GKE's node-pool label (seed 002).
+pub const DEFAULT_NODE_POOL_LABEL: &str = "cloud.google.com/gke-nodepool";
+pub const DEFAULT_TOPOLOGY_LABEL: &str = "cloud.google.com/gke-tpu-topology";
+pub const DEFAULT_ACCELERATOR_COUNT_LABEL: &str = "cloud.google.com/gke-accelerator-count";
+/// Requests with a larger body are refused with 413.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// The leader Lease this replica campaigns for; writes are served only while it holds it.
+#[derive(Debug, Clone)]
+pub struct LeaderLease {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub node_pool_label: String,
+    pub topology_label: String,
+    pub accelerator_count_label: String,
+    /// TokenReview + SubjectAccessReview on every request but `/openapi.json`. Off only when asked
+    /// for explicitly (`--insecure-no-auth`).
+    pub auth: bool,
+    /// Where the action records (ConfigMaps) live.
+    pub namespace: String,
+    pub body_limit: usize,
+    /// `None`: this process is the only writer (tests, `--insecure` local use without election).
+    pub leader: Option<LeaderLease>,
+    /// The events' reporting instance.
+    pub instance: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            node_pool_label: DEFAULT_NODE_POOL_LABEL.into(),
+            topology_label: DEFAULT_TOPOLOGY_LABEL.into(),
+            accelerator_count_label: DEFAULT_ACCELERATOR_COUNT_LABEL.into(),
+            auth: true,
+            namespace: "default".into(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            leader: None,
+            instance: "nodemedic-api".into(),
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub client: kube::Client,
+    pub config: Arc<ApiConfig>,
+    pub provider: Arc<dyn Provider>,
+    pub recorder: kube::runtime::events::Recorder,
+}
+
+impl ApiState {
+    pub fn new(client: kube::Client, config: ApiConfig, provider: Arc<dyn Provider>) -> ApiState {
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter { controller: "nodemedic-api".into(), instance: Some(config.instance.clone()) },
+        );
+        ApiState { client, config: Arc::new(config), provider, recorder }
+    }
+}
+
+pub use actions::router;
+
+/// The body of every answer to `POST /actions` (seed 002's `{"id"}` / `{"id", "error"}`), with the
+/// field, gate or leader an error is about where there is one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionResponse {
+    /// The action's id (as given, or generated); absent only when the request was refused before one was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// What went wrong; absent on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The request field the error is about (dotted for nested fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The safety gates that refused (`paused`, `circuit_breaker`, `min_healthy`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<String>,
+    /// On 503 from a standby replica: the replica that holds the leader lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+}
+
+/// An error answer: a status and a JSON body naming what it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {}", body.error.as_deref().unwrap_or(""))]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ActionResponse,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, body: ActionResponse { error: Some(message.into()), ..Default::default() } }
+    }
+    pub fn field(status: StatusCode, field: &str, message: impl Into<String>) -> Self {
+        let mut e = ApiError::new(status, message);
+        e.body.field = Some(field.to_string());
+        e
+    }
+    pub fn with_id(mut self, id: &str) -> Self {
+        self.body.id = Some(id.to_string());
+        self
+    }
+    pub fn kube(what: &str, e: kube::Error) -> Self {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("{what}: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_answer_says_when_to_retry_and_an_unauthenticated_one_how_to_authenticate() {
+        let standby = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not the leader").into_response();
+        assert_eq!(standby.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"5"[..]));
+        let anonymous = ApiError::new(StatusCode::UNAUTHORIZED, "no token").into_response();
+        assert_eq!(anonymous.headers().get(header::WWW_AUTHENTICATE).map(|v| v.as_bytes()), Some(&b"Bearer"[..]));
+    }
+}

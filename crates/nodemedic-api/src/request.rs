@@ -1,0 +1,454 @@
+//! The `POST /actions` request as seed 002 defines it, read field by field so that every refusal
+//! names the field it is about. Pure: nothing here talks to a cluster.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What to do. Seed 002's four node-pool actions, plus two for a single node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionType {
+    /// Mark every node of `node_pool` unschedulable.
+    CordonNodepool,
+    /// Cordon `node_pool`, then restart the JobSet `jobset_name` by deleting its leader pod.
+    CordonNodepoolAndRestartJobset,
+    /// Cordon `node_pool`, then replace one of its instances through the provider.
+    CordonAndRepairNodepool,
+    /// Replace one instance of `node_pool` through the provider, without cordoning.
+    RepairNodepool,
+    /// Mark `node_name` unschedulable.
+    CordonNode,
+    /// Replace the instance behind `node_name` through the provider.
+    RepairNode,
+}
+
+impl ActionType {
+    pub const ALL: [ActionType; 6] = [
+        ActionType::CordonNodepool,
+        ActionType::CordonNodepoolAndRestartJobset,
+        ActionType::CordonAndRepairNodepool,
+        ActionType::RepairNodepool,
+        ActionType::CordonNode,
+        ActionType::RepairNode,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionType::CordonNodepool => "cordon_nodepool",
+            ActionType::CordonNodepoolAndRestartJobset => "cordon_nodepool_and_restart_jobset",
+            ActionType::CordonAndRepairNodepool => "cordon_and_repair_nodepool",
+            ActionType::RepairNodepool => "repair_nodepool",
+            ActionType::CordonNode => "cordon_node",
+            ActionType::RepairNode => "repair_node",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ActionType> {
+        ActionType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    pub fn cordons(self) -> bool {
+        matches!(
+            self,
+            ActionType::CordonNodepool
+                | ActionType::CordonNodepoolAndRestartJobset
+                | ActionType::CordonAndRepairNodepool
+                | ActionType::CordonNode
+        )
+    }
+
+    pub fn repairs(self) -> bool {
+        matches!(self, ActionType::CordonAndRepairNodepool | ActionType::RepairNodepool | ActionType::RepairNode)
+    }
+
+    pub fn restarts_jobset(self) -> bool {
+        self == ActionType::CordonNodepoolAndRestartJobset
+    }
+
+    /// Acts on one node (`node_name`) rather than a pool (`node_pool`).
+    pub fn single_node(self) -> bool {
+        matches!(self, ActionType::CordonNode | ActionType::RepairNode)
+    }
+
+    /// The fields this type needs beside `requestor`, `reason` and `type`.
+    pub fn required_fields(self) -> &'static [&'static str] {
+        match self {
+            ActionType::CordonNodepoolAndRestartJobset => &["node_pool", "jobset_name"],
+            ActionType::CordonNode | ActionType::RepairNode => &["node_name"],
+            _ => &["node_pool"],
+        }
+    }
+}
+
+impl std::fmt::Display for ActionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Optional checks before anything is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightChecks {
+    /// Refuse (422) unless the pool has as many nodes as its TPU topology needs: the chips of the
+    /// topology label (`8x8x8` = 512) divided by the accelerator-count label (chips per node).
+    #[serde(default)]
+    pub expected_node_counts: bool,
+}
+
+/// The request body of `POST /actions` (seed 002's fields, plus `force`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// Unique identifier of the action; generated when absent. Letters, digits, `-`, `_` and `.`, at most 63.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Only log and publish events; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Who (person or system) asks for the action.
+    pub requestor: String,
+    /// Why, in words people read in the events.
+    pub reason: String,
+    #[serde(rename = "type")]
+    pub type_: ActionType,
+    /// Namespace of the JobSet. Defaults to `default`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The JobSet to restart (`cordon_nodepool_and_restart_jobset`).
+    #[serde(default)]
+    pub jobset_name: Option<String>,
+    /// The node pool (value of the node-pool label) for the `*_nodepool*` types.
+    #[serde(default)]
+    pub node_pool: Option<String>,
+    /// The node for `cordon_node` and `repair_node`.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub preflight_checks: PreflightChecks,
+    /// Go ahead although a safety gate (pause, circuit breaker, minHealthy, maxConcurrent) refuses;
+    /// recorded as such in the events and the action record.
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+/// A refusal of the request body: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct FieldError {
+    /// The field (dotted for nested ones); `None` when the body as a whole is wrong.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: &str, message: impl Into<String>) -> Self {
+        FieldError { field: Some(field.to_string()), message: message.into() }
+    }
+}
+
+const FIELDS: &[&str] =
+    &["id", "dry_run", "requestor", "reason", "type", "namespace", "jobset_name", "node_pool", "node_name", "preflight_checks", "force"];
+
+fn string(obj: &serde_json::Map<String, serde_json::Value>, field: &str) -> Result<Option<String>, FieldError> {
+    match obj.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(FieldError::new(field, format!("expected a string, got {}", kind(other)))),
+    }
+}
+
+fn boolean(obj: &serde_json::Map<String, serde_json::Value>, field: &str, prefix: &str) -> Result<bool, FieldError> {
+    match obj.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(FieldError::new(&format!("{prefix}{field}"), format!("expected true or false, got {}", kind(other)))),
+    }
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// A valid action id: usable in a Kubernetes label value and a URL path segment.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && id.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+        && id.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// Reads a request body. `id` is left `None` when absent (the caller generates one).
+pub fn parse(body: &[u8]) -> Result<ActionRequest, FieldError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| FieldError { field: None, message: format!("the body is not valid JSON: {e}") })?;
+    let serde_json::Value::Object(obj) = value else {
+        return Err(FieldError { field: None, message: format!("the body must be a JSON object, got {}", kind(&value)) });
+    };
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(FieldError::new(unknown, format!("unknown field; the fields are {}", FIELDS.join(", "))));
+    }
+    let required = |field: &str| -> Result<String, FieldError> {
+        match string(&obj, field)? {
+            Some(s) if !s.trim().is_empty() => Ok(s),
+            Some(_) => Err(FieldError::new(field, "must not be empty")),
+            None => Err(FieldError::new(field, "is required")),
+        }
+    };
+    let id = string(&obj, "id")?.filter(|s| !s.is_empty());
+    if let Some(id) = &id
+        && !valid_id(id)
+    {
+        return Err(FieldError::new("id", "at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"));
+    }
+    let type_name = required("type")?;
+    let type_ = ActionType::parse(&type_name).ok_or_else(|| {
+        let known: Vec<&str> = ActionType::ALL.iter().map(|t| t.as_str()).collect();
+        FieldError::new("type", format!("unknown action type `{type_name}`; known types: {}", known.join(", ")))
+    })?;
+    let requestor = required("requestor")?;
+    let reason = required("reason")?;
+    let preflight_checks = match obj.get("preflight_checks") {
+        None | Some(serde_json::Value::Null) => PreflightChecks::default(),
+        Some(serde_json::Value::Object(p)) => {
+            if let Some(unknown) = p.keys().find(|k| k.as_str() != "expected_node_counts") {
+                return Err(FieldError::new(&format!("preflight_checks.{unknown}"), "unknown field; the checks are expected_node_counts"));
+            }
+            PreflightChecks { expected_node_counts: boolean(p, "expected_node_counts", "preflight_checks.")? }
+        }
+        Some(other) => return Err(FieldError::new("preflight_checks", format!("expected an object, got {}", kind(other)))),
+    };
+    let request = ActionRequest {
+        id,
+        dry_run: boolean(&obj, "dry_run", "")?,
+        requestor,
+        reason,
+        type_,
+        namespace: string(&obj, "namespace")?.filter(|s| !s.is_empty()).unwrap_or_else(default_namespace),
+        jobset_name: string(&obj, "jobset_name")?.filter(|s| !s.is_empty()),
+        node_pool: string(&obj, "node_pool")?.filter(|s| !s.is_empty()),
+        node_name: string(&obj, "node_name")?.filter(|s| !s.is_empty()),
+        preflight_checks,
+        force: boolean(&obj, "force", "")?,
+    };
+    for field in type_.required_fields() {
+        let present = match *field {
+            "node_pool" => request.node_pool.is_some(),
+            "jobset_name" => request.jobset_name.is_some(),
+            _ => request.node_name.is_some(),
+        };
+        if !present {
+            return Err(FieldError::new(field, format!("is required for type {type_}")));
+        }
+    }
+    Ok(request)
+}
+
+/// A new action id: the time and some randomness, so ids sort by creation.
+pub fn generate_id() -> String {
+    let now = jiff::Timestamp::now();
+    format!("act-{}-{:08x}", now.strftime("%Y%m%d%H%M%S"), rand::random::<u32>())
+}
+
+/// Why the expected-node-counts preflight cannot pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PreflightError {
+    #[error("node {node} has no `{label}` label; the expected node count cannot be computed")]
+    MissingLabel { node: String, label: String },
+    #[error("node {node}: `{label}={value}` is not {what}")]
+    BadLabel { node: String, label: String, value: String, what: &'static str },
+    #[error("the pool's nodes disagree on `{label}` ({a} and {b})")]
+    Inconsistent { label: String, a: String, b: String },
+    #[error("the pool has {actual} node(s), but topology {topology} with {per_node} chips per node needs {expected}")]
+    CountMismatch { actual: usize, expected: u64, topology: String, per_node: u64 },
+}
+
+/// Chips of a TPU topology such as `8x8x8` (512) or `2x4` (8).
+pub fn topology_chips(topology: &str) -> Option<u64> {
+    let mut product: u64 = 1;
+    for dim in topology.split('x') {
+        let n: u64 = dim.trim().parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        product = product.checked_mul(n)?;
+    }
+    Some(product)
+}
+
+/// The `expected_node_counts` preflight over the pool's nodes (name and labels): every node carries
+/// the same topology and chips-per-node labels, and the pool has topology chips / chips per node
+/// nodes. Returns the expected count.
+pub fn expected_node_count<'a>(
+    nodes: impl IntoIterator<Item = (&'a str, &'a std::collections::BTreeMap<String, String>)>,
+    topology_label: &str,
+    count_label: &str,
+) -> Result<u64, PreflightError> {
+    let mut seen: Option<(String, String)> = None;
+    let mut actual = 0usize;
+    for (node, labels) in nodes {
+        actual += 1;
+        let get = |label: &str| {
+            labels.get(label).cloned().ok_or_else(|| PreflightError::MissingLabel { node: node.to_string(), label: label.to_string() })
+        };
+        let pair = (get(topology_label)?, get(count_label)?);
+        match &seen {
+            None => seen = Some(pair),
+            Some(first) if first.0 != pair.0 => {
+                return Err(PreflightError::Inconsistent { label: topology_label.into(), a: first.0.clone(), b: pair.0 });
+            }
+            Some(first) if first.1 != pair.1 => {
+                return Err(PreflightError::Inconsistent { label: count_label.into(), a: first.1.clone(), b: pair.1 });
+            }
+            Some(_) => {}
+        }
+    }
+    let Some((topology, per_node)) = seen else {
+        return Err(PreflightError::CountMismatch { actual: 0, expected: 0, topology: String::new(), per_node: 0 });
+    };
+    let node = String::new();
+    let chips = topology_chips(&topology).ok_or_else(|| PreflightError::BadLabel {
+        node: node.clone(),
+        label: topology_label.into(),
+        value: topology.clone(),
+        what: "a topology like 8x8x8",
+    })?;
+    let per: u64 = per_node.parse().ok().filter(|n| *n > 0).ok_or_else(|| PreflightError::BadLabel {
+        node,
+        label: count_label.into(),
+        value: per_node.clone(),
+        what: "a positive chip count",
+    })?;
+    let expected = chips.div_ceil(per);
+    if expected != actual as u64 {
+        return Err(PreflightError::CountMismatch { actual, expected, topology, per_node: per });
+    }
+    Ok(expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn body(v: serde_json::Value) -> Vec<u8> {
+        v.to_string().into_bytes()
+    }
+
+    fn refused(v: serde_json::Value) -> FieldError {
+        match parse(&body(v)) {
+            Ok(r) => panic!("accepted: {r:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn the_seeds_first_example_parses_with_its_defaults() -> Result<(), FieldError> {
+        let r = parse(&body(serde_json::json!({
+            "requestor": "test-user",
+            "type": "cordon_nodepool_and_restart_jobset",
+            "jobset_name": "example-jobset",
+            "node_pool": "test-pool",
+            "preflight_checks": {"expected_node_counts": false},
+            "reason": "High error rate detected in node pool"
+        })))?;
+        assert_eq!(r.type_, ActionType::CordonNodepoolAndRestartJobset);
+        assert_eq!(r.namespace, "default");
+        assert_eq!(r.id, None);
+        assert!(!r.dry_run && !r.force && !r.preflight_checks.expected_node_counts);
+        Ok(())
+    }
+
+    #[test]
+    fn every_refusal_names_its_field() {
+        let base = serde_json::json!({"requestor": "r", "reason": "x", "type": "cordon_nodepool", "node_pool": "p"});
+        let without = |f: &str| {
+            let mut v = base.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.remove(f);
+            }
+            v
+        };
+        let with = |f: &str, x: serde_json::Value| {
+            let mut v = base.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.insert(f.into(), x);
+            }
+            v
+        };
+        assert_eq!(refused(without("requestor")).field.as_deref(), Some("requestor"));
+        assert_eq!(refused(without("reason")).field.as_deref(), Some("reason"));
+        assert_eq!(refused(without("type")).field.as_deref(), Some("type"));
+        assert_eq!(refused(without("node_pool")).field.as_deref(), Some("node_pool"));
+        let unknown_type = refused(with("type", "reboot_everything".into()));
+        assert_eq!(unknown_type.field.as_deref(), Some("type"));
+        assert!(unknown_type.message.contains("cordon_nodepool"), "lists the known types: {}", unknown_type.message);
+        assert_eq!(refused(with("dry_run", "yes".into())).field.as_deref(), Some("dry_run"));
+        assert_eq!(refused(with("colour", "red".into())).field.as_deref(), Some("colour"));
+        assert_eq!(refused(with("id", "no spaces please".into())).field.as_deref(), Some("id"));
+        assert_eq!(
+            refused(with("preflight_checks", serde_json::json!({"expected_node_counts": 1}))).field.as_deref(),
+            Some("preflight_checks.expected_node_counts")
+        );
+        let restart = with("type", "cordon_nodepool_and_restart_jobset".into());
+        assert_eq!(refused(restart).field.as_deref(), Some("jobset_name"));
+        assert_eq!(refused(with("type", "repair_node".into())).field.as_deref(), Some("node_name"));
+        assert_eq!(parse(b"{not json").err().and_then(|e| e.field), None);
+    }
+
+    #[test]
+    fn generated_ids_are_valid_ids() {
+        assert!(valid_id(&generate_id()));
+        assert_ne!(generate_id(), generate_id());
+    }
+
+    #[test]
+    fn topology_chips_multiplies_the_dimensions() {
+        assert_eq!(topology_chips("8x8x8"), Some(512));
+        assert_eq!(topology_chips("2x4"), Some(8));
+        assert_eq!(topology_chips("8x0"), None);
+        assert_eq!(topology_chips("eight"), None);
+    }
+
+    fn labels(topology: &str, chips: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("cloud.google.com/gke-tpu-topology".to_string(), topology.to_string()),
+            ("cloud.google.com/gke-accelerator-count".to_string(), chips.to_string()),
+        ])
+    }
+
+    const T: &str = "cloud.google.com/gke-tpu-topology";
+    const C: &str = "cloud.google.com/gke-accelerator-count";
+
+    #[test]
+    fn an_8x8x8_slice_with_4_chips_per_node_needs_128_nodes() {
+        let l = labels("8x8x8", "4");
+        let names: Vec<String> = (0..128).map(|i| format!("n{i}")).collect();
+        let pool: Vec<(&str, &BTreeMap<String, String>)> = names.iter().map(|n| (n.as_str(), &l)).collect();
+        assert_eq!(expected_node_count(pool.clone(), T, C), Ok(128));
+        let short = expected_node_count(pool[..127].iter().copied(), T, C);
+        assert!(matches!(short, Err(PreflightError::CountMismatch { actual: 127, expected: 128, .. })), "{short:?}");
+    }
+
+    #[test]
+    fn the_preflight_names_a_missing_or_disagreeing_label() {
+        let good = labels("2x2", "4");
+        let other = labels("2x4", "4");
+        let none = BTreeMap::new();
+        assert!(matches!(expected_node_count([("a", &none)], T, C), Err(PreflightError::MissingLabel { .. })));
+        assert!(matches!(expected_node_count([("a", &good), ("b", &other)], T, C), Err(PreflightError::Inconsistent { .. })));
+        assert_eq!(expected_node_count([("a", &good)], T, C), Ok(1));
+    }
+}
