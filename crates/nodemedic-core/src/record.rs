@@ -97,7 +97,7 @@ pub struct ActiveRemediation {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "name")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "name")]
 pub enum Stage {
     /// The step is running (or, for quarantine, watching for self-recovery) until its deadline.
     Executing,
@@ -200,6 +200,28 @@ impl NodeRecord {
         if self.history.len() > HISTORY_LIMIT {
             let excess = self.history.len() - HISTORY_LIMIT;
             self.history.drain(..excess);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CRD's structural schema is written by hand for Stage: every field serde writes must be in it,
+    /// or the API server refuses the record (a Verifying stage once was, with snake_case fields).
+    #[test]
+    fn every_stage_serialises_only_fields_its_schema_declares() {
+        let schema = serde_json::to_value(schemars::schema_for!(Stage)).unwrap_or_default();
+        let declared: Vec<String> = schema["properties"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
+        assert!(!declared.is_empty(), "{schema}");
+        let t = Time(1_795_000_000_000);
+        for stage in [Stage::Executing, Stage::Verifying { completed_at: t, verify_from: t, verify_deadline: t }, Stage::AwaitingNext { ended_at: t }] {
+            let v = serde_json::to_value(&stage).unwrap_or_default();
+            for key in v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+                assert!(declared.contains(&key), "{stage:?} writes `{key}`, not in the schema {declared:?}");
+            }
+            assert_eq!(serde_json::from_value::<Stage>(v).ok(), Some(stage));
         }
     }
 }

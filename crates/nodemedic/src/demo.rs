@@ -168,6 +168,8 @@ impl Drop for Replica {
 
 pub struct DemoArgs {
     pub scenario: Option<PathBuf>,
+    /// Run without the SMTP server and Alertmanager (and so without notifications).
+    pub no_notify: bool,
     /// Keep the cluster running after the summary, until Ctrl-C.
     pub keep: bool,
 }
@@ -203,7 +205,13 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     println!("nodemedic demo — scenario `{}`: {} fake GPU nodes in {} pools", scenario.name, scenario.nodes, scenario.pools);
     println!("starting etcd, kube-apiserver and kwok (the first run builds them from Go modules; that takes a while)…");
     let cp = Arc::new(ControlPlane::start(Options { kwok: true, ..Options::default() }).await.context("starting the control plane")?);
-    let result = play(&cp, &scenario).await;
+    let peers = if args.no_notify {
+        None
+    } else {
+        println!("starting the notification peers: an SMTP server (aiosmtpd) and Alertmanager…");
+        Some(crate::demo_peers::Peers::start().context("starting the SMTP server and Alertmanager (or pass --no-notify)")?)
+    };
+    let result = play(&cp, &scenario, peers.as_ref()).await;
     if args.keep {
         println!("\nthe cluster keeps running; Ctrl-C stops it");
         println!("  KUBECONFIG={} {} get nhp,nrem", cp.kubeconfig().display(), cp.binaries().path("kubectl").display());
@@ -212,7 +220,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     result
 }
 
-async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario) -> Result<()> {
+async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, peers: Option<&crate::demo_peers::Peers>) -> Result<()> {
     let client = cp.client();
     nodemedic_controller::install_crds(&client).await.context("installing the CRDs")?;
     let pools = scenario.pools.max(1);
@@ -235,23 +243,20 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario) -> Result<()> {
     let exe = std::env::current_exe().context("locating this binary")?;
     let log_dir = std::env::temp_dir().join(format!("nodemedic-demo-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir)?;
+    let notifications = log_dir.join("notifications.yaml");
+    if let Some(p) = peers {
+        std::fs::write(&notifications, p.notifications_yaml())?;
+    }
     let mut replicas = Vec::new();
     for name in ["controller-a", "controller-b"] {
         let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-        let child = Command::new(&exe)
-            .args([
-                "controller",
-                "--identity",
-                name,
-                "--lease-duration",
-                "10",
-                "--listen",
-                "127.0.0.1:0",
-                "--resync",
-                "5",
-                "--log-format",
-                "json",
-            ])
+        let mut command = Command::new(&exe);
+        command.arg("controller");
+        if peers.is_some() {
+            command.arg("--notifications").arg(&notifications);
+        }
+        let child = command
+            .args(["--identity", name, "--lease-duration", "10", "--listen", "127.0.0.1:0", "--resync", "5", "--log-format", "json"])
             .env("KUBECONFIG", cp.kubeconfig())
             .stdout(Stdio::null())
             .stderr(log)
@@ -364,8 +369,12 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario) -> Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+    // Give a notification sent in the last pass a moment to arrive before the replicas stop.
+    if peers.is_some() {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
     drop(replicas);
-    summary(cp, scenario, breaker_tripped_at).await
+    summary(cp, scenario, breaker_tripped_at, peers).await
 }
 
 /// Every expectation already holds: no reason to wait out the full duration.
@@ -493,7 +502,12 @@ async fn table(client: &kube::Client, records: &[NodeRemediation]) -> Result<Str
     ))
 }
 
-async fn summary(cp: &ControlPlane, scenario: &Scenario, breaker_tripped_at: Option<f64>) -> Result<()> {
+async fn summary(
+    cp: &ControlPlane,
+    scenario: &Scenario,
+    breaker_tripped_at: Option<f64>,
+    peers: Option<&crate::demo_peers::Peers>,
+) -> Result<()> {
     let client = cp.client();
     let records = Api::<NodeRemediation>::all(client.clone()).list(&ListParams::default()).await?.items;
     let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
@@ -541,6 +555,31 @@ async fn summary(cp: &ControlPlane, scenario: &Scenario, breaker_tripped_at: Opt
                 format!("{phase:?}"),
                 if steps.is_empty() { "none".into() } else { steps.join(", ") }
             );
+        }
+    }
+    if let Some(p) = peers {
+        let mails = p.mails();
+        let alerts = p.alerts().unwrap_or_default();
+        println!("\nnotifications — {} email(s) at the SMTP server, {} alert(s) active in Alertmanager:", mails.len(), alerts.len());
+        for m in &mails {
+            println!("  email to {}: {}", m.to.join(", "), m.subject);
+        }
+        for (name, node, summary) in &alerts {
+            println!("  alert {name}{}: {summary}", if node.is_empty() { String::new() } else { format!(" node={node}") });
+        }
+        // A node left to a person must have told people: an email naming it, with its attempts, and an alert.
+        for f in scenario.faults.iter().filter(|f| f.expect == Some(Expect::Manual)) {
+            for n in &f.nodes {
+                let mailed = mails.iter().any(|m| m.subject.contains(n.as_str()) && m.text.contains("reimage"));
+                let alerted = alerts.iter().any(|(name, node, _)| node == n && name == "NodemedicNodeManual");
+                println!(
+                    "  {} {n}: email with its attempts {}, alert NodemedicNodeManual {}",
+                    if mailed && alerted { "✓" } else { "✗" },
+                    if mailed { "received" } else { "MISSING" },
+                    if alerted { "firing" } else { "MISSING" }
+                );
+                failed += usize::from(!(mailed && alerted));
+            }
         }
     }
     match cp.kubectl(&["get", "nodehealthpolicies,noderemediations", "-o", "wide"]) {

@@ -14,6 +14,7 @@ use std::time::Instant;
 mod action_cmd;
 mod controller_cmd;
 mod demo;
+mod demo_peers;
 mod operator_cmd;
 
 #[derive(Parser)]
@@ -57,6 +58,9 @@ enum Command {
         /// Keep the cluster running after the summary (for kubectl), until Ctrl-C.
         #[arg(long)]
         keep: bool,
+        /// Without the SMTP server and Alertmanager the controllers notify (installed on first use).
+        #[arg(long)]
+        no_notify: bool,
     },
     /// Ask the actions API (served by the controller with --api-listen) to act on a node pool or a node.
     Action(action_cmd::ActionArgs),
@@ -303,11 +307,11 @@ fn main() -> Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(controller_cmd::controller(args)),
-        Command::Demo { scenario, keep } => tokio::runtime::Builder::new_multi_thread()
+        Command::Demo { scenario, keep, no_notify } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")?
-            .block_on(demo::demo(demo::DemoArgs { scenario, keep })),
+            .block_on(demo::demo(demo::DemoArgs { scenario, no_notify, keep })),
         Command::Operator(cmd) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
