@@ -704,6 +704,7 @@ fn update_breaker(ctx: &Ctx, work: &[Work], selected: usize, rec: &mut PolicyRec
     let now = ctx.now;
     let Some(b) = &ctx.policy.gates.circuit_breaker else {
         if rec.breaker_tripped_at.take().is_some() {
+            rec.breaker_extended_at = None;
             rec.breaker_reason = None;
             out.events.push(Event {
                 node: None,
@@ -713,16 +714,45 @@ fn update_breaker(ctx: &Ctx, work: &[Work], selected: usize, rec: &mut PolicyRec
         }
         return false;
     };
+    let window_start = now - b.window;
+    let recent = work
+        .iter()
+        .filter(|w| w.selected)
+        .filter(|w| match w.active() {
+            Some(a) => a.unhealthy_since >= window_start,
+            None => w.firing(ctx.policy).is_some_and(|(_, since)| since >= window_start),
+        })
+        .count();
+    let exceeded = b.max_unhealthy.exceeded_by(recent, selected);
+    let reason = || {
+        format!(
+            "{recent} of {selected} selected nodes turned unhealthy within {} (limit {}): halting new remediations for at least {}{}",
+            b.window,
+            b.max_unhealthy,
+            b.cooldown,
+            if b.manual_reset { " and until a person resets the breaker" } else { "" }
+        )
+    };
     if let Some(tripped) = rec.breaker_tripped_at {
-        let cooled = now >= tripped + b.cooldown;
+        let cooling_from = rec.breaker_extended_at.map_or(tripped, |e| e.max(tripped));
+        let cooled = now >= cooling_from + b.cooldown;
         let reset = !b.manual_reset || rec.breaker_reset_requested_at.is_some_and(|r| r >= tripped);
         if !(cooled && reset) {
             if !cooled {
-                out.wake_at(tripped + b.cooldown);
+                out.wake_at(cooling_from + b.cooldown);
             }
             return true;
         }
+        if exceeded && !b.manual_reset {
+            // The mass failure is still there: stay open for another cooldown rather than close and
+            // trip again in the same breath (one trip, one notification).
+            rec.breaker_extended_at = Some(now);
+            rec.breaker_reason = Some(reason());
+            out.wake_at(now + b.cooldown);
+            return true;
+        }
         rec.breaker_tripped_at = None;
+        rec.breaker_extended_at = None;
         rec.breaker_reason = None;
         out.events.push(Event {
             node: None,
@@ -734,24 +764,10 @@ fn update_breaker(ctx: &Ctx, work: &[Work], selected: usize, rec: &mut PolicyRec
             },
         });
     }
-    let window_start = now - b.window;
-    let recent = work
-        .iter()
-        .filter(|w| w.selected)
-        .filter(|w| match w.active() {
-            Some(a) => a.unhealthy_since >= window_start,
-            None => w.firing(ctx.policy).is_some_and(|(_, since)| since >= window_start),
-        })
-        .count();
-    if b.max_unhealthy.exceeded_by(recent, selected) {
-        let reason = format!(
-            "{recent} of {selected} selected nodes turned unhealthy within {} (limit {}): halting new remediations for at least {}{}",
-            b.window,
-            b.max_unhealthy,
-            b.cooldown,
-            if b.manual_reset { " and until a person resets the breaker" } else { "" }
-        );
+    if exceeded {
+        let reason = reason();
         rec.breaker_tripped_at = Some(now);
+        rec.breaker_extended_at = None;
         rec.breaker_reason = Some(reason.clone());
         out.events.push(Event { node: None, kind: EventKind::BreakerTripped, message: reason });
         out.wake_at(now + b.cooldown);

@@ -179,6 +179,10 @@ pub struct PolicyRecord {
     /// A person asked to close the breaker (honoured once its cooldown has passed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker_reset_requested_at: Option<Time>,
+    /// The breaker found the mass failure still there when its cooldown ended and stayed open: the
+    /// next cooldown runs from here. The trip itself (and its notification) stays the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker_extended_at: Option<Time>,
 }
 
 /// All durable state the engine reads.
@@ -216,7 +220,11 @@ mod tests {
         let declared: Vec<String> = schema["properties"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
         assert!(!declared.is_empty(), "{schema}");
         let t = Time(1_795_000_000_000);
-        for stage in [Stage::Executing, Stage::Verifying { completed_at: t, verify_from: t, verify_deadline: t }, Stage::AwaitingNext { ended_at: t }] {
+        for stage in [
+            Stage::Executing,
+            Stage::Verifying { completed_at: t, verify_from: t, verify_deadline: t },
+            Stage::AwaitingNext { ended_at: t },
+        ] {
             let v = serde_json::to_value(&stage).unwrap_or_default();
             for key in v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
                 assert!(declared.contains(&key), "{stage:?} writes `{key}`, not in the schema {declared:?}");

@@ -743,3 +743,41 @@ fn a_reboot_whose_node_never_shows_a_new_boot_id_times_out_saying_so() {
     assert!(timed_out.message.contains("did not come back Ready with a new boot ID (still boot-1)"), "{}", timed_out.message);
     assert_eq!(executes(&d), [("gpu-1".to_string(), RemediationStep::Reimage, 2)]);
 }
+
+#[test]
+fn a_mass_failure_still_there_after_the_cooldown_keeps_the_breaker_open_without_a_second_trip() {
+    let fleet: Vec<_> = (0..10).map(|i| gpu_node(&format!("gpu-{i:02}"), "a", 8, EPOCH)).collect();
+    let mut p = live(presets::seed000());
+    p.gates.circuit_breaker = Some(CircuitBreaker {
+        max_unhealthy: IntOrPercent::Percent(20),
+        window: Duration::from_mins(10),
+        cooldown: Duration::from_mins(2),
+        manual_reset: false,
+    });
+    let mut h = Harness::new(p, fleet);
+    let fail_all = |h: &mut Harness| {
+        for i in 0..4 {
+            for _ in 0..3 {
+                h.probe(&format!("gpu-{i:02}"), "gpu", false);
+            }
+        }
+    };
+    fail_all(&mut h);
+    let d = h.decide();
+    assert_eq!(d.events.iter().filter(|e| e.kind == EventKind::BreakerTripped).count(), 1);
+    // Cooldown over, the four nodes still failing within the window: still open, no new trip, no close.
+    h.advance(Duration::from_mins(3));
+    fail_all(&mut h);
+    let d = h.decide();
+    assert!(executes(&d).is_empty(), "{:?}", d.actions);
+    assert!(!d.events.iter().any(|e| e.kind == EventKind::BreakerTripped || e.kind == EventKind::BreakerClosed), "{:?}", d.events);
+    assert!(d.summary.breaker_open);
+    assert_eq!(h.records.policy.breaker_tripped_at, Some(EPOCH), "the same trip (one notification), extended");
+    // Once the window has no mass failure any more, it closes after the next cooldown.
+    for i in 0..4 {
+        h.probe(&format!("gpu-{i:02}"), "gpu", true);
+    }
+    h.advance(Duration::from_mins(11));
+    let d = h.decide();
+    assert!(d.events.iter().any(|e| e.kind == EventKind::BreakerClosed), "{:?}", d.events);
+}

@@ -275,6 +275,7 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, peers: Option<&crate:
     let mut last_table = String::new();
     let mut last_heartbeat = Instant::now();
     let mut breaker_tripped_at: Option<f64> = None;
+    let mut breaker_open = false;
     let total = std::time::Duration::from_millis(scenario.duration.0.max(0) as u64);
     let mut agents = tokio::task::JoinSet::new();
     loop {
@@ -315,8 +316,12 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, peers: Option<&crate:
             let again = if count > 1 { format!(" (×{count})") } else { String::new() };
             let object = regarding.and_then(|r| r.name.clone()).unwrap_or_default();
             let reason = e.reason.clone().unwrap_or_default();
-            if reason == "BreakerTripped" && breaker_tripped_at.is_none() {
-                breaker_tripped_at = Some(start.elapsed().as_secs_f64());
+            if reason == "BreakerTripped" {
+                breaker_open = true;
+                breaker_tripped_at.get_or_insert(start.elapsed().as_secs_f64());
+            }
+            if reason == "BreakerClosed" {
+                breaker_open = false;
             }
             println!("{} {:<11} {:<20} {}{again}", elapsed(start), object, reason, e.note.unwrap_or_default());
         }
@@ -364,7 +369,7 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, peers: Option<&crate:
                 .active
                 .iter()
                 .all(|(_, (i, _))| scenario.faults[*i].recovers_after.is_none());
-        if start.elapsed() >= total || (quiet && settled(scenario, &records, breaker_tripped_at.is_some())) {
+        if start.elapsed() >= total || (quiet && !breaker_open && settled(scenario, &records, breaker_tripped_at.is_some())) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

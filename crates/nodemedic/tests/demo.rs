@@ -23,6 +23,11 @@ fn the_demo_scenario_ends_as_it_expects_and_kubectl_tells_the_story() -> anyhow:
     ] {
         assert!(stdout.contains(line), "the timeline shows {line}:\n{stdout}");
     }
+    // The node left to a person told people, through a real SMTP server and a real Alertmanager.
+    assert!(stdout.contains("NodeManual: gpu-011"), "an email about gpu-011:\n{stdout}");
+    assert!(stdout.contains("alert NodemedicNodeManual node=gpu-011"), "an alert about gpu-011:\n{stdout}");
+    assert!(stdout.contains("✓ gpu-011: email with its attempts received, alert NodemedicNodeManual firing"), "{stdout}");
+    assert_eq!(stdout.matches("BreakerTripped: policy demo").count(), 1, "one trip, one email:\n{stdout}");
     // kubectl's view: the policy's counts and the manual node's record.
     let kubectl = stdout.split("$ kubectl get nodehealthpolicies,noderemediations").nth(1).unwrap_or_default();
     assert!(kubectl.lines().any(|l| l.contains("nodehealthpolicy.nodemedic.io/demo") && l.contains("True")), "{kubectl}");
