@@ -29,7 +29,9 @@ use crate::config::AgentConfig;
 use crate::node::{boot_id, condition_json, existing_condition, family_verdict, publish_conditions, rfc3339, taint_keys};
 use crate::plugin::Family;
 use crate::probe::{ProbeSchedule, ProbeState};
-use crate::remediate::{AttemptEntry, AttemptLog, HostActions, Request, StateError, boot_outcome, boot_poll_interval, requested, verifying};
+use crate::remediate::{
+    AttemptEntry, AttemptLog, HostActions, Request, StateError, boot_outcome, boot_poll_interval, requested, verifying,
+};
 use crate::verdict::{Reason, Verdict};
 
 #[derive(Debug, Error)]
@@ -82,7 +84,8 @@ impl Jitter {
 pub fn gpu_probes_may_run(taints: &[String], prefix: &str, verifying: bool) -> bool {
     let keys: Vec<&str> = taints.iter().map(String::as_str).collect();
     let draining = format!("{prefix}draining");
-    nodemedic_core::probe_may_run(nodemedic_core::ProbeFamily::Gpu, &keys, prefix, verifying) && (verifying || !keys.contains(&draining.as_str()))
+    nodemedic_core::probe_may_run(nodemedic_core::ProbeFamily::Gpu, &keys, prefix, verifying)
+        && (verifying || !keys.contains(&draining.as_str()))
 }
 
 /// Whether `family` may run now.

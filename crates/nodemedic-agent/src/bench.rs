@@ -49,8 +49,7 @@ pub fn run(config: &AgentConfig, catalog: &Catalog, cycles: u32) -> BenchReport 
     let probes = configured_probes(config);
     let search = search_path(config);
     let mut states: Vec<ProbeState> = probes.iter().map(|p| ProbeState::new(config.schedule_for(p))).collect();
-    let (agent_before, tools_before) =
-        (cpu(nix::sys::resource::UsageWho::RUSAGE_SELF), cpu(nix::sys::resource::UsageWho::RUSAGE_CHILDREN));
+    let (agent_before, tools_before) = (cpu(nix::sys::resource::UsageWho::RUSAGE_SELF), cpu(nix::sys::resource::UsageWho::RUSAGE_CHILDREN));
     let started = Instant::now();
     for _ in 0..cycles {
         for (probe, state) in probes.iter().zip(states.iter_mut()) {

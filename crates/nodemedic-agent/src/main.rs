@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use nodemedic_agent::check::{load_catalog, render_table, run_once};
 use nodemedic_agent::agent::Agent;
+use nodemedic_agent::check::{load_catalog, render_table, run_once};
 use nodemedic_agent::remediate::CommandHost;
 use nodemedic_agent::{AgentConfig, Health};
 use std::sync::Arc;
@@ -113,7 +113,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { once, config, json } => {
-            anyhow::ensure!(once, "`check` needs `--once`; the continuous agent is `nodemedic-agent run`");
+            anyhow::ensure!(once, "use `check --once` (the continuous agent is `nodemedic-agent run`)");
             let config = match config {
                 Some(path) => AgentConfig::load(&path).with_context(|| format!("loading {}", path.display()))?,
                 None => {

@@ -57,7 +57,12 @@ pub fn family_verdict(probes: &[(String, Verdict)]) -> Option<Verdict> {
 }
 
 /// The condition to write for `family`: the transition time of `existing` is kept while the status is the same.
-pub fn condition_json(family: Family, verdict: &Verdict, heartbeat: jiff::Timestamp, existing: Option<&NodeCondition>) -> serde_json::Value {
+pub fn condition_json(
+    family: Family,
+    verdict: &Verdict,
+    heartbeat: jiff::Timestamp,
+    existing: Option<&NodeCondition>,
+) -> serde_json::Value {
     let status = condition_status(verdict.health);
     let kept = existing.filter(|c| c.status == status).and_then(|c| c.last_transition_time.as_ref()).map(|t| rfc3339(t.0));
     serde_json::json!({

@@ -73,7 +73,8 @@ impl FakeHost {
             passes_before_healthy: 2,
             stale_after: None,
         };
-        let mut config = AgentConfig { expected_gpus: Some(8), schedule: fast, ..AgentConfig::default() };
+        // No expected count: the fault the captures show is the lost GPU, not the short list of GPUs.
+        let mut config = AgentConfig { expected_gpus: None, schedule: fast, ..AgentConfig::default() };
         config.probes.nvidia_smi = Some(NvidiaSmiProbe {
             path: self.dir.path().join("nvidia-smi").display().to_string(),
             format: NvidiaSmiFormat::Csv,
@@ -172,8 +173,7 @@ async fn heartbeat_after(nodes: &Api<Node>, node: &str, type_: &str, after: jiff
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failing_gpu_probe_sets_gpu_problem_on_its_own_node_only_with_a_steady_transition_and_a_moving_heartbeat()
--> anyhow::Result<()> {
+async fn a_failing_gpu_probe_sets_gpu_problem_on_its_own_node_only_with_a_steady_transition_and_a_moving_heartbeat() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
         install_crds(&cp.client()).await?;
@@ -191,7 +191,10 @@ async fn a_failing_gpu_probe_sets_gpu_problem_on_its_own_node_only_with_a_steady
             let beat = heartbeat(&first).context("a heartbeat")?;
             let later = heartbeat_after(&nodes, "gpu-001", "GPUProblem", beat).await?;
             assert_eq!(later.status, "True");
-            assert_eq!(later.last_transition_time, first.last_transition_time, "the status did not change, so neither does its transition time");
+            assert_eq!(
+                later.last_transition_time, first.last_transition_time,
+                "the status did not change, so neither does its transition time"
+            );
             assert!(condition(&nodes, "gpu-000", "GPUProblem").await.is_none(), "no other node is touched");
             let fabric = condition(&nodes, "gpu-001", "NetworkProblem").await.context("the network family is published too")?;
             assert_eq!((fabric.status.as_str(), fabric.reason.as_deref()), ("False", Some("AllChecksPassed")));
@@ -239,12 +242,14 @@ async fn gpu_probes_pause_while_a_repair_taint_is_on_the_node_and_the_network_pr
     .await
 }
 
+// `settle`: the GPU verdict published just before the reboot, in the same second as the report of a test's
+// instant reboot, must not count as a re-check.
 const POLICY: &str = r#"
 rules:
 - name: gpu
   check: {name: gpu}
 ladder:
-- {step: reboot, timeout: 10m, verifyTimeout: 2m}
+- {step: reboot, timeout: 10m, settle: 2s, verifyTimeout: 2m}
 - {step: manual}
 monitorOnly: false
 "#;
@@ -256,13 +261,17 @@ async fn a_gpu_fault_is_rebooted_by_the_agent_once_and_the_node_is_cleared_when_
         install_crds(&cp.client()).await?;
         cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 3).await?;
         Api::<NodeHealthPolicy>::all(cp.client())
-            .create(&PostParams::default(), &NodeHealthPolicy::new("gpu-workers", NodeHealthPolicySpec { policy: Policy::from_yaml(POLICY)? }))
+            .create(
+                &PostParams::default(),
+                &NodeHealthPolicy::new("gpu-workers", NodeHealthPolicySpec { policy: Policy::from_yaml(POLICY)? }),
+            )
             .await?;
         let nodes: Api<Node> = Api::all(cp.client());
         let remediations: Api<NodeRemediation> = Api::all(cp.client());
         let controller = Reconciler::new(cp.client(), &AgentExecutor);
         let host = FakeHost::new(GPU_LOST)?;
-        let hook = RebootHook { cp, node: "gpu-001".to_string(), host: &host, calls: AtomicU32::new(0), rebooted: tokio::sync::Notify::new() };
+        let hook =
+            RebootHook { cp, node: "gpu-001".to_string(), host: &host, calls: AtomicU32::new(0), rebooted: tokio::sync::Notify::new() };
         let boot_before = nodes.get("gpu-001").await?.status.and_then(|s| s.node_info).map(|i| i.boot_id).context("a boot ID")?;
 
         // The agent sees the fault; the controller taints the node for a reboot; the agent reboots it. The
@@ -319,30 +328,34 @@ async fn a_reboot_command_that_fails_without_rebooting_is_reported_failed_and_no
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
         install_crds(&cp.client()).await?;
-        cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 1).await?;
+        cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 3).await?;
         Api::<NodeHealthPolicy>::all(cp.client())
-            .create(&PostParams::default(), &NodeHealthPolicy::new("gpu-workers", NodeHealthPolicySpec { policy: Policy::from_yaml(POLICY)? }))
+            .create(
+                &PostParams::default(),
+                &NodeHealthPolicy::new("gpu-workers", NodeHealthPolicySpec { policy: Policy::from_yaml(POLICY)? }),
+            )
             .await?;
         let nodes: Api<Node> = Api::all(cp.client());
         let remediations: Api<NodeRemediation> = Api::all(cp.client());
         let controller = Reconciler::new(cp.client(), &AgentExecutor);
         let host = FakeHost::new(GPU_LOST)?;
         let mut config = host.config();
-        config.remediation.reboot.argv = vec!["sh".into(), "-c".into(), "echo 'System has not been booted with systemd' >&2; exit 1".into()];
+        config.remediation.reboot.argv =
+            vec!["sh".into(), "-c".into(), "echo 'System has not been booted with systemd' >&2; exit 1".into()];
         config.remediation.sysrq_trigger = None;
         let commands = nodemedic_agent::remediate::CommandHost { config: config.remediation.clone() };
-        let agent = agent(cp, "gpu-000", config, &commands)?;
+        let agent = agent(cp, "gpu-001", config, &commands)?;
         let report = while_running(&agent, async {
             Ok(wait_for(Duration::from_secs(40), "a step report for attempt 1", || async {
                 controller.reconcile("gpu-workers", now()).await.ok()?;
-                remediations.get("gpu-000").await.ok()?.status?.step_report.filter(|r| r.attempt == 1)
+                remediations.get("gpu-001").await.ok()?.status?.step_report.filter(|r| r.attempt == 1)
             })
             .await?)
         })
         .await?;
         assert_eq!(report.outcome, ReportedOutcome::Failed);
         assert!(report.message.contains("System has not been booted with systemd"), "{}", report.message);
-        assert!(taints(&nodes.get("gpu-000").await?).iter().any(|t| t.starts_with("nodemedic.io/repair-")));
+        assert!(taints(&nodes.get("gpu-001").await?).iter().any(|t| t.starts_with("nodemedic.io/repair-")));
         Ok(())
     })
     .await

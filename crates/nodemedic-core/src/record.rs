@@ -79,7 +79,7 @@ pub struct ActiveRemediation {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "name")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "name")]
 pub enum Stage {
     /// The step is running (or, for quarantine, watching for self-recovery) until its deadline.
     Executing,
