@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::watcher;
-use nodemedic_core::observe::StepReport;
+use nodemedic_core::observe::{ReportedOutcome, StepReport};
 use nodemedic_k8s::NodeRemediation;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -228,13 +228,17 @@ impl Agent<'_> {
         boot_id(&node).ok_or_else(|| AgentError::NoBootId(self.node.clone()))
     }
 
-    /// Waits up to `limit` for the boot ID to differ from `before`; returns the last one read.
+    /// Waits up to `limit` for the boot ID to differ from `before`; returns the last one read. Failed reads are
+    /// retried until the limit (the API server may be out of reach while the node goes down).
     async fn wait_for_new_boot(&self, before: &str, limit: Duration) -> Result<String, AgentError> {
         let deadline = Instant::now() + limit;
         loop {
-            let now = self.current_boot_id().await?;
-            if now != before || Instant::now() >= deadline {
-                return Ok(now);
+            let read = self.current_boot_id().await;
+            match &read {
+                Ok(now) if now != before => return read,
+                Err(error) if Instant::now() < deadline => tracing::warn!(%error, "reading this node's boot ID; retrying"),
+                _ if Instant::now() >= deadline => return read,
+                _ => {}
             }
             tokio::time::sleep(boot_poll_interval(limit)).await;
         }
@@ -275,15 +279,8 @@ impl Agent<'_> {
                         let (outcome, message) = boot_outcome(&before, &now);
                         (outcome, format!("{message} ({description})"))
                     }
-                    Err(error) => {
-                        let now = self.current_boot_id().await?;
-                        match boot_outcome(&before, &now) {
-                            (nodemedic_core::observe::ReportedOutcome::Succeeded, message) => {
-                                (nodemedic_core::observe::ReportedOutcome::Succeeded, message)
-                            }
-                            (outcome, _) => (outcome, error),
-                        }
-                    }
+                    // A command that failed (sysrq included) did not reboot the node.
+                    Err(error) => (ReportedOutcome::Failed, error),
                 };
                 self.decide(&mut log, request, outcome, &message)?;
                 (outcome, message)
@@ -296,13 +293,7 @@ impl Agent<'_> {
         Ok(())
     }
 
-    fn decide(
-        &self,
-        log: &mut AttemptLog,
-        request: &Request,
-        outcome: nodemedic_core::observe::ReportedOutcome,
-        message: &str,
-    ) -> Result<(), AgentError> {
+    fn decide(&self, log: &mut AttemptLog, request: &Request, outcome: ReportedOutcome, message: &str) -> Result<(), AgentError> {
         if let Some(entry) = log.find_mut(&request.record_uid, request.attempt) {
             entry.outcome = Some(outcome);
             entry.message = message.to_string();

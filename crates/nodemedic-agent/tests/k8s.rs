@@ -64,6 +64,21 @@ impl FakeHost {
         self.dir.path().join("var/lib/nodemedic/attempts.json")
     }
 
+    /// The same agent as [`FakeHost::config`], as the YAML file the binary reads.
+    fn config_file(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.path().display();
+        let yaml = format!(
+            "schedule: {{ interval: 700ms, timeout: 700ms, jitter: 100ms, failures_before_unhealthy: 2, passes_before_healthy: 2 }}\n\
+             probes:\n  nvidia_smi: {{ path: {dir}/nvidia-smi, format: csv }}\n  \
+             plugins:\n    - {{ name: fabric, path: {dir}/check_fabric.sh, family: network }}\n\
+             remediation:\n  state_file: {}\n",
+            self.state_file().display()
+        );
+        let path = self.dir.path().join("agent.yaml");
+        std::fs::write(&path, yaml)?;
+        Ok(path)
+    }
+
     fn config(&self) -> AgentConfig {
         let fast = ProbeSchedule {
             interval: TextDuration(Duration::from_millis(700)),
@@ -356,6 +371,47 @@ async fn a_reboot_command_that_fails_without_rebooting_is_reported_failed_and_no
         assert_eq!(report.outcome, ReportedOutcome::Failed);
         assert!(report.message.contains("System has not been booted with systemd"), "{}", report.message);
         assert!(taints(&nodes.get("gpu-001").await?).iter().any(|t| t.starts_with("nodemedic.io/repair-")));
+        Ok(())
+    })
+    .await
+}
+
+/// Peak resident memory of a process, KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_takes_its_node_from_node_name_and_publishes_conditions_through_the_kubeconfig() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        install_crds(&cp.client()).await?;
+        cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 2).await?;
+        let nodes: Api<Node> = Api::all(cp.client());
+        let host = FakeHost::new(GPU_LOST)?;
+        // NODEMEDIC_AGENT_BIN measures another build (e.g. release) of the same binary.
+        let bin = std::env::var("NODEMEDIC_AGENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_nodemedic-agent").to_string());
+        let mut agent = tokio::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(host.config_file()?)
+            .env("NODE_NAME", "gpu-001")
+            .env("KUBECONFIG", cp.kubeconfig())
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()?;
+        let result = wait_for(Duration::from_secs(30), "GPUProblem=True on gpu-001", || async {
+            condition(&nodes, "gpu-001", "GPUProblem").await.filter(|c| c.status == "True")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let peak = agent.id().and_then(peak_rss_kib);
+        eprintln!("nodemedic-agent run: peak RSS {peak:?} KiB after ~30 probe runs and their condition writes");
+        agent.start_kill()?;
+        let first = result?;
+        assert_eq!(first.reason.as_deref(), Some("GpuLost"));
+        assert!(condition(&nodes, "gpu-000", "GPUProblem").await.is_none(), "no other node is touched");
+        assert!(condition(&nodes, "gpu-001", "NetworkProblem").await.is_some_and(|c| c.status == "False"));
         Ok(())
     })
     .await
