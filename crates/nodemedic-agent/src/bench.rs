@@ -20,6 +20,10 @@ pub struct BenchReport {
     pub peak_rss_kib: Option<u64>,
     /// Resident memory after the last cycle, KiB.
     pub rss_kib: Option<u64>,
+    /// Of that, anonymous memory (heap, stacks), KiB.
+    pub rss_anon_kib: Option<u64>,
+    /// Of that, file-backed pages (the binary's and libc's code, shared with the page cache), KiB.
+    pub rss_file_kib: Option<u64>,
     pub wall_ms_per_cycle: f64,
     /// User + system CPU of the agent process per cycle.
     pub agent_cpu_ms_per_cycle: f64,
@@ -67,6 +71,8 @@ pub fn run(config: &AgentConfig, catalog: &Catalog, cycles: u32) -> BenchReport 
         probes,
         peak_rss_kib: proc_status_kib("VmHWM"),
         rss_kib: proc_status_kib("VmRSS"),
+        rss_anon_kib: proc_status_kib("RssAnon"),
+        rss_file_kib: proc_status_kib("RssFile"),
         wall_ms_per_cycle: per_cycle(wall),
         agent_cpu_ms_per_cycle: per_cycle(agent),
         tools_cpu_ms_per_cycle: per_cycle(tools),
@@ -77,11 +83,13 @@ pub fn run(config: &AgentConfig, catalog: &Catalog, cycles: u32) -> BenchReport 
 pub fn render(report: &BenchReport) -> String {
     let kib = |v: Option<u64>| v.map(|k| format!("{k} KiB ({:.2} MiB)", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".to_string());
     format!(
-        "cycles: {}\nprobes: {}\npeak RSS (VmHWM): {}\nRSS after the last cycle: {}\nwall per cycle: {:.2} ms\nagent CPU per cycle: {:.3} ms\ntools CPU per cycle: {:.3} ms\n",
+        "cycles: {}\nprobes: {}\npeak RSS (VmHWM): {}\nRSS after the last cycle: {} (anonymous {}, file-backed {})\nwall per cycle: {:.2} ms\nagent CPU per cycle: {:.3} ms\ntools CPU per cycle: {:.3} ms\n",
         report.cycles,
         report.probes.join(", "),
         kib(report.peak_rss_kib),
         kib(report.rss_kib),
+        kib(report.rss_anon_kib),
+        kib(report.rss_file_kib),
         report.wall_ms_per_cycle,
         report.agent_cpu_ms_per_cycle,
         report.tools_cpu_ms_per_cycle
