@@ -185,3 +185,24 @@ impl NodeRecord {
         }
     }
 }
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+
+    /// The CRD schema names the stage's times in camelCase (`completedAt`, `verifyFrom`, …); the API server
+    /// refuses a record written any other way, so the serialised form must match it.
+    #[test]
+    fn stage_times_serialise_in_camel_case_as_the_schema_declares() -> Result<(), serde_json::Error> {
+        let verifying = Stage::Verifying { completed_at: Time(0), verify_from: Time(1000), verify_deadline: Time(2000) };
+        let json = serde_json::to_value(&verifying)?;
+        let mut keys: Vec<&str> = json.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+        keys.sort_unstable();
+        assert_eq!(keys, ["completedAt", "name", "verifyDeadline", "verifyFrom"]);
+        assert_eq!(json["name"], "verifying");
+        assert_eq!(serde_json::from_value::<Stage>(json)?, verifying);
+        let awaiting = serde_json::to_value(Stage::AwaitingNext { ended_at: Time(0) })?;
+        assert!(awaiting.get("endedAt").is_some(), "{awaiting}");
+        Ok(())
+    }
+}
