@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
+use kube::Resource;
 use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
+use nodemedic_core::RemediationStep;
 use nodemedic_core::observe::{ReportedOutcome, StepReport};
 use nodemedic_k8s::NodeRemediation;
 use thiserror::Error;
@@ -26,7 +29,7 @@ use tokio::sync::watch;
 use crate::catalog::Catalog;
 use crate::check::{configured_probes, run_probe, search_path};
 use crate::config::AgentConfig;
-use crate::node::{boot_id, condition_json, existing_condition, family_verdict, publish_conditions, rfc3339, taint_keys};
+use crate::node::{FIELD_MANAGER, boot_id, condition_json, existing_condition, family_verdict, publish_conditions, rfc3339, taint_keys};
 use crate::plugin::Family;
 use crate::probe::{ProbeSchedule, ProbeState};
 use crate::remediate::{
@@ -205,9 +208,10 @@ impl Agent<'_> {
 
     async fn remediation_loop(&self, mut records: watch::Receiver<Option<NodeRemediation>>) -> Result<(), AgentError> {
         loop {
-            let request = records.borrow_and_update().as_ref().and_then(|r| requested(r, &self.node));
-            if let Some(request) = request {
-                match self.serve(&request).await {
+            let record = records.borrow_and_update().clone();
+            let request = record.as_ref().and_then(|r| requested(r, &self.node).map(|q| (r, q)));
+            if let Some((record, request)) = request {
+                match self.serve(record, &request).await {
                     Ok(()) => {}
                     Err(AgentError::State(error)) => return Err(AgentError::State(error)),
                     Err(error) => {
@@ -245,7 +249,7 @@ impl Agent<'_> {
     }
 
     /// One request: act once per attempt, then report.
-    async fn serve(&self, request: &Request) -> Result<(), AgentError> {
+    async fn serve(&self, record: &NodeRemediation, request: &Request) -> Result<(), AgentError> {
         let path = &self.config.remediation.state_file;
         let mut log = AttemptLog::load(path)?;
         let (outcome, message) = match log.find(&request.record_uid, request.attempt) {
@@ -272,6 +276,7 @@ impl Agent<'_> {
                 });
                 log.save(path)?;
                 tracing::info!(node = %self.node, attempt = request.attempt, step = request.step.as_str(), boot_id = %before, "remediation started");
+                self.announce_start(record, request, &before).await;
                 let done = self.host.perform(request.step).await;
                 let (outcome, message) = match done {
                     Ok(description) => {
@@ -291,6 +296,26 @@ impl Agent<'_> {
         nodemedic_k8s::report_step(&self.client, crate::node::FIELD_MANAGER, &self.node, &report).await?;
         tracing::info!(node = %self.node, attempt = request.attempt, outcome = ?outcome, %message, "remediation reported");
         Ok(())
+    }
+
+    /// A Kubernetes Event on the record saying the step started (the step report only carries the outcome).
+    /// Best effort: the attempt is already on disk, and a lost event must not hold up the reboot.
+    async fn announce_start(&self, record: &NodeRemediation, request: &Request, boot_id: &str) {
+        let reporter = Reporter { controller: FIELD_MANAGER.to_string(), instance: Some(self.node.clone()) };
+        let recorder = Recorder::new(self.client.clone(), reporter);
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "RemediationStarted".to_string(),
+            note: Some(format!("{} attempt {} started on {} (boot ID {boot_id})", request.step.as_str(), request.attempt, self.node)),
+            action: match request.step {
+                RemediationStep::Reimage => "Reimage".to_string(),
+                _ => "Reboot".to_string(),
+            },
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &record.object_ref(&())).await {
+            tracing::warn!(%error, "publishing the RemediationStarted event");
+        }
     }
 
     fn decide(&self, log: &mut AttemptLog, request: &Request, outcome: ReportedOutcome, message: &str) -> Result<(), AgentError> {

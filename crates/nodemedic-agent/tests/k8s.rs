@@ -306,6 +306,15 @@ async fn a_gpu_fault_is_rebooted_by_the_agent_once_and_the_node_is_cleared_when_
         let log = AttemptLog::load(&host.state_file())?;
         let started = log.attempts.iter().map(|a| (a.attempt, a.step, a.boot_id.as_str(), a.outcome)).collect::<Vec<_>>();
         assert_eq!(started, [(1, RemediationStep::Reboot, boot_before.as_str(), None)], "attempt 1 was written down before acting");
+        let events = Api::<k8s_openapi::api::events::v1::Event>::all(cp.client()).list(&Default::default()).await?;
+        let started: Vec<String> = events
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("RemediationStarted"))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("gpu-001"))
+            .filter_map(|e| e.note.clone())
+            .collect();
+        assert_eq!(started, [format!("reboot attempt 1 started on gpu-001 (boot ID {boot_before})")], "the start is announced");
         let boot_after = nodes.get("gpu-001").await?.status.and_then(|s| s.node_info).map(|i| i.boot_id).context("a boot ID")?;
         assert_ne!(boot_after, boot_before);
 
