@@ -272,6 +272,56 @@ mod tests {
         assert_eq!(log.attempts.first().map(|a| a.attempt), Some(5));
     }
 
+    fn record(
+        step: &str,
+        stage: serde_json::Value,
+        executed: bool,
+        report_attempt: Option<u32>,
+    ) -> Result<NodeRemediation, serde_json::Error> {
+        let mut status = serde_json::json!({
+            "node": "gpu-001", "phase": "Remediating", "attempt": 2,
+            "active": {
+                "trigger": "gpu", "reason": "check `gpu` failing", "startedAt": "2026-11-21T10:00:00Z",
+                "unhealthySince": "2026-11-21T10:00:00Z", "stepIndex": 0, "step": step,
+                "stepStartedAt": "2026-11-21T10:00:00Z", "stage": stage, "executed": executed,
+            },
+        });
+        if let Some(attempt) = report_attempt {
+            status["stepReport"] = serde_json::json!({"attempt": attempt, "outcome": "succeeded", "at": "2026-11-21T10:05:00Z"});
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeRemediation",
+            "metadata": {"name": "gpu-001", "uid": "uid-1"},
+            "spec": {"node": "gpu-001", "policy": "gpu-workers"},
+            "status": status,
+        }))
+    }
+
+    #[test]
+    fn only_an_executed_reboot_or_reimage_without_a_report_for_its_attempt_is_a_request() -> Result<(), serde_json::Error> {
+        let executing = serde_json::json!({"name": "executing"});
+        let asked = record("reboot", executing.clone(), true, None)?;
+        assert_eq!(
+            requested(&asked, "gpu-001"),
+            Some(Request { record_uid: "uid-1".to_string(), attempt: 2, step: RemediationStep::Reboot })
+        );
+        assert_eq!(
+            requested(&record("reimage", executing.clone(), true, Some(1))?, "gpu-001").map(|r| r.step),
+            Some(RemediationStep::Reimage)
+        );
+        assert_eq!(requested(&asked, "gpu-002"), None, "another node's record");
+        assert_eq!(requested(&record("reboot", executing.clone(), false, None)?, "gpu-001"), None, "monitor-only");
+        assert_eq!(requested(&record("reboot", executing.clone(), true, Some(2))?, "gpu-001"), None, "already reported");
+        assert_eq!(requested(&record("drain", executing, true, None)?, "gpu-001"), None, "not node-local");
+        let verifying = serde_json::json!({"name": "verifying", "completedAt": "2026-11-21T10:05:00Z",
+            "verifyFrom": "2026-11-21T10:05:00Z", "verifyDeadline": "2026-11-21T10:15:00Z"});
+        let checking = record("reboot", verifying, true, Some(2))?;
+        assert_eq!(requested(&checking, "gpu-001"), None);
+        assert!(super::verifying(Some(&checking)));
+        assert!(!super::verifying(Some(&asked)));
+        Ok(())
+    }
+
     #[test]
     fn a_changed_boot_id_is_a_successful_reboot() {
         assert_eq!(boot_outcome("a", "b"), (ReportedOutcome::Succeeded, "rebooted; boot ID a → b".to_string()));
