@@ -145,6 +145,10 @@ impl HostActions for NoActions {
 }
 
 fn agent<'h>(cp: &ControlPlane, node: &str, config: AgentConfig, host: &'h dyn HostActions) -> anyhow::Result<Agent<'h>> {
+    // The agent's log goes with the test's output (shown for a failing test).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("nodemedic_agent=debug"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     Ok(Agent { client: cp.client(), node: node.to_string(), config: Arc::new(config), catalog: Arc::new(Catalog::embedded()?), host })
 }
 
@@ -179,6 +183,31 @@ async fn set_taint(nodes: &Api<Node>, node: &str, key: &str, present: bool) -> a
     Ok(())
 }
 
+fn fresh_boot_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:032x}", nanos ^ 0x5bd1_e995_0000_0000_2545_f491_4f6c_dd1d)
+}
+
+/// Makes sure each node shows a boot ID that stays: kwok's first write of a new node's status can land after the
+/// test environment's and drop `nodeInfo.bootID`, and the agent never acts on a node without one.
+async fn settle_boot_ids(nodes: &Api<Node>, names: &[String]) -> anyhow::Result<()> {
+    for name in names {
+        let mut steady = 0;
+        while steady < 3 {
+            let node = nodes.get(name).await?;
+            if nodemedic_agent::node::boot_id(&node).is_some() {
+                steady += 1;
+            } else {
+                steady = 0;
+                let patch = serde_json::json!({"status": {"nodeInfo": {"bootID": fresh_boot_id()}}});
+                nodes.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Waits until the condition's heartbeat is later than `after`.
 async fn heartbeat_after(nodes: &Api<Node>, node: &str, type_: &str, after: jiff::Timestamp) -> anyhow::Result<NodeCondition> {
     Ok(wait_for(Duration::from_secs(20), &format!("{type_} heartbeat to advance on {node}"), || async {
@@ -192,7 +221,8 @@ async fn a_failing_gpu_probe_sets_gpu_problem_on_its_own_node_only_with_a_steady
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
         install_crds(&cp.client()).await?;
-        cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 2).await?;
+        let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 2).await?;
+        settle_boot_ids(&Api::all(cp.client()), &names).await?;
         let nodes: Api<Node> = Api::all(cp.client());
         let host = FakeHost::new(GPU_LOST)?;
         let agent = agent(cp, "gpu-001", host.config(), &NoActions)?;
@@ -227,7 +257,8 @@ async fn gpu_probes_pause_while_a_repair_taint_is_on_the_node_and_the_network_pr
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
         install_crds(&cp.client()).await?;
-        cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 1).await?;
+        let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 1).await?;
+        settle_boot_ids(&Api::all(cp.client()), &names).await?;
         let nodes: Api<Node> = Api::all(cp.client());
         let host = FakeHost::new(HEALTHY)?;
         let agent = agent(cp, "gpu-000", host.config(), &NoActions)?;
@@ -274,7 +305,8 @@ async fn a_gpu_fault_is_rebooted_by_the_agent_once_and_the_node_is_cleared_when_
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
         install_crds(&cp.client()).await?;
-        cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 3).await?;
+        let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 3).await?;
+        settle_boot_ids(&Api::all(cp.client()), &names).await?;
         Api::<NodeHealthPolicy>::all(cp.client())
             .create(
                 &PostParams::default(),
@@ -352,7 +384,8 @@ async fn a_reboot_command_that_fails_without_rebooting_is_reported_failed_and_no
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
         install_crds(&cp.client()).await?;
-        cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 3).await?;
+        let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 3).await?;
+        settle_boot_ids(&Api::all(cp.client()), &names).await?;
         Api::<NodeHealthPolicy>::all(cp.client())
             .create(
                 &PostParams::default(),
@@ -396,7 +429,8 @@ async fn the_binary_takes_its_node_from_node_name_and_publishes_conditions_throu
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
         install_crds(&cp.client()).await?;
-        cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 2).await?;
+        let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 2).await?;
+        settle_boot_ids(&Api::all(cp.client()), &names).await?;
         let nodes: Api<Node> = Api::all(cp.client());
         let host = FakeHost::new(GPU_LOST)?;
         // NODEMEDIC_AGENT_BIN measures another build (e.g. release) of the same binary.
