@@ -3,7 +3,8 @@
 //! Three loops share one record watch:
 //! - the probe loop runs each probe on its own interval plus jitter, feeds its threshold machine and publishes
 //!   one condition per family that ran ([`crate::node`]). GPU probes (and the GPU kernel-log probe) pause while
-//!   the node carries `<prefix>repair-*` or `<prefix>draining`, unless the record is verifying a repair: nothing
+//!   the node carries `<prefix>repair-*` or `<prefix>draining`, unless the record is verifying a repair (or a
+//!   person marked a Manual node resolved): nothing
 //!   new is published for the GPU family then, so its heartbeat ages and the controller reads it as unknown,
 //!   never as broken. The network probe keeps running on `slow-network` nodes.
 //! - the record watch follows this node's NodeRemediation (a field selector on its name);

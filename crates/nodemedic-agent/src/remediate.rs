@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use nodemedic_core::RemediationStep;
-use nodemedic_core::observe::ReportedOutcome;
+use nodemedic_core::observe::{OperatorAction, ReportedOutcome};
 use nodemedic_core::record::Stage;
 use nodemedic_k8s::NodeRemediation;
 use serde::{Deserialize, Serialize};
@@ -65,12 +65,19 @@ pub fn requested(record: &NodeRemediation, node: &str) -> Option<Request> {
     Some(Request { record_uid: record.metadata.uid.clone().unwrap_or_default(), attempt, step: active.step })
 }
 
-/// True while the record is verifying a finished repair: the controller wants fresh GPU results then.
+/// True while the controller wants fresh GPU results despite the repair taint: the record is verifying a
+/// finished step, or a person marked a Manual node resolved (after the Manual step began) and the checks must
+/// confirm it.
 pub fn verifying(record: Option<&NodeRemediation>) -> bool {
-    record
-        .and_then(|r| r.status.as_ref())
-        .and_then(|s| s.record.active.as_ref())
-        .is_some_and(|a| matches!(a.stage, Stage::Verifying { .. }))
+    let Some(status) = record.and_then(|r| r.status.as_ref()) else {
+        return false;
+    };
+    let Some(active) = status.record.active.as_ref() else {
+        return false;
+    };
+    let resolved = active.step == RemediationStep::Manual
+        && status.operator_request.as_ref().is_some_and(|r| r.action == OperatorAction::Resolve && r.at >= active.step_started_at);
+    matches!(active.stage, Stage::Verifying { .. }) || resolved
 }
 
 /// One attempt as the state file remembers it.
@@ -319,6 +326,13 @@ mod tests {
         assert_eq!(requested(&checking, "gpu-001"), None);
         assert!(super::verifying(Some(&checking)));
         assert!(!super::verifying(Some(&asked)));
+        let mut manual = record("manual", serde_json::json!({"name": "executing"}), true, None)?;
+        assert!(!super::verifying(Some(&manual)), "a Manual node waits for a person");
+        if let Some(status) = manual.status.as_mut() {
+            status.operator_request =
+                serde_json::from_value(serde_json::json!({"action": "resolve", "by": "alice", "at": "2026-11-21T11:00:00Z"}))?;
+        }
+        assert!(super::verifying(Some(&manual)), "resolved by hand: the GPU probes must confirm it");
         Ok(())
     }
 
