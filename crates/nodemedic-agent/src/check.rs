@@ -21,12 +21,6 @@ pub struct ProbeReport {
     pub elapsed_ms: u64,
 }
 
-fn timed(probe: impl Into<String>, run: impl FnOnce() -> Verdict) -> ProbeReport {
-    let started = Instant::now();
-    let verdict = run();
-    ProbeReport { probe: probe.into(), verdict, elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX) }
-}
-
 /// Loads the catalog the config names, or the embedded default.
 pub fn load_catalog(config: &AgentConfig) -> Result<Catalog, CatalogError> {
     match &config.catalog_file {
@@ -43,56 +37,76 @@ pub fn uptime() -> Option<Duration> {
     (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
 }
 
-/// Runs every configured probe once, in a fixed order.
-pub fn run_once(config: &AgentConfig, catalog: &Catalog) -> Vec<ProbeReport> {
-    let search = config.search_path.as_ref().map(|p| SearchPath(p.into())).unwrap_or_else(SearchPath::from_environment);
+/// The names of the configured probes, in the fixed order `check --once` runs them (`plugin/<name>` last).
+pub fn configured_probes(config: &AgentConfig) -> Vec<String> {
+    let probes = &config.probes;
+    let present = [
+        ("nvml", probes.nvml.is_some()),
+        ("nvidia-smi", probes.nvidia_smi.is_some()),
+        ("rocm-smi", probes.rocm_smi.is_some()),
+        ("amd-smi", probes.amd_smi.is_some()),
+        ("rocminfo", probes.rocminfo.is_some()),
+        ("dcgmi", probes.dcgmi_health.is_some()),
+        ("kernel-log", probes.kernel_log.is_some()),
+        ("infiniband", probes.infiniband.is_some()),
+        ("ping", probes.ping.is_some()),
+        ("iperf3", probes.iperf3.is_some()),
+        ("speedtest", probes.speedtest.is_some()),
+        ("disk", probes.disk.is_some()),
+    ];
+    present
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| name.to_string())
+        .chain(probes.plugins.iter().map(|p| format!("plugin/{}", p.name)))
+        .collect()
+}
+
+/// The search path tools are looked up on: the config's, or the agent's own PATH.
+pub fn search_path(config: &AgentConfig) -> SearchPath {
+    config.search_path.as_ref().map(|p| SearchPath(p.into())).unwrap_or_else(SearchPath::from_environment)
+}
+
+/// Runs one probe by the name [`configured_probes`] gives it; None when no such probe is configured.
+pub fn run_probe(config: &AgentConfig, catalog: &Catalog, search: &SearchPath, name: &str) -> Option<Verdict> {
     let probes = &config.probes;
     let expected = config.expected_gpus;
-    let mut reports = Vec::new();
-    if probes.nvml.is_some() {
-        reports.push(timed("nvml", || nvml::probe(expected, config.max_pcie_replays)));
-    }
-    if let Some(probe) = &probes.nvidia_smi {
-        reports.push(timed("nvidia-smi", || tools::nvidia_smi(probe, expected, config.max_pcie_replays, &search)));
-    }
-    if let Some(probe) = &probes.rocm_smi {
-        reports.push(timed("rocm-smi", || tools::rocm_smi(probe, expected, &search)));
-    }
-    if let Some(probe) = &probes.amd_smi {
-        reports.push(timed("amd-smi", || tools::amd_smi(probe, expected, &search)));
-    }
-    if let Some(probe) = &probes.rocminfo {
-        reports.push(timed("rocminfo", || tools::rocminfo(&probe.tool(), expected, &search)));
-    }
-    if let Some(probe) = &probes.dcgmi_health {
-        reports.push(timed("dcgmi", || tools::dcgmi_health(&probe.tool(), &search)));
-    }
-    if let Some(probe) = &probes.kernel_log {
-        let source: PathBuf = probe.source.clone();
-        reports.push(timed("kernel-log", || {
+    match name {
+        "nvml" => probes.nvml.as_ref().map(|_| nvml::probe(expected, config.max_pcie_replays)),
+        "nvidia-smi" => probes.nvidia_smi.as_ref().map(|p| tools::nvidia_smi(p, expected, config.max_pcie_replays, search)),
+        "rocm-smi" => probes.rocm_smi.as_ref().map(|p| tools::rocm_smi(p, expected, search)),
+        "amd-smi" => probes.amd_smi.as_ref().map(|p| tools::amd_smi(p, expected, search)),
+        "rocminfo" => probes.rocminfo.as_ref().map(|p| tools::rocminfo(&p.tool(), expected, search)),
+        "dcgmi" => probes.dcgmi_health.as_ref().map(|p| tools::dcgmi_health(&p.tool(), search)),
+        "kernel-log" => probes.kernel_log.as_ref().map(|p| {
+            let source: PathBuf = p.source.clone();
             let mut tracker = FaultTracker::new();
             tools::kernel_log(&source, catalog, &mut tracker, uptime().unwrap_or(Duration::ZERO))
-        }));
+        }),
+        "infiniband" => probes.infiniband.as_ref().map(|p| tools::infiniband(&p.sysfs_root, &p.expectations(), None).0),
+        "ping" => probes.ping.as_ref().map(|p| tools::ping(p, search)),
+        "iperf3" => probes.iperf3.as_ref().map(|p| tools::iperf3(p, search)),
+        "speedtest" => probes.speedtest.as_ref().map(|p| tools::speedtest(p, search)),
+        "disk" => probes.disk.as_ref().map(tools::disk),
+        other => {
+            let plugin = other.strip_prefix("plugin/").and_then(|n| probes.plugins.iter().find(|p| p.name == n));
+            plugin.map(|p| run_plugin(p, search))
+        }
     }
-    if let Some(probe) = &probes.infiniband {
-        reports.push(timed("infiniband", || tools::infiniband(&probe.sysfs_root, &probe.expectations(), None).0));
-    }
-    if let Some(probe) = &probes.ping {
-        reports.push(timed("ping", || tools::ping(probe, &search)));
-    }
-    if let Some(probe) = &probes.iperf3 {
-        reports.push(timed("iperf3", || tools::iperf3(probe, &search)));
-    }
-    if let Some(probe) = &probes.speedtest {
-        reports.push(timed("speedtest", || tools::speedtest(probe, &search)));
-    }
-    if let Some(probe) = &probes.disk {
-        reports.push(timed("disk", || tools::disk(probe)));
-    }
-    for plugin in &probes.plugins {
-        reports.push(timed(format!("plugin/{}", plugin.name), || run_plugin(plugin, &search)));
-    }
-    reports
+}
+
+/// Runs every configured probe once, in a fixed order.
+pub fn run_once(config: &AgentConfig, catalog: &Catalog) -> Vec<ProbeReport> {
+    let search = search_path(config);
+    configured_probes(config)
+        .into_iter()
+        .filter_map(|name| {
+            let started = Instant::now();
+            let verdict = run_probe(config, catalog, &search, &name)?;
+            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            Some(ProbeReport { probe: name, verdict, elapsed_ms })
+        })
+        .collect()
 }
 
 /// A fixed-width table: probe, health, reason, message.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::parse::infiniband::IbExpectations;
-use crate::plugin::PluginSpec;
+use crate::plugin::{Family, PluginSpec};
 use crate::probe::{ProbeSchedule, ScheduleError, TextDuration};
 
 #[derive(Debug, Error)]
@@ -215,6 +215,53 @@ impl Default for DiskProbe {
     }
 }
 
+/// A command the agent runs on the host: argv (the first word a path or a PATH name) and a time limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    pub argv: Vec<String>,
+    #[serde(default = "default_command_timeout")]
+    pub timeout: TextDuration,
+}
+
+fn default_command_timeout() -> TextDuration {
+    TextDuration(Duration::from_secs(120))
+}
+
+/// Node-local remediation: how this node is rebooted or reimaged when its NodeRemediation asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemediationConfig {
+    /// Attempts are written here (and fsynced) before anything is done; it must survive a reboot (a hostPath).
+    pub state_file: PathBuf,
+    /// The reboot, in the host's namespaces (the pod runs with hostPID).
+    pub reboot: CommandSpec,
+    /// Written `s` (sync) then `b` (reboot now) when the reboot command fails or hangs; none disables it.
+    pub sysrq_trigger: Option<PathBuf>,
+    /// The site's reimage script, run before the reboot; without it a reimage request is reported Failed.
+    pub reimage: Option<CommandSpec>,
+    /// After the reboot command returned, how long the node may take to come back with a new boot ID before the
+    /// attempt is reported Failed (only reached when the node did not go down).
+    pub reboot_grace: TextDuration,
+    /// At start, how long a boot ID that still matches the attempt's may take to change (the kubelet may not have
+    /// posted the new one yet) before the attempt is reported Failed.
+    pub boot_id_wait: TextDuration,
+}
+
+impl Default for RemediationConfig {
+    fn default() -> Self {
+        let host = ["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--", "systemctl", "reboot"];
+        RemediationConfig {
+            state_file: PathBuf::from("/var/lib/nodemedic/attempts.json"),
+            reboot: CommandSpec { argv: host.iter().map(|w| w.to_string()).collect(), timeout: default_command_timeout() },
+            sysrq_trigger: Some(PathBuf::from("/proc/sysrq-trigger")),
+            reimage: None,
+            reboot_grace: TextDuration(Duration::from_secs(600)),
+            boot_id_wait: TextDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
 /// Every probe section; a present section turns the probe on.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -256,6 +303,10 @@ pub struct AgentConfig {
     /// `plugin/<name>`…), replacing `schedule` for that probe.
     pub schedules: BTreeMap<String, ProbeSchedule>,
     pub probes: ProbesConfig,
+    /// Repair taints start with this: while `<prefix>repair-*` or `<prefix>draining` is on the node the GPU
+    /// probes pause (unless the controller is verifying a repair).
+    pub taint_prefix: String,
+    pub remediation: RemediationConfig,
 }
 
 /// The probe names `check --once` reports, apart from `plugin/<name>`.
@@ -272,6 +323,8 @@ impl Default for AgentConfig {
             schedule: ProbeSchedule::default(),
             schedules: BTreeMap::new(),
             probes: ProbesConfig::default(),
+            taint_prefix: "nodemedic.io/".to_string(),
+            remediation: RemediationConfig::default(),
         }
     }
 }
@@ -316,7 +369,27 @@ impl AgentConfig {
         {
             return Err(ConfigError::Invalid("iperf3.min_gbits_per_second must be a non-negative number".to_string()));
         }
+        if self.remediation.reboot.argv.is_empty() {
+            return Err(ConfigError::Invalid("remediation.reboot.argv must name a command".to_string()));
+        }
+        if self.remediation.reimage.as_ref().is_some_and(|r| r.argv.is_empty()) {
+            return Err(ConfigError::Invalid("remediation.reimage.argv must name a command".to_string()));
+        }
         Ok(())
+    }
+
+    /// The family a probe (by its `check --once` name) reports into.
+    pub fn family_of(&self, probe: &str) -> Family {
+        match probe {
+            "nvml" | "nvidia-smi" | "rocm-smi" | "amd-smi" | "rocminfo" | "dcgmi" | "kernel-log" => Family::Gpu,
+            "infiniband" | "ping" | "iperf3" | "speedtest" => Family::Network,
+            "disk" => Family::Disk,
+            other => other
+                .strip_prefix("plugin/")
+                .and_then(|name| self.probes.plugins.iter().find(|p| p.name == name))
+                .map(|p| p.family)
+                .unwrap_or(Family::Custom),
+        }
     }
 }
 
@@ -367,6 +440,23 @@ probes:
         assert_eq!(config.schedule_for("nvidia-smi").interval.0, Duration::from_secs(30));
         let typo = AgentConfig::from_yaml("schedules:\n  iperf: { interval: 10m, timeout: 1m }\n").err().map(|e| e.to_string());
         assert!(typo.is_some_and(|e| e.contains("\"iperf\"")));
+        Ok(())
+    }
+
+    #[test]
+    fn the_daemonset_example_config_reads() -> Result<(), ConfigError> {
+        let manifest = include_str!("../../../deploy/agent-daemonset.yaml");
+        let block: Vec<&str> = manifest
+            .lines()
+            .skip_while(|l| l.trim() != "agent.yaml: |")
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| &l[4..])
+            .collect();
+        let config = AgentConfig::from_yaml(&block.join("\n"))?;
+        assert!(config.probes.nvml.is_some());
+        assert_eq!(config.remediation.reboot.argv.first().map(String::as_str), Some("nsenter"));
+        assert_eq!(config.family_of("kernel-log"), Family::Gpu);
         Ok(())
     }
 

@@ -1,13 +1,17 @@
-//! `nodemedic-agent`: the node agent's operator CLI. `check --once` runs the configured probes one time and
-//! prints each probe's verdict as a table or JSON.
+//! `nodemedic-agent`: the node agent. `run` is the DaemonSet's loop (probes → Node conditions, node-local
+//! reboot / reimage); `check --once` runs the configured probes one time and prints each probe's verdict as a
+//! table or JSON; `bench` measures memory and CPU per probe cycle.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use nodemedic_agent::agent::Agent;
 use nodemedic_agent::check::{load_catalog, render_table, run_once};
+use nodemedic_agent::remediate::CommandHost;
 use nodemedic_agent::{AgentConfig, Health};
+use std::sync::Arc;
 
 #[derive(Debug, Parser)]
 #[command(name = "nodemedic-agent", version, about = "nodemedic's node agent: GPU, kernel-log, network and custom health probes")]
@@ -32,6 +36,34 @@ enum Command {
     },
     /// Print the embedded fault catalog (YAML).
     Catalog,
+    /// Run the agent on this node: probes on their schedules publish Node conditions, and reboot / reimage
+    /// requests in this node's NodeRemediation are carried out once per attempt.
+    Run {
+        /// The agent configuration (YAML).
+        #[arg(long, value_name = "FILE", env = "NODEMEDIC_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// This node's name (the DaemonSet passes it through the downward API).
+        #[arg(long, env = "NODE_NAME")]
+        node: String,
+        /// Replaces `remediation.state_file`.
+        #[arg(long, value_name = "FILE", env = "NODEMEDIC_STATE_FILE")]
+        state_file: Option<PathBuf>,
+        /// Replaces `taint_prefix`.
+        #[arg(long, env = "NODEMEDIC_TAINT_PREFIX")]
+        taint_prefix: Option<String>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Run every configured probe for a number of cycles and print peak RSS and CPU per cycle.
+    Bench {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        cycles: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,8 +83,37 @@ fn run() -> anyhow::Result<ExitCode> {
             print!("{}", nodemedic_agent::catalog::DEFAULT_CATALOG_YAML);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run { config, node, state_file, taint_prefix, json_logs } => {
+            let mut config = match config {
+                Some(path) => AgentConfig::load(&path).with_context(|| format!("loading {}", path.display()))?,
+                None => AgentConfig::default(),
+            };
+            if let Some(path) = state_file {
+                config.remediation.state_file = path;
+            }
+            if let Some(prefix) = taint_prefix {
+                config.taint_prefix = prefix;
+            }
+            anyhow::ensure!(!node.trim().is_empty(), "the node name is empty (set NODE_NAME or --node)");
+            init_logging(json_logs);
+            let catalog = load_catalog(&config).context("loading the fault catalog")?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(4).enable_all().build()?;
+            runtime.block_on(run_agent(config, catalog, node))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { config, cycles, json } => {
+            let config = AgentConfig::load(&config).with_context(|| format!("loading {}", config.display()))?;
+            let catalog = load_catalog(&config).context("loading the fault catalog")?;
+            let report = nodemedic_agent::bench::run(&config, &catalog, cycles);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).context("rendering JSON")?);
+            } else {
+                print!("{}", nodemedic_agent::bench::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { once, config, json } => {
-            anyhow::ensure!(once, "only `check --once` is available; the continuous agent loop is not part of this build");
+            anyhow::ensure!(once, "use `check --once` (the continuous agent is `nodemedic-agent run`)");
             let config = match config {
                 Some(path) => AgentConfig::load(&path).with_context(|| format!("loading {}", path.display()))?,
                 None => {
@@ -71,5 +132,36 @@ fn run() -> anyhow::Result<ExitCode> {
             let unhealthy = reports.iter().any(|r| r.verdict.health == Health::Unhealthy);
             Ok(if unhealthy { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run_agent(config: AgentConfig, catalog: nodemedic_agent::Catalog, node: String) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let host = CommandHost { config: config.remediation.clone() };
+    let agent = Agent { client, node, config: Arc::new(config), catalog: Arc::new(catalog), host: &host };
+    tracing::info!(node = %agent.node, probes = ?nodemedic_agent::check::configured_probes(&agent.config), "nodemedic-agent running");
+    tokio::select! {
+        result = agent.run() => result.context("the agent stopped"),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = terminated() => Ok(()),
+    }
+}
+
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending().await,
     }
 }

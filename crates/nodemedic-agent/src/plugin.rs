@@ -27,6 +27,45 @@ pub struct PluginSpec {
     /// Bytes of stdout kept as the message.
     #[serde(default = "default_message_limit")]
     pub max_output_bytes: usize,
+    /// The condition family the plugin reports into (`custom` → `CustomProblem` unless set, so an existing GPU
+    /// plugin can feed `GPUProblem`).
+    #[serde(default)]
+    pub family: Family,
+}
+
+/// A probe family: one Node condition, `<Family>Problem`, per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Gpu,
+    Network,
+    Disk,
+    #[default]
+    Custom,
+}
+
+impl Family {
+    pub const ALL: [Family; 4] = [Family::Gpu, Family::Network, Family::Disk, Family::Custom];
+
+    /// The Node condition type the family publishes (node-problem-detector style: True means a problem).
+    pub fn condition_type(self) -> &'static str {
+        match self {
+            Family::Gpu => "GPUProblem",
+            Family::Network => "NetworkProblem",
+            Family::Disk => "DiskProblem",
+            Family::Custom => "CustomProblem",
+        }
+    }
+
+    /// The family as the controller's probe rules know it.
+    pub fn core(self) -> nodemedic_core::ProbeFamily {
+        match self {
+            Family::Gpu => nodemedic_core::ProbeFamily::Gpu,
+            Family::Network => nodemedic_core::ProbeFamily::Network,
+            Family::Disk => nodemedic_core::ProbeFamily::Disk,
+            Family::Custom => nodemedic_core::ProbeFamily::Custom,
+        }
+    }
 }
 
 fn default_plugin_timeout() -> TextDuration {

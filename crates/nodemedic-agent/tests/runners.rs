@@ -50,6 +50,7 @@ fn plugin(name: &str, path: &Path, timeout_ms: u64) -> PluginSpec {
         args: vec![],
         timeout: TextDuration(Duration::from_millis(timeout_ms)),
         max_output_bytes: 80,
+        family: Default::default(),
     }
 }
 

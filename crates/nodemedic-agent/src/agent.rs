@@ -1,0 +1,356 @@
+//! `nodemedic-agent run`: the continuous agent on one node.
+//!
+//! Three loops share one record watch:
+//! - the probe loop runs each probe on its own interval plus jitter, feeds its threshold machine and publishes
+//!   one condition per family that ran ([`crate::node`]). GPU probes (and the GPU kernel-log probe) pause while
+//!   the node carries `<prefix>repair-*` or `<prefix>draining`, unless the record is verifying a repair (or a
+//!   person marked a Manual node resolved): nothing
+//!   new is published for the GPU family then, so its heartbeat ages and the controller reads it as unknown,
+//!   never as broken. The network probe keeps running on `slow-network` nodes.
+//! - the record watch follows this node's NodeRemediation (a field selector on its name);
+//! - the remediation loop performs a requested reboot or reimage once per attempt ([`crate::remediate`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use nodemedic_core::RemediationStep;
+use nodemedic_core::observe::{ReportedOutcome, StepReport};
+use nodemedic_k8s::NodeRemediation;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::catalog::Catalog;
+use crate::check::{configured_probes, run_probe, search_path};
+use crate::config::AgentConfig;
+use crate::node::{FIELD_MANAGER, boot_id, condition_json, existing_condition, family_verdict, publish_conditions, rfc3339, taint_keys};
+use crate::plugin::Family;
+use crate::probe::{ProbeSchedule, ProbeState};
+use crate::remediate::{
+    AttemptEntry, AttemptLog, HostActions, Request, StateError, boot_outcome, boot_poll_interval, requested, verifying,
+};
+use crate::verdict::{Reason, Verdict};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("node {0} reports no boot ID (status.nodeInfo.bootID)")]
+    NoBootId(String),
+}
+
+/// The agent for one node.
+pub struct Agent<'h> {
+    pub client: Client,
+    pub node: String,
+    pub config: Arc<AgentConfig>,
+    pub catalog: Arc<Catalog>,
+    pub host: &'h dyn HostActions,
+}
+
+/// A probe with its schedule and threshold machine.
+struct Scheduled {
+    name: String,
+    family: Family,
+    schedule: ProbeSchedule,
+    state: ProbeState,
+    next_at: Instant,
+}
+
+/// A small xorshift generator for the jitter: a fleet needs spread, not cryptography.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        Jitter((nanos ^ u64::from(std::process::id()).rotate_left(32)) | 1)
+    }
+
+    /// A fraction in [0, 1).
+    fn fraction(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// True when the GPU family may run on a node with these taints (see the module docs).
+pub fn gpu_probes_may_run(taints: &[String], prefix: &str, verifying: bool) -> bool {
+    let keys: Vec<&str> = taints.iter().map(String::as_str).collect();
+    let draining = format!("{prefix}draining");
+    nodemedic_core::probe_may_run(nodemedic_core::ProbeFamily::Gpu, &keys, prefix, verifying)
+        && (verifying || !keys.contains(&draining.as_str()))
+}
+
+/// Whether `family` may run now.
+pub fn family_may_run(family: Family, taints: &[String], prefix: &str, verifying: bool) -> bool {
+    match family {
+        Family::Gpu => gpu_probes_may_run(taints, prefix, verifying),
+        other => {
+            let keys: Vec<&str> = taints.iter().map(String::as_str).collect();
+            nodemedic_core::probe_may_run(other.core(), &keys, prefix, verifying)
+        }
+    }
+}
+
+impl Agent<'_> {
+    /// Runs until an unrecoverable error (a broken state file); API errors are logged and retried.
+    pub async fn run(&self) -> Result<(), AgentError> {
+        let (records_tx, records_rx) = watch::channel(None::<NodeRemediation>);
+        tokio::try_join!(self.watch_record(records_tx), self.probe_loop(records_rx.clone()), self.remediation_loop(records_rx))?;
+        Ok(())
+    }
+
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+
+    async fn watch_record(&self, records: watch::Sender<Option<NodeRemediation>>) -> Result<(), AgentError> {
+        let api: Api<NodeRemediation> = Api::all(self.client.clone());
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
+        let mut events = std::pin::pin!(watcher::watcher(api, config));
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match events.next().await {
+                None => return Ok(()),
+                Some(Ok(watcher::Event::Apply(record) | watcher::Event::InitApply(record))) => {
+                    backoff = Duration::from_millis(500);
+                    records.send_replace(Some(record));
+                }
+                Some(Ok(watcher::Event::Delete(_))) => {
+                    records.send_replace(None);
+                }
+                Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "watching this node's NodeRemediation; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn probe_loop(&self, records: watch::Receiver<Option<NodeRemediation>>) -> Result<(), AgentError> {
+        let mut jitter = Jitter::new();
+        let start = Instant::now();
+        let mut probes: Vec<Scheduled> = configured_probes(&self.config)
+            .into_iter()
+            .map(|name| {
+                let schedule = self.config.schedule_for(&name).clone();
+                let first = start + schedule.jitter.0.mul_f64(jitter.fraction());
+                Scheduled { family: self.config.family_of(&name), state: ProbeState::new(&schedule), schedule, next_at: first, name }
+            })
+            .collect();
+        let search = Arc::new(search_path(&self.config));
+        let nodes = self.nodes();
+        let mut last_run: std::collections::BTreeMap<Family, jiff::Timestamp> = Default::default();
+        loop {
+            let Some(wake) = probes.iter().map(|p| p.next_at).min() else {
+                tracing::info!("no probes are configured; only remediation requests are served");
+                return Ok(());
+            };
+            tokio::time::sleep_until(wake.into()).await;
+            let node = match nodes.get(&self.node).await {
+                Ok(node) => node,
+                Err(error) => {
+                    tracing::warn!(%error, node = %self.node, "reading this node; probes wait");
+                    let retry = Instant::now() + Duration::from_secs(2);
+                    probes.iter_mut().filter(|p| p.next_at <= retry).for_each(|p| p.next_at = retry);
+                    continue;
+                }
+            };
+            let taints = taint_keys(&node);
+            let verifying = verifying(records.borrow().as_ref());
+            let mut ran = BTreeSet::new();
+            for probe in probes.iter_mut().filter(|p| p.next_at <= Instant::now()) {
+                probe.next_at = Instant::now() + probe.schedule.next_delay(jitter.fraction());
+                if !family_may_run(probe.family, &taints, &self.config.taint_prefix, verifying) {
+                    tracing::debug!(probe = %probe.name, "skipped: a repair is in progress on this node");
+                    continue;
+                }
+                let (config, catalog, search, name) = (self.config.clone(), self.catalog.clone(), search.clone(), probe.name.clone());
+                let verdict = tokio::task::spawn_blocking(move || run_probe(&config, &catalog, &search, &name))
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| Verdict::unknown(Reason::ToolFailed, "the probe did not finish"));
+                tracing::debug!(probe = %probe.name, health = ?verdict.health, reason = %verdict.reason, "probe ran");
+                probe.state.record(verdict, Instant::now());
+                ran.insert(probe.family);
+                last_run.insert(probe.family, jiff::Timestamp::now());
+            }
+            let now = Instant::now();
+            let mut conditions = Vec::new();
+            for family in ran {
+                let members: Vec<(String, Verdict)> =
+                    probes.iter().filter(|p| p.family == family).map(|p| (p.name.clone(), p.state.published(now))).collect();
+                let (Some(verdict), Some(heartbeat)) = (family_verdict(&members), last_run.get(&family)) else {
+                    continue;
+                };
+                conditions.push(condition_json(family, &verdict, *heartbeat, existing_condition(&node, family.condition_type())));
+            }
+            if !conditions.is_empty()
+                && let Err(error) = publish_conditions(&nodes, &self.node, conditions).await
+            {
+                tracing::warn!(%error, node = %self.node, "publishing conditions");
+            }
+        }
+    }
+
+    async fn remediation_loop(&self, mut records: watch::Receiver<Option<NodeRemediation>>) -> Result<(), AgentError> {
+        loop {
+            let record = records.borrow_and_update().clone();
+            let request = record.as_ref().and_then(|r| requested(r, &self.node).map(|q| (r, q)));
+            if let Some((record, request)) = request {
+                match self.serve(record, &request).await {
+                    Ok(()) => {}
+                    Err(AgentError::State(error)) => return Err(AgentError::State(error)),
+                    Err(error) => {
+                        tracing::warn!(%error, attempt = request.attempt, "serving the remediation request; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        continue;
+                    }
+                }
+            }
+            if records.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn current_boot_id(&self) -> Result<String, AgentError> {
+        let node = self.nodes().get(&self.node).await?;
+        boot_id(&node).ok_or_else(|| AgentError::NoBootId(self.node.clone()))
+    }
+
+    /// Waits up to `limit` for the boot ID to differ from `before`; returns the last one read. Failed reads are
+    /// retried until the limit (the API server may be out of reach while the node goes down).
+    async fn wait_for_new_boot(&self, before: &str, limit: Duration) -> Result<String, AgentError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let read = self.current_boot_id().await;
+            match &read {
+                Ok(now) if now != before => return read,
+                Err(error) if Instant::now() < deadline => tracing::warn!(%error, "reading this node's boot ID; retrying"),
+                _ if Instant::now() >= deadline => return read,
+                _ => {}
+            }
+            tokio::time::sleep(boot_poll_interval(limit)).await;
+        }
+    }
+
+    /// One request: act once per attempt, then report.
+    async fn serve(&self, record: &NodeRemediation, request: &Request) -> Result<(), AgentError> {
+        let path = &self.config.remediation.state_file;
+        let mut log = AttemptLog::load(path)?;
+        let (outcome, message) = match log.find(&request.record_uid, request.attempt) {
+            Some(AttemptEntry { outcome: Some(outcome), message, .. }) => (*outcome, message.clone()),
+            Some(entry) => {
+                // Started before this process: the node went down (or the agent died) during the attempt.
+                let before = entry.boot_id.clone();
+                let now = self.wait_for_new_boot(&before, self.config.remediation.boot_id_wait.0).await?;
+                let (outcome, message) = boot_outcome(&before, &now);
+                let message = if before == now { format!("{message} after the agent restarted; attempt not run twice") } else { message };
+                self.decide(&mut log, request, outcome, &message)?;
+                (outcome, message)
+            }
+            None => {
+                let before = self.current_boot_id().await?;
+                log.push(AttemptEntry {
+                    record_uid: request.record_uid.clone(),
+                    attempt: request.attempt,
+                    step: request.step,
+                    boot_id: before.clone(),
+                    started_at: rfc3339(jiff::Timestamp::now()),
+                    outcome: None,
+                    message: String::new(),
+                });
+                log.save(path)?;
+                tracing::info!(node = %self.node, attempt = request.attempt, step = request.step.as_str(), boot_id = %before, "remediation started");
+                self.announce_start(record, request, &before).await;
+                let done = self.host.perform(request.step).await;
+                let (outcome, message) = match done {
+                    Ok(description) => {
+                        let now = self.wait_for_new_boot(&before, self.config.remediation.reboot_grace.0).await?;
+                        let (outcome, message) = boot_outcome(&before, &now);
+                        (outcome, format!("{message} ({description})"))
+                    }
+                    // A command that failed (sysrq included) did not reboot the node.
+                    Err(error) => (ReportedOutcome::Failed, error),
+                };
+                self.decide(&mut log, request, outcome, &message)?;
+                (outcome, message)
+            }
+        };
+        let at = nodemedic_core::Time(jiff::Timestamp::now().as_millisecond());
+        let report = StepReport { attempt: request.attempt, outcome, at, message: message.clone() };
+        nodemedic_k8s::report_step(&self.client, crate::node::FIELD_MANAGER, &self.node, &report).await?;
+        tracing::info!(node = %self.node, attempt = request.attempt, outcome = ?outcome, %message, "remediation reported");
+        Ok(())
+    }
+
+    /// A Kubernetes Event on the record saying the step started (the step report only carries the outcome).
+    /// Best effort: the attempt is already on disk, and a lost event must not hold up the reboot.
+    async fn announce_start(&self, record: &NodeRemediation, request: &Request, boot_id: &str) {
+        let reporter = Reporter { controller: FIELD_MANAGER.to_string(), instance: Some(self.node.clone()) };
+        let recorder = Recorder::new(self.client.clone(), reporter);
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "RemediationStarted".to_string(),
+            note: Some(format!("{} attempt {} started on {} (boot ID {boot_id})", request.step.as_str(), request.attempt, self.node)),
+            action: match request.step {
+                RemediationStep::Reimage => "Reimage".to_string(),
+                _ => "Reboot".to_string(),
+            },
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &record.object_ref(&())).await {
+            tracing::warn!(%error, "publishing the RemediationStarted event");
+        }
+    }
+
+    fn decide(&self, log: &mut AttemptLog, request: &Request, outcome: ReportedOutcome, message: &str) -> Result<(), AgentError> {
+        if let Some(entry) = log.find_mut(&request.record_uid, request.attempt) {
+            entry.outcome = Some(outcome);
+            entry.message = message.to_string();
+        }
+        log.save(&self.config.remediation.state_file)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(k: &[&str]) -> Vec<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn gpu_probes_pause_under_a_repair_taint_unless_a_repair_is_being_verified() {
+        let prefix = "nodemedic.io/";
+        assert!(family_may_run(Family::Gpu, &keys(&["node.kubernetes.io/not-ready"]), prefix, false));
+        assert!(!family_may_run(Family::Gpu, &keys(&["nodemedic.io/repair-reboot"]), prefix, false));
+        assert!(!family_may_run(Family::Gpu, &keys(&["nodemedic.io/draining"]), prefix, false));
+        assert!(family_may_run(Family::Gpu, &keys(&["nodemedic.io/repair-reboot"]), prefix, true));
+        assert!(family_may_run(Family::Network, &keys(&["nodemedic.io/slow-network", "nodemedic.io/repair-reboot"]), prefix, false));
+        assert!(!family_may_run(Family::Gpu, &keys(&["example.com/repair-reimage"]), "example.com/", false));
+    }
+
+    #[test]
+    fn jitter_fractions_stay_in_range() {
+        let mut jitter = Jitter::new();
+        assert!((0..1000).map(|_| jitter.fraction()).all(|f| (0.0..1.0).contains(&f)));
+    }
+}
