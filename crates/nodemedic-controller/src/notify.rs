@@ -325,10 +325,28 @@ fn probes(node: Option<&Node>, record: Option<&NodeRemediation>, notice: Option<
             });
         }
     }
-    for (rule, reason, detail) in notice.map(|n| n.checks.as_slice()).unwrap_or_default() {
-        let passed = matches!(reason.as_str(), "Healthy" | "GPUCountMatch" | "NotApplicable" | "NonGPUNode");
-        out.push(ProbeHistory { probe: format!("rule {rule}"), results: vec![ProbeResult { at, passed, message: detail.clone() }] });
+    let passed = |reason: &str| matches!(reason, "Healthy" | "GPUCountMatch" | "NotApplicable" | "NonGPUNode");
+    // What the engine saw per rule at each step start (the record keeps the last few), then at escalation.
+    let mut by_rule: Vec<ProbeHistory> = Vec::new();
+    let history = record.and_then(|r| r.status.as_ref()).map(|s| s.record.diagnostics.as_slice()).unwrap_or_default();
+    for d in history {
+        let result = ProbeResult { at: d.at, passed: passed(&d.reason), message: d.detail.clone() };
+        let probe = format!("rule {}", d.rule);
+        match by_rule.iter_mut().find(|p| p.probe == probe) {
+            Some(p) => p.results.push(result),
+            None => by_rule.push(ProbeHistory { probe, results: vec![result] }),
+        }
     }
+    for (rule, reason, detail) in notice.map(|n| n.checks.as_slice()).unwrap_or_default() {
+        let result = ProbeResult { at, passed: passed(reason), message: detail.clone() };
+        let probe = format!("rule {rule}");
+        match by_rule.iter_mut().find(|p| p.probe == probe) {
+            Some(p) if p.results.last().is_some_and(|r| r.message == result.message) => {}
+            Some(p) => p.results.push(result),
+            None => by_rule.push(ProbeHistory { probe, results: vec![result] }),
+        }
+    }
+    out.extend(by_rule);
     out
 }
 

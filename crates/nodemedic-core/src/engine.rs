@@ -674,6 +674,25 @@ pub(crate) fn decide_with(
     }
 }
 
+/// Snapshots of each rule's verdict kept on a record: enough to show a person how the evidence evolved
+/// over the attempts, bounded so a lemon node's record does not grow without end.
+pub const DIAGNOSTICS_PER_RULE: usize = 5;
+
+fn keep_recent_diagnostics(d: &mut Vec<Diagnostic>) {
+    let mut per_rule: HashMap<String, usize> = HashMap::new();
+    let mut keep = vec![false; d.len()];
+    for (i, entry) in d.iter().enumerate().rev() {
+        let n = per_rule.entry(entry.rule.clone()).or_default();
+        *n += 1;
+        keep[i] = *n <= DIAGNOSTICS_PER_RULE;
+    }
+    let mut i = 0;
+    d.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
+
 /// A reboot or reimage reported done is believed once the node shows a new boot ID and is not
 /// NotReady; other steps (and nodes whose boot ID was unknown at the start) need only the report.
 fn rebooted(a: &ActiveRemediation, obs: &NodeObservation) -> bool {
@@ -968,10 +987,13 @@ fn start_step(ctx: &Ctx, w: &mut Work, index: usize, holds_slot: bool, inflight:
         .map(|(i, r)| (r.name.clone(), w.evals[i].reason.as_str().to_string(), describe(ctx, w, i)))
         .collect();
     let Some(record) = w.record.as_mut() else { return };
-    record.diagnostics = checks
-        .iter()
-        .map(|(rule, reason, detail)| Diagnostic { rule: rule.clone(), reason: reason.clone(), detail: detail.clone(), at: now })
-        .collect();
+    record.diagnostics.extend(checks.iter().map(|(rule, reason, detail)| Diagnostic {
+        rule: rule.clone(),
+        reason: reason.clone(),
+        detail: detail.clone(),
+        at: now,
+    }));
+    keep_recent_diagnostics(&mut record.diagnostics);
     let Some(a) = record.active.as_mut() else { return };
     record.attempt += 1;
     a.step_index = index;

@@ -31,8 +31,8 @@ pub struct NodeRecord {
     pub failing_since: BTreeMap<String, Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<StepHistory>,
-    /// Every rule's verdict and evidence when the latest step started: what an operator reads in
-    /// `kubectl describe` to see why the node is where it is.
+    /// Every rule's verdict and evidence at each step start (the last few per rule): what an operator
+    /// reads in `kubectl describe` to see why the node is where it is and how the evidence evolved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<Diagnostic>,
 }

@@ -781,3 +781,18 @@ fn a_mass_failure_still_there_after_the_cooldown_keeps_the_breaker_open_without_
     let d = h.decide();
     assert!(d.events.iter().any(|e| e.kind == EventKind::BreakerClosed), "{:?}", d.events);
 }
+
+#[test]
+fn the_record_keeps_the_evidence_of_each_attempt_for_a_person_to_read() {
+    let policy = Policy::from_yaml(REPORTED_REBOOT).unwrap();
+    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    h.node("gpu-1").boot_id = Some("boot-1".into());
+    h.probe("gpu-1", "gpu", false);
+    h.decide();
+    h.advance(Duration::from_mins(11));
+    h.decide(); // the reboot timed out: the reimage starts, with a second snapshot
+    let rec = &h.records.nodes["gpu-1"];
+    let gpu: Vec<&str> = rec.diagnostics.iter().filter(|d| d.rule == "gpu").map(|d| d.reason.as_str()).collect();
+    assert_eq!(gpu, ["Unhealthy", "Unhealthy"], "{:?}", rec.diagnostics);
+    assert!(rec.diagnostics.iter().all(|d| d.detail.contains("check `gpu`")), "{:?}", rec.diagnostics);
+}
