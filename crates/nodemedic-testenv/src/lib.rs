@@ -191,7 +191,24 @@ fn tail(path: &Path, lines: usize) -> String {
 
 impl ControlPlane {
     /// Starts etcd and kube-apiserver (plus what `opts` asks for) and waits until they are ready.
+    /// Ports are picked free just before use; when another process takes one in between (tests run
+    /// side by side), the whole control plane is started again on new ports.
     pub async fn start(opts: Options) -> Result<ControlPlane, TestEnvError> {
+        const TRIES: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(opts.clone()).await {
+                Err(TestEnvError::Exited { log, .. } | TestEnvError::NotReady { log, .. })
+                    if attempt < TRIES && log.contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(opts: Options) -> Result<ControlPlane, TestEnvError> {
         let binaries = Binaries::locate()?;
         let slot = tokio::task::spawn_blocking(Slot::take).await.map_err(|e| TestEnvError::Binaries(e.to_string()))?;
         let dir = tempfile::Builder::new().prefix("nodemedic-cp-").tempdir().map_err(io("creating the control-plane directory"))?;

@@ -17,24 +17,37 @@ struct Replica {
 
 impl Replica {
     fn start(cp: &ControlPlane, name: &str) -> anyhow::Result<Replica> {
-        let free = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
-        let (metrics, api) = (free()?, free()?);
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("nodemedic-action-{}-{name}.log", std::process::id())))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
-            .args(["controller", "--identity", name, "--lease-duration", "6", "--listen", &format!("127.0.0.1:{metrics}")])
-            .args([
-                "--api-listen",
-                &format!("127.0.0.1:{api}"),
-                "--insecure-no-tls",
-                "--insecure-no-auth",
-                "--repair-provider",
-                "recreate-node",
-            ])
+        let log_path = std::env::temp_dir().join(format!("nodemedic-action-{}-{name}.log", std::process::id()));
+        let log = std::fs::File::create(&log_path)?;
+        // Port 0 for both listeners (picking free ports here could race other tests); the API's
+        // address is read back from the replica's log.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
+            .args(["controller", "--identity", name, "--lease-duration", "6", "--listen", "127.0.0.1:0"])
+            .args(["--api-listen", "127.0.0.1:0", "--insecure-no-tls", "--insecure-no-auth", "--repair-provider", "recreate-node"])
             .env("KUBECONFIG", cp.kubeconfig())
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
-        Ok(Replica { child, url: format!("http://127.0.0.1:{api}") })
+        let started = std::time::Instant::now();
+        let address = loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let bound = text
+                .lines()
+                .find(|l| l.contains("serving the actions API"))
+                .and_then(|l| l.split("address=").nth(1))
+                .and_then(|a| a.split_whitespace().next())
+                .map(str::to_string);
+            if let Some(a) = bound {
+                break a;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(20) || child.try_wait().ok().flatten().is_some() {
+                let _ = child.kill();
+                anyhow::bail!("replica {name} did not serve the API:\n{text}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        Ok(Replica { child, url: format!("http://{address}") })
     }
 }
 

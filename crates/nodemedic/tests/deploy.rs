@@ -39,10 +39,9 @@ async fn the_deploy_manifest_applies_and_its_rbac_is_enough_for_a_whole_remediat
         cp.write_kubeconfig_with_token(&token, &kubeconfig)?;
 
         let log = std::fs::File::create(dir.path().join("controller.log"))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
             .args(["controller", "--identity", "sa-replica", "--lease-namespace", "nodemedic", "--lease-duration", "6"])
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--resync", "2", "--log-format", "json"])
+            .args(["--listen", "127.0.0.1:0", "--resync", "2", "--log-format", "json"])
             .env("KUBECONFIG", &kubeconfig)
             .stdout(Stdio::null())
             .stderr(log)

@@ -67,12 +67,11 @@ struct Controller {
 
 impl Controller {
     fn start(cp: &ControlPlane, identity: &str, notifications: Option<&std::path::Path>) -> Result<Controller> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::env::temp_dir().join(format!("nodemedic-escalation-{}-{identity}.log", std::process::id()));
         let mut args: Vec<String> = ["controller", "--identity", identity, "--lease-duration", "4", "--resync", "2"]
             .into_iter()
             .map(String::from)
-            .chain(["--listen".to_string(), format!("127.0.0.1:{port}")])
+            .chain(["--listen".to_string(), "127.0.0.1:0".to_string()])
             .collect();
         if let Some(file) = notifications {
             args.extend(["--notifications".to_string(), file.display().to_string()]);

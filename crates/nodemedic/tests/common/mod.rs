@@ -23,15 +23,36 @@ pub struct Replica {
 
 impl Replica {
     pub fn start(cp: &ControlPlane, name: &str) -> anyhow::Result<Replica> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("nodemedic-e2e-{}-{name}.log", std::process::id())))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
-            .args(["controller", "--identity", name, "--lease-duration", "6", "--listen", &format!("127.0.0.1:{port}"), "--resync", "2"])
+        let log_path = std::env::temp_dir().join(format!("nodemedic-e2e-{}-{name}.log", std::process::id()));
+        let log = std::fs::File::create(&log_path)?;
+        // Port 0: the replica binds a free port itself (picking one here could race other tests).
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
+            .args(["controller", "--identity", name, "--lease-duration", "6", "--listen", "127.0.0.1:0", "--resync", "2"])
             .env("KUBECONFIG", cp.kubeconfig())
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
+        let started = std::time::Instant::now();
+        let port = loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let bound = text
+                .lines()
+                .find(|l| l.contains("serving /metrics"))
+                .and_then(|l| l.split("address=").nth(1))
+                .and_then(|a| a.split_whitespace().next())
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u16>().ok());
+            if let Some(port) = bound {
+                break port;
+            }
+            if started.elapsed() > Duration::from_secs(20) || child.try_wait().ok().flatten().is_some() {
+                let _ = child.kill();
+                anyhow::bail!("replica {name} did not start serving:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         Ok(Replica { name: name.to_string(), child, port })
     }
 
