@@ -71,3 +71,36 @@ async fn the_deploy_manifest_applies_and_its_rbac_is_enough_for_a_whole_remediat
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_manifest_applies_and_its_admission_policy_keeps_the_agent_off_nodes_it_does_not_run_on() -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        setup(cp, 2, POLICY).await?;
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/agent-daemonset.yaml");
+        let out = cp.kubectl(&["apply", "--server-side", "-f", manifest])?;
+        anyhow::ensure!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+        // A token of the agent's service account that is not bound to a pod on a node.
+        let out = cp.kubectl(&["create", "token", "nodemedic-agent", "-n", "nodemedic-system"])?;
+        anyhow::ensure!(out.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&out.stderr));
+        let agent = cp.client_with_token(String::from_utf8_lossy(&out.stdout).trim()).await?;
+        let nodes: Api<Node> = Api::all(agent);
+        // RBAC lets it read nodes…
+        nodes.get("gpu-000").await?;
+        // …but the admission policy refuses a status write from a token that names no node (or another one),
+        // so an agent can only ever mark its own node. The policy may take a moment to be enforced.
+        let patch = serde_json::json!({"status": {"conditions": [{"type": "GPUProblem", "status": "True", "reason": "Forged", "message": "x",
+            "lastTransitionTime": "2026-11-21T00:00:00Z", "lastHeartbeatTime": "2026-11-21T00:00:00Z"}]}});
+        let refused = wait_for(Duration::from_secs(30), "the admission policy to refuse the write", || async {
+            match nodes.patch_status("gpu-000", &PatchParams::default(), &Patch::Strategic(&patch)).await {
+                Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => Some(s.message),
+                _ => None,
+            }
+        })
+        .await?;
+        assert!(refused.contains("nodemedic-agent-own-node-only") || refused.contains("ValidatingAdmissionPolicy"), "{refused}");
+        Ok(())
+    })
+    .await
+}
