@@ -764,7 +764,11 @@ fn update_breaker(ctx: &Ctx, work: &[Work], selected: usize, rec: &mut PolicyRec
         }
         if exceeded && !b.manual_reset {
             // The mass failure is still there: stay open for another cooldown rather than close and
-            // trip again in the same breath (one trip, one notification).
+            // trip again in the same breath (one trip, one notification). Deciding again at the same
+            // instant changes nothing (a zero cooldown would otherwise extend on every pass).
+            if now == cooling_from {
+                return true;
+            }
             rec.breaker_extended_at = Some(now);
             rec.breaker_reason = Some(reason());
             out.wake_at(now + b.cooldown);
