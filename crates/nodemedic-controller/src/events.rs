@@ -30,6 +30,20 @@ pub fn reason(kind: EventKind) -> String {
     format!("{kind:?}")
 }
 
+/// The Events API folds events with the same reason, action and objects into one series (keeping the
+/// first note), so a step's events carry the step as their action: "drain completed" and, later,
+/// "reboot recovered" stay two events instead of one counted twice under the first note.
+pub fn action(message: &str) -> String {
+    let step = message.strip_prefix("step ").and_then(|rest| rest.split_whitespace().next());
+    match step {
+        Some(step) => {
+            let mut chars = step.chars();
+            chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_else(|| "Remediate".into())
+        }
+        None => "Remediate".into(),
+    }
+}
+
 fn truncate(message: &str) -> String {
     // The Events API caps the note at 1 kB.
     const LIMIT: usize = 1000;
@@ -69,7 +83,7 @@ pub async fn publish_events(
             type_: event_type(e.kind),
             reason: reason(e.kind),
             note: Some(truncate(&e.message)),
-            action: "Remediate".into(),
+            action: action(&e.message),
             secondary: record_ref.clone(),
         };
         let mut targets: Vec<ObjectReference> = Vec::new();
@@ -91,5 +105,18 @@ pub async fn publish_events(
                 tracing::warn!(error = %err, reason = %event.reason, object = ?target.name, "could not publish an event");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::action;
+
+    #[test]
+    fn step_events_carry_their_step_as_the_action_so_they_are_not_folded_together() {
+        assert_eq!(action("step drain completed: drain finished"), "Drain");
+        assert_eq!(action("step reboot (attempt 2) started, tainted nodemedic.io/repair-reboot"), "Reboot");
+        assert_eq!(action("node healthy again after reboot; repair taints removed"), "Remediate");
+        assert_eq!(action("step "), "Remediate");
     }
 }

@@ -37,6 +37,10 @@ pub struct Scenario {
     pub duration: Duration,
     /// The NodeHealthPolicy spec the controller runs.
     pub policy: Policy,
+    /// SIGKILL the leading controller replica at this time (a replacement starts at once): the
+    /// standby takes over when the lease expires and carries on from the records.
+    #[serde(default)]
+    pub kill_leader_at: Option<Duration>,
     #[serde(default)]
     pub faults: Vec<Fault>,
 }
@@ -147,11 +151,15 @@ struct FaultState {
 
 /// One controller replica as a child process.
 struct Replica {
+    name: String,
     child: Child,
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SIGTERM first so the lease is handed over cleanly; then make sure.
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
@@ -247,8 +255,7 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, peers: Option<&crate:
     if let Some(p) = peers {
         std::fs::write(&notifications, p.notifications_yaml())?;
     }
-    let mut replicas = Vec::new();
-    for name in ["controller-a", "controller-b"] {
+    let spawn_replica = |name: &str| -> Result<Replica> {
         let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
         let mut command = Command::new(&exe);
         command.arg("controller");
@@ -262,8 +269,9 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, peers: Option<&crate:
             .stderr(log)
             .spawn()
             .context("starting a controller replica")?;
-        replicas.push(Replica { child });
-    }
+        Ok(Replica { name: name.to_string(), child })
+    };
+    let mut replicas = vec![spawn_replica("controller-a")?, spawn_replica("controller-b")?];
     println!("2 controller replicas running (leader election on Lease default/nodemedic-controller); logs in {}", log_dir.display());
     println!("\n  time   object      reason               what happened");
 
@@ -278,7 +286,37 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, peers: Option<&crate:
     let mut breaker_open = false;
     let total = std::time::Duration::from_millis(scenario.duration.0.max(0) as u64);
     let mut agents = tokio::task::JoinSet::new();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "default");
+    let mut leader: Option<String> = None;
+    let mut killed_leader = false;
     loop {
+        let holder = leases.get("nodemedic-controller").await.ok().and_then(|l| l.spec).and_then(|s| s.holder_identity);
+        if holder.is_some() && holder != leader {
+            println!(
+                "{} {:<11} {:<20} holds the lease and writes; the other replica stands by",
+                elapsed(start),
+                holder.clone().unwrap_or_default(),
+                "LeaderElected"
+            );
+            leader = holder;
+        }
+        if let (Some(at), false, Some(current)) = (scenario.kill_leader_at, killed_leader, leader.clone())
+            && start.elapsed().as_millis() as i64 >= at.0
+        {
+            if let Some(i) = replicas.iter().position(|r| r.name == current) {
+                let mut dead = replicas.remove(i);
+                let _ = dead.child.kill();
+                let _ = dead.child.wait();
+                println!(
+                    "{} {:<11} {:<20} SIGKILL: no lease release; the standby takes over when it expires (10 s)",
+                    elapsed(start),
+                    current,
+                    "LeaderKilled"
+                );
+                replicas.push(spawn_replica("controller-c")?);
+            }
+            killed_leader = true;
+        }
         // The scenario: faults that begin now.
         while let Some(f) = scenario.faults.get(next_fault).filter(|f| start.elapsed().as_millis() as i64 >= f.at.0) {
             for n in &f.nodes {

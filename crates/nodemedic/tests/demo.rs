@@ -23,6 +23,9 @@ fn the_demo_scenario_ends_as_it_expects_and_kubectl_tells_the_story() -> anyhow:
     ] {
         assert!(stdout.contains(line), "the timeline shows {line}:\n{stdout}");
     }
+    // The leader was killed mid-run; another replica took over and finished the job.
+    assert!(stdout.contains("LeaderKilled"), "{stdout}");
+    assert!(stdout.matches("LeaderElected").count() >= 2, "a second leader after the kill:\n{stdout}");
     // The node left to a person told people, through a real SMTP server and a real Alertmanager.
     assert!(stdout.contains("NodeManual: gpu-011"), "an email about gpu-011:\n{stdout}");
     assert!(stdout.contains("alert NodemedicNodeManual node=gpu-011"), "an alert about gpu-011:\n{stdout}");
