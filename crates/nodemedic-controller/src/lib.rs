@@ -224,7 +224,9 @@ impl<'e> Reconciler<'e> {
             // Owned by the notifier's field manager; this apply leaves them alone.
             notifications: Vec::new(),
         };
-        self.write_policy_status(policy_name, &policy, status).await?;
+        // The records are persisted: the steps they name are carried out even if the policy status
+        // cannot be written this time (the engine asks for a step once; skipping it would lose it).
+        let status_written = self.write_policy_status(policy_name, &policy, status).await;
         let acted = self.act(policy_name, &decision).await;
         if let Some(m) = self.metrics {
             let mut after = records.clone();
@@ -234,7 +236,11 @@ impl<'e> Reconciler<'e> {
         if let Some(recorder) = self.events {
             publish_events(recorder, &policy, snapshot, &recs, &decision).await;
         }
+        if let Err(e) = &status_written {
+            tracing::warn!(policy = %policy_name, error = %e, "could not write the policy status; retried next pass");
+        }
         acted?;
+        status_written?;
         Ok(decision)
     }
 

@@ -17,7 +17,11 @@ struct Replica {
 
 impl Replica {
     fn start(cp: &ControlPlane, name: &str) -> anyhow::Result<Replica> {
-        let log_path = std::env::temp_dir().join(format!("nodemedic-action-{}-{name}.log", std::process::id()));
+        let log_path = std::env::temp_dir().join(format!(
+            "nodemedic-action-{}-{}-{name}.log",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
+        ));
         let log = std::fs::File::create(&log_path)?;
         // Port 0 for both listeners (picking free ports here could race other tests); the API's
         // address is read back from the replica's log.

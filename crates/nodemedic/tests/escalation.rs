@@ -67,7 +67,11 @@ struct Controller {
 
 impl Controller {
     fn start(cp: &ControlPlane, identity: &str, notifications: Option<&std::path::Path>) -> Result<Controller> {
-        let log = std::env::temp_dir().join(format!("nodemedic-escalation-{}-{identity}.log", std::process::id()));
+        let log = std::env::temp_dir().join(format!(
+            "nodemedic-escalation-{}-{}-{identity}.log",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
+        ));
         let mut args: Vec<String> = ["controller", "--identity", identity, "--lease-duration", "4", "--resync", "2"]
             .into_iter()
             .map(String::from)

@@ -19,11 +19,19 @@ pub struct Replica {
     pub name: String,
     child: Child,
     pub port: u16,
+    log_path: std::path::PathBuf,
+}
+
+/// Tests in one binary run side by side and may name their replicas alike: every replica gets its own log.
+fn unique_log(name: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("nodemedic-e2e-{}-{n}-{name}.log", std::process::id()))
 }
 
 impl Replica {
     pub fn start(cp: &ControlPlane, name: &str) -> anyhow::Result<Replica> {
-        let log_path = std::env::temp_dir().join(format!("nodemedic-e2e-{}-{name}.log", std::process::id()));
+        let log_path = unique_log(name);
         let log = std::fs::File::create(&log_path)?;
         // Port 0: the replica binds a free port itself (picking one here could race other tests).
         let mut child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
@@ -53,7 +61,7 @@ impl Replica {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        Ok(Replica { name: name.to_string(), child, port })
+        Ok(Replica { name: name.to_string(), child, port, log_path })
     }
 
     pub fn metrics(&self) -> String {
@@ -70,8 +78,7 @@ impl Replica {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(std::env::temp_dir().join(format!("nodemedic-e2e-{}-{}.log", std::process::id(), self.name)))
-            .unwrap_or_default()
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 }
 
