@@ -63,7 +63,11 @@ async fn two_replicas_elect_one_leader_and_sigterm_hands_over_at_once() -> anyho
         .await?;
         assert_eq!(rec.attempt, 1, "exactly one reboot: {rec:?}");
         assert_eq!(rec.history.last().map(|h| (h.step, h.outcome)), Some((RemediationStep::Reboot, StepOutcome::Recovered)));
-        assert!(!taints(&nodes.get("gpu-001").await?).iter().any(|t| t.starts_with("nodemedic.io/")));
+        // Taints follow the record (records are written first, then the taints).
+        wait_for(Duration::from_secs(10), "the repair taints to be lifted", || async {
+            (!taints(&nodes.get("gpu-001").await.ok()?).iter().any(|t| t.starts_with("nodemedic.io/"))).then_some(())
+        })
+        .await?;
         Ok(())
     })
     .await

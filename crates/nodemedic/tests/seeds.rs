@@ -100,7 +100,11 @@ async fn seed004_a_node_whose_kubelet_stops_is_remediated_and_min_healthy_holds_
         .await?;
         assert!(rec.active.as_ref().is_some_and(|a| a.trigger == "ready-unknown"), "{rec:?}");
         let nodes: Api<Node> = Api::all(cp.client());
-        assert!(taints(&nodes.get("gpu-000").await?).contains(&"nodemedic.io/repair-reboot".to_string()));
+        // Taints follow the record (records are written first, then the taints).
+        wait_for(Duration::from_secs(10), "the reboot taint", || async {
+            taints(&nodes.get("gpu-000").await.ok()?).contains(&"nodemedic.io/repair-reboot".to_string()).then_some(())
+        })
+        .await?;
 
         cp.stop_heartbeat("gpu-001").await?;
         wait_for(Duration::from_secs(60), "the minHealthy hold on gpu-001", || async {
