@@ -217,7 +217,12 @@ async fn a_node_that_never_recovers_reaches_people_once_and_a_person_brings_it_b
             (phase(cp, "gpu-001").await? == Phase::Manual).then_some(())
         })
         .await?;
-        let node = nodes.get("gpu-001").await?;
+        // Taints follow the record (records are written first, then the taints).
+        let node = wait_for(Duration::from_secs(10), "the repair-manual taint", || async {
+            let node = nodes.get("gpu-001").await.ok()?;
+            taints(&node).contains(&"nodemedic.io/repair-manual".to_string()).then_some(node)
+        })
+        .await?;
         let ips: Vec<String> =
             node.status.as_ref().and_then(|s| s.addresses.clone()).unwrap_or_default().into_iter().map(|a| a.address).collect();
         assert!(!ips.is_empty(), "the node shows its addresses");
@@ -288,7 +293,10 @@ async fn a_node_that_never_recovers_reaches_people_once_and_a_person_brings_it_b
         let last = record.history.last().context("history")?;
         assert_eq!((last.step, last.outcome), (RemediationStep::Manual, StepOutcome::Recovered));
         assert!(last.reason.contains("resolved by alice"), "{}", last.reason);
-        assert!(!taints(&nodes.get("gpu-001").await?).iter().any(|t| t.starts_with("nodemedic.io/")));
+        wait_for(Duration::from_secs(10), "the repair taints to be lifted", || async {
+            (!taints(&nodes.get("gpu-001").await.ok()?).iter().any(|t| t.starts_with("nodemedic.io/"))).then_some(())
+        })
+        .await?;
         peers::eventually("the alert to be resolved", Duration::from_secs(30), || async {
             Ok(manual_alert(&alertmanager, "gpu-001").await?.is_none().then_some(()))
         })
