@@ -7,7 +7,7 @@
 //! passed, so firing alerts carry `endsAt = now + firing_lifetime`; a resolved alert is the same labels with
 //! `endsAt = now`.
 
-use crate::channel::{Channel, DeliveryError, DeliveryFuture, http_error};
+use crate::channel::{Channel, DeliveryError, DeliveryFuture, send_http};
 use crate::incident::{Incident, IncidentKind, Severity};
 use crate::now;
 use crate::render;
@@ -116,17 +116,7 @@ impl AlertmanagerChannel {
             return Ok(());
         }
         let url = format!("{}/api/v2/alerts", self.config.url.trim_end_matches('/'));
-        let mut request = self.client.post(url).json_body(&Value::Array(alerts));
-        if let Some(token) = &self.config.bearer_token {
-            request = request.bearer_auth(token.expose());
-        }
-        let response = request.send().await.map_err(http_error)?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let text = response.text().await.unwrap_or_default();
-        Err(DeliveryError::rejected(status.as_u16(), &text))
+        send_http(self.client.post(url).json_body(&Value::Array(alerts)), self.config.bearer_token.as_ref()).await
     }
 }
 

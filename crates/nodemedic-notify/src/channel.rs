@@ -40,3 +40,18 @@ impl DeliveryError {
 pub(crate) fn http_error(error: reqwest::Error) -> DeliveryError {
     DeliveryError::Transport(error.without_url().to_string())
 }
+
+/// Sends an HTTP request (with the bearer token, if any): a 2xx answer is delivered, anything else
+/// is refused with the status and the start of the body. Shared by the webhook and Alertmanager channels.
+pub(crate) async fn send_http(mut request: reqwest::RequestBuilder, token: Option<&crate::secret::Secret>) -> Result<(), DeliveryError> {
+    if let Some(token) = token {
+        request = request.bearer_auth(token.expose());
+    }
+    let response = request.send().await.map_err(http_error)?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let text = response.text().await.unwrap_or_default();
+    Err(DeliveryError::rejected(status.as_u16(), &text))
+}

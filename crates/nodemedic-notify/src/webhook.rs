@@ -1,6 +1,6 @@
 //! A generic webhook: the incident as JSON, or the `{"text": …}` form for Slack and Teams incoming webhooks.
 
-use crate::channel::{Channel, DeliveryError, DeliveryFuture, http_error};
+use crate::channel::{Channel, DeliveryError, DeliveryFuture, send_http};
 use crate::incident::Incident;
 use crate::render;
 use crate::secret::Secret;
@@ -60,22 +60,13 @@ impl WebhookChannel {
             WebhookFormat::Json => render::json(incident).map_err(|e| DeliveryError::Message(e.to_string()))?,
             WebhookFormat::ChatText => render::chat_text(incident).to_string(),
         };
-        let mut request = self
+        let request = self
             .client
             .post(&self.config.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", incident.key.as_str())
             .body(body);
-        if let Some(token) = &self.config.bearer_token {
-            request = request.bearer_auth(token.expose());
-        }
-        let response = request.send().await.map_err(http_error)?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let text = response.text().await.unwrap_or_default();
-        Err(DeliveryError::rejected(status.as_u16(), &text))
+        send_http(request, self.config.bearer_token.as_ref()).await
     }
 }
 

@@ -3,6 +3,8 @@
 //! with 503 and names the leader. The controller refuses to serve the API without TLS or an
 //! explicit `--insecure-no-tls`.
 
+mod common;
+
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
@@ -33,24 +35,7 @@ impl Replica {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
-        let started = std::time::Instant::now();
-        let address = loop {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let bound = text
-                .lines()
-                .find(|l| l.contains("serving the actions API"))
-                .and_then(|l| l.split("address=").nth(1))
-                .and_then(|a| a.split_whitespace().next())
-                .map(str::to_string);
-            if let Some(a) = bound {
-                break a;
-            }
-            if started.elapsed() > std::time::Duration::from_secs(20) || child.try_wait().ok().flatten().is_some() {
-                let _ = child.kill();
-                anyhow::bail!("replica {name} did not serve the API:\n{text}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        };
+        let address = common::bound_address(&mut child, &log_path, "serving the actions API", name)?;
         Ok(Replica { child, url: format!("http://{address}") })
     }
 }

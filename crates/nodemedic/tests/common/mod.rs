@@ -42,25 +42,9 @@ impl Replica {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
-        let started = std::time::Instant::now();
-        let port = loop {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let bound = text
-                .lines()
-                .find(|l| l.contains("serving /metrics"))
-                .and_then(|l| l.split("address=").nth(1))
-                .and_then(|a| a.split_whitespace().next())
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u16>().ok());
-            if let Some(port) = bound {
-                break port;
-            }
-            if started.elapsed() > Duration::from_secs(20) || child.try_wait().ok().flatten().is_some() {
-                let _ = child.kill();
-                anyhow::bail!("replica {name} did not start serving:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let address = bound_address(&mut child, &log_path, "serving /metrics", name)?;
+        let port =
+            address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).ok_or_else(|| anyhow::anyhow!("no port in `{address}`"))?;
         Ok(Replica { name: name.to_string(), child, port, log_path })
     }
 
@@ -128,4 +112,26 @@ pub async fn agent_reboots(cp: &ControlPlane, node: &str, attempt: u32) -> anyho
     report_step(&cp.client(), field_managers::AGENT, node, &report).await?;
     cp.set_node_condition(node, "GPUProblem", "False", "GPUsHealthy", "8 of 8 GPUs healthy").await?;
     Ok(())
+}
+
+/// The `address=HOST:PORT` a process started with port 0 logged on the line containing `marker`.
+pub fn bound_address(child: &mut Child, log_path: &std::path::Path, marker: &str, name: &str) -> anyhow::Result<String> {
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log_path).unwrap_or_default();
+        let bound = text
+            .lines()
+            .find(|l| l.contains(marker))
+            .and_then(|l| l.split("address=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .map(|a| a.trim_matches('"').to_string());
+        if let Some(address) = bound {
+            return Ok(address);
+        }
+        if started.elapsed() > Duration::from_secs(20) || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            anyhow::bail!("{name} did not log `{marker}` with its address:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
