@@ -280,6 +280,26 @@ impl Work<'_> {
             })
             .min_by_key(|(i, since)| (*since, *i))
     }
+    /// When the policy started counting the node unhealthy: the moment its earliest remediating rule
+    /// fired (the bad state's start plus the rule's duration), or for a node on the ladder, the moment
+    /// its trigger fired (never later than the remediation's start). The breaker's window is about
+    /// this moment, not about when the bad state began: a rule that waits longer than the window
+    /// (disk pressure for 30 minutes against a 10-minute window) must still be able to trip it.
+    fn turned_unhealthy_at(&self, policy: &Policy) -> Option<Time> {
+        if let Some(a) = self.active() {
+            let fired = policy.rules.iter().find(|r| r.name == a.trigger).map(|r| a.unhealthy_since + r.duration);
+            return Some(fired.map_or(a.started_at, |f| f.min(a.started_at)));
+        }
+        self.evals
+            .iter()
+            .zip(&policy.rules)
+            .filter(|(_, rule)| !rule.is_soft())
+            .filter_map(|(e, rule)| match e.verdict {
+                Verdict::Firing { since } => Some(since + rule.duration),
+                _ => None,
+            })
+            .min()
+    }
     /// Every remediating rule passes on evidence produced at or after `since`, and the rule that
     /// started the remediation passes on evidence it actually saw: an absent check (the agent has not
     /// reported since the reboot) proves nothing.
@@ -734,14 +754,8 @@ fn update_breaker(ctx: &Ctx, work: &[Work], selected: usize, rec: &mut PolicyRec
         return false;
     };
     let window_start = now - b.window;
-    let recent = work
-        .iter()
-        .filter(|w| w.selected)
-        .filter(|w| match w.active() {
-            Some(a) => a.unhealthy_since >= window_start,
-            None => w.firing(ctx.policy).is_some_and(|(_, since)| since >= window_start),
-        })
-        .count();
+    let recent =
+        work.iter().filter(|w| w.selected).filter(|w| w.turned_unhealthy_at(ctx.policy).is_some_and(|t| t >= window_start)).count();
     let exceeded = b.max_unhealthy.exceeded_by(recent, selected);
     let reason = || {
         format!(

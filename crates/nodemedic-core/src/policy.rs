@@ -542,7 +542,21 @@ pub enum PolicyError {
 impl Policy {
     /// Reads a policy from YAML (or JSON, which is YAML) and validates it.
     pub fn from_yaml(text: &str) -> Result<Policy, PolicyError> {
-        let policy: Policy = serde_saphyr::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        // The path of the bad field (`rules[0].duration`) leads the message; serde-saphyr's own
+        // message adds the line and column.
+        let mut path = None;
+        let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                path = Some(e.path().to_string());
+                e.into_inner()
+            })
+        });
+        let policy: Policy = parsed.map_err(|e| {
+            PolicyError::Parse(match path.filter(|p| p != ".") {
+                Some(p) => format!("{p}: {e}"),
+                None => e.to_string(),
+            })
+        })?;
         policy.validate()?;
         Ok(policy)
     }
@@ -681,7 +695,41 @@ impl Policy {
                 err(format!("gates.maintenanceWindows[{i}].duration"), "must be more than zero".into());
             }
         }
+        // Parsing refuses negative durations; a policy built in code (the simulator, tests, a
+        // library caller) is held to the same rule here.
+        for (field, d) in self.durations() {
+            if d < Duration::ZERO {
+                err(field, format!("{d} is negative"));
+            }
+        }
         if errs.is_empty() { Ok(()) } else { Err(PolicyError::Invalid(errs)) }
+    }
+
+    /// Every duration in the policy with its field path.
+    fn durations(&self) -> Vec<(String, Duration)> {
+        let mut out = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            out.push((format!("rules[{i}].duration"), rule.duration));
+            if let Some(s) = rule.stale_after {
+                out.push((format!("rules[{i}].staleAfter"), s));
+            }
+        }
+        for (i, step) in self.ladder.iter().enumerate() {
+            out.push((format!("ladder[{i}].timeout"), step.timeout));
+            out.push((format!("ladder[{i}].settle"), step.settle));
+            out.push((format!("ladder[{i}].verifyTimeout"), step.verify_timeout));
+            out.extend(step.timeout_by_class.iter().map(|(c, d)| (format!("ladder[{i}].timeoutByClass.{c}"), *d)));
+        }
+        let g = &self.gates;
+        if let Some(b) = &g.circuit_breaker {
+            out.push(("gates.circuitBreaker.window".into(), b.window));
+            out.push(("gates.circuitBreaker.cooldown".into(), b.cooldown));
+        }
+        if let Some(r) = &g.retry_budget {
+            out.push(("gates.retryBudget.window".into(), r.window));
+        }
+        out.extend(g.maintenance_windows.iter().enumerate().map(|(i, w)| (format!("gates.maintenanceWindows[{i}].duration"), w.duration)));
+        out
     }
 
     pub fn taint_key(&self, name: &str) -> String {
@@ -744,12 +792,30 @@ mod tests {
     #[test]
     fn negative_durations_are_refused() {
         let text = minimal("").replace("duration: 5m", "duration: -5m");
-        let err = Policy::from_yaml(&text).unwrap_err();
-        assert!(err.to_string().contains("negative"), "{err}");
+        let err = Policy::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("rules[0].duration") && err.contains("negative"), "{err}");
         let json =
             r#"{"rules":[{"name":"r","condition":{"type":"Ready","status":"False"},"duration":"-1s"}],"ladder":[{"step":"reboot"}]}"#;
         let err = Policy::from_json(json).unwrap_err().to_string();
         assert!(err.contains("rules[0].duration") && err.contains("negative"), "{err}");
+    }
+
+    #[test]
+    fn negative_durations_built_in_code_are_refused_naming_the_field() {
+        let mut p = Policy::from_yaml(&minimal("")).unwrap();
+        p.rules[0].duration = Duration(-1_000);
+        p.ladder[0].settle = Duration(-5);
+        let Err(PolicyError::Invalid(errs)) = p.validate() else { panic!("expected invalid") };
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["rules[0].duration", "ladder[0].settle"]);
+    }
+
+    #[test]
+    fn a_badly_typed_yaml_field_is_named_by_its_path() {
+        let err = Policy::from_yaml(&minimal("gates: {minHealthy: lots}\n")).unwrap_err().to_string();
+        assert!(err.contains("gates.minHealthy"), "{err}");
+        let err = Policy::from_yaml(&minimal("").replace("status: \"False\"", "status: Maybe")).unwrap_err().to_string();
+        assert!(err.contains("rules[0].condition.status") && err.contains("Maybe"), "{err}");
     }
 
     #[test]
@@ -764,8 +830,8 @@ mod tests {
         let json = r#"{"rules":[{"name":"r","condition":{"type":"Ready","status":"False"}}],"ladder":[{"step":"rebot"}]}"#;
         let err = Policy::from_json(json).unwrap_err().to_string();
         assert!(err.contains("ladder[0].step") && err.contains("unknown variant `rebot`"), "{err}");
-        let err = Policy::from_yaml(&minimal("").replace("step: reboot", "step: rebot")).unwrap_err();
-        assert!(err.to_string().contains("rebot"), "{err}");
+        let err = Policy::from_yaml(&minimal("").replace("step: reboot", "step: rebot")).unwrap_err().to_string();
+        assert!(err.contains("ladder[0].step") && err.contains("rebot"), "{err}");
     }
 
     #[test]

@@ -502,6 +502,7 @@ fn shuffled(fleet: &[NodeObservation], seed: u64) -> Vec<NodeObservation> {
 }
 
 /// 128 cases each by default; `PROPTEST_CASES=5000` for a deeper search.
+#[allow(clippy::disallowed_methods)] // the test harness's setting, not the engine's
 fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
     ProptestConfig { cases, max_shrink_iters: 4096, ..ProptestConfig::default() }

@@ -7,6 +7,10 @@ use nodemedic_core::record::{Phase, Stage, StepOutcome};
 use nodemedic_core::testkit::{EPOCH, Harness, gpu_node, node, set_condition};
 use nodemedic_core::{Decision, Duration, RemediationStep, presets, probe_may_run};
 
+fn selector(yaml: &str) -> nodemedic_core::selector::LabelSelector {
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("test selector {yaml:?}: {e}"))
+}
+
 fn live(mut p: Policy) -> Policy {
     p.monitor_only = false;
     p
@@ -795,4 +799,198 @@ fn the_record_keeps_the_evidence_of_each_attempt_for_a_person_to_read() {
     let gpu: Vec<&str> = rec.diagnostics.iter().filter(|d| d.rule == "gpu").map(|d| d.reason.as_str()).collect();
     assert_eq!(gpu, ["Unhealthy", "Unhealthy"], "{:?}", rec.diagnostics);
     assert!(rec.diagnostics.iter().all(|d| d.detail.contains("check `gpu`")), "{:?}", rec.diagnostics);
+}
+
+#[test]
+fn a_rule_for_ready_false_ignores_ready_unknown_and_the_other_way_round() {
+    let mut p = live(presets::seed000());
+    p.rules = vec![
+        Policy::from_yaml(
+            "rules:\n- name: ready-false\n  condition: {type: Ready, status: \"False\"}\n  duration: 5m\nladder:\n- step: reboot\n",
+        )
+        .unwrap()
+        .rules
+        .remove(0),
+    ];
+    let mut unknown = gpu_node("unknown", "a", 8, EPOCH);
+    set_condition(&mut unknown, "Ready", ConditionStatus::Unknown, "NodeStatusUnknown", EPOCH);
+    let mut not_ready = gpu_node("not-ready", "a", 8, EPOCH);
+    set_condition(&mut not_ready, "Ready", ConditionStatus::False, "KubeletNotReady", EPOCH);
+    let fleet = vec![unknown, not_ready, gpu_node("fine-1", "a", 8, EPOCH), gpu_node("fine-2", "a", 8, EPOCH)];
+    let mut h = Harness::new(p.clone(), fleet.clone());
+    h.advance(Duration::from_mins(6));
+    let started: Vec<_> = executes(&h.decide()).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(started, ["not-ready"], "Unknown is not False");
+
+    p.rules[0].condition.as_mut().unwrap().status = ConditionStatus::Unknown;
+    p.rules[0].name = "ready-unknown".into();
+    let mut h = Harness::new(p, fleet);
+    h.advance(Duration::from_mins(6));
+    let started: Vec<_> = executes(&h.decide()).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(started, ["unknown"], "False is not Unknown");
+}
+
+#[test]
+fn match_labels_and_match_expressions_both_have_to_hold() {
+    let mut p = live(presets::seed000());
+    p.selector = selector(
+        "matchLabels: {cloud.google.com/gke-accelerator: nvidia-h100-80gb}\nmatchExpressions:\n- {key: tier, operator: NotIn, values: [canary]}\n",
+    );
+    let mut h100 = gpu_node("h100", "a", 8, EPOCH);
+    h100.labels.insert("cloud.google.com/gke-accelerator".into(), "nvidia-h100-80gb".into());
+    let mut canary = h100.clone();
+    canary.name = "h100-canary".into();
+    canary.labels.insert("tier".into(), "canary".into());
+    let mut a100 = gpu_node("a100", "a", 8, EPOCH);
+    a100.labels.insert("cloud.google.com/gke-accelerator".into(), "nvidia-a100-80gb".into());
+    let mut h = Harness::new(p, vec![h100, canary, a100]);
+    for n in ["h100", "h100-canary", "a100"] {
+        for _ in 0..3 {
+            h.probe(n, "gpu", false);
+        }
+    }
+    let d = h.decide();
+    assert_eq!(d.summary.selected, 1);
+    let started: Vec<_> = executes(&d).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(started, ["h100"]);
+}
+
+#[test]
+fn a_node_pool_filter_selects_only_the_named_pools_and_empty_means_all() {
+    let fleet =
+        vec![gpu_node("train-1", "training", 8, EPOCH), gpu_node("infer-1", "inference", 8, EPOCH), gpu_node("other-1", "batch", 8, EPOCH)];
+    let mut p = live(presets::seed000());
+    p.node_pools = vec!["training".into(), "inference".into()];
+    let mut h = Harness::new(p, fleet.clone());
+    for n in ["train-1", "infer-1", "other-1"] {
+        for _ in 0..3 {
+            h.probe(n, "gpu", false);
+        }
+    }
+    let d = h.decide();
+    assert_eq!(d.summary.selected, 2);
+    let started: Vec<_> = executes(&d).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(started, ["infer-1", "train-1"]);
+
+    let mut h = Harness::new(live(presets::seed000()), fleet);
+    for n in ["train-1", "infer-1", "other-1"] {
+        for _ in 0..3 {
+            h.probe(n, "gpu", false);
+        }
+    }
+    assert_eq!(h.decide().summary.selected, 3, "no pool filter: every pool");
+}
+
+#[test]
+fn a_custom_node_class_gets_its_own_step_timeout() {
+    let mut p = live(presets::seed003());
+    p.node_classes = vec![nodemedic_core::policy::NodeClass {
+        name: "bare-metal".into(),
+        selector: selector("matchLabels: {node.kubernetes.io/instance-type: bm-gpu}\n"),
+    }];
+    p.ladder[0].timeout_by_class.insert("bare-metal".into(), Duration::from_mins(90));
+    p.validate().unwrap();
+    let mut metal = gpu_node("metal", "a", 8, EPOCH);
+    metal.labels.insert("node.kubernetes.io/instance-type".into(), "bm-gpu".into());
+    set_condition(&mut metal, "Ready", ConditionStatus::False, "KubeletNotReady", EPOCH);
+    let mut vm = gpu_node("vm", "a", 8, EPOCH);
+    set_condition(&mut vm, "Ready", ConditionStatus::False, "KubeletNotReady", EPOCH);
+    let mut h = Harness::new(p, vec![metal, vm, gpu_node("ok-1", "a", 8, EPOCH), gpu_node("ok-2", "a", 8, EPOCH)]);
+    h.advance(Duration::from_mins(5));
+    let d = h.decide();
+    let deadlines: Vec<_> = d
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Execute { node, deadline, .. } => Some((node.clone(), deadline.map(|t| t.since(h.now)))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        deadlines,
+        [("metal".to_string(), Some(Duration::from_mins(90))), ("vm".to_string(), Some(Duration::from_mins(40)))],
+        "the first class a node matches wins over the built-in gpu class"
+    );
+}
+
+#[test]
+fn amd_gpu_nodes_get_the_same_count_reasons_as_nvidia() {
+    let amd = |name: &str, label: &str, allocatable: Option<i64>| {
+        let mut n = node(name, "a", EPOCH);
+        n.labels.insert("amd.com/gpu.count".into(), label.into());
+        if let Some(a) = allocatable {
+            n.allocatable.insert("amd.com/gpu".into(), a);
+        }
+        n
+    };
+    let fleet = vec![
+        amd("mi300-ok", "8", Some(8)),
+        amd("mi300-short", "8", Some(7)),
+        amd("mi300-none", "8", None),
+        amd("mi300-ok-2", "8", Some(8)),
+    ];
+    let mut h = Harness::new(live(presets::seed003()), fleet);
+    h.decide();
+    h.advance(Duration::from_mins(10));
+    let d = h.decide();
+    let gpu: Vec<_> = d.summary.rule_reasons.iter().filter(|(r, _, _)| r == "gpu-count").map(|(_, reason, n)| (*reason, *n)).collect();
+    assert_eq!(gpu, [("GPUCountMatch", 2), ("GPUCountMismatch", 1), ("NoAllocatableGPU", 1)]);
+    let started: Vec<_> = executes(&d).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(started, ["mi300-none", "mi300-short"]);
+}
+
+#[test]
+fn max_concurrent_per_pool_limits_each_pool_on_its_own() {
+    let fleet = (0..6).flat_map(|i| [gpu_node(&format!("a-{i}"), "a", 8, EPOCH), gpu_node(&format!("b-{i}"), "b", 8, EPOCH)]).collect();
+    let mut p = live(presets::seed000());
+    p.gates.max_concurrent_per_pool = Some(IntOrPercent::Count(1));
+    let mut h = Harness::new(p, fleet);
+    for n in ["a-0", "a-1", "a-2", "b-0"] {
+        for _ in 0..3 {
+            h.probe(n, "gpu", false);
+        }
+    }
+    let d = h.decide();
+    let started: Vec<_> = executes(&d).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(started, ["a-0", "b-0"], "one per pool; pool b is not held back by pool a");
+    let held: Vec<_> = holds(&d).into_iter().filter(|(_, g)| *g == Gate::MaxConcurrentPerPool).map(|(n, _)| n).collect();
+    assert_eq!(held, ["a-1", "a-2"]);
+}
+
+#[test]
+fn a_fleet_wide_disk_pressure_trips_the_breaker_although_its_rule_waits_longer_than_the_window() {
+    // The recommended policy waits 30 minutes on DiskPressure; its breaker window is 10 minutes.
+    // The breaker must count when a node *became unhealthy by the policy* (the rule fired), not when
+    // the pressure began, or no rule slower than the window could ever trip it.
+    let fleet: Vec<_> = (0..20).map(|i| gpu_node(&format!("gpu-{i:02}"), "a", 8, EPOCH)).collect();
+    let mut p = live(presets::recommended());
+    // Only the breaker stands between this mass failure and six drains.
+    p.gates.min_healthy = None;
+    p.gates.max_concurrent = None;
+    let mut h = Harness::new(p, fleet);
+    for i in 0..20 {
+        let name = format!("gpu-{i:02}");
+        let now = h.now;
+        let n = h.node(&name);
+        nodemedic_core::testkit::probe(n, "gpu", true, now);
+        nodemedic_core::testkit::probe(n, "network", true, now);
+        if i < 6 {
+            set_condition(n, "DiskPressure", ConditionStatus::True, "KubeletHasDiskPressure", now);
+        }
+    }
+    assert!(executes(&h.decide()).is_empty());
+    for _ in 0..30 {
+        h.advance(Duration::from_mins(1));
+        let now = h.now;
+        for n in h.fleet.iter_mut() {
+            nodemedic_core::testkit::probe(n, "gpu", true, now);
+            nodemedic_core::testkit::probe(n, "network", true, now);
+            for c in n.conditions.iter_mut() {
+                c.last_heartbeat_time = Some(now);
+            }
+        }
+        let d = h.decide();
+        assert!(executes(&d).is_empty(), "nothing may start: {:?}", executes(&d));
+    }
+    assert!(h.records.policy.breaker_tripped_at.is_some(), "6 of 20 (30%) turned unhealthy at once: more than 10%");
 }

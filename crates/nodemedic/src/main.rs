@@ -1,5 +1,7 @@
 //! The `nodemedic` command line. It owns argument parsing, file reading and printing only; every
-//! decision comes from nodemedic-core and every simulation from nodemedic-sim.
+//! decision comes from nodemedic-core and every simulation from nodemedic-sim. It must not hold
+//! remediation logic of its own (no gate, rule or ladder decision is made here), and it is the only
+//! crate besides the other binaries that picks the k8s-openapi version feature.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
