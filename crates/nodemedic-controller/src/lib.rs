@@ -8,12 +8,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use nodemedic_core::engine::{Action, Decision, RecordChange};
-use nodemedic_core::{Records, RemediationStep, Time, apply, decide};
+use nodemedic_core::{FleetIndex, NodeObservation, Records, RemediationStep, Time, apply, decide};
 use nodemedic_k8s::{
     NodeHealthPolicy, NodeHealthPolicyStatus, NodeRemediation, NodeRemediationSpec, NodeRemediationStatus, lean, observe_node,
 };
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 pub mod events;
 pub mod http;
@@ -48,6 +48,8 @@ pub enum ControllerError {
     NotLeader,
     #[error("leader election: {0}")]
     Lease(String),
+    #[error("fleet cache: {0}")]
+    Cache(String),
 }
 
 impl ControllerError {
@@ -61,6 +63,7 @@ impl ControllerError {
             ControllerError::Executor { .. } => "executor",
             ControllerError::NotLeader => "not_leader",
             ControllerError::Lease(_) => "lease",
+            ControllerError::Cache(_) => "cache",
         }
     }
 }
@@ -98,6 +101,75 @@ impl Executor for AgentExecutor {
     }
 }
 
+/// The engine's incremental index of each policy's fleet, kept between passes by a long-running
+/// controller: a pass re-reads only the nodes whose Node or NodeRemediation changed (by
+/// resourceVersion) and the engine re-evaluates only those, the nodes with records, and the nodes
+/// whose verdict turns with time. The decision is the one a full pass would make (a property test
+/// in nodemedic-core holds `FleetIndex` to that). Memory only: a restarted process starts empty and
+/// fills it on its first pass.
+#[derive(Default)]
+pub struct FleetCache {
+    policies: Mutex<HashMap<String, PolicyFleet>>,
+}
+
+#[derive(Default)]
+struct PolicyFleet {
+    index: FleetIndex,
+    /// (Node resourceVersion, NodeRemediation resourceVersion) each observation was made from.
+    versions: HashMap<String, (String, Option<String>)>,
+}
+
+impl FleetCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets a deleted policy's fleet.
+    pub fn forget(&self, policy: &str) {
+        if let Ok(mut p) = self.policies.lock() {
+            p.remove(policy);
+        }
+    }
+
+    /// Brings the policy's index up to date with `snapshot` and decides over it.
+    fn decide(
+        &self,
+        policy_name: &str,
+        policy: &nodemedic_core::Policy,
+        snapshot: &[Arc<Node>],
+        recs: &BTreeMap<String, NodeRemediation>,
+        records: &Records,
+        now: Time,
+    ) -> Result<Decision, ControllerError> {
+        let mut all = self.policies.lock().map_err(|_| ControllerError::Cache("the fleet cache lock was poisoned".into()))?;
+        let fleet = all.entry(policy_name.to_string()).or_default();
+        let mut seen = HashSet::with_capacity(snapshot.len());
+        for n in snapshot {
+            let name = n.name_any();
+            let rec = recs.get(&name);
+            let version = n.resource_version().map(|v| (v, rec.and_then(|r| r.resource_version())));
+            let unchanged = version.is_some() && fleet.versions.get(&name) == version.as_ref() && fleet.index.get(&name).is_some();
+            if !unchanged {
+                // An unreadable node fails the pass before anything is decided (never remediate
+                // on data that could not be read); its version is not kept, so it is read again.
+                fleet.versions.remove(&name);
+                let obs: NodeObservation = observe_node(n, rec)?;
+                fleet.index.upsert(obs);
+                if let Some(v) = version {
+                    fleet.versions.insert(name.clone(), v);
+                }
+            }
+            seen.insert(name);
+        }
+        let gone: Vec<String> = fleet.index.nodes().iter().map(|o| o.name.clone()).filter(|name| !seen.contains(name)).collect();
+        for name in gone {
+            fleet.index.remove(&name);
+            fleet.versions.remove(&name);
+        }
+        Ok(fleet.index.decide(policy, records, now))
+    }
+}
+
 /// One reconcile pass for one policy: read, decide, persist records, act, tell.
 pub struct Reconciler<'e> {
     pub client: Client,
@@ -107,11 +179,18 @@ pub struct Reconciler<'e> {
     pub metrics: Option<&'e Metrics>,
     /// Checked right before anything is written: only the lease holder writes.
     pub fence: Option<&'e Leadership>,
+    /// Incremental decisions across passes; without it every pass is a full pass.
+    pub fleet_cache: Option<&'e FleetCache>,
 }
 
 impl<'e> Reconciler<'e> {
     pub fn new(client: Client, executor: &'e dyn Executor) -> Self {
-        Reconciler { client, executor, events: None, metrics: None, fence: None }
+        Reconciler { client, executor, events: None, metrics: None, fence: None, fleet_cache: None }
+    }
+
+    pub fn with_fleet_cache(mut self, cache: &'e FleetCache) -> Self {
+        self.fleet_cache = Some(cache);
+        self
     }
 
     /// Reads everything from the API server, then reconciles.
@@ -176,10 +255,6 @@ impl<'e> Reconciler<'e> {
                 &listed
             }
         };
-        let mut fleet = Vec::with_capacity(snapshot.len());
-        for n in snapshot {
-            fleet.push(observe_node(n, recs.get(&n.name_any()))?);
-        }
         let mut records = Records::default();
         for (node, r) in &recs {
             if let Some(st) = &r.status {
@@ -189,7 +264,16 @@ impl<'e> Reconciler<'e> {
         if let Some(st) = &policy.status {
             records.policy = st.record.clone();
         }
-        let decision = decide(&policy.spec.policy, &fleet, &records, now);
+        let decision = match self.fleet_cache {
+            Some(cache) => cache.decide(policy_name, &policy.spec.policy, snapshot, &recs, &records, now)?,
+            None => {
+                let mut fleet = Vec::with_capacity(snapshot.len());
+                for n in snapshot {
+                    fleet.push(observe_node(n, recs.get(&n.name_any()))?);
+                }
+                decide(&policy.spec.policy, &fleet, &records, now)
+            }
+        };
         self.fenced().await?;
         self.persist(policy_name, &decision).await?;
         let p = &policy.spec.policy;
@@ -229,8 +313,9 @@ impl<'e> Reconciler<'e> {
         let status_written = self.write_policy_status(policy_name, &policy, status).await;
         let acted = self.act(policy_name, &decision).await;
         if let Some(m) = self.metrics {
+            // The metrics read the records only; the nodes' taints need not be replayed.
             let mut after = records.clone();
-            apply(&decision, &mut fleet, &mut after);
+            apply(&decision, &mut [], &mut after);
             m.observe(policy_name, &decision, &after, now);
         }
         if let Some(recorder) = self.events {

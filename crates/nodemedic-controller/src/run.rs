@@ -4,7 +4,7 @@
 //! the lease back so a standby takes over at once.
 
 use crate::leader::{Leadership, LeaseConfig};
-use crate::{ControllerError, Executor, Metrics, Reconciler, now};
+use crate::{ControllerError, Executor, FleetCache, Metrics, Reconciler, now};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::events::{Recorder, Reporter};
@@ -98,6 +98,7 @@ pub async fn run(
     let mut notifier = config.notifications.clone().map(|c| crate::notify::Notifier::new(client.clone(), c));
     let mut leading = leadership.is_leader();
     metrics.set_leader(leading);
+    let fleet_cache = FleetCache::new();
     loop {
         let deadline = wake_at.unwrap_or_else(|| tokio::time::Instant::now() + config.resync);
         tokio::select! {
@@ -137,6 +138,7 @@ pub async fn run(
         let current: BTreeSet<String> = policies.state().iter().map(|p| p.name_any()).collect();
         for gone in known_policies.difference(&current) {
             metrics.forget_policy(gone);
+            fleet_cache.forget(gone);
         }
         known_policies = current.clone();
         let reconciler = Reconciler {
@@ -145,6 +147,7 @@ pub async fn run(
             events: Some(&recorder),
             metrics: Some(metrics.as_ref()),
             fence: Some(&leadership),
+            fleet_cache: Some(&fleet_cache),
         };
         if let Some(n) = notifier.as_mut()
             && let Err(e) = n.ensure_started().await

@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use nodemedic_controller::{ExecFuture, Executor, Reconciler, StepRequest, install_crds, now};
+use nodemedic_controller::{ExecFuture, Executor, FleetCache, Reconciler, StepRequest, install_crds, now};
 use nodemedic_core::record::{Phase, StepOutcome};
 use nodemedic_core::{Policy, RemediationStep};
 use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation};
@@ -82,8 +82,12 @@ async fn a_gpu_fault_is_rebooted_once_and_cleared_when_the_checks_pass() -> anyh
         assert!(rec.active.as_ref().is_some_and(|a| a.reason.contains("Xid 79")), "{rec:?}");
 
         // A new controller process (nothing in memory) reloads the record and does not reboot again.
+        // It decides incrementally, as `nodemedic controller` does: each pass re-reads only the
+        // nodes and records that changed, so the reboot, the report and the passing check below
+        // must each reach the engine through the cache.
         let restarted = RecordingExecutor::default();
-        let again = Reconciler::new(cp.client(), &restarted);
+        let cache = FleetCache::new();
+        let again = Reconciler::new(cp.client(), &restarted).with_fleet_cache(&cache);
         for _ in 0..3 {
             again.reconcile("gpu-workers", now()).await?;
         }

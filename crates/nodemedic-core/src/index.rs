@@ -1,4 +1,4 @@
-//! An incremental fleet index for long-running callers (the controller, the simulator).
+//! An incremental fleet index for long-running callers (the controller's `FleetCache`).
 //!
 //! It holds the observed nodes and remembers each node's pass-1 summary between decisions, so a
 //! decision re-evaluates only nodes whose observation changed, nodes with records, and nodes whose

@@ -98,6 +98,9 @@ pub fn seed003() -> Policy {
     reboot.verify_timeout = Duration::from_mins(1);
     let mut cilium = rule_condition("cilium", "NetworkUnavailable", ConditionStatus::True, Duration::from_mins(10));
     if let Some(c) = cilium.condition.as_mut() {
+        // Cilium owns NetworkUnavailable with these two reasons: False/CiliumIsUp while its agent
+        // runs, True/CiliumIsDown when the agent goes away. Seed 003 keys on CiliumIsUp to tell a
+        // Cilium node from another CNI's; CiliumIsDown must count too, or the rule could never fire.
         c.only_with_reasons = vec!["CiliumIsUp".into(), "CiliumIsDown".into()];
     }
     base(
