@@ -26,6 +26,17 @@ fn executes(d: &Decision) -> Vec<(String, RemediationStep, u32)> {
         .collect()
 }
 
+/// Each started step's time allowed, from `now`.
+fn step_timeouts(d: &Decision, now: nodemedic_core::Time) -> Vec<(String, Option<Duration>)> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Execute { node, deadline, .. } => Some((node.clone(), deadline.map(|t| t.since(now)))),
+            _ => None,
+        })
+        .collect()
+}
+
 fn holds(d: &Decision) -> Vec<(String, Gate)> {
     d.holds.iter().map(|h| (h.node.clone(), h.gate)).collect()
 }
@@ -323,14 +334,7 @@ fn gpu_nodes_wait_40_minutes_and_others_10() {
     let mut h = Harness::new(live(presets::seed003()), vec![cpu, gpu]);
     h.advance(Duration::from_mins(5));
     let d = h.decide();
-    let deadlines: Vec<_> = d
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Execute { node, deadline, .. } => Some((node.clone(), deadline.map(|t| t.since(h.now)))),
-            _ => None,
-        })
-        .collect();
+    let deadlines = step_timeouts(&d, h.now);
     assert_eq!(deadlines, [("cpu".to_string(), Some(Duration::from_mins(10))), ("gpu".to_string(), Some(Duration::from_mins(40)))]);
     // Seed 003 waits the full time, whatever happens meanwhile.
     h.advance(Duration::from_mins(10));
@@ -898,14 +902,7 @@ fn a_custom_node_class_gets_its_own_step_timeout() {
     let mut h = Harness::new(p, vec![metal, vm, gpu_node("ok-1", "a", 8, EPOCH), gpu_node("ok-2", "a", 8, EPOCH)]);
     h.advance(Duration::from_mins(5));
     let d = h.decide();
-    let deadlines: Vec<_> = d
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Execute { node, deadline, .. } => Some((node.clone(), deadline.map(|t| t.since(h.now)))),
-            _ => None,
-        })
-        .collect();
+    let deadlines = step_timeouts(&d, h.now);
     assert_eq!(
         deadlines,
         [("metal".to_string(), Some(Duration::from_mins(90))), ("vm".to_string(), Some(Duration::from_mins(40)))],
