@@ -22,6 +22,9 @@
 //!    clear by themselves.
 //! 3. **Probe false positives**: a health probe reports a GPU or network problem
 //!    on healthy hardware; it clears on the next probe round.
+//! 4. **Rack power events** (off by default): every node of one rack goes down
+//!    within a short spread and comes back when power returns: the correlated
+//!    mass failure a circuit breaker exists for.
 
 use rand::Rng;
 use rand::SeedableRng;
@@ -182,11 +185,13 @@ pub enum Cause {
     FalsePositive,
     /// A transient slow-network episode that comes and goes.
     NetworkFlap,
+    /// A rack lost power: all its nodes go down together (its own population).
+    RackPower,
 }
 
 impl Cause {
     /// Every cause, in declaration order.
-    pub const ALL: [Cause; 20] = [
+    pub const ALL: [Cause; 21] = [
         Cause::FaultyGpu,
         Cause::Hbm3,
         Cause::SoftwareBug,
@@ -207,6 +212,7 @@ impl Cause {
         Cause::SystemMemory,
         Cause::FalsePositive,
         Cause::NetworkFlap,
+        Cause::RackPower,
     ];
 
     /// Stable snake_case label for reports (identical to the serde name).
@@ -232,13 +238,14 @@ impl Cause {
             Cause::SystemMemory => "system_memory",
             Cause::FalsePositive => "false_positive",
             Cause::NetworkFlap => "network_flap",
+            Cause::RackPower => "rack_power",
         }
     }
 
     /// True for the Llama 3 Table 5 categories (the unexpected-interruption
-    /// population); false for `FalsePositive` and `NetworkFlap`.
+    /// population); false for `FalsePositive`, `NetworkFlap` and `RackPower`.
     pub fn is_unexpected_interruption(&self) -> bool {
-        !matches!(self, Cause::FalsePositive | Cause::NetworkFlap)
+        !matches!(self, Cause::FalsePositive | Cause::NetworkFlap | Cause::RackPower)
     }
 
     /// True for the categories the Llama 3 authors count as confirmed or
@@ -298,7 +305,7 @@ pub struct Fault {
 
 impl Fault {
     /// True if this fault belongs to the unexpected-interruption population
-    /// (a Llama 3 Table 5 cause), i.e. it is neither a flap nor a false positive.
+    /// (a Llama 3 Table 5 cause): not a flap, a false positive or a rack power event.
     pub fn is_unexpected_interruption(&self) -> bool {
         self.cause.is_unexpected_interruption()
     }
@@ -479,6 +486,31 @@ pub struct FalsePositiveSpec {
     pub self_clear: DurationDist,
 }
 
+/// Rack power events: a rack's power feed (PDU, busway, upstream breaker) drops and every node in
+/// the rack goes down; power returns after an outage and the nodes boot back. Off by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RackPowerSpec {
+    /// Events per rack per day; 0 turns the population off (the default).
+    pub per_rack_day: f64,
+    /// Nodes per rack: rack `r` holds nodes `r * nodes_per_rack ..` (the last rack may be short).
+    pub nodes_per_rack: u32,
+    /// Each node of the rack goes down at a uniform offset in `[0, spread_ms)` after the event.
+    pub spread_ms: i64,
+    /// How long each node stays down (drawn once per event: the power comes back for all).
+    pub outage: DurationDist,
+}
+
+impl Default for RackPowerSpec {
+    fn default() -> Self {
+        Self {
+            per_rack_day: 0.0,
+            nodes_per_rack: 4,
+            spread_ms: MS_PER_MINUTE,
+            outage: DurationDist::lognormal(30 * MS_PER_MINUTE, 0.6, 5 * MS_PER_MINUTE, 4 * MS_PER_HOUR),
+        }
+    }
+}
+
 /// Kind of node, for repair durations: GPU servers reboot more slowly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -611,6 +643,9 @@ pub enum ModelError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A rack with no nodes.
+    #[error("rack_power.nodes_per_rack must be at least 1")]
+    EmptyRack,
     /// The fleet is malformed.
     #[error("fleet: {0}")]
     BadFleet(&'static str),
@@ -637,6 +672,9 @@ pub struct FaultModel {
     pub flaps: FlapSpec,
     /// Probe false positives.
     pub false_positives: FalsePositiveSpec,
+    /// Rack power events (off by default; absent from older model files).
+    #[serde(default)]
+    pub rack_power: RackPowerSpec,
     /// How long remedies take.
     pub repair: RepairDurations,
 }
@@ -689,6 +727,7 @@ impl Default for FaultModel {
                 gpu_share: 0.6,
                 self_clear: DurationDist::lognormal(90 * MS_PER_SECOND, 0.7, 10 * MS_PER_SECOND, 15 * MS_PER_MINUTE),
             },
+            rack_power: RackPowerSpec::default(),
             repair: RepairDurations::default(),
         }
     }
@@ -790,6 +829,14 @@ impl FaultModel {
         non_negative("false_positives.per_node_day", self.false_positives.per_node_day)?;
         probability("false_positives.gpu_share", self.false_positives.gpu_share)?;
         self.false_positives.self_clear.check("false_positives.self_clear")?;
+        non_negative("rack_power.per_rack_day", self.rack_power.per_rack_day)?;
+        if self.rack_power.nodes_per_rack == 0 {
+            return Err(ModelError::EmptyRack);
+        }
+        if self.rack_power.spread_ms < 0 {
+            return Err(ModelError::BadDuration { field: "rack_power.spread_ms".into(), reason: "durations must not be negative" });
+        }
+        self.rack_power.outage.check("rack_power.outage")?;
         self.repair.gpu_node_reboot.check("repair.gpu_node_reboot")?;
         self.repair.cpu_node_reboot.check("repair.cpu_node_reboot")?;
         self.repair.reimage.check("repair.reimage")?;
@@ -855,6 +902,7 @@ mod stream {
     pub const UNEXPECTED: u64 = 2;
     pub const FLAPS: u64 = 3;
     pub const FALSE_POSITIVES: u64 = 4;
+    pub const RACK_POWER: u64 = 5;
 }
 
 fn rng_for(seed: u64, stream: u64) -> ChaCha8Rng {
@@ -957,6 +1005,7 @@ pub fn generate(model: &FaultModel, fleet: &FleetSpec, seed: u64) -> Vec<Fault> 
     generate_unexpected(model, fleet, seed, &mut faults);
     generate_flaps(model, fleet, seed, &mut faults);
     generate_false_positives(model, fleet, seed, &mut faults);
+    generate_rack_power_events(model, fleet, seed, &mut faults);
     // Stable: ties keep population order, then generation order.
     faults.sort_by_key(|f| f.start_ms);
     for (i, fault) in faults.iter_mut().enumerate() {
@@ -1104,6 +1153,42 @@ fn generate_false_positives(model: &FaultModel, fleet: &FleetSpec, seed: u64, ou
             false_positive: true,
         });
         produced += 1;
+    }
+}
+
+fn generate_rack_power_events(model: &FaultModel, fleet: &FleetSpec, seed: u64, out: &mut Vec<Fault>) {
+    let spec = &model.rack_power;
+    let per_rack = spec.nodes_per_rack.max(1);
+    let racks = fleet.nodes.div_ceil(per_rack);
+    let mut rng = rng_for(seed, stream::RACK_POWER);
+    let mut arrivals = Arrivals::new(sane(spec.per_rack_day) * f64::from(racks), fleet.duration_ms);
+    let mut produced = 0usize;
+    while let Some(event_ms) = arrivals.next(&mut rng) {
+        let rack = rng.random_range(0..racks);
+        let outage = spec.outage.sample(&mut rng).max(1);
+        let first = rack * per_rack;
+        for node in first..(first + per_rack).min(fleet.nodes) {
+            if produced >= MAX_FAULTS_PER_POPULATION {
+                return;
+            }
+            let offset = if spec.spread_ms > 0 { rng.random_range(0..spec.spread_ms) } else { 0 };
+            let start_ms = event_ms.saturating_add(offset);
+            if start_ms >= fleet.duration_ms {
+                continue;
+            }
+            out.push(Fault {
+                id: 0,
+                node,
+                gpu: None,
+                start_ms,
+                cause: Cause::RackPower,
+                symptom: Symptom::NodeNotReady,
+                fix: Fix::SelfClears,
+                self_clear_after_ms: Some(outage),
+                false_positive: false,
+            });
+            produced += 1;
+        }
     }
 }
 
@@ -1287,6 +1372,47 @@ mod tests {
             }
         }
         assert!(faults.windows(2).all(|w| w[0].start_ms <= w[1].start_ms));
+    }
+
+    #[test]
+    fn rack_power_events_are_off_by_default() {
+        assert_eq!(FaultModel::default().rack_power.per_rack_day, 0.0);
+        let faults = generate(&FaultModel::default(), &FleetSpec::default(), 1);
+        assert!(faults.iter().all(|f| f.cause != Cause::RackPower));
+    }
+
+    #[test]
+    fn a_rack_power_event_takes_down_every_node_of_one_rack_within_the_spread_for_one_outage() {
+        let mut model = FaultModel { unexpected_per_gpu_day: 0.0, ..FaultModel::default() };
+        model.flaps.episodes_per_node_day = 0.0;
+        model.false_positives.per_node_day = 0.0;
+        model.rack_power = RackPowerSpec { per_rack_day: 0.05, nodes_per_rack: 16, ..RackPowerSpec::default() };
+        let fleet = FleetSpec { nodes: 256, gpus_per_node: 8, duration_ms: 30 * MS_PER_DAY };
+        let faults = generate(&model, &fleet, 4);
+        assert!(faults.len() >= 32, "{} rack power faults", faults.len());
+        // An event's faults all start within the one-minute spread of each other; events are rare
+        // enough here that two never start within a minute on the same rack.
+        let mut events: Vec<(u32, i64, Vec<&Fault>)> = Vec::new();
+        for f in &faults {
+            assert_eq!(
+                (f.cause, f.symptom, f.fix, f.false_positive, f.gpu),
+                (Cause::RackPower, Symptom::NodeNotReady, Fix::SelfClears, false, None)
+            );
+            let rack = f.node / 16;
+            match events.iter_mut().rev().find(|(r, first, _)| *r == rack && f.start_ms - first < MS_PER_MINUTE) {
+                Some((_, _, group)) => group.push(f),
+                None => events.push((rack, f.start_ms, vec![f])),
+            }
+        }
+        for (rack, _, group) in &events {
+            let mut nodes: Vec<u32> = group.iter().map(|f| f.node).collect();
+            nodes.sort_unstable();
+            assert_eq!(nodes, (rack * 16..rack * 16 + 16).collect::<Vec<_>>(), "the whole rack, once");
+            assert!(group.iter().all(|f| f.self_clear_after_ms == group[0].self_clear_after_ms), "one outage per event");
+        }
+        assert_eq!(model.validate(), Ok(()));
+        model.rack_power.nodes_per_rack = 0;
+        assert_eq!(model.validate(), Err(ModelError::EmptyRack));
     }
 
     #[test]

@@ -222,11 +222,11 @@ fn node_name(i: u32) -> String {
 }
 
 impl<'a> Sim<'a> {
-    fn new(cfg: &'a SimConfig, policy: &'a Policy, name: &str) -> Self {
-        let faults = generate(&cfg.model, &cfg.fleet, cfg.seed);
+    /// A run over `faults`; `lemon_ids` are the nodes whose replacement can cure their recurring defect.
+    fn new(cfg: &'a SimConfig, policy: &'a Policy, name: &str, faults: Vec<Fault>, lemon_ids: &[u32]) -> Self {
         let mut lemons = vec![false; cfg.fleet.nodes as usize];
-        for l in lemon_nodes(&cfg.model, &cfg.fleet, cfg.seed) {
-            if let Some(x) = lemons.get_mut(l as usize) {
+        for l in lemon_ids {
+            if let Some(x) = lemons.get_mut(*l as usize) {
                 *x = true;
             }
         }
@@ -877,10 +877,25 @@ impl<'a> Sim<'a> {
 
 /// Runs one policy over the configured fleet. `progress` receives the simulated fraction done.
 pub fn simulate(cfg: &SimConfig, name: &str, policy: &Policy, progress: &mut dyn FnMut(f64)) -> Report {
+    let faults = generate(&cfg.model, &cfg.fleet, cfg.seed);
+    let lemons = lemon_nodes(&cfg.model, &cfg.fleet, cfg.seed);
+    run_live(cfg, name, policy, faults, &lemons, progress)
+}
+
+/// Runs one policy against exactly these faults instead of the fault model's draw, with no lemon
+/// nodes: scenarios whose figures can be worked out by hand (tests, what-ifs). The model still
+/// supplies repair and response durations (make them fixed for exact figures). Faults on nodes outside
+/// the fleet are ignored.
+pub fn simulate_faults(cfg: &SimConfig, name: &str, policy: &Policy, faults: &[Fault], progress: &mut dyn FnMut(f64)) -> Report {
+    let faults = faults.iter().filter(|f| f.node < cfg.fleet.nodes).cloned().collect();
+    run_live(cfg, name, policy, faults, &[], progress)
+}
+
+fn run_live(cfg: &SimConfig, name: &str, policy: &Policy, faults: Vec<Fault>, lemons: &[u32], progress: &mut dyn FnMut(f64)) -> Report {
     let mut policy = policy.clone();
     // The simulator measures what the policy would do if it acted.
     policy.monitor_only = false;
-    Sim::new(cfg, &policy, name).run(progress)
+    Sim::new(cfg, &policy, name, faults, lemons).run(progress)
 }
 
 #[cfg(test)]
@@ -954,6 +969,16 @@ mod tests {
         assert!(r.timeline.iter().any(|l| l.contains("StepStarted: step reboot")));
         let untraced = simulate(&small(10, 2), "nodemedic", &presets::recommended(), &mut |_| {});
         assert!(untraced.timeline.is_empty());
+    }
+
+    #[test]
+    fn stats_report_the_mean_and_the_nearest_rank_95th_percentile_in_minutes() {
+        let minutes = |m: i64| m * 60_000;
+        let s = Stats::from_millis((1..=100).rev().map(minutes).collect());
+        assert_eq!(s, Stats { count: 100, mean_minutes: 50.5, p95_minutes: 95.0 });
+        let s = Stats::from_millis(vec![minutes(1), minutes(2), minutes(30)]);
+        assert_eq!(s, Stats { count: 3, mean_minutes: 11.0, p95_minutes: 30.0 }, "p95 of a few values is the largest");
+        assert_eq!(Stats::from_millis(Vec::new()), Stats::default(), "nothing measured reads as zero");
     }
 
     #[test]

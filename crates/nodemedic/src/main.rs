@@ -5,10 +5,11 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use nodemedic_core::{Policy, Records, Time, decide, presets};
 use nodemedic_sim::faults::{FleetSpec, MS_PER_DAY};
+use nodemedic_sim::progress::{progress_line, shows_progress};
 use nodemedic_sim::sim::{Report, SimConfig, simulate};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -162,24 +163,24 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
                 s.spawn(move || simulate(cfg, name, policy, &mut |f| prog.store((f * 1000.0) as u64, Ordering::Relaxed)))
             })
             .collect();
-        // A progress bar only for runs that take more than a second.
-        let mut bar: Option<ProgressBar> = None;
+        // A progress bar only for runs that take more than a second, and only for a person at a
+        // terminal; drawn by rewriting one stderr line, cleared before the report is printed.
+        let stderr_is_terminal = std::io::stderr().is_terminal();
+        let mut drawn = false;
         while handles.iter().any(|h| !h.is_finished()) {
             std::thread::sleep(std::time::Duration::from_millis(50));
-            if bar.is_none() && started.elapsed().as_secs_f64() > 1.0 && !args.json {
-                let b = ProgressBar::new(1000 * policies.len() as u64);
-                b.set_style(
-                    ProgressStyle::with_template("simulating {bar:40} {percent}% ({elapsed})")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                bar = Some(b);
-            }
-            if let Some(b) = &bar {
-                b.set_position(progress.iter().map(|p| p.load(Ordering::Relaxed)).sum());
+            if shows_progress(started.elapsed(), stderr_is_terminal, args.json) {
+                let done = progress.iter().map(|p| p.load(Ordering::Relaxed)).sum::<u64>() as f64 / (1000.0 * policies.len() as f64);
+                let mut err = std::io::stderr().lock();
+                // A lost progress line is not worth failing the run for.
+                let _ = write!(err, "\r{}", progress_line(done, started.elapsed()));
+                let _ = err.flush();
+                drawn = true;
             }
         }
-        if let Some(b) = bar {
-            b.finish_and_clear();
+        if drawn {
+            // Carriage return, then erase the line (ANSI EL2): stderr is a terminal here.
+            eprint!("\r\x1b[2K");
         }
         for (slot, h) in reports.iter_mut().zip(handles) {
             *slot = h.join().ok();
