@@ -1096,6 +1096,24 @@ fn end_step(ctx: &Ctx, w: &mut Work, outcome: StepOutcome, reason: String, out: 
     }
 }
 
+/// Closes a remediation whose node passed its checks before the next step began. The last step keeps
+/// its own outcome in the history; its reason says what happened after it.
+fn recovered_while_waiting(w: &mut Work, next: RemediationStep, out: &mut Out) {
+    let node = w.obs.name.clone();
+    let Some(record) = w.record.as_mut() else { return };
+    let Some(a) = record.active.take() else { return };
+    record.phase = Phase::Healthy;
+    record.failing_since.clear();
+    if let Some(h) = record.history.last_mut() {
+        h.reason = format!("{}; the node then recovered before {next} started", h.reason);
+    }
+    out.event(
+        &node,
+        EventKind::Recovered,
+        format!("node healthy again while waiting for {next} (after {}); repair taints removed, {next} not needed", a.step),
+    );
+}
+
 /// Moves a node along the ladder as far as it can go now. With `defer_new_slot`, stops before a step
 /// that needs a new disruptive slot and returns true: the caller hands slots out afterwards.
 fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, out: &mut Out, defer_new_slot: bool) -> bool {
@@ -1222,9 +1240,16 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                 out.wake_at(verify_deadline);
                 return false;
             }
-            Stage::AwaitingNext { .. } => {
+            Stage::AwaitingNext { ended_at } => {
                 let next = (a.step_index + 1).min(ctx.ladder.len() - 1);
                 let step = ctx.ladder[next].step;
+                // A node held back from its next step (a gate, a busy slot) may heal meanwhile: a
+                // power blip, a flapping link. Checks that pass on evidence newer than the last step
+                // end the remediation instead of draining or rebooting a healthy node.
+                if step != RemediationStep::Manual && w.healthy_since(p, ended_at) {
+                    recovered_while_waiting(w, step, out);
+                    return false;
+                }
                 if defer_new_slot && step.is_disruptive() && !a.step.is_disruptive() {
                     return true;
                 }

@@ -991,3 +991,50 @@ fn a_fleet_wide_disk_pressure_trips_the_breaker_although_its_rule_waits_longer_t
     }
     assert!(h.records.policy.breaker_tripped_at.is_some(), "6 of 20 (30%) turned unhealthy at once: more than 10%");
 }
+
+#[test]
+fn a_quarantined_node_that_recovers_while_waiting_for_a_drain_slot_is_released_not_drained() {
+    let fleet: Vec<_> = (0..10).map(|i| gpu_node(&format!("gpu-{i}"), "a", 8, EPOCH)).collect();
+    let mut p = live(presets::recommended());
+    p.gates.max_concurrent = Some(IntOrPercent::Count(1));
+    p.gates.circuit_breaker = None;
+    let mut h = Harness::new(p, fleet);
+    let all: Vec<String> = (0..10).map(|i| format!("gpu-{i}")).collect();
+    let fresh = |h: &mut Harness, failing: &[&str]| {
+        let now = h.now;
+        for n in &all {
+            // The kubelet's status report refreshes Ready's heartbeat.
+            set_condition(h.node(n), "Ready", ConditionStatus::True, "KubeletReady", now);
+            h.probe(n, "network", true);
+            if failing.contains(&n.as_str()) {
+                h.probe(n, "gpu", false);
+            } else if h.fleet.iter().any(|o| o.name == *n && o.check("gpu").is_none_or(|c| c.consecutive_failures == 0)) {
+                h.probe(n, "gpu", true);
+            }
+        }
+    };
+    fresh(&mut h, &[]);
+    h.decide();
+    for _ in 0..3 {
+        h.advance(Duration::from_secs(30));
+        fresh(&mut h, &["gpu-1", "gpu-2"]);
+    }
+    let d = h.decide();
+    let started: Vec<_> = executes(&d).into_iter().map(|(n, step, _)| (n, step)).collect();
+    assert_eq!(started, [("gpu-1".to_string(), RemediationStep::Drain)], "one slot: gpu-2 waits");
+    assert!(holds(&d).contains(&("gpu-2".to_string(), Gate::MaxConcurrent)));
+    assert!(h.taints("gpu-2").iter().any(|t| t.ends_with("quarantine")), "{:?}", h.taints("gpu-2"));
+
+    // gpu-2's GPU check passes again before a slot frees up.
+    h.advance(Duration::from_secs(30));
+    fresh(&mut h, &["gpu-1"]);
+    h.probe("gpu-2", "gpu", true);
+    let d = h.decide();
+    assert!(executes(&d).is_empty(), "{:?}", executes(&d));
+    assert!(h.taints("gpu-2").is_empty(), "released: {:?}", h.taints("gpu-2"));
+    assert!(d.events.iter().any(|e| e.kind == EventKind::Recovered && e.node.as_deref() == Some("gpu-2") && e.message.contains("drain not needed")));
+    let rec = &h.records.nodes["gpu-2"];
+    assert_eq!(rec.phase, Phase::Healthy);
+    assert!(rec.history.last().is_some_and(|s| s.reason.contains("recovered before drain started")), "{:?}", rec.history);
+    assert_eq!(h.taints("gpu-1").len(), 1, "gpu-1 is still being drained: {:?}", h.taints("gpu-1"));
+}
