@@ -1032,7 +1032,11 @@ fn a_quarantined_node_that_recovers_while_waiting_for_a_drain_slot_is_released_n
     let d = h.decide();
     assert!(executes(&d).is_empty(), "{:?}", executes(&d));
     assert!(h.taints("gpu-2").is_empty(), "released: {:?}", h.taints("gpu-2"));
-    assert!(d.events.iter().any(|e| e.kind == EventKind::Recovered && e.node.as_deref() == Some("gpu-2") && e.message.contains("drain not needed")));
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.kind == EventKind::Recovered && e.node.as_deref() == Some("gpu-2") && e.message.contains("drain not needed"))
+    );
     let rec = &h.records.nodes["gpu-2"];
     assert_eq!(rec.phase, Phase::Healthy);
     assert!(rec.history.last().is_some_and(|s| s.reason.contains("recovered before drain started")), "{:?}", rec.history);
