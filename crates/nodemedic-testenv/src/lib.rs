@@ -6,13 +6,15 @@
 
 mod certs;
 mod nodes;
+mod spawner;
 
-pub use nodes::{FakeNode, KWOK_ANNOTATION};
+pub use nodes::{FakeNode, GpuVendor, KWOK_ANNOTATION, new_boot_id};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::fs::File;
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -36,6 +38,8 @@ pub enum TestEnvError {
     Kubeconfig(String),
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
+    #[error("the health-probe HTTP client: {0}")]
+    ProbeClient(#[from] reqwest::Error),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestEnvError {
@@ -46,8 +50,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestEnvError {
 /// Which components to run beside etcd and kube-apiserver.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Node lifecycle (NotReady/Unknown, unreachable taints, taint eviction), disruption budgets,
-    /// service accounts, pod GC.
+    /// kube-controller-manager with every controller (`--controllers=*`): among them node lifecycle
+    /// (NotReady/Unknown, unreachable taints), taint eviction, disruption budgets, service accounts
+    /// and pod GC.
     pub controller_manager: bool,
     pub scheduler: bool,
     /// Simulated kubelets for nodes annotated `kwok.x-k8s.io/node=fake`.
@@ -81,7 +86,7 @@ impl Binaries {
     /// Fails loudly — an integration test never skips because the binaries are missing.
     pub fn locate() -> Result<Binaries, TestEnvError> {
         static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-        let bin = FOUND
+        let dir = FOUND
             .get_or_init(|| {
                 if let Some(dir) = std::env::var_os("NODEMEDIC_CONTROL_PLANE_BIN") {
                     return Ok(PathBuf::from(dir));
@@ -104,14 +109,33 @@ impl Binaries {
             })
             .clone()
             .map_err(TestEnvError::Binaries)?;
-        let kwok_stages = bin.parent().map(|p| p.join("kwok-stages")).unwrap_or_default();
-        for name in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"] {
-            if !bin.join(name).is_file() {
-                return Err(TestEnvError::Binaries(format!("{} is missing from {}", name, bin.display())));
+        Binaries::in_dir(&dir)
+    }
+
+    /// The binaries in `bin` (kwok's stage configs beside it, in `../kwok-stages`), or an error naming
+    /// every binary that is missing or not executable there.
+    pub fn in_dir(bin: &Path) -> Result<Binaries, TestEnvError> {
+        let mut problems = Vec::new();
+        for name in Self::REQUIRED {
+            match std::fs::metadata(bin.join(name)) {
+                Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {}
+                Ok(_) => problems.push(format!("{name} is not an executable file")),
+                Err(_) => problems.push(format!("{name} is missing")),
             }
         }
-        Ok(Binaries { bin, kwok_stages })
+        if !problems.is_empty() {
+            return Err(TestEnvError::Binaries(format!(
+                "{} in {} (set by NODEMEDIC_CONTROL_PLANE_BIN, or printed by scripts/control-plane/build)",
+                problems.join(", "),
+                bin.display()
+            )));
+        }
+        let kwok_stages = bin.parent().map(|p| p.join("kwok-stages")).unwrap_or_default();
+        Ok(Binaries { bin: bin.to_path_buf(), kwok_stages })
     }
+
+    /// What every control plane needs in the bin directory.
+    const REQUIRED: [&str; 6] = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"];
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.bin.join(name)
@@ -153,7 +177,8 @@ struct Component {
 }
 
 /// A running control plane. Everything is stopped and deleted on drop, also when a test panics; a
-/// panicking test gets the tail of every component's log printed.
+/// panicking test gets the tail of every component's log printed. A test process that is killed
+/// (no drop runs) takes the components with it: they get a parent-death signal (see `spawner`).
 pub struct ControlPlane {
     components: Vec<Component>,
     client: Client,
@@ -170,17 +195,17 @@ fn free_port() -> Result<u16, TestEnvError> {
 }
 
 /// Flags kube-controller-manager and kube-scheduler share: the admin kubeconfig for everything, no
-/// leader election, their own serving port on loopback.
-fn client_component_args(kubeconfig: &Path) -> Result<Vec<String>, TestEnvError> {
+/// leader election, their own serving port on loopback (where their `/healthz` is probed).
+fn client_component_args(kubeconfig: &Path, secure_port: u16) -> Vec<String> {
     let k = kubeconfig.display();
-    Ok(vec![
+    vec![
         format!("--kubeconfig={k}"),
         format!("--authentication-kubeconfig={k}"),
         format!("--authorization-kubeconfig={k}"),
         "--leader-elect=false".into(),
         "--bind-address=127.0.0.1".into(),
-        format!("--secure-port={}", free_port()?),
-    ])
+        format!("--secure-port={secure_port}"),
+    ]
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -189,55 +214,82 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// What a port taken between picking it and the component binding it looks like in Go's logs.
+const PORT_TAKEN: &str = "address already in use";
+
+/// How a component shows it is ready: its health endpoint answers `ok`.
+enum Health {
+    /// A path on the API server, asked with the admin client.
+    ApiServer(&'static str),
+    /// A URL of the component's own server (self-signed on loopback, or plain HTTP for kwok).
+    Url(String),
+}
+
+/// A start that failed; `port_taken` when some component's log says it lost a port race, so that
+/// starting again on fresh ports may succeed.
+struct FailedStart {
+    error: TestEnvError,
+    port_taken: bool,
+}
+
+impl From<TestEnvError> for FailedStart {
+    fn from(error: TestEnvError) -> Self {
+        FailedStart { error, port_taken: false }
+    }
+}
+
 impl ControlPlane {
-    /// Starts etcd and kube-apiserver (plus what `opts` asks for) and waits until they are ready.
-    /// Ports are picked free just before use; when another process takes one in between (tests run
-    /// side by side), the whole control plane is started again on new ports.
+    /// Starts etcd and kube-apiserver (plus what `opts` asks for) and waits until each component
+    /// reports healthy. Ports are picked free just before use; when another process takes one in
+    /// between (tests run side by side), the whole control plane is started again on new ports.
     pub async fn start(opts: Options) -> Result<ControlPlane, TestEnvError> {
         const TRIES: u32 = 3;
         let mut attempt = 1;
         loop {
-            match Self::start_once(opts.clone()).await {
-                Err(TestEnvError::Exited { log, .. } | TestEnvError::NotReady { log, .. })
-                    if attempt < TRIES && log.contains("address already in use") =>
-                {
-                    attempt += 1;
-                }
-                other => return other,
+            match Self::start_once(&opts).await {
+                Ok(cp) => return Ok(cp),
+                Err(failed) if failed.port_taken && attempt < TRIES => attempt += 1,
+                Err(failed) => return Err(failed.error),
             }
         }
     }
 
-    async fn start_once(opts: Options) -> Result<ControlPlane, TestEnvError> {
+    async fn start_once(opts: &Options) -> Result<ControlPlane, FailedStart> {
         let binaries = Binaries::locate()?;
         let slot = tokio::task::spawn_blocking(Slot::take).await.map_err(|e| TestEnvError::Binaries(e.to_string()))?;
         let dir = tempfile::Builder::new().prefix("nodemedic-cp-").tempdir().map_err(io("creating the control-plane directory"))?;
         let root = dir.path().to_path_buf();
         let pki = certs::Pki::generate(&root)?;
 
-        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        let api_port = free_port()?;
         let server = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = root.join("admin.kubeconfig");
         std::fs::write(&kubeconfig, pki.kubeconfig(&server)).map_err(io("writing the kubeconfig"))?;
 
         let client = pki.client(&server).await?;
-        let mut cp = ControlPlane {
-            components: Vec::new(),
-            client,
-            kubeconfig: kubeconfig.clone(),
-            server: server.clone(),
-            binaries: binaries.clone(),
-            dir,
-            _slot: slot,
-        };
+        let mut cp = ControlPlane { components: Vec::new(), client, kubeconfig, server, binaries, dir, _slot: slot };
+        match cp.launch(opts, api_port).await {
+            Ok(()) => Ok(cp),
+            Err(error) => {
+                // The failing component's log tail may not show it; any component's whole log may.
+                let port_taken = cp.components.iter().any(|c| std::fs::read_to_string(&c.log).is_ok_and(|log| log.contains(PORT_TAKEN)));
+                Err(FailedStart { error, port_taken })
+            }
+        }
+    }
 
+    /// Spawns the components and waits for each to be healthy.
+    async fn launch(&mut self, opts: &Options, api_port: u16) -> Result<(), TestEnvError> {
+        let root = self.dir.path().to_path_buf();
+        let p = |f: &str| root.join(f).display().to_string();
+        let (etcd_port, peer_port) = (free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        cp.spawn(
+        self.spawn(
             "etcd",
             &[
                 "--name=default".into(),
-                format!("--data-dir={}", root.join("etcd").display()),
+                format!("--data-dir={}", p("etcd")),
                 format!("--listen-client-urls={etcd_url}"),
                 format!("--advertise-client-urls={etcd_url}"),
                 format!("--listen-peer-urls={peer_url}"),
@@ -247,8 +299,7 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ],
         )?;
-        let p = |f: &str| root.join(f).display().to_string();
-        cp.spawn(
+        self.spawn(
             "kube-apiserver",
             &[
                 format!("--etcd-servers={etcd_url}"),
@@ -270,11 +321,15 @@ impl ControlPlane {
                 "--profiling=false".into(),
             ],
         )?;
-        cp.wait_ready("kube-apiserver", "/readyz", Duration::from_secs(90)).await?;
+        // etcd has no probe of its own: the API server is not ready without it.
+        self.wait_ready("kube-apiserver", Health::ApiServer("/readyz"), Duration::from_secs(90)).await?;
 
+        // The rest start side by side, then each is awaited in turn.
+        let mut pending: Vec<(&'static str, Health)> = Vec::new();
         if opts.controller_manager {
             let grace = opts.node_monitor_grace_period.as_secs().max(5);
-            let mut args = client_component_args(&kubeconfig)?;
+            let port = free_port()?;
+            let mut args = client_component_args(&self.kubeconfig, port);
             args.extend([
                 format!("--service-account-private-key-file={}", p("sa.key")),
                 format!("--root-ca-file={}", p("ca.crt")),
@@ -283,55 +338,69 @@ impl ControlPlane {
                 format!("--node-monitor-grace-period={grace}s"),
                 "--controllers=*".into(),
             ]);
-            cp.spawn("kube-controller-manager", &args)?;
+            self.spawn("kube-controller-manager", &args)?;
+            pending.push(("kube-controller-manager", Health::Url(format!("https://127.0.0.1:{port}/healthz"))));
         }
         if opts.scheduler {
-            cp.spawn("kube-scheduler", &client_component_args(&kubeconfig)?)?;
+            let port = free_port()?;
+            self.spawn("kube-scheduler", &client_component_args(&self.kubeconfig, port))?;
+            pending.push(("kube-scheduler", Health::Url(format!("https://127.0.0.1:{port}/healthz"))));
         }
         if opts.kwok {
+            let port = free_port()?;
             let mut args = vec![
-                format!("--kubeconfig={}", kubeconfig.display()),
+                format!("--kubeconfig={}", self.kubeconfig.display()),
                 "--manage-all-nodes=false".into(),
                 format!("--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake"),
                 "--cidr=10.244.0.1/16".into(),
                 "--node-ip=10.0.0.1".into(),
                 "--node-lease-duration-seconds=40".into(),
-                format!("--server-address=127.0.0.1:{}", free_port()?),
+                format!("--server-address=127.0.0.1:{port}"),
             ];
-            let stages = std::fs::read_dir(&binaries.kwok_stages)
-                .map_err(io(format!("reading kwok stages in {}", binaries.kwok_stages.display())))?;
+            let stages_dir = &self.binaries.kwok_stages;
+            let stages = std::fs::read_dir(stages_dir).map_err(io(format!("reading kwok stages in {}", stages_dir.display())))?;
             let mut files: Vec<PathBuf> = stages.filter_map(|e| e.ok().map(|e| e.path())).collect();
             files.sort();
             args.extend(files.iter().map(|f| format!("--config={}", f.display())));
-            cp.spawn("kwok", &args)?;
+            self.spawn("kwok", &args)?;
+            pending.push(("kwok", Health::Url(format!("http://127.0.0.1:{port}/healthz"))));
         }
-        Ok(cp)
+        for (component, health) in pending {
+            self.wait_ready(component, health, Duration::from_secs(60)).await?;
+        }
+        Ok(())
     }
 
     fn spawn(&mut self, name: &'static str, args: &[String]) -> Result<(), TestEnvError> {
         let log = self.dir.path().join(format!("{name}.log"));
         let file = File::create(&log).map_err(io(format!("creating {}", log.display())))?;
         let err = file.try_clone().map_err(io("duplicating a log handle"))?;
-        let child = Command::new(self.binaries.path(name))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .map_err(io(format!("starting {name}")))?;
+        let mut command = spawner::command_dying_with_parent(&self.binaries.path(name));
+        command.args(args).stdin(Stdio::null()).stdout(file).stderr(err);
+        let child = spawner::spawn(command).map_err(io(format!("starting {name}")))?;
         self.components.push(Component { name, child, log });
         Ok(())
     }
 
-    /// Waits for an apiserver health endpoint to answer `ok`, watching that no component died.
-    async fn wait_ready(&mut self, component: &'static str, path: &str, limit: Duration) -> Result<(), TestEnvError> {
+    /// Waits for `component`'s health endpoint to answer `ok`, watching that no component died.
+    async fn wait_ready(&mut self, component: &'static str, health: Health, limit: Duration) -> Result<(), TestEnvError> {
+        // Only for loopback probes of components whose self-signed serving certificates were made at
+        // their start; /healthz is open to anonymous requests.
+        let probe = reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(5)).build()?;
         let start = Instant::now();
         loop {
             self.check_alive()?;
-            let req = http::Request::get(path).body(Vec::new()).map_err(|e| TestEnvError::Kubeconfig(e.to_string()))?;
-            if let Ok(body) = self.client.request_text(req).await
-                && body.trim() == "ok"
-            {
+            let body = match &health {
+                Health::ApiServer(path) => {
+                    let req = http::Request::get(*path).body(Vec::new()).map_err(|e| TestEnvError::Kubeconfig(e.to_string()))?;
+                    self.client.request_text(req).await.ok()
+                }
+                Health::Url(url) => match probe.get(url).send().await {
+                    Ok(response) => response.text().await.ok(),
+                    Err(_) => None,
+                },
+            };
+            if body.is_some_and(|b| b.trim() == "ok") {
                 return Ok(());
             }
             if start.elapsed() > limit {
@@ -350,6 +419,11 @@ impl ControlPlane {
             }
         }
         Ok(())
+    }
+
+    /// Each running component's name and process id (the binary's own: setpriv execs it).
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        self.components.iter().map(|c| (c.name, c.child.id())).collect()
     }
 
     /// An admin client (system:masters).
@@ -468,5 +542,61 @@ where
             return Err(TestEnvError::Timeout(limit, what.to_string()));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_file(path: &Path, mode: u32) -> std::io::Result<()> {
+        std::fs::write(path, "")?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+
+    fn refusal(bin: &Path) -> String {
+        match Binaries::in_dir(bin) {
+            Ok(found) => panic!("{} was accepted: {found:?}", bin.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_empty_bin_directory_is_refused_naming_every_binary_and_the_directory() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let message = refusal(dir.path());
+        for name in Binaries::REQUIRED {
+            assert!(message.contains(&format!("{name} is missing")), "{message}");
+        }
+        assert!(message.contains(&dir.path().display().to_string()), "{message}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_bin_directory_lacking_one_binary_or_with_one_not_executable_names_just_those() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        for name in Binaries::REQUIRED.into_iter().filter(|n| *n != "kwok") {
+            write_file(&dir.path().join(name), 0o755)?;
+        }
+        write_file(&dir.path().join("kubectl"), 0o644)?;
+        let message = refusal(dir.path());
+        assert!(message.contains("kwok is missing") && message.contains("kubectl is not an executable file"), "{message}");
+        assert!(!message.contains("etcd"), "{message}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_complete_bin_directory_is_accepted_with_the_kwok_stages_beside_it() -> Result<(), Box<dyn std::error::Error>> {
+        let root = tempfile::tempdir()?;
+        let bin = root.path().join("bin");
+        std::fs::create_dir(&bin)?;
+        for name in Binaries::REQUIRED {
+            write_file(&bin.join(name), 0o755)?;
+        }
+        let found = Binaries::in_dir(&bin)?;
+        assert_eq!(found.bin, bin);
+        assert_eq!(found.kwok_stages, root.path().join("kwok-stages"));
+        assert_eq!(found.path("etcd"), bin.join("etcd"));
+        Ok(())
     }
 }

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 /// Nodes carrying this annotation with value `fake` are run by kwok.
 pub const KWOK_ANNOTATION: &str = "kwok.x-k8s.io/node";
@@ -116,6 +117,12 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// The status of the node's Ready condition, if it has one.
+fn ready_status(node: &Node) -> Option<String> {
+    let conditions = node.status.as_ref()?.conditions.as_ref()?;
+    conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.status.clone())
+}
+
 /// A fresh boot ID in the kernel's format.
 pub fn new_boot_id() -> String {
     let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -154,15 +161,52 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// A reboot as the API server sees it: Ready goes False, then the node comes back with a new
-    /// `status.nodeInfo.bootID` and Ready True. Returns the new boot ID once the API server shows it.
-    /// (kwok re-initialises a node whose Ready turns False and may write its cached status — the old
-    /// boot ID — back over ours; the new one is re-applied until it holds.)
+    /// A reboot with the node down for one second; see [`ControlPlane::simulate_reboot_with`].
     pub async fn simulate_reboot(&self, node: &str) -> Result<String, TestEnvError> {
-        self.set_node_condition(node, "Ready", "False", "KubeletNotReady", "node is rebooting").await?;
-        let boot_id = new_boot_id();
+        self.simulate_reboot_with(node, Duration::from_secs(1)).await
+    }
+
+    /// A reboot as the API server sees it: Ready goes False, and once the API server shows that, the
+    /// node stays down for `down`; then it comes back with a new `status.nodeInfo.bootID` and Ready
+    /// True. Returns the new boot ID once the API server shows it, with Ready True.
+    ///
+    /// kwok sets Ready True again as soon as it sees anything else (its node-initialize stage), so a
+    /// watcher might never see the node down: a kwok node is taken from kwok while it is down and
+    /// handed back once it is up. kwok may then still write its cached status (the old boot ID) back
+    /// over ours, so the new one is re-applied until it holds.
+    pub async fn simulate_reboot_with(&self, node: &str, down: Duration) -> Result<String, TestEnvError> {
         let api: Api<Node> = Api::all(self.client());
-        let started = std::time::Instant::now();
+        let annotations = api.get(node).await?.metadata.annotations.unwrap_or_default();
+        let run_by_kwok = annotations.get(KWOK_ANNOTATION).is_some_and(|v| v == "fake");
+        if run_by_kwok {
+            self.set_kwok(node, None).await?;
+        }
+        let rebooted = self.reboot(&api, node, down, run_by_kwok).await;
+        if rebooted.is_err() && run_by_kwok {
+            // Best effort: leave the node with kwok as it was; the reboot's own error is the one to report.
+            let _ = self.set_kwok(node, Some("fake")).await;
+        }
+        rebooted
+    }
+
+    async fn reboot(&self, api: &Api<Node>, node: &str, down: Duration, run_by_kwok: bool) -> Result<String, TestEnvError> {
+        const LIMIT: Duration = Duration::from_secs(20);
+        let started = Instant::now();
+        loop {
+            self.set_node_condition(node, "Ready", "False", "KubeletNotReady", "node is rebooting").await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if ready_status(&api.get(node).await?).as_deref() == Some("False") {
+                break;
+            }
+            if started.elapsed() > LIMIT {
+                return Err(TestEnvError::Timeout(LIMIT, format!("node {node} to show Ready False")));
+            }
+        }
+        tokio::time::sleep(down).await;
+
+        let boot_id = new_boot_id();
+        let started = Instant::now();
+        let mut handed_back = !run_by_kwok;
         loop {
             let now = now_rfc3339();
             let patch = serde_json::json!({"status": {
@@ -170,20 +214,19 @@ impl ControlPlane {
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status", "lastTransitionTime": now, "lastHeartbeatTime": now}],
             }});
             api.patch_status(node, &PatchParams::default(), &Patch::Strategic(patch)).await?;
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            if !handed_back {
+                // Only now: kwok would have re-initialised a node it saw with Ready False.
+                self.set_kwok(node, Some("fake")).await?;
+                handed_back = true;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
             let n = api.get(node).await?;
-            let status = n.status.as_ref();
-            let shown = status.and_then(|s| s.node_info.as_ref()).map(|i| i.boot_id.as_str()) == Some(boot_id.as_str());
-            let ready =
-                status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if shown && ready {
+            let shown = n.status.as_ref().and_then(|s| s.node_info.as_ref()).is_some_and(|i| i.boot_id == boot_id);
+            if shown && ready_status(&n).as_deref() == Some("True") {
                 return Ok(boot_id);
             }
-            if started.elapsed() > std::time::Duration::from_secs(20) {
-                return Err(TestEnvError::Timeout(
-                    std::time::Duration::from_secs(20),
-                    format!("node {node} to show boot ID {boot_id} and Ready"),
-                ));
+            if started.elapsed() > LIMIT {
+                return Err(TestEnvError::Timeout(LIMIT, format!("node {node} to show boot ID {boot_id} and Ready")));
             }
         }
     }
