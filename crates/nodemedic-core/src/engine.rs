@@ -1243,10 +1243,12 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
             Stage::AwaitingNext { ended_at } => {
                 let next = (a.step_index + 1).min(ctx.ladder.len() - 1);
                 let step = ctx.ladder[next].step;
-                // A node held back from its next step (a gate, a busy slot) may heal meanwhile: a
-                // power blip, a flapping link. Checks that pass on evidence newer than the last step
-                // end the remediation instead of draining or rebooting a healthy node.
-                if step != RemediationStep::Manual && w.healthy_since(p, ended_at) {
+                // A quarantined node held back from its first disruptive step (a gate, a busy slot)
+                // may heal meanwhile (a power blip): checks that pass on evidence newer than the
+                // quarantine end the remediation instead of draining and rebooting a healthy node.
+                // Not after a disruptive step: a repair whose re-check failed has shown the fault
+                // is real, and one passing probe must not return the node to service.
+                if !a.step.is_disruptive() && step != RemediationStep::Manual && w.healthy_since(p, ended_at) {
                     recovered_while_waiting(w, step, out);
                     return false;
                 }
