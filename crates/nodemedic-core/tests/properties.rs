@@ -501,6 +501,20 @@ fn shuffled(fleet: &[NodeObservation], seed: u64) -> Vec<NodeObservation> {
     v
 }
 
+/// Whether `now` is inside a maintenance window, worked out from each window's latest daily opening
+/// (the generated windows last under a day) rather than the engine's today-or-yesterday scan.
+fn in_maintenance_window(p: &Policy, now: Time) -> bool {
+    const DAY_MS: i64 = 86_400_000;
+    let windows = &p.gates.maintenance_windows;
+    windows.is_empty()
+        || windows.iter().any(|w| {
+            let Some(start) = w.start_millis() else { return false };
+            let since_opening = (now.0 - start).rem_euclid(DAY_MS);
+            let opened = Time(now.0 - since_opening);
+            since_opening < w.duration.0 && (w.days.is_empty() || w.days.iter().any(|d| d.index() == opened.weekday()))
+        })
+}
+
 /// 128 cases each by default; `PROPTEST_CASES=5000` for a deeper search.
 #[allow(clippy::disallowed_methods)] // the test harness's setting, not the engine's
 fn config() -> ProptestConfig {
@@ -595,6 +609,28 @@ proptest! {
                 let allowed = max.scaled_down(sum.selected);
                 prop_assert!(sum.unhealthy <= allowed, "started {:?} with {} of {} unhealthy, maxUnhealthy {} allows {}", started, sum.unhealthy, sum.selected, max, allowed);
             }
+            Ok(())
+        })?;
+    }
+
+    /// Outside every maintenance window no disruptive step starts, executed or (monitor-only) not.
+    #[test]
+    fn no_disruptive_step_starts_outside_the_maintenance_windows(s in scenario()) {
+        Sim::run(&s, |st| {
+            if in_maintenance_window(st.policy, st.now) {
+                return Ok(());
+            }
+            let disruptive: Vec<_> = st
+                .decision
+                .actions
+                .iter()
+                .chain(&st.decision.would_execute)
+                .filter_map(|a| match a {
+                    Action::Execute { node, step, .. } if step.is_disruptive() => Some((node.as_str(), *step)),
+                    _ => None,
+                })
+                .collect();
+            prop_assert!(disruptive.is_empty(), "at {} (outside every window): {:?}", st.now, disruptive);
             Ok(())
         })?;
     }
