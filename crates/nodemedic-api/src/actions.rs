@@ -565,3 +565,24 @@ async fn get_nodes(State(state): State<ApiState>, headers: HeaderMap) -> Result<
         nodes: out,
     }))
 }
+
+/// Keeps the action records from piling up: every `every`, the leader deletes the records of
+/// actions that ended more than `retention` ago (see [`Store::prune`]). Standbys skip the round.
+pub async fn prune_records_forever(state: ApiState, retention: std::time::Duration, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if ensure_leader(&state).await.is_err() {
+            continue;
+        }
+        let store = Store::new(state.client.clone(), &state.config.namespace);
+        match store.prune(retention, jiff::Timestamp::now()).await {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(count = ids.len(), retention_secs = retention.as_secs(), "pruned the records of ended actions")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning action records failed; tried again next round"),
+        }
+    }
+}

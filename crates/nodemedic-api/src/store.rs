@@ -4,7 +4,7 @@
 
 use crate::request::ActionRequest;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Client, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -119,6 +119,44 @@ impl Store {
         }
         let Some(text) = cm.data.as_ref().and_then(|d| d.get(KEY)) else { return Ok(None) };
         Ok(Some(serde_json::from_str(text)?))
+    }
+
+    /// Deletes the records of actions that ended more than `retention` before `now` (by `finishedAt`,
+    /// else `createdAt`), and returns their ids. A running action is never pruned, nor a record that
+    /// cannot be read (a person should look at it); each delete is conditional on the record being
+    /// unchanged since it was listed. After pruning, an id may be used again.
+    pub async fn prune(&self, retention: std::time::Duration, now: jiff::Timestamp) -> Result<Vec<String>, StoreError> {
+        let retention = jiff::SignedDuration::try_from(retention).unwrap_or(jiff::SignedDuration::MAX);
+        let listed = self.api.list(&ListParams::default().labels(ID_LABEL)).await?;
+        let mut pruned = Vec::new();
+        for cm in listed.items {
+            let Some(record) = cm.data.as_ref().and_then(|d| d.get(KEY)).and_then(|t| serde_json::from_str::<ActionRecord>(t).ok()) else {
+                tracing::warn!(configmap = %cm.name_any(), "an action record that cannot be read is kept for a person to look at");
+                continue;
+            };
+            if record.state == ActionState::Running {
+                continue;
+            }
+            let ended = record.finished_at.as_deref().unwrap_or(&record.created_at);
+            let Ok(ended) = ended.parse::<jiff::Timestamp>() else {
+                tracing::warn!(id = %record.id, time = %ended, "an action record with an unreadable time is kept");
+                continue;
+            };
+            if now.duration_since(ended) <= retention {
+                continue;
+            }
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions { resource_version: cm.resource_version(), uid: cm.uid() }),
+                ..DeleteParams::default()
+            };
+            match self.api.delete(&cm.name_any(), &dp).await {
+                Ok(_) => pruned.push(record.id),
+                // Gone already (another replica) or changed since listed: leave it to the next round.
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(pruned)
     }
 
     pub async fn exists(&self, id: &str) -> Result<bool, StoreError> {

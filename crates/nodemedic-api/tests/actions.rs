@@ -214,3 +214,54 @@ async fn a_standby_refuses_writes_naming_the_leader_and_a_failed_repair_answers_
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_of_actions_that_ended_before_the_retention_are_pruned_and_the_rest_kept() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use nodemedic_api::store::{ActionRecord, ActionState, Store};
+    let cp = ControlPlane::start(Options::default()).await?;
+    cp.run(|cp| async move {
+        let store = Store::new(cp.client(), "default");
+        let now = jiff::Timestamp::now();
+        let days_ago = |d: i64| (now - jiff::SignedDuration::from_hours(24 * d)).to_string();
+        let record = |id: &str, state: ActionState, created: i64, finished: Option<i64>| -> anyhow::Result<ActionRecord> {
+            let request = serde_json::from_value(request("cordon_node", "spare"))?;
+            Ok(ActionRecord {
+                id: id.into(),
+                state,
+                request,
+                user: None,
+                created_at: days_ago(created),
+                finished_at: finished.map(days_ago),
+                nodes: vec![],
+                forced_gates: vec![],
+                steps: vec![],
+                error: None,
+            })
+        };
+        store.create(&record("old-done", ActionState::Succeeded, 41, Some(40))?).await?;
+        store.create(&record("old-refused", ActionState::Refused, 40, Some(40))?).await?;
+        store.create(&record("recent-done", ActionState::Failed, 2, Some(1))?).await?;
+        store.create(&record("old-but-running", ActionState::Running, 40, None)?).await?;
+        // Someone's hand-edited record that no longer parses: kept for a person to look at.
+        let garbled: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "nodemedic-action-garbled", "labels": {"nodemedic.io/action-id": "garbled"}},
+            "data": {"action.json": "{not json"},
+        }))?;
+        Api::<ConfigMap>::namespaced(cp.client(), "default").create(&PostParams::default(), &garbled).await?;
+
+        let mut pruned = store.prune(std::time::Duration::from_secs(30 * 86_400), now).await?;
+        pruned.sort();
+        assert_eq!(pruned, ["old-done", "old-refused"]);
+        for (id, kept) in [("old-done", false), ("old-refused", false), ("recent-done", true), ("old-but-running", true)] {
+            assert_eq!(store.get(id).await?.is_some(), kept, "{id}");
+        }
+        assert!(Api::<ConfigMap>::namespaced(cp.client(), "default").get_opt("nodemedic-action-garbled").await?.is_some());
+        // A pruned id may be used again; a kept one may not.
+        store.create(&record("old-done", ActionState::Succeeded, 0, Some(0))?).await?;
+        assert!(store.create(&record("recent-done", ActionState::Succeeded, 0, Some(0))?).await.is_err());
+        assert!(store.prune(std::time::Duration::from_secs(30 * 86_400), now).await?.is_empty(), "nothing more to prune");
+        Ok(())
+    })
+    .await
+}

@@ -6,6 +6,19 @@ use nodemedic_api::{ApiConfig, ApiState, GceProvider, LeaderLease, Provider, Rec
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[cfg(test)]
+mod retention_tests {
+    use super::{Retention, parse_retention};
+
+    #[test]
+    fn retention_reads_durations_and_never_and_refuses_nonsense() {
+        assert_eq!(parse_retention("30d"), Ok(Retention::For(std::time::Duration::from_secs(30 * 86_400))));
+        assert_eq!(parse_retention("never"), Ok(Retention::Never));
+        assert!(parse_retention("0s").is_err_and(|e| e.contains("more than zero")));
+        assert!(parse_retention("soon").is_err());
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepairProvider {
     /// Delete the node's Compute Engine instance (GKE: its instance group replaces it).
@@ -41,6 +54,28 @@ pub struct ApiArgs {
     /// Namespace of the action records (ConfigMaps); default: the lease namespace.
     #[arg(long)]
     pub actions_namespace: Option<String>,
+    /// How long the record of an ended action is kept (`30d`, `12h`); `never` keeps every record.
+    /// The leader deletes older ones hourly; a pruned action's id may be used again.
+    #[arg(long, default_value = "30d", value_parser = parse_retention)]
+    pub action_retention: Retention,
+}
+
+/// How long ended action records are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    Never,
+    For(std::time::Duration),
+}
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s.trim() == "never" {
+        return Ok(Retention::Never);
+    }
+    let d = nodemedic_core::Duration::parse(s).map_err(|e| e.to_string())?;
+    if d <= nodemedic_core::Duration::ZERO {
+        return Err("must be more than zero (or `never`)".into());
+    }
+    Ok(Retention::For(std::time::Duration::from_millis(d.0.unsigned_abs())))
 }
 
 impl ApiArgs {
@@ -85,7 +120,11 @@ pub async fn start_api(
         leader: Some(leader),
         ..ApiConfig::default()
     };
-    let router = extra.merge(nodemedic_api::router(ApiState::new(client, config, provider)));
+    let state = ApiState::new(client, config, provider);
+    if let Retention::For(retention) = args.action_retention {
+        tokio::spawn(nodemedic_api::actions::prune_records_forever(state.clone(), retention, std::time::Duration::from_secs(3600)));
+    }
+    let router = extra.merge(nodemedic_api::router(state));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
     let bound = listener.local_addr().context("reading the API's address")?;
     tracing::info!(address = %bound, tls = tls.is_some(), "serving the actions API");
