@@ -188,6 +188,20 @@ fn fresh_boot_id() -> String {
     format!("{:032x}", nanos ^ 0x5bd1_e995_0000_0000_2545_f491_4f6c_dd1d)
 }
 
+/// The CRDs and `count` kwok GPU nodes in pool-a (`gpu-000`, …) whose boot IDs have settled.
+async fn gpu_cluster(cp: &ControlPlane, count: usize) -> anyhow::Result<()> {
+    install_crds(&cp.client()).await?;
+    let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), count).await?;
+    settle_boot_ids(&Api::all(cp.client()), &names).await
+}
+
+/// The `gpu-workers` policy (`POLICY`).
+async fn gpu_workers_policy(cp: &ControlPlane) -> anyhow::Result<()> {
+    let policy = NodeHealthPolicy::new("gpu-workers", NodeHealthPolicySpec { policy: Policy::from_yaml(POLICY)? });
+    Api::<NodeHealthPolicy>::all(cp.client()).create(&PostParams::default(), &policy).await?;
+    Ok(())
+}
+
 /// Makes sure each node shows a boot ID that stays: kwok's first write of a new node's status can land after the
 /// test environment's and drop `nodeInfo.bootID`, and the agent never acts on a node without one.
 async fn settle_boot_ids(nodes: &Api<Node>, names: &[String]) -> anyhow::Result<()> {
@@ -220,9 +234,7 @@ async fn heartbeat_after(nodes: &Api<Node>, node: &str, type_: &str, after: jiff
 async fn a_failing_gpu_probe_sets_gpu_problem_on_its_own_node_only_with_a_steady_transition_and_a_moving_heartbeat() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
-        install_crds(&cp.client()).await?;
-        let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 2).await?;
-        settle_boot_ids(&Api::all(cp.client()), &names).await?;
+        gpu_cluster(cp, 2).await?;
         let nodes: Api<Node> = Api::all(cp.client());
         let host = FakeHost::new(GPU_LOST)?;
         let agent = agent(cp, "gpu-001", host.config(), &NoActions)?;
@@ -256,9 +268,7 @@ async fn a_failing_gpu_probe_sets_gpu_problem_on_its_own_node_only_with_a_steady
 async fn gpu_probes_pause_while_a_repair_taint_is_on_the_node_and_the_network_probe_keeps_running() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
-        install_crds(&cp.client()).await?;
-        let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 1).await?;
-        settle_boot_ids(&Api::all(cp.client()), &names).await?;
+        gpu_cluster(cp, 1).await?;
         let nodes: Api<Node> = Api::all(cp.client());
         let host = FakeHost::new(HEALTHY)?;
         let agent = agent(cp, "gpu-000", host.config(), &NoActions)?;
@@ -304,15 +314,8 @@ monitorOnly: false
 async fn a_gpu_fault_is_rebooted_by_the_agent_once_and_the_node_is_cleared_when_the_probe_passes() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
-        install_crds(&cp.client()).await?;
-        let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 3).await?;
-        settle_boot_ids(&Api::all(cp.client()), &names).await?;
-        Api::<NodeHealthPolicy>::all(cp.client())
-            .create(
-                &PostParams::default(),
-                &NodeHealthPolicy::new("gpu-workers", NodeHealthPolicySpec { policy: Policy::from_yaml(POLICY)? }),
-            )
-            .await?;
+        gpu_cluster(cp, 3).await?;
+        gpu_workers_policy(cp).await?;
         let nodes: Api<Node> = Api::all(cp.client());
         let remediations: Api<NodeRemediation> = Api::all(cp.client());
         let controller = Reconciler::new(cp.client(), &AgentExecutor);
@@ -383,15 +386,8 @@ async fn a_gpu_fault_is_rebooted_by_the_agent_once_and_the_node_is_cleared_when_
 async fn a_reboot_command_that_fails_without_rebooting_is_reported_failed_and_not_retried() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
-        install_crds(&cp.client()).await?;
-        let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 3).await?;
-        settle_boot_ids(&Api::all(cp.client()), &names).await?;
-        Api::<NodeHealthPolicy>::all(cp.client())
-            .create(
-                &PostParams::default(),
-                &NodeHealthPolicy::new("gpu-workers", NodeHealthPolicySpec { policy: Policy::from_yaml(POLICY)? }),
-            )
-            .await?;
+        gpu_cluster(cp, 3).await?;
+        gpu_workers_policy(cp).await?;
         let nodes: Api<Node> = Api::all(cp.client());
         let remediations: Api<NodeRemediation> = Api::all(cp.client());
         let controller = Reconciler::new(cp.client(), &AgentExecutor);
@@ -428,9 +424,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 async fn the_binary_takes_its_node_from_node_name_and_publishes_conditions_through_the_kubeconfig() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
-        install_crds(&cp.client()).await?;
-        let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 2).await?;
-        settle_boot_ids(&Api::all(cp.client()), &names).await?;
+        gpu_cluster(cp, 2).await?;
         let nodes: Api<Node> = Api::all(cp.client());
         let host = FakeHost::new(GPU_LOST)?;
         // NODEMEDIC_AGENT_BIN measures another build (e.g. release) of the same binary.

@@ -161,7 +161,12 @@ impl FleetCache {
             }
             seen.insert(name);
         }
-        let gone: Vec<String> = fleet.index.nodes().iter().map(|o| o.name.clone()).filter(|name| !seen.contains(name)).collect();
+        // Every indexed node was seen unless the index holds more: only then look for the deleted.
+        let gone: Vec<String> = if fleet.index.len() > seen.len() {
+            fleet.index.nodes().iter().map(|o| o.name.clone()).filter(|name| !seen.contains(name)).collect()
+        } else {
+            Vec::new()
+        };
         for name in gone {
             fleet.index.remove(&name);
             fleet.versions.remove(&name);

@@ -1083,9 +1083,7 @@ fn end_step(ctx: &Ctx, w: &mut Work, outcome: StepOutcome, reason: String, out: 
         StepOutcome::Completed | StepOutcome::Ended => EventKind::StepSucceeded,
     };
     if matches!(outcome, StepOutcome::Recovered | StepOutcome::Ended) {
-        record.active = None;
-        record.phase = Phase::Healthy;
-        record.failing_since.clear();
+        close_remediation(record);
     } else {
         a.stage = Stage::AwaitingNext { ended_at: now };
     }
@@ -1096,21 +1094,27 @@ fn end_step(ctx: &Ctx, w: &mut Work, outcome: StepOutcome, reason: String, out: 
     }
 }
 
+/// The node is done with the ladder: healthy, nothing in flight, no remembered failures.
+fn close_remediation(record: &mut NodeRecord) {
+    record.active = None;
+    record.phase = Phase::Healthy;
+    record.failing_since.clear();
+}
+
 /// Closes a remediation whose node passed its checks before the next step began. The last step keeps
 /// its own outcome in the history; its reason says what happened after it.
 fn recovered_while_waiting(w: &mut Work, next: RemediationStep, out: &mut Out) {
     let node = w.obs.name.clone();
     let Some(record) = w.record.as_mut() else { return };
-    let Some(a) = record.active.take() else { return };
-    record.phase = Phase::Healthy;
-    record.failing_since.clear();
+    let Some(last_step) = record.active.as_ref().map(|a| a.step) else { return };
+    close_remediation(record);
     if let Some(h) = record.history.last_mut() {
         h.reason = format!("{}; the node then recovered before {next} started", h.reason);
     }
     out.event(
         &node,
         EventKind::Recovered,
-        format!("node healthy again while waiting for {next} (after {}); repair taints removed, {next} not needed", a.step),
+        format!("node healthy again while waiting for {next} (after {last_step}); repair taints removed, {next} not needed"),
     );
 }
 
