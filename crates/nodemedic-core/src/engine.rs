@@ -932,6 +932,8 @@ fn try_start(
         executed: false,
         boot_id_at_start: None,
         notified_at: None,
+        unobserved: Duration::ZERO,
+        unobserved_until: None,
     });
     out.event(&node, EventKind::RemediationStarted, format!("node unhealthy: {why}"));
     if let Some(l) = lemon {
@@ -1021,6 +1023,8 @@ fn start_step(ctx: &Ctx, w: &mut Work, index: usize, holds_slot: bool, inflight:
     a.executed = !ctx.policy.monitor_only;
     a.boot_id_at_start = if matches!(ls.step, RemediationStep::Reboot | RemediationStep::Reimage) { w.obs.boot_id.clone() } else { None };
     a.deadline = (ls.step != RemediationStep::Manual).then_some(now + timeout);
+    // Outages are counted per step: the new one's deadline owes nothing to earlier ones.
+    (a.unobserved, a.unobserved_until) = (Duration::ZERO, None);
     let attempt = record.attempt;
     if ls.step.is_disruptive() && !holds_slot {
         inflight.total += 1;

@@ -210,6 +210,8 @@ mod tests {
                 executed: true,
                 boot_id_at_start: None,
                 notified_at: None,
+                unobserved: crate::time::Duration::ZERO,
+                unobserved_until: None,
             }),
             attempt: 1,
             ..NodeRecord::new(node)

@@ -4,7 +4,7 @@
 //! A process that reloads them makes exactly the decisions it would have made without restarting.
 
 use crate::policy::RemediationStep;
-use crate::time::Time;
+use crate::time::{Duration, Time};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -94,6 +94,13 @@ pub struct ActiveRemediation {
     /// Set once the Manual escalation notice was sent, so it is sent once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notified_at: Option<Time>,
+    /// Time within this step during which the controller could not observe the cluster; the
+    /// step's deadline was moved on by it (see [`crate::outage`]).
+    #[serde(default, skip_serializing_if = "Duration::is_zero")]
+    pub unobserved: Duration,
+    /// Outages up to this time are counted in `unobserved` (each is counted once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unobserved_until: Option<Time>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

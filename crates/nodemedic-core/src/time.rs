@@ -36,6 +36,9 @@ impl Duration {
     pub const fn as_millis(self) -> i64 {
         self.0
     }
+    pub const fn is_zero(&self) -> bool {
+        self.0 == 0
+    }
     pub fn as_secs_f64(self) -> f64 {
         self.0 as f64 / 1000.0
     }

@@ -454,6 +454,8 @@ mod tests {
             executed: true,
             boot_id_at_start: None,
             notified_at: None,
+            unobserved: nodemedic_core::Duration::ZERO,
+            unobserved_until: None,
         });
         let attempts = Attempt::all_from_record(&record);
         assert_eq!(attempts.len(), 2);
