@@ -1,5 +1,5 @@
 //! The controller's HTTP endpoints: `/metrics` (OpenMetrics text), `/healthz` (the process runs)
-//! and `/readyz` (the watches have synced). Every replica serves them; leader or not.
+//! and `/readyz` (the watches have synced and the API server answers now). Every replica serves them; leader or not.
 
 use crate::Metrics;
 use axum::Router;
@@ -32,7 +32,7 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     if s.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "watches not synced yet\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the watches have not synced or the API server does not answer\n")
     }
 }
 

@@ -8,13 +8,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use nodemedic_core::engine::{Action, Decision, RecordChange};
-use nodemedic_core::{FleetIndex, NodeObservation, Records, RemediationStep, Time, apply, decide};
+use nodemedic_core::{FleetIndex, NodeObservation, Outage, Records, RemediationStep, Time, account_for_outages, apply, decide};
 use nodemedic_k8s::{
     NodeHealthPolicy, NodeHealthPolicyStatus, NodeRemediation, NodeRemediationSpec, NodeRemediationStatus, lean, observe_node,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+pub mod contact;
 pub mod events;
 pub mod http;
 pub mod leader;
@@ -28,6 +29,10 @@ pub use leader::Leadership;
 pub use metrics::Metrics;
 
 pub mod executors;
+
+/// How long after the API server answers again a step in flight may still report before its
+/// deadline counts (docs/controller.md).
+pub const DEFAULT_RECONNECT_GRACE: nodemedic_core::Duration = nodemedic_core::Duration::from_secs(30);
 
 /// The field manager nodemedic writes with.
 pub const FIELD_MANAGER: &str = "nodemedic-controller";
@@ -186,11 +191,24 @@ pub struct Reconciler<'e> {
     pub fence: Option<&'e Leadership>,
     /// Incremental decisions across passes; without it every pass is a full pass.
     pub fleet_cache: Option<&'e FleetCache>,
+    /// When this replica could not observe the cluster, and the grace after sight returned: the
+    /// deadlines of steps in flight move on by that time before anything is decided.
+    pub outages: &'e [Outage],
+    pub reconnect_grace: nodemedic_core::Duration,
 }
 
 impl<'e> Reconciler<'e> {
     pub fn new(client: Client, executor: &'e dyn Executor) -> Self {
-        Reconciler { client, executor, events: None, metrics: None, fence: None, fleet_cache: None }
+        Reconciler {
+            client,
+            executor,
+            events: None,
+            metrics: None,
+            fence: None,
+            fleet_cache: None,
+            outages: &[],
+            reconnect_grace: DEFAULT_RECONNECT_GRACE,
+        }
     }
 
     pub fn with_fleet_cache(mut self, cache: &'e FleetCache) -> Self {
@@ -269,6 +287,7 @@ impl<'e> Reconciler<'e> {
         if let Some(st) = &policy.status {
             records.policy = st.record.clone();
         }
+        self.account_for_outages(policy_name, &mut records).await?;
         let decision = match self.fleet_cache {
             Some(cache) => cache.decide(policy_name, &policy.spec.policy, snapshot, &recs, &records, now)?,
             None => {
@@ -334,6 +353,33 @@ impl<'e> Reconciler<'e> {
         Ok(decision)
     }
 
+    /// Moves the deadlines of steps in flight past the time this replica could not observe the
+    /// cluster (the engine's rule), persisting the records first so a new leader sees them too.
+    async fn account_for_outages(&self, policy_name: &str, records: &mut Records) -> Result<(), ControllerError> {
+        let moved = account_for_outages(records, self.outages, self.reconnect_grace);
+        if moved.is_empty() {
+            return Ok(());
+        }
+        for r in &moved {
+            let a = r.active.as_ref();
+            tracing::info!(
+                node = %r.node,
+                unobserved = %a.map(|a| a.unobserved).unwrap_or_default(),
+                deadline = ?a.and_then(|a| a.deadline),
+                "the API server did not answer for part of this step: its deadline moves on by that time"
+            );
+        }
+        self.fenced().await?;
+        let changes: Vec<RecordChange> = moved.into_iter().map(RecordChange::Upsert).collect();
+        self.persist_records(policy_name, &changes).await?;
+        for change in changes {
+            if let RecordChange::Upsert(r) = change {
+                records.nodes.insert(r.node.clone(), r);
+            }
+        }
+        Ok(())
+    }
+
     async fn fenced(&self) -> Result<(), ControllerError> {
         match self.fence {
             Some(f) if !f.confirm().await.map_err(|e| ControllerError::Lease(format!("reading the lease: {e}")))? => {
@@ -362,9 +408,13 @@ impl<'e> Reconciler<'e> {
 
     /// Records first: nothing is executed that is not recorded.
     async fn persist(&self, policy_name: &str, decision: &Decision) -> Result<(), ControllerError> {
+        self.persist_records(policy_name, &decision.record_changes).await
+    }
+
+    async fn persist_records(&self, policy_name: &str, changes: &[RecordChange]) -> Result<(), ControllerError> {
         let api: Api<NodeRemediation> = Api::all(self.client.clone());
         let ssa = PatchParams::apply(FIELD_MANAGER).force();
-        for change in &decision.record_changes {
+        for change in changes {
             match change {
                 RecordChange::Upsert(record) => {
                     let obj = NodeRemediation::new(

@@ -3,6 +3,7 @@
 //! engine asked to be woken, or at the resync interval. It stops on the shutdown signal and gives
 //! the lease back so a standby takes over at once.
 
+use crate::contact::Contact;
 use crate::leader::{Leadership, LeaseConfig};
 use crate::{ControllerError, Executor, FleetCache, Metrics, Reconciler, now};
 use futures::StreamExt;
@@ -26,6 +27,9 @@ pub struct RunConfig {
     pub debounce: Duration,
     /// Tell people about the engine's events (see [`crate::notify`]); nobody is told when None.
     pub notifications: Option<crate::notify::NotificationsConfig>,
+    /// After the API server answers again, a step in flight has at least this long to report
+    /// before its deadline counts (the outage itself never counts).
+    pub reconnect_grace: Duration,
 }
 
 impl RunConfig {
@@ -35,6 +39,7 @@ impl RunConfig {
             resync: Duration::from_secs(30),
             debounce: Duration::from_millis(200),
             notifications: None,
+            reconnect_grace: Duration::from_millis(crate::DEFAULT_RECONNECT_GRACE.as_millis() as u64),
         }
     }
 }
@@ -58,7 +63,21 @@ where
     (store, task)
 }
 
-/// Runs until `shutdown` resolves. All replicas watch; only the lease holder writes.
+/// When the next pass starts at the latest: when the engine asked to be woken, but never later
+/// than the resync interval (`--resync` promises "at least this often", also while a step with a
+/// long timeout is in flight).
+pub fn next_pass_at(now: tokio::time::Instant, wake_at: Option<tokio::time::Instant>, resync: Duration) -> tokio::time::Instant {
+    let resync_at = now + resync;
+    wake_at.map_or(resync_at, |w| w.min(resync_at))
+}
+
+/// A pass refused because the Lease looked unusable is tried again this soon while the lease
+/// manager still says this replica holds it (a renewal in flight, a slow read).
+pub const RETRY_WHILE_HOLDING: Duration = Duration::from_millis(500);
+
+/// Runs until `shutdown` resolves. All replicas watch; only the lease holder writes. The API
+/// server may be away at the start or at any time later: leader election and the watches retry
+/// with backoff, `/readyz` says not-ready meanwhile, and the work carries on when it answers.
 pub async fn run(
     client: Client,
     config: RunConfig,
@@ -67,32 +86,37 @@ pub async fn run(
     ready: Arc<std::sync::atomic::AtomicBool>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ControllerError> {
+    futures::pin_mut!(shutdown);
     let changed = Arc::new(Notify::new());
     let (nodes, node_task) = reflect(Api::<Node>::all(client.clone()), changed.clone(), lean);
     let (policies, policy_task) = reflect(Api::<NodeHealthPolicy>::all(client.clone()), changed.clone(), |_| {});
     let (records, record_task) = reflect(Api::<NodeRemediation>::all(client.clone()), changed.clone(), |_| {});
-    let synced = {
-        let (nodes, policies, records, ready) = (nodes.clone(), policies.clone(), records.clone(), ready.clone());
+    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sync_task = {
+        let (nodes, policies, records, synced) = (nodes.clone(), policies.clone(), records.clone(), synced.clone());
         tokio::spawn(async move {
             if nodes.wait_until_ready().await.is_ok()
                 && policies.wait_until_ready().await.is_ok()
                 && records.wait_until_ready().await.is_ok()
             {
-                ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                synced.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         })
     };
-    let tasks = [node_task, policy_task, record_task, synced];
+    let contact = Contact::start(client.clone(), synced, ready);
+    let tasks = [node_task, policy_task, record_task, sync_task];
 
-    let mut leadership =
-        Leadership::start(client.clone(), config.lease.clone()).await.map_err(|e| ControllerError::Lease(e.to_string()))?;
+    let Some(mut leadership) = Leadership::start_with_retry(client.clone(), config.lease.clone(), &mut shutdown).await else {
+        tracing::info!("shut down before leader election could start");
+        tasks.iter().for_each(|t| t.abort());
+        return Ok(());
+    };
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: "nodemedic-controller".into(), instance: Some(config.lease.identity.clone()) },
     );
     tracing::info!(identity = %config.lease.identity, "controller started; campaigning for the leader lease");
 
-    futures::pin_mut!(shutdown);
     let mut known_policies: BTreeSet<String> = BTreeSet::new();
     let mut wake_at: Option<tokio::time::Instant> = None;
     let mut notifier = config.notifications.clone().map(|c| crate::notify::Notifier::new(client.clone(), c));
@@ -100,7 +124,7 @@ pub async fn run(
     metrics.set_leader(leading);
     let fleet_cache = FleetCache::new();
     loop {
-        let deadline = wake_at.unwrap_or_else(|| tokio::time::Instant::now() + config.resync);
+        let deadline = next_pass_at(tokio::time::Instant::now(), wake_at, config.resync);
         tokio::select! {
             _ = &mut shutdown => break,
             now_leading = leadership.changed() => {
@@ -148,6 +172,8 @@ pub async fn run(
             metrics: Some(metrics.as_ref()),
             fence: Some(&leadership),
             fleet_cache: Some(&fleet_cache),
+            outages: &[],
+            reconnect_grace: nodemedic_core::Duration::from_millis(config.reconnect_grace.as_millis() as i64),
         };
         if let Some(n) = notifier.as_mut()
             && let Err(e) = n.ensure_started().await
@@ -158,6 +184,8 @@ pub async fn run(
             n.catch_up(&policies.state(), &snapshot, &records.state());
         }
         let now = now();
+        let outages = contact.outages(now);
+        let reconciler = Reconciler { outages: &outages, ..reconciler };
         for name in &current {
             let before = policies.get(&reflector::ObjectRef::new(name));
             match reconciler.reconcile_with(name, Some(&snapshot), now).await {
@@ -171,6 +199,14 @@ pub async fn run(
                         wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
                     }
                     tracing::debug!(policy = %name, actions = decision.actions.len(), events = decision.events.len(), "reconciled");
+                }
+                Err(ControllerError::NotLeader) if leadership.is_leader() => {
+                    // The lease manager holds the lease: its renewal is in flight, or the read
+                    // was slow. Try again shortly rather than at the next change or resync.
+                    tracing::info!(policy = %name, retry_in = ?RETRY_WHILE_HOLDING, "the lease was not usable for this pass; retrying");
+                    let at = tokio::time::Instant::now() + RETRY_WHILE_HOLDING;
+                    wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
+                    break;
                 }
                 Err(ControllerError::NotLeader) => {
                     tracing::warn!(policy = %name, "lost the lease before writing; standing by");
@@ -192,4 +228,24 @@ pub async fn run(
         t.abort();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15: a reboot's 15-minute timeout pushed the next pass past the 30 s resync.
+    #[test]
+    fn a_step_in_flight_does_not_push_the_next_pass_past_the_resync_interval() {
+        let now = tokio::time::Instant::now();
+        let resync = Duration::from_secs(30);
+        assert_eq!(next_pass_at(now, Some(now + Duration::from_secs(900)), resync), now + resync);
+        assert_eq!(next_pass_at(now, Some(now + Duration::from_secs(5)), resync), now + Duration::from_secs(5));
+        assert_eq!(next_pass_at(now, None, resync), now + resync);
+    }
+
+    #[test]
+    fn a_refused_pass_is_retried_within_a_second() {
+        assert!(RETRY_WHILE_HOLDING < Duration::from_secs(1));
+    }
 }

@@ -101,7 +101,9 @@ mod tests {
             unobserved_until: None,
         };
         let mut records = Records::default();
-        records.nodes.insert("gpu-1".into(), NodeRecord { phase: Phase::Remediating, active: Some(active), attempt: 1, ..NodeRecord::new("gpu-1") });
+        records
+            .nodes
+            .insert("gpu-1".into(), NodeRecord { phase: Phase::Remediating, active: Some(active), attempt: 1, ..NodeRecord::new("gpu-1") });
         records
     }
 

@@ -6,6 +6,7 @@
 
 mod certs;
 mod nodes;
+mod outage;
 mod spawner;
 
 pub use nodes::{FakeNode, GpuVendor, KWOK_ANNOTATION, new_boot_id};
@@ -180,7 +181,10 @@ struct Component {
 /// panicking test gets the tail of every component's log printed. A test process that is killed
 /// (no drop runs) takes the components with it: they get a parent-death signal (see `spawner`).
 pub struct ControlPlane {
-    components: Vec<Component>,
+    /// Behind a lock so that a shared control plane (`Arc`) can stop and start its API server.
+    components: Mutex<Vec<Component>>,
+    /// kube-apiserver's flags, to start it again on the same port and etcd.
+    api_server_args: Mutex<Vec<String>>,
     client: Client,
     kubeconfig: PathBuf,
     server: String,
@@ -267,12 +271,21 @@ impl ControlPlane {
         std::fs::write(&kubeconfig, pki.kubeconfig(&server)).map_err(io("writing the kubeconfig"))?;
 
         let client = pki.client(&server).await?;
-        let mut cp = ControlPlane { components: Vec::new(), client, kubeconfig, server, binaries, dir, _slot: slot };
+        let mut cp = ControlPlane {
+            components: Mutex::new(Vec::new()),
+            api_server_args: Mutex::new(Vec::new()),
+            client,
+            kubeconfig,
+            server,
+            binaries,
+            dir,
+            _slot: slot,
+        };
         match cp.launch(opts, api_port).await {
             Ok(()) => Ok(cp),
             Err(error) => {
                 // The failing component's log tail may not show it; any component's whole log may.
-                let port_taken = cp.components.iter().any(|c| std::fs::read_to_string(&c.log).is_ok_and(|log| log.contains(PORT_TAKEN)));
+                let port_taken = cp.components().iter().any(|c| std::fs::read_to_string(&c.log).is_ok_and(|log| log.contains(PORT_TAKEN)));
                 Err(FailedStart { error, port_taken })
             }
         }
@@ -299,28 +312,27 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ],
         )?;
-        self.spawn(
-            "kube-apiserver",
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                format!("--cert-dir={}", p("apiserver-certs")),
-                format!("--tls-cert-file={}", p("serving.crt")),
-                format!("--tls-private-key-file={}", p("serving.key")),
-                format!("--client-ca-file={}", p("ca.crt")),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", p("sa.pub")),
-                format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--authorization-mode=Node,RBAC".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--endpoint-reconciler-type=none".into(),
-                "--allow-privileged=true".into(),
-                "--enable-priority-and-fairness=false".into(),
-                "--profiling=false".into(),
-            ],
-        )?;
+        let api_server_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", p("apiserver-certs")),
+            format!("--tls-cert-file={}", p("serving.crt")),
+            format!("--tls-private-key-file={}", p("serving.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--authorization-mode=Node,RBAC".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--endpoint-reconciler-type=none".into(),
+            "--allow-privileged=true".into(),
+            "--enable-priority-and-fairness=false".into(),
+            "--profiling=false".into(),
+        ];
+        self.spawn("kube-apiserver", &api_server_args)?;
+        *self.api_server_args.lock().unwrap_or_else(|e| e.into_inner()) = api_server_args;
         // etcd has no probe of its own: the API server is not ready without it.
         self.wait_ready("kube-apiserver", Health::ApiServer("/readyz"), Duration::from_secs(90)).await?;
 
@@ -371,19 +383,19 @@ impl ControlPlane {
         Ok(())
     }
 
-    fn spawn(&mut self, name: &'static str, args: &[String]) -> Result<(), TestEnvError> {
+    fn spawn(&self, name: &'static str, args: &[String]) -> Result<(), TestEnvError> {
         let log = self.dir.path().join(format!("{name}.log"));
         let file = File::create(&log).map_err(io(format!("creating {}", log.display())))?;
         let err = file.try_clone().map_err(io("duplicating a log handle"))?;
         let mut command = spawner::command_dying_with_parent(&self.binaries.path(name));
         command.args(args).stdin(Stdio::null()).stdout(file).stderr(err);
         let child = spawner::spawn(command).map_err(io(format!("starting {name}")))?;
-        self.components.push(Component { name, child, log });
+        self.components().push(Component { name, child, log });
         Ok(())
     }
 
     /// Waits for `component`'s health endpoint to answer `ok`, watching that no component died.
-    async fn wait_ready(&mut self, component: &'static str, health: Health, limit: Duration) -> Result<(), TestEnvError> {
+    async fn wait_ready(&self, component: &'static str, health: Health, limit: Duration) -> Result<(), TestEnvError> {
         // Only for loopback probes of components whose self-signed serving certificates were made at
         // their start; /healthz is open to anonymous requests.
         let probe = reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(5)).build()?;
@@ -404,16 +416,20 @@ impl ControlPlane {
                 return Ok(());
             }
             if start.elapsed() > limit {
-                let log = self.components.iter().find(|c| c.name == component).map(|c| tail(&c.log, 30)).unwrap_or_default();
+                let log = self.components().iter().find(|c| c.name == component).map(|c| tail(&c.log, 30)).unwrap_or_default();
                 return Err(TestEnvError::NotReady { component, waited: limit, log });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
+    fn components(&self) -> std::sync::MutexGuard<'_, Vec<Component>> {
+        self.components.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Fails if any component has exited.
-    pub fn check_alive(&mut self) -> Result<(), TestEnvError> {
-        for c in &mut self.components {
+    pub fn check_alive(&self) -> Result<(), TestEnvError> {
+        for c in self.components().iter_mut() {
             if let Ok(Some(status)) = c.child.try_wait() {
                 return Err(TestEnvError::Exited { component: c.name, status: status.to_string(), log: tail(&c.log, 40) });
             }
@@ -423,7 +439,7 @@ impl ControlPlane {
 
     /// Each running component's name and process id (the binary's own: setpriv execs it).
     pub fn pids(&self) -> Vec<(&'static str, u32)> {
-        self.components.iter().map(|c| (c.name, c.child.id())).collect()
+        self.components().iter().map(|c| (c.name, c.child.id())).collect()
     }
 
     /// An admin client (system:masters).
@@ -503,7 +519,7 @@ impl ControlPlane {
 
     /// The last `lines` lines of each component's log.
     pub fn logs(&self, lines: usize) -> String {
-        self.components
+        self.components()
             .iter()
             .map(|c| format!("----- {} ({})\n{}", c.name, c.log.display(), tail(&c.log, lines)))
             .collect::<Vec<_>>()
@@ -523,7 +539,7 @@ impl Drop for ControlPlane {
         if std::thread::panicking() {
             eprintln!("control plane in {} — component logs:\n{}", self.dir.path().display(), self.logs(40));
         }
-        stop_all(&mut self.components);
+        stop_all(&mut self.components());
     }
 }
 

@@ -29,6 +29,10 @@ pub struct ControllerArgs {
     /// Reconcile at least this often (seconds) even when nothing changes.
     #[arg(long, default_value_t = 30)]
     pub resync: u64,
+    /// After the API server answers again, a step in flight has at least this long (seconds) to
+    /// report before its deadline counts; the time it did not answer never counts.
+    #[arg(long, default_value_t = 30)]
+    pub reconnect_grace: u64,
     /// Install or update the CRDs at start (needs permission on customresourcedefinitions).
     #[arg(long)]
     pub install_crds: bool,
@@ -89,6 +93,22 @@ pub fn load_notifications(path: &std::path::Path) -> Result<nodemedic_controller
     Ok(config)
 }
 
+/// The API server may not answer yet (it starts with us, or restarts): connection errors are
+/// retried with backoff (0.5 s doubling to 10 s); what the API server refuses is not.
+async fn install_crds_with_retry(client: &kube::Client) -> Result<(), nodemedic_controller::ControllerError> {
+    let mut backoff = std::time::Duration::from_millis(500);
+    loop {
+        match install_crds(client).await {
+            Err(nodemedic_controller::ControllerError::Kube(e)) if !matches!(e, kube::Error::Api(_)) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the API server to install the CRDs; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub async fn controller(args: ControllerArgs) -> Result<()> {
     init_logging(args.log_format);
     args.api.check()?;
@@ -98,7 +118,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     kube_config.default_retry = false;
     let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
     if args.install_crds {
-        install_crds(&client).await.context("installing the CRDs")?;
+        install_crds_with_retry(&client).await.context("installing the CRDs")?;
     }
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host =
@@ -123,6 +143,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
         ..config.lease
     };
     config.resync = std::time::Duration::from_secs(args.resync.max(1));
+    config.reconnect_grace = std::time::Duration::from_secs(args.reconnect_grace);
     config.notifications = args.notifications.as_deref().map(load_notifications).transpose()?;
     let executors: ExecutorsConfig = match &args.executors {
         Some(p) => {
