@@ -5,14 +5,17 @@
 //! Events, with reasons) and a table of the nodes that are not healthy, and ends with a summary
 //! that checks each fault's expected outcome.
 
+use crate::demo_agent::{agent_repair, heartbeat, publish};
+use crate::demo_chaos::{Chaos, Strike};
+use crate::demo_judge::{Asks, judge};
+use crate::demo_summary::{summary, table};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use nodemedic_core::observe::{ReportedOutcome, StepReport};
-use nodemedic_core::record::{Phase, Stage};
-use nodemedic_core::{Duration, Policy, RemediationStep, Time};
-use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation, field_managers, report_step};
+use kube::api::{Api, ListParams, PostParams};
+use nodemedic_core::record::Stage;
+use nodemedic_core::{Duration, Policy, RemediationStep};
+use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation};
 use nodemedic_testenv::{ControlPlane, FakeNode, Options};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub const DEFAULT_SCENARIO: &str = include_str!("../../../examples/demo-scenario.yaml");
+/// What `--chaos` plays unless a scenario is given: many faults, some nodes hit twice.
+pub const CHAOS_SCENARIO: &str = include_str!("../../../examples/chaos-scenario.yaml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -84,13 +89,13 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    fn condition(self) -> &'static str {
+    pub(crate) fn condition(self) -> &'static str {
         match self {
             FaultKind::Gpu => "GPUProblem",
             FaultKind::Network => "NetworkProblem",
         }
     }
-    fn reasons(self) -> (&'static str, &'static str) {
+    pub(crate) fn reasons(self) -> (&'static str, &'static str) {
         match self {
             FaultKind::Gpu => ("GPUFault", "GPUsHealthy"),
             FaultKind::Network => ("SlowNetwork", "NetworkHealthy"),
@@ -142,11 +147,11 @@ fn node_name(i: usize) -> String {
 
 /// What the simulated agents know: which nodes are faulty, and since when.
 #[derive(Default)]
-struct FaultState {
+pub(crate) struct FaultState {
     /// node → (fault index, began at)
-    active: BTreeMap<String, (usize, Instant)>,
+    pub(crate) active: BTreeMap<String, (usize, Instant)>,
     /// (node, attempt) handled, so a step is performed once.
-    handled: BTreeSet<(String, u32)>,
+    pub(crate) handled: BTreeSet<(String, u32)>,
 }
 
 /// One controller replica as a child process.
@@ -180,33 +185,18 @@ pub struct DemoArgs {
     pub no_notify: bool,
     /// Keep the cluster running after the summary, until Ctrl-C.
     pub keep: bool,
+    /// Strike at random moments with this seed (see [`crate::demo_chaos`]).
+    pub chaos: Option<u64>,
 }
 
 fn elapsed(start: Instant) -> String {
     format!("{:>6.1}s", start.elapsed().as_secs_f64())
 }
 
-async fn publish(cp: &ControlPlane, node: &str, kind: FaultKind, failing: bool, message: &str, since: &str) -> Result<()> {
-    let (bad, good) = kind.reasons();
-    let now = jiff::Timestamp::now().to_string();
-    let patch = serde_json::json!({"status": {"conditions": [{
-        "type": kind.condition(),
-        "status": if failing { "True" } else { "False" },
-        "reason": if failing { bad } else { good },
-        "message": message,
-        "lastTransitionTime": since,
-        "lastHeartbeatTime": now,
-    }]}});
-    Api::<Node>::all(cp.client())
-        .patch_status(node, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .with_context(|| format!("publishing {} on {node}", kind.condition()))?;
-    Ok(())
-}
-
 pub async fn demo(args: DemoArgs) -> Result<()> {
     let text = match &args.scenario {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        None if args.chaos.is_some() => CHAOS_SCENARIO.to_string(),
         None => DEFAULT_SCENARIO.to_string(),
     };
     let scenario = Scenario::parse(&text)?;
@@ -219,7 +209,10 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         println!("starting the notification peers: an SMTP server (aiosmtpd) and Alertmanager…");
         Some(crate::demo_peers::Peers::start().context("starting the SMTP server and Alertmanager (or pass --no-notify)")?)
     };
-    let result = play(&cp, &scenario, peers.as_ref()).await;
+    if let Some(seed) = args.chaos {
+        println!("chaos (seed {seed}): the leader is SIGKILLed, the API server paused and restarted at random moments");
+    }
+    let result = play(&cp, &scenario, peers.as_ref(), args.chaos).await;
     if args.keep {
         println!("\nthe cluster keeps running; Ctrl-C stops it");
         println!("  KUBECONFIG={} {} get nhp,nrem", cp.kubeconfig().display(), cp.binaries().path("kubectl").display());
@@ -228,7 +221,80 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     result
 }
 
-async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, peers: Option<&crate::demo_peers::Peers>) -> Result<()> {
+/// The controller replicas, child processes of this binary.
+struct Replicas {
+    exe: PathBuf,
+    log_dir: PathBuf,
+    kubeconfig: PathBuf,
+    notifications: Option<PathBuf>,
+    running: Vec<Replica>,
+    started: usize,
+}
+
+impl Replicas {
+    fn spawn(&mut self) -> Result<()> {
+        let name = format!("controller-{}", (b'a' + (self.started % 26) as u8) as char);
+        let name = if self.started >= 26 { format!("{name}{}", self.started / 26) } else { name };
+        self.started += 1;
+        let log = std::fs::File::create(self.log_dir.join(format!("{name}.log")))?;
+        let mut command = Command::new(&self.exe);
+        command.arg("controller");
+        if let Some(n) = &self.notifications {
+            command.arg("--notifications").arg(n);
+        }
+        let child = command
+            .args(["--identity", &name, "--lease-duration", "10", "--listen", "127.0.0.1:0", "--resync", "5", "--log-format", "json"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting a controller replica")?;
+        self.running.push(Replica { name, child });
+        Ok(())
+    }
+
+    /// SIGKILL (no lease release) the replica named `leader`, and start a replacement.
+    fn kill(&mut self, leader: &str) -> Result<bool> {
+        let Some(i) = self.running.iter().position(|r| r.name == leader) else { return Ok(false) };
+        let mut dead = self.running.remove(i);
+        let _ = dead.child.kill();
+        let _ = dead.child.wait();
+        self.spawn()?;
+        Ok(true)
+    }
+}
+
+pub(crate) fn lock(state: &Mutex<FaultState>) -> Result<std::sync::MutexGuard<'_, FaultState>> {
+    state.lock().map_err(|_| anyhow::anyhow!("state lock"))
+}
+
+/// Everything the demo loop keeps between ticks.
+struct Play<'a> {
+    cp: &'a Arc<ControlPlane>,
+    scenario: &'a Scenario,
+    start: Instant,
+    state: Arc<Mutex<FaultState>>,
+    replicas: Replicas,
+    next_fault: usize,
+    /// Event name → times seen (the recorder folds a repeat into the same Event as a series).
+    seen_events: BTreeMap<String, i32>,
+    last_table: String,
+    last_heartbeat: Instant,
+    breaker_tripped_at: Option<f64>,
+    breaker_open: bool,
+    leader: Option<String>,
+    killed_leader: bool,
+    agents: tokio::task::JoinSet<Result<String>>,
+    /// The reboots and reimages the agents were asked for (the chaos count of duplicates).
+    asks: Asks,
+}
+
+async fn play(
+    cp: &Arc<ControlPlane>,
+    scenario: &Scenario,
+    peers: Option<&crate::demo_peers::Peers>,
+    chaos_seed: Option<u64>,
+) -> Result<()> {
     let client = cp.client();
     nodemedic_controller::install_crds(&client).await.context("installing the CRDs")?;
     let pools = scenario.pools.max(1);
@@ -248,166 +314,63 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, peers: Option<&crate:
         .await
         .context("creating the NodeHealthPolicy")?;
 
-    let exe = std::env::current_exe().context("locating this binary")?;
     let log_dir = std::env::temp_dir().join(format!("nodemedic-demo-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir)?;
     let notifications = log_dir.join("notifications.yaml");
     if let Some(p) = peers {
         std::fs::write(&notifications, p.notifications_yaml())?;
     }
-    let spawn_replica = |name: &str| -> Result<Replica> {
-        let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-        let mut command = Command::new(&exe);
-        command.arg("controller");
-        if peers.is_some() {
-            command.arg("--notifications").arg(&notifications);
-        }
-        let child = command
-            .args(["--identity", name, "--lease-duration", "10", "--listen", "127.0.0.1:0", "--resync", "5", "--log-format", "json"])
-            .env("KUBECONFIG", cp.kubeconfig())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting a controller replica")?;
-        Ok(Replica { name: name.to_string(), child })
+    let mut replicas = Replicas {
+        exe: std::env::current_exe().context("locating this binary")?,
+        log_dir: log_dir.clone(),
+        kubeconfig: cp.kubeconfig().to_path_buf(),
+        notifications: peers.map(|_| notifications),
+        running: Vec::new(),
+        started: 0,
     };
-    let mut replicas = vec![spawn_replica("controller-a")?, spawn_replica("controller-b")?];
+    replicas.spawn()?;
+    replicas.spawn()?;
     println!("2 controller replicas running (leader election on Lease default/nodemedic-controller); logs in {}", log_dir.display());
     println!("\n  time   object      reason               what happened");
 
     let start = Instant::now();
-    let state = Arc::new(Mutex::new(FaultState::default()));
-    let mut next_fault = 0;
-    // Event name → times seen (the recorder folds a repeat into the same Event as a series).
-    let mut seen_events: BTreeMap<String, i32> = BTreeMap::new();
-    let mut last_table = String::new();
-    let mut last_heartbeat = Instant::now();
-    let mut breaker_tripped_at: Option<f64> = None;
-    let mut breaker_open = false;
+    let mut play = Play {
+        cp,
+        scenario,
+        start,
+        state: Arc::new(Mutex::new(FaultState::default())),
+        replicas,
+        next_fault: 0,
+        seen_events: BTreeMap::new(),
+        last_table: String::new(),
+        last_heartbeat: Instant::now(),
+        breaker_tripped_at: None,
+        breaker_open: false,
+        leader: None,
+        killed_leader: false,
+        agents: tokio::task::JoinSet::new(),
+        asks: Asks::new(),
+    };
     let total = std::time::Duration::from_millis(scenario.duration.0.max(0) as u64);
-    let mut agents = tokio::task::JoinSet::new();
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "default");
-    let mut leader: Option<String> = None;
-    let mut killed_leader = false;
+    let mut chaos = chaos_seed.map(|seed| Chaos::new(seed, start));
+    // Strikes stop a while after the last fault began, so that the repairs can finish.
+    let last_fault = scenario.faults.iter().map(|f| f.at.0.max(0) as u64).max().unwrap_or(0);
+    let strikes_until = start + std::time::Duration::from_millis(last_fault) + std::time::Duration::from_secs(45);
     loop {
-        let holder = leases.get("nodemedic-controller").await.ok().and_then(|l| l.spec).and_then(|s| s.holder_identity);
-        if holder.is_some() && holder != leader {
-            println!(
-                "{} {:<11} {:<20} holds the lease and writes; the other replica stands by",
-                elapsed(start),
-                holder.clone().unwrap_or_default(),
-                "LeaderElected"
-            );
-            leader = holder;
-        }
-        if let (Some(at), false, Some(current)) = (scenario.kill_leader_at, killed_leader, leader.clone())
-            && start.elapsed().as_millis() as i64 >= at.0
+        if let Some(c) = chaos.as_mut()
+            && Instant::now() < strikes_until
+            && let Some(strike) = c.due(Instant::now())
         {
-            if let Some(i) = replicas.iter().position(|r| r.name == current) {
-                let mut dead = replicas.remove(i);
-                let _ = dead.child.kill();
-                let _ = dead.child.wait();
-                println!(
-                    "{} {:<11} {:<20} SIGKILL: no lease release; the standby takes over when it expires (10 s)",
-                    elapsed(start),
-                    current,
-                    "LeaderKilled"
-                );
-                replicas.push(spawn_replica("controller-c")?);
-            }
-            killed_leader = true;
+            play.strike(strike).await;
         }
-        // The scenario: faults that begin now.
-        while let Some(f) = scenario.faults.get(next_fault).filter(|f| start.elapsed().as_millis() as i64 >= f.at.0) {
-            for n in &f.nodes {
-                state.lock().map_err(|_| anyhow::anyhow!("state lock"))?.active.insert(n.clone(), (next_fault, Instant::now()));
-                publish(cp, n, f.kind, true, &f.message, &jiff::Timestamp::now().to_string()).await?;
-            }
-            println!("{} {:<11} {:<20} {}", elapsed(start), f.nodes.join(","), "FaultInjected", f.message);
-            next_fault += 1;
+        let calm = chaos.is_none() || Instant::now() >= strikes_until;
+        match play.tick().await {
+            Ok(settled) if settled && calm => break,
+            Ok(_) => {}
+            // The API server may be away (a restart): the demo and its replicas carry on.
+            Err(e) => println!("{} {:<11} {:<20} {e:#}; carrying on", elapsed(start), "-", "ApiUnavailable"),
         }
-        // Faults that pass by themselves.
-        let expired: Vec<(String, usize)> = {
-            let st = state.lock().map_err(|_| anyhow::anyhow!("state lock"))?;
-            st.active
-                .iter()
-                .filter(|(_, (i, began))| scenario.faults[*i].recovers_after.is_some_and(|d| began.elapsed().as_millis() as i64 >= d.0))
-                .map(|(n, (i, _))| (n.clone(), *i))
-                .collect()
-        };
-        for (n, i) in expired {
-            state.lock().map_err(|_| anyhow::anyhow!("state lock"))?.active.remove(&n);
-            publish(cp, &n, scenario.faults[i].kind, false, "probe passes again", &jiff::Timestamp::now().to_string()).await?;
-            println!("{} {n:<11} FaultCleared         the fault passed by itself; the agent's probe passes", elapsed(start));
-        }
-        // The controller's decisions, as it published them.
-        let mut events = Api::<K8sEvent>::namespaced(client.clone(), "default").list(&ListParams::default()).await?.items;
-        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-        for e in events {
-            let Some(name) = e.metadata.name.clone() else { continue };
-            let regarding = e.regarding.as_ref();
-            let kind = regarding.and_then(|r| r.kind.as_deref()).unwrap_or_default();
-            let count = e.series.as_ref().map_or(1, |s| s.count);
-            if kind == "NodeRemediation" || seen_events.insert(name, count) == Some(count) {
-                continue;
-            }
-            let again = if count > 1 { format!(" (×{count})") } else { String::new() };
-            let object = regarding.and_then(|r| r.name.clone()).unwrap_or_default();
-            let reason = e.reason.clone().unwrap_or_default();
-            if reason == "BreakerTripped" {
-                breaker_open = true;
-                breaker_tripped_at.get_or_insert(start.elapsed().as_secs_f64());
-            }
-            if reason == "BreakerClosed" {
-                breaker_open = false;
-            }
-            println!("{} {:<11} {:<20} {}{again}", elapsed(start), object, reason, e.note.unwrap_or_default());
-        }
-        // The agents: heartbeats, and the reboots and reimages the records ask for.
-        if last_heartbeat.elapsed() > std::time::Duration::from_secs(20) {
-            heartbeat(cp, scenario, &state).await?;
-            last_heartbeat = Instant::now();
-        }
-        let records = Api::<NodeRemediation>::all(client.clone()).list(&ListParams::default()).await?.items;
-        for r in &records {
-            let Some(rec) = r.status.as_ref().map(|s| &s.record) else { continue };
-            let Some(active) = rec.active.as_ref() else { continue };
-            if !matches!(active.stage, Stage::Executing) || !active.executed {
-                continue;
-            }
-            if !matches!(active.step, RemediationStep::Reboot | RemediationStep::Reimage) {
-                continue;
-            }
-            let key = (rec.node.clone(), rec.attempt);
-            if !state.lock().map_err(|_| anyhow::anyhow!("state lock"))?.handled.insert(key) {
-                continue;
-            }
-            let (cp2, state2, scenario2) = (cp.clone(), state.clone(), scenario.clone());
-            let (node, attempt, step) = (rec.node.clone(), rec.attempt, active.step);
-            println!("{} {:<11} {:<20} agent starts the {step} (attempt {attempt})", elapsed(start), node, "AgentExecuting");
-            agents.spawn(async move { agent_repair(&cp2, &scenario2, &state2, &node, attempt, step).await });
-        }
-        while let Some(done) = agents.try_join_next() {
-            match done {
-                Ok(Ok(line)) => println!("{} {line}", elapsed(start)),
-                Ok(Err(e)) => println!("{} agent error: {e:#}", elapsed(start)),
-                Err(e) => println!("{} agent task failed: {e}", elapsed(start)),
-            }
-        }
-        let table = table(&client, &records).await?;
-        if table != last_table {
-            println!("{table}");
-            last_table = table;
-        }
-        let all_begun = next_fault >= scenario.faults.len();
-        let quiet = all_begun
-            && state
-                .lock()
-                .map_err(|_| anyhow::anyhow!("state lock"))?
-                .active
-                .iter()
-                .all(|(_, (i, _))| scenario.faults[*i].recovers_after.is_none());
-        if start.elapsed() >= total || (quiet && !breaker_open && settled(scenario, &records, breaker_tripped_at.is_some())) {
+        if start.elapsed() >= total {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -416,227 +379,165 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, peers: Option<&crate:
     if peers.is_some() {
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
-    drop(replicas);
-    summary(cp, scenario, breaker_tripped_at, peers).await
+    let (breaker_tripped_at, asks) = (play.breaker_tripped_at, std::mem::take(&mut play.asks));
+    drop(play);
+    summary(cp, scenario, breaker_tripped_at, peers, chaos.as_ref().map(|c| (c, &asks))).await
 }
 
-/// Every expectation already holds: no reason to wait out the full duration.
-fn settled(scenario: &Scenario, records: &[NodeRemediation], breaker_tripped: bool) -> bool {
-    let phase = |n: &str| {
-        records.iter().find(|r| r.spec.node == n).and_then(|r| r.status.as_ref()).map(|s| (s.record.phase, s.record.active.is_some()))
-    };
-    scenario.faults.iter().all(|f| {
-        f.nodes.iter().all(|n| match f.expect {
-            Some(Expect::Recovered) => phase(n).is_none_or(|(p, active)| p == Phase::Healthy && !active),
-            Some(Expect::Manual) => phase(n).is_some_and(|(p, _)| p == Phase::Manual),
-            Some(Expect::Breaker) => breaker_tripped && phase(n).is_none_or(|(p, active)| p == Phase::Healthy && !active),
-            None => true,
-        })
-    })
-}
+impl Play<'_> {
+    fn line(&self, object: &str, reason: &str, what: impl std::fmt::Display) {
+        println!("{} {object:<11} {reason:<20} {what}", elapsed(self.start));
+    }
 
-/// The agents' periodic re-publication of every probe condition (the controller treats a
-/// condition whose heartbeat is older than the rule's staleAfter as unknown).
-async fn heartbeat(cp: &ControlPlane, scenario: &Scenario, state: &Arc<Mutex<FaultState>>) -> Result<()> {
-    let active = state.lock().map_err(|_| anyhow::anyhow!("state lock"))?.active.clone();
-    let nodes = Api::<Node>::all(cp.client()).list(&ListParams::default()).await?.items;
-    for node in nodes {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        for kind in [FaultKind::Gpu, FaultKind::Network] {
-            let current = node
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|c| c.iter().find(|c| c.type_ == kind.condition()).cloned());
-            let failing = active.get(&name).is_some_and(|(i, _)| scenario.faults[*i].kind == kind);
-            let since = current
-                .as_ref()
-                .filter(|c| (c.status == "True") == failing)
-                .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0.to_string()))
-                .unwrap_or_else(|| jiff::Timestamp::now().to_string());
-            let message = current.and_then(|c| c.message).unwrap_or_default();
-            publish(cp, &name, kind, failing, &message, &since).await?;
-        }
-    }
-    Ok(())
-}
-
-/// A simulated agent performing a reboot or reimage: the node goes NotReady and comes back with a
-/// new boot ID; the probe result afterwards depends on whether this repair fixes the fault.
-async fn agent_repair(
-    cp: &ControlPlane,
-    scenario: &Scenario,
-    state: &Arc<Mutex<FaultState>>,
-    node: &str,
-    attempt: u32,
-    step: RemediationStep,
-) -> Result<String> {
-    let work = if step == RemediationStep::Reimage { 4 } else { 2 };
-    tokio::time::sleep(std::time::Duration::from_secs(work)).await;
-    let boot_id = cp.simulate_reboot(node).await?;
-    let fault = state.lock().map_err(|_| anyhow::anyhow!("state lock"))?.active.get(node).map(|(i, _)| *i);
-    let fixed = fault.is_none_or(|i| {
-        let f = &scenario.faults[i];
-        matches!((f.fixed_by, step), (Some(FixedBy::Reboot), _) | (Some(FixedBy::Reimage), RemediationStep::Reimage))
-    });
-    let mut outcome = String::new();
-    if let Some(i) = fault {
-        let f = &scenario.faults[i];
-        if fixed {
-            state.lock().map_err(|_| anyhow::anyhow!("state lock"))?.active.remove(node);
-            publish(cp, node, f.kind, false, "all probes pass after the repair", &jiff::Timestamp::now().to_string()).await?;
-            outcome = "; the probe passes now".into();
-        } else {
-            publish(cp, node, f.kind, true, &f.message, &jiff::Timestamp::now().to_string()).await?;
-            outcome = "; the probe still fails".into();
-        }
-    }
-    let at = Time(jiff::Timestamp::now().as_millisecond());
-    let message = format!("{step} done, new bootID …{}", &boot_id[boot_id.len().saturating_sub(12)..]);
-    report_step(
-        &cp.client(),
-        field_managers::AGENT,
-        node,
-        &StepReport { attempt, outcome: ReportedOutcome::Succeeded, at, message: message.clone() },
-    )
-    .await?;
-    Ok(format!("{node:<11} {:<20} {message}{outcome}", "AgentReported"))
-}
-
-async fn table(client: &kube::Client, records: &[NodeRemediation]) -> Result<String> {
-    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let mut rows = Vec::new();
-    let mut healthy = 0;
-    for n in &nodes {
-        let name = n.metadata.name.clone().unwrap_or_default();
-        let taints: Vec<String> = n
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|t| t.key.starts_with("nodemedic.io/"))
-            .map(|t| t.key.trim_start_matches("nodemedic.io/").to_string())
-            .collect();
-        let rec = records.iter().find(|r| r.spec.node == name).and_then(|r| r.status.as_ref()).map(|s| &s.record);
-        let active = rec.and_then(|r| r.active.as_ref());
-        if taints.is_empty() && active.is_none() && rec.is_none_or(|r| r.phase == Phase::Healthy) {
-            healthy += 1;
-            continue;
-        }
-        rows.push(format!(
-            "    {:<9} {:<12} {:<9} {:<8} {}",
-            name,
-            rec.map(|r| format!("{:?}", r.phase)).unwrap_or_else(|| "Healthy".into()),
-            active.map(|a| a.step.to_string()).unwrap_or_else(|| "-".into()),
-            rec.map(|r| r.attempt.to_string()).unwrap_or_else(|| "-".into()),
-            if taints.is_empty() { "-".into() } else { taints.join(",") }
-        ));
-    }
-    Ok(format!(
-        "  ┌ nodes: {healthy} healthy, {} need attention\n    {:<9} {:<12} {:<9} {:<8} {}\n{}",
-        rows.len(),
-        "NODE",
-        "PHASE",
-        "STEP",
-        "ATTEMPT",
-        "TAINTS",
-        rows.join("\n")
-    ))
-}
-
-async fn summary(
-    cp: &ControlPlane,
-    scenario: &Scenario,
-    breaker_tripped_at: Option<f64>,
-    peers: Option<&crate::demo_peers::Peers>,
-) -> Result<()> {
-    let client = cp.client();
-    let records = Api::<NodeRemediation>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let policy = Api::<NodeHealthPolicy>::all(client.clone()).get("demo").await?;
-    println!("\n== summary of scenario `{}`", scenario.name);
-    if let Some(st) = &policy.status {
-        println!(
-            "policy demo: {} selected, {} healthy, {} remediating, {} manual; circuit breaker {}",
-            st.selected,
-            st.healthy,
-            st.remediating,
-            st.manual,
-            if breaker_tripped_at.is_some() { "tripped during the run" } else { "never tripped" }
-        );
-    }
-    let mut failed = 0;
-    for f in &scenario.faults {
-        for n in &f.nodes {
-            let rec = records.iter().find(|r| r.spec.node == *n).and_then(|r| r.status.as_ref()).map(|s| &s.record);
-            let steps: Vec<String> =
-                rec.map(|r| r.history.iter().map(|h| format!("{}→{:?}", h.step, h.outcome).to_lowercase()).collect()).unwrap_or_default();
-            let phase = rec.map(|r| r.phase).unwrap_or(Phase::Healthy);
-            let manual_taint = nodes.iter().any(|node| {
-                node.metadata.name.as_deref() == Some(n.as_str())
-                    && node
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.taints.as_ref())
-                        .is_some_and(|t| t.iter().any(|t| t.key.ends_with("repair-manual")))
-            });
-            let in_flight = rec.is_some_and(|r| r.active.is_some());
-            let ok = match f.expect {
-                Some(Expect::Recovered) => phase == Phase::Healthy && !in_flight,
-                Some(Expect::Manual) => phase == Phase::Manual && manual_taint,
-                Some(Expect::Breaker) => breaker_tripped_at.is_some() && phase == Phase::Healthy && !in_flight,
-                None => true,
-            };
-            failed += usize::from(!ok);
-            println!(
-                "  {} {:<9} {:<8} expected {:<10} ended {:<12} steps: {}",
-                if ok { "✓" } else { "✗" },
-                n,
-                format!("{:?}", f.kind).to_lowercase(),
-                f.expect.map(|e| format!("{e:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
-                format!("{phase:?}"),
-                if steps.is_empty() { "none".into() } else { steps.join(", ") }
-            );
-        }
-    }
-    if let Some(p) = peers {
-        let mails = p.mails();
-        let alerts = p.alerts().unwrap_or_default();
-        println!("\nnotifications — {} email(s) at the SMTP server, {} alert(s) active in Alertmanager:", mails.len(), alerts.len());
-        for m in &mails {
-            println!("  email to {}: {}", m.to.join(", "), m.subject);
-        }
-        for (name, node, summary) in &alerts {
-            println!("  alert {name}{}: {summary}", if node.is_empty() { String::new() } else { format!(" node={node}") });
-        }
-        // A node left to a person must have told people: an email naming it, with its attempts, and an alert.
-        for f in scenario.faults.iter().filter(|f| f.expect == Some(Expect::Manual)) {
-            for n in &f.nodes {
-                let mailed = mails.iter().any(|m| m.subject.contains(n.as_str()) && m.text.contains("reimage"));
-                let alerted = alerts.iter().any(|(name, node, _)| node == n && name == "NodemedicNodeManual");
-                println!(
-                    "  {} {n}: email with its attempts {}, alert NodemedicNodeManual {}",
-                    if mailed && alerted { "✓" } else { "✗" },
-                    if mailed { "received" } else { "MISSING" },
-                    if alerted { "firing" } else { "MISSING" }
+    async fn strike(&mut self, strike: Strike) {
+        match strike {
+            Strike::KillLeader => {
+                let Some(current) = self.leader.clone() else { return };
+                match self.replicas.kill(&current) {
+                    Ok(true) => self.line(&current, "ChaosLeaderKilled", "SIGKILL at a random moment; a replacement replica starts"),
+                    Ok(false) => {}
+                    Err(e) => self.line(&current, "ChaosLeaderKilled", format!("could not start a replacement: {e:#}")),
+                }
+            }
+            Strike::PauseApiServer(d) => {
+                self.line("apiserver", "ChaosPaused", format!("SIGSTOP for {:.1}s", d.as_secs_f64()));
+                let paused = self.cp.pause_api_server();
+                tokio::time::sleep(d).await;
+                let resumed = self.cp.resume_api_server();
+                if let Err(e) = paused.and(resumed) {
+                    self.line("apiserver", "ChaosPaused", format!("signal failed: {e}"));
+                }
+            }
+            Strike::RestartApiServer(d) => {
+                self.line(
+                    "apiserver",
+                    "ChaosRestarted",
+                    format!("killed, down {:.1}s, started again on the same port and data", d.as_secs_f64()),
                 );
-                failed += usize::from(!(mailed && alerted));
+                if let Err(e) = self.cp.restart_api_server(d).await {
+                    self.line("apiserver", "ChaosRestarted", format!("restart failed: {e}"));
+                }
             }
         }
     }
-    match cp.kubectl(&["get", "nodehealthpolicies,noderemediations", "-o", "wide"]) {
-        Ok(out) => println!("\n$ kubectl get nodehealthpolicies,noderemediations -o wide\n{}", String::from_utf8_lossy(&out.stdout)),
-        Err(e) => println!("(kubectl: {e})"),
+
+    /// One look at the cluster: faults that begin or pass, the controller's Events, the agents'
+    /// work, the table. True once every expectation holds on the cluster as it is now.
+    async fn tick(&mut self) -> Result<bool> {
+        let (cp, scenario, start) = (self.cp, self.scenario, self.start);
+        let client = cp.client();
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "default");
+        let holder = leases.get("nodemedic-controller").await.ok().and_then(|l| l.spec).and_then(|s| s.holder_identity);
+        if holder.is_some() && holder != self.leader {
+            self.line(holder.as_deref().unwrap_or_default(), "LeaderElected", "holds the lease and writes; the other replica stands by");
+            self.leader = holder;
+        }
+        if let (Some(at), false, Some(current)) = (scenario.kill_leader_at, self.killed_leader, self.leader.clone())
+            && start.elapsed().as_millis() as i64 >= at.0
+        {
+            if self.replicas.kill(&current)? {
+                self.line(&current, "LeaderKilled", "SIGKILL: no lease release; the standby takes over when it expires (10 s)");
+            }
+            self.killed_leader = true;
+        }
+        // The scenario: faults that begin now (published before they count as begun, so a fault
+        // the API server could not take is tried again on the next tick).
+        while let Some(f) = scenario.faults.get(self.next_fault).filter(|f| start.elapsed().as_millis() as i64 >= f.at.0) {
+            for n in &f.nodes {
+                publish(cp, n, f.kind, true, &f.message, &jiff::Timestamp::now().to_string()).await?;
+            }
+            for n in &f.nodes {
+                lock(&self.state)?.active.insert(n.clone(), (self.next_fault, Instant::now()));
+            }
+            self.line(&f.nodes.join(","), "FaultInjected", &f.message);
+            self.next_fault += 1;
+        }
+        // Faults that pass by themselves.
+        let expired: Vec<(String, usize)> = lock(&self.state)?
+            .active
+            .iter()
+            .filter(|(_, (i, began))| scenario.faults[*i].recovers_after.is_some_and(|d| began.elapsed().as_millis() as i64 >= d.0))
+            .map(|(n, (i, _))| (n.clone(), *i))
+            .collect();
+        for (n, i) in expired {
+            publish(cp, &n, scenario.faults[i].kind, false, "probe passes again", &jiff::Timestamp::now().to_string()).await?;
+            lock(&self.state)?.active.remove(&n);
+            self.line(&n, "FaultCleared", "the fault passed by itself; the agent's probe passes");
+        }
+        self.print_events(&client).await?;
+        // The agents: heartbeats, and the reboots and reimages the records ask for.
+        if self.last_heartbeat.elapsed() > std::time::Duration::from_secs(20) {
+            heartbeat(cp, scenario, &self.state).await?;
+            self.last_heartbeat = Instant::now();
+        }
+        let records = Api::<NodeRemediation>::all(client.clone()).list(&ListParams::default()).await?.items;
+        self.start_agents(&records)?;
+        while let Some(done) = self.agents.try_join_next() {
+            match done {
+                Ok(Ok(line)) => println!("{} {line}", elapsed(start)),
+                Ok(Err(e)) => println!("{} agent error: {e:#}", elapsed(start)),
+                Err(e) => println!("{} agent task failed: {e}", elapsed(start)),
+            }
+        }
+        let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
+        let table = table(&nodes, &records);
+        if table != self.last_table {
+            println!("{table}");
+            self.last_table = table;
+        }
+        let all_begun = self.next_fault >= scenario.faults.len();
+        let quiet = all_begun && lock(&self.state)?.active.iter().all(|(_, (i, _))| scenario.faults[*i].recovers_after.is_none());
+        let expected = judge(scenario, &records, &nodes, self.breaker_tripped_at.is_some()).iter().all(|v| v.ok);
+        Ok(quiet && !self.breaker_open && self.agents.is_empty() && expected)
     }
-    println!(
-        "inspect while it runs with --keep:  KUBECONFIG={} {} get nhp,nrem",
-        cp.kubeconfig().display(),
-        cp.binaries().path("kubectl").display()
-    );
-    if failed > 0 {
-        bail!("{failed} node(s) did not end as the scenario expects");
+
+    /// The controller's decisions, as it published them.
+    async fn print_events(&mut self, client: &kube::Client) -> Result<()> {
+        let mut events = Api::<K8sEvent>::namespaced(client.clone(), "default").list(&ListParams::default()).await?.items;
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        for e in events {
+            let Some(name) = e.metadata.name.clone() else { continue };
+            let regarding = e.regarding.as_ref();
+            let kind = regarding.and_then(|r| r.kind.as_deref()).unwrap_or_default();
+            let count = e.series.as_ref().map_or(1, |s| s.count);
+            if kind == "NodeRemediation" || self.seen_events.insert(name, count) == Some(count) {
+                continue;
+            }
+            let again = if count > 1 { format!(" (×{count})") } else { String::new() };
+            let object = regarding.and_then(|r| r.name.clone()).unwrap_or_default();
+            let reason = e.reason.clone().unwrap_or_default();
+            if reason == "BreakerTripped" {
+                self.breaker_open = true;
+                self.breaker_tripped_at.get_or_insert(self.start.elapsed().as_secs_f64());
+            }
+            if reason == "BreakerClosed" {
+                self.breaker_open = false;
+            }
+            self.line(&object, &reason, format!("{}{again}", e.note.unwrap_or_default()));
+        }
+        Ok(())
     }
-    println!("every node ended as the scenario expects");
-    Ok(())
+
+    /// Hands each reboot or reimage a record asks for to a simulated agent, once per attempt.
+    fn start_agents(&mut self, records: &[NodeRemediation]) -> Result<()> {
+        for r in records {
+            let Some(rec) = r.status.as_ref().map(|s| &s.record) else { continue };
+            let Some(active) = rec.active.as_ref() else { continue };
+            if !matches!(active.stage, Stage::Executing) || !active.executed {
+                continue;
+            }
+            if !matches!(active.step, RemediationStep::Reboot | RemediationStep::Reimage) {
+                continue;
+            }
+            self.asks.entry((rec.node.clone(), active.started_at, active.step)).or_default().insert(rec.attempt);
+            if !lock(&self.state)?.handled.insert((rec.node.clone(), rec.attempt)) {
+                continue;
+            }
+            let (cp, state, scenario) = (self.cp.clone(), self.state.clone(), self.scenario.clone());
+            let (node, attempt, step) = (rec.node.clone(), rec.attempt, active.step);
+            self.line(&node, "AgentExecuting", format!("agent starts the {step} (attempt {attempt})"));
+            self.agents.spawn(async move { agent_repair(&cp, &scenario, &state, &node, attempt, step).await });
+        }
+        Ok(())
+    }
 }

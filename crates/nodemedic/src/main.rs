@@ -17,7 +17,11 @@ use std::time::Instant;
 mod action_cmd;
 mod controller_cmd;
 mod demo;
+mod demo_agent;
+mod demo_chaos;
+mod demo_judge;
 mod demo_peers;
+mod demo_summary;
 mod operator_cmd;
 
 #[derive(Parser)]
@@ -64,6 +68,14 @@ enum Command {
         /// Without the SMTP server and Alertmanager the controllers notify (installed on first use).
         #[arg(long)]
         no_notify: bool,
+        /// Strike at random moments: SIGKILL the leader, pause and restart the API server; the
+        /// summary counts duplicate disruptive actions, lost remediations and unexplained taints
+        /// (all must be 0). Plays examples/chaos-scenario.yaml unless --scenario is given.
+        #[arg(long)]
+        chaos: bool,
+        /// The chaos seed (default: from the clock; printed, so a run can be repeated).
+        #[arg(long, requires = "chaos")]
+        seed: Option<u64>,
     },
     /// Ask the actions API (served by the controller with --api-listen) to act on a node pool or a node.
     Action(action_cmd::ActionArgs),
@@ -310,11 +322,11 @@ fn main() -> Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(controller_cmd::controller(args)),
-        Command::Demo { scenario, keep, no_notify } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?
-            .block_on(demo::demo(demo::DemoArgs { scenario, no_notify, keep })),
+        Command::Demo { scenario, keep, no_notify, chaos, seed } => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?.block_on(demo::demo(
+                demo::DemoArgs { scenario, no_notify, keep, chaos: chaos.then(|| seed.unwrap_or_else(demo_chaos::seed_from_clock)) },
+            ))
+        }
         Command::Operator(cmd) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -1,0 +1,220 @@
+//! How the demo judges its end: on the cluster as it is now, never on an old record. A node is
+//! judged by the last fault that hit it; a node expected to recover must have a Healthy record with
+//! nothing in flight *and* every probe condition False now (a node that faulted again after an
+//! earlier repair still has a Healthy record from that repair). The chaos counts (duplicate
+//! disruptive steps, lost remediations, unexplained taints) are judged the same way.
+
+use crate::demo::{Expect, FaultKind, Scenario};
+use k8s_openapi::api::core::v1::Node;
+use nodemedic_core::record::{NodeRecord, Phase};
+use nodemedic_core::{RemediationStep, Time};
+use nodemedic_k8s::NodeRemediation;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One node's end, against what its last fault expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub node: String,
+    /// Index of the last fault that names the node.
+    pub fault: usize,
+    pub ok: bool,
+    pub phase: Phase,
+    /// Probe conditions True now.
+    pub failing: Vec<&'static str>,
+    pub steps: Vec<String>,
+}
+
+fn record<'r>(records: &'r [NodeRemediation], node: &str) -> Option<&'r NodeRecord> {
+    records.iter().find(|r| r.spec.node == node).and_then(|r| r.status.as_ref()).map(|s| &s.record)
+}
+
+fn node<'n>(nodes: &'n [Node], name: &str) -> Option<&'n Node> {
+    nodes.iter().find(|n| n.metadata.name.as_deref() == Some(name))
+}
+
+/// The probe conditions that are True on the node now.
+pub fn failing_conditions(node: Option<&Node>) -> Vec<&'static str> {
+    let conditions = node.and_then(|n| n.status.as_ref()).and_then(|s| s.conditions.as_ref());
+    [FaultKind::Gpu, FaultKind::Network]
+        .into_iter()
+        .map(FaultKind::condition)
+        .filter(|c| conditions.is_some_and(|all| all.iter().any(|x| x.type_ == *c && x.status == "True")))
+        .collect()
+}
+
+/// nodemedic's taints on the node.
+pub fn our_taints(node: Option<&Node>) -> Vec<String> {
+    node.and_then(|n| n.spec.as_ref())
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| t.key.starts_with("nodemedic.io/"))
+        .map(|t| t.key.clone())
+        .collect()
+}
+
+/// Every node a fault names, once, judged by the last fault naming it.
+pub fn judge(scenario: &Scenario, records: &[NodeRemediation], nodes: &[Node], breaker_tripped: bool) -> Vec<Verdict> {
+    let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, f) in scenario.faults.iter().enumerate() {
+        for n in &f.nodes {
+            // Faults are played in order of `at`: the later one wins a tie.
+            let later = last.get(n.as_str()).is_none_or(|&j| scenario.faults[j].at <= f.at);
+            if later {
+                last.insert(n, i);
+            }
+        }
+    }
+    last.into_iter()
+        .map(|(name, fault)| {
+            let rec = record(records, name);
+            let phase = rec.map_or(Phase::Healthy, |r| r.phase);
+            let in_flight = rec.is_some_and(|r| r.active.is_some());
+            let current = node(nodes, name);
+            let failing = failing_conditions(current);
+            let taints = our_taints(current);
+            let repaired = phase == Phase::Healthy && !in_flight && failing.is_empty() && taints.is_empty();
+            let ok = match scenario.faults[fault].expect {
+                Some(Expect::Recovered) => repaired,
+                Some(Expect::Manual) => phase == Phase::Manual && taints.iter().any(|t| t.ends_with("repair-manual")),
+                Some(Expect::Breaker) => breaker_tripped && repaired,
+                None => true,
+            };
+            let steps =
+                rec.map(|r| r.history.iter().map(|h| format!("{}→{:?}", h.step, h.outcome).to_lowercase()).collect()).unwrap_or_default();
+            Verdict { node: name.to_string(), fault, ok, phase, failing, steps }
+        })
+        .collect()
+}
+
+/// What the chaos run counts; all must be zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChaosCounts {
+    /// A reboot or reimage asked again within the same remediation (each ladder step runs once).
+    pub duplicate_disruptive: usize,
+    /// Nodes still failing a probe at the end with nothing in flight and no person asked.
+    pub lost_remediations: Vec<String>,
+    /// nodemedic taints no record or probe explains: (node, taint).
+    pub unexplained_taints: Vec<(String, String)>,
+}
+
+/// The reboots and reimages the agents were asked for: (node, remediation start, step) → attempts.
+pub type Asks = BTreeMap<(String, Time, RemediationStep), BTreeSet<u32>>;
+
+/// Counts what must never happen, on the cluster as it is now and the agents' asks.
+pub fn chaos_counts(asks: &Asks, records: &[NodeRemediation], nodes: &[Node]) -> ChaosCounts {
+    let duplicate_disruptive = asks.values().map(|attempts| attempts.len().saturating_sub(1)).sum();
+    let mut counts = ChaosCounts { duplicate_disruptive, ..ChaosCounts::default() };
+    for n in nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let rec = record(records, &name);
+        let active = rec.and_then(|r| r.active.as_ref());
+        let manual = rec.is_some_and(|r| r.phase == Phase::Manual);
+        let failing = failing_conditions(Some(n));
+        if failing.contains(&FaultKind::Gpu.condition()) && active.is_none() && !manual {
+            counts.lost_remediations.push(name.clone());
+        }
+        for taint in our_taints(Some(n)) {
+            let explained = if taint.ends_with("slow-network") {
+                failing.contains(&FaultKind::Network.condition())
+            } else {
+                active.is_some() || manual
+            };
+            if !explained {
+                counts.unexplained_taints.push((name.clone(), taint));
+            }
+        }
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus, Taint};
+    use nodemedic_core::record::{StepHistory, StepOutcome};
+    use nodemedic_k8s::{NodeRemediationSpec, NodeRemediationStatus};
+
+    const SCENARIO: &str = r#"
+name: refault
+nodes: 4
+duration: 3m
+policy:
+  rules:
+  - name: gpu
+    condition: {type: GPUProblem, status: "True"}
+  ladder:
+  - {step: reboot, timeout: 60s}
+  - {step: manual}
+faults:
+- {at: 5s, nodes: [gpu-001], kind: gpu, message: "Xid 79", fixedBy: reboot, expect: recovered}
+- {at: 60s, nodes: [gpu-001], kind: gpu, message: "Xid 79 again", fixedBy: reboot, expect: recovered}
+"#;
+
+    fn gpu_node(name: &str, gpu_problem: &str, taints: &[&str]) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some(name.into());
+        n.spec = Some(NodeSpec {
+            taints: Some(taints.iter().map(|k| Taint { key: k.to_string(), effect: "NoSchedule".into(), ..Taint::default() }).collect()),
+            ..NodeSpec::default()
+        });
+        n.status = Some(NodeStatus {
+            conditions: Some(vec![NodeCondition { type_: "GPUProblem".into(), status: gpu_problem.into(), ..NodeCondition::default() }]),
+            ..NodeStatus::default()
+        });
+        n
+    }
+
+    /// The record left by the first repair: Healthy, reboot → recovered.
+    fn repaired_once(node: &str) -> NodeRemediation {
+        let mut record = NodeRecord::new(node);
+        record.attempt = 1;
+        record.history.push(StepHistory {
+            attempt: 1,
+            step: RemediationStep::Reboot,
+            started_at: Time(1),
+            ended_at: Time(2),
+            outcome: StepOutcome::Recovered,
+            reason: "the checks pass again".into(),
+            executed: true,
+        });
+        let mut r = NodeRemediation::new(node, NodeRemediationSpec { node: node.into(), policy: "demo".into() });
+        r.status = Some(NodeRemediationStatus { record, ..NodeRemediationStatus::default() });
+        r
+    }
+
+    /// Issue 16 point 7: three nodes that faulted again were never repaired, still had their GPU
+    /// condition True, and the demo printed ✓ from the Healthy record of the earlier repair.
+    #[test]
+    fn a_node_that_faulted_again_and_still_fails_its_gpu_probe_is_a_failure_despite_an_old_healthy_record() {
+        let scenario = Scenario::parse(SCENARIO).unwrap_or_else(|e| panic!("{e:#}"));
+        let records = [repaired_once("gpu-001")];
+        let verdicts = judge(&scenario, &records, &[gpu_node("gpu-001", "True", &[])], false);
+        assert_eq!(verdicts.len(), 1, "judged once, by its last fault: {verdicts:?}");
+        assert_eq!((verdicts[0].fault, verdicts[0].ok), (1, false), "{verdicts:?}");
+        assert_eq!(verdicts[0].failing, vec!["GPUProblem"]);
+        // The same record with the probe passing now is a success.
+        let verdicts = judge(&scenario, &records, &[gpu_node("gpu-001", "False", &[])], false);
+        assert!(verdicts[0].ok, "{verdicts:?}");
+    }
+
+    #[test]
+    fn a_refaulted_node_nobody_works_on_is_a_lost_remediation_and_a_leftover_repair_taint_is_unexplained() {
+        let records = [repaired_once("gpu-001")];
+        let nodes = [gpu_node("gpu-001", "True", &[]), gpu_node("gpu-002", "False", &["nodemedic.io/repair-reboot"])];
+        let counts = chaos_counts(&Asks::new(), &records, &nodes);
+        assert_eq!(counts.lost_remediations, vec!["gpu-001".to_string()]);
+        assert_eq!(counts.unexplained_taints, vec![("gpu-002".to_string(), "nodemedic.io/repair-reboot".to_string())]);
+        assert_eq!(counts.duplicate_disruptive, 0);
+    }
+
+    #[test]
+    fn a_reboot_asked_again_within_one_remediation_is_a_duplicate() {
+        let mut asks = Asks::new();
+        asks.entry(("gpu-001".into(), Time(1), RemediationStep::Reboot)).or_default().extend([1, 2]);
+        asks.entry(("gpu-001".into(), Time(1), RemediationStep::Reimage)).or_default().insert(3);
+        // A later remediation of the same node reboots again: not a duplicate.
+        asks.entry(("gpu-001".into(), Time(9), RemediationStep::Reboot)).or_default().insert(4);
+        assert_eq!(chaos_counts(&asks, &[], &[]).duplicate_disruptive, 1);
+    }
+}

@@ -1,0 +1,148 @@
+//! The demo's output: the table of nodes that need attention, and the summary that judges the end.
+
+use crate::demo::{Expect, Scenario};
+use crate::demo_chaos::Chaos;
+use crate::demo_judge::{Asks, chaos_counts, judge};
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use nodemedic_core::record::Phase;
+use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation};
+use nodemedic_testenv::ControlPlane;
+
+/// The nodes that need attention, as a table.
+pub fn table(nodes: &[Node], records: &[NodeRemediation]) -> String {
+    let mut rows = Vec::new();
+    let mut healthy = 0;
+    for n in nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let taints: Vec<String> = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|t| t.key.starts_with("nodemedic.io/"))
+            .map(|t| t.key.trim_start_matches("nodemedic.io/").to_string())
+            .collect();
+        let rec = records.iter().find(|r| r.spec.node == name).and_then(|r| r.status.as_ref()).map(|s| &s.record);
+        let active = rec.and_then(|r| r.active.as_ref());
+        if taints.is_empty() && active.is_none() && rec.is_none_or(|r| r.phase == Phase::Healthy) {
+            healthy += 1;
+            continue;
+        }
+        rows.push(format!(
+            "    {:<9} {:<12} {:<9} {:<8} {}",
+            name,
+            rec.map(|r| format!("{:?}", r.phase)).unwrap_or_else(|| "Healthy".into()),
+            active.map(|a| a.step.to_string()).unwrap_or_else(|| "-".into()),
+            rec.map(|r| r.attempt.to_string()).unwrap_or_else(|| "-".into()),
+            if taints.is_empty() { "-".into() } else { taints.join(",") }
+        ));
+    }
+    format!(
+        "  ┌ nodes: {healthy} healthy, {} need attention\n    {:<9} {:<12} {:<9} {:<8} {}\n{}",
+        rows.len(),
+        "NODE",
+        "PHASE",
+        "STEP",
+        "ATTEMPT",
+        "TAINTS",
+        rows.join("\n")
+    )
+}
+
+/// The end: every node a fault hit, judged on the cluster as it is now ([`judge`]); with chaos,
+/// what must never happen, counted.
+pub async fn summary(
+    cp: &ControlPlane,
+    scenario: &Scenario,
+    breaker_tripped_at: Option<f64>,
+    peers: Option<&crate::demo_peers::Peers>,
+    chaos: Option<(&Chaos, &Asks)>,
+) -> Result<()> {
+    let client = cp.client();
+    let records = Api::<NodeRemediation>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let policy = Api::<NodeHealthPolicy>::all(client.clone()).get("demo").await?;
+    println!("\n== summary of scenario `{}`", scenario.name);
+    if let Some(st) = &policy.status {
+        println!(
+            "policy demo: {} selected, {} healthy, {} remediating, {} manual; circuit breaker {}",
+            st.selected,
+            st.healthy,
+            st.remediating,
+            st.manual,
+            if breaker_tripped_at.is_some() { "tripped during the run" } else { "never tripped" }
+        );
+    }
+    let mut failed = 0;
+    for v in judge(scenario, &records, &nodes, breaker_tripped_at.is_some()) {
+        let f = &scenario.faults[v.fault];
+        failed += usize::from(!v.ok);
+        println!(
+            "  {} {:<9} {:<8} expected {:<10} ended {:<12} failing now: {:<12} steps: {}",
+            if v.ok { "✓" } else { "✗" },
+            v.node,
+            format!("{:?}", f.kind).to_lowercase(),
+            f.expect.map(|e| format!("{e:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
+            format!("{:?}", v.phase),
+            if v.failing.is_empty() { "none".into() } else { v.failing.join(",") },
+            if v.steps.is_empty() { "none".into() } else { v.steps.join(", ") }
+        );
+    }
+    if let Some((c, asks)) = chaos {
+        let counts = chaos_counts(asks, &records, &nodes);
+        println!(
+            "\nchaos (seed {}): {} leader kills, {} API-server pauses ({:.1}s in all), {} API-server restarts",
+            c.seed,
+            c.kills,
+            c.pauses,
+            c.paused_for.as_secs_f64(),
+            c.restarts
+        );
+        println!("  duplicate disruptive actions: {}", counts.duplicate_disruptive);
+        println!("  lost remediations: {} {:?}", counts.lost_remediations.len(), counts.lost_remediations);
+        println!("  unexplained taints: {} {:?}", counts.unexplained_taints.len(), counts.unexplained_taints);
+        failed += counts.duplicate_disruptive + counts.lost_remediations.len() + counts.unexplained_taints.len();
+    }
+    if let Some(p) = peers {
+        let mails = p.mails();
+        let alerts = p.alerts().unwrap_or_default();
+        println!("\nnotifications — {} email(s) at the SMTP server, {} alert(s) active in Alertmanager:", mails.len(), alerts.len());
+        for m in &mails {
+            println!("  email to {}: {}", m.to.join(", "), m.subject);
+        }
+        for (name, node, summary) in &alerts {
+            println!("  alert {name}{}: {summary}", if node.is_empty() { String::new() } else { format!(" node={node}") });
+        }
+        // A node left to a person must have told people: an email naming it, with its attempts, and an alert.
+        for f in scenario.faults.iter().filter(|f| f.expect == Some(Expect::Manual)) {
+            for n in &f.nodes {
+                let mailed = mails.iter().any(|m| m.subject.contains(n.as_str()) && m.text.contains("reimage"));
+                let alerted = alerts.iter().any(|(name, node, _)| node == n && name == "NodemedicNodeManual");
+                println!(
+                    "  {} {n}: email with its attempts {}, alert NodemedicNodeManual {}",
+                    if mailed && alerted { "✓" } else { "✗" },
+                    if mailed { "received" } else { "MISSING" },
+                    if alerted { "firing" } else { "MISSING" }
+                );
+                failed += usize::from(!(mailed && alerted));
+            }
+        }
+    }
+    match cp.kubectl(&["get", "nodehealthpolicies,noderemediations", "-o", "wide"]) {
+        Ok(out) => println!("\n$ kubectl get nodehealthpolicies,noderemediations -o wide\n{}", String::from_utf8_lossy(&out.stdout)),
+        Err(e) => println!("(kubectl: {e})"),
+    }
+    println!(
+        "inspect while it runs with --keep:  KUBECONFIG={} {} get nhp,nrem",
+        cp.kubeconfig().display(),
+        cp.binaries().path("kubectl").display()
+    );
+    if failed > 0 {
+        bail!("{failed} node(s) did not end as the scenario expects");
+    }
+    println!("every node ended as the scenario expects");
+    Ok(())
+}
