@@ -360,20 +360,18 @@ impl<'e> Reconciler<'e> {
         if moved.is_empty() {
             return Ok(());
         }
-        for r in &moved {
-            let a = r.active.as_ref();
-            tracing::info!(
-                node = %r.node,
-                unobserved = %a.map(|a| a.unobserved).unwrap_or_default(),
-                deadline = ?a.and_then(|a| a.deadline),
-                "the API server did not answer for part of this step: its deadline moves on by that time"
-            );
-        }
         self.fenced().await?;
         let changes: Vec<RecordChange> = moved.into_iter().map(RecordChange::Upsert).collect();
         self.persist_records(policy_name, &changes).await?;
         for change in changes {
             if let RecordChange::Upsert(r) = change {
+                let a = r.active.as_ref();
+                tracing::info!(
+                    node = %r.node,
+                    unobserved = %a.map(|a| a.unobserved).unwrap_or_default(),
+                    deadline = ?a.and_then(|a| a.deadline),
+                    "the API server did not answer for part of this step: its deadline moves on by that time"
+                );
                 records.nodes.insert(r.node.clone(), r);
             }
         }
