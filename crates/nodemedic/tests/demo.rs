@@ -37,3 +37,61 @@ fn the_demo_scenario_ends_as_it_expects_and_kubectl_tells_the_story() -> anyhow:
     assert!(kubectl.lines().any(|l| l.contains("noderemediation.nodemedic.io/gpu-011") && l.contains("Manual")), "{kubectl}");
     Ok(())
 }
+
+/// A short scenario in which a node is hit again after its first repair.
+const REFAULT_SCENARIO: &str = r#"
+name: refault-under-chaos
+nodes: 6
+pools: 1
+duration: 4m
+policy:
+  nodeRole: worker
+  rules:
+  - name: gpu
+    check: {name: gpu, failures: 1, passes: 1}
+    staleAfter: 2m
+  - name: network
+    check: {name: network, failures: 1, passes: 1}
+    staleAfter: 2m
+    effect: {taint: slow-network}
+  ladder:
+  - {step: reboot, timeout: 60s, settle: 2s, verifyTimeout: 30s}
+  - {step: reimage, timeout: 60s, settle: 2s, verifyTimeout: 30s}
+  - {step: manual}
+  gates:
+    maxConcurrent: 2
+    circuitBreaker: {maxUnhealthy: 60%, window: 5m, cooldown: 30s}
+  monitorOnly: false
+faults:
+- {at: 3s, nodes: [gpu-001], kind: gpu, message: "Xid 79", fixedBy: reboot, expect: recovered}
+- {at: 6s, nodes: [gpu-002], kind: gpu, message: "ECC", fixedBy: reimage, expect: recovered}
+- {at: 10s, nodes: [gpu-003], kind: network, message: "iperf3: 2 Gbit/s", recoversAfter: 10s, expect: recovered}
+- {at: 20s, nodes: [gpu-001], kind: gpu, message: "Xid 79 again", fixedBy: reboot, expect: recovered}
+"#;
+
+/// Issue 16 point 7: the demo survives API-server restarts (its replicas keep running and finish
+/// the job) and judges a node hit twice on its state at the end. Seed 24 strikes, in this order:
+/// an API-server restart (~9 s), a leader kill, a pause, a leader kill, another restart.
+#[test]
+fn the_demo_under_chaos_survives_api_server_restarts_and_judges_the_end_state() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let scenario = dir.path().join("refault.yaml");
+    std::fs::write(&scenario, REFAULT_SCENARIO)?;
+    let out = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
+        .args(["demo", "--no-notify", "--chaos", "--seed", "24", "--scenario"])
+        .arg(&scenario)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    for strike in ["ChaosRestarted", "ChaosLeaderKilled", "ChaosPaused"] {
+        assert!(stdout.contains(strike), "{strike}:\n{stdout}");
+    }
+    for zero in ["duplicate disruptive actions: 0", "lost remediations: 0", "unexplained taints: 0"] {
+        assert!(stdout.contains(zero), "{zero}:\n{stdout}");
+    }
+    // gpu-001 is judged by its second fault, on the cluster at the end.
+    assert!(stdout.lines().any(|l| l.contains("✓ gpu-001") && l.contains("failing now: none")), "{stdout}");
+    assert!(stdout.contains("every node ended as the scenario expects"), "{stdout}");
+    Ok(())
+}
