@@ -165,6 +165,8 @@ pub async fn run(
             fleet_cache.forget(gone);
         }
         known_policies = current.clone();
+        let now = now();
+        let outages = contact.outages(now);
         let reconciler = Reconciler {
             client: client.clone(),
             executor: executor.as_ref(),
@@ -172,7 +174,7 @@ pub async fn run(
             metrics: Some(metrics.as_ref()),
             fence: Some(&leadership),
             fleet_cache: Some(&fleet_cache),
-            outages: &[],
+            outages: &outages,
             reconnect_grace: nodemedic_core::Duration::from_millis(config.reconnect_grace.as_millis() as i64),
         };
         if let Some(n) = notifier.as_mut()
@@ -183,9 +185,6 @@ pub async fn run(
         if let Some(n) = notifier.as_mut() {
             n.catch_up(&policies.state(), &snapshot, &records.state());
         }
-        let now = now();
-        let outages = contact.outages(now);
-        let reconciler = Reconciler { outages: &outages, ..reconciler };
         for name in &current {
             let before = policies.get(&reflector::ObjectRef::new(name));
             match reconciler.reconcile_with(name, Some(&snapshot), now).await {

@@ -289,12 +289,8 @@ struct Play<'a> {
     asks: Asks,
 }
 
-async fn play(
-    cp: &Arc<ControlPlane>,
-    scenario: &Scenario,
-    peers: Option<&crate::demo_peers::Peers>,
-    chaos_seed: Option<u64>,
-) -> Result<()> {
+/// The fleet with every probe passing, the CRDs and the policy.
+async fn prepare(cp: &ControlPlane, scenario: &Scenario) -> Result<()> {
     let client = cp.client();
     nodemedic_controller::install_crds(&client).await.context("installing the CRDs")?;
     let pools = scenario.pools.max(1);
@@ -314,6 +310,16 @@ async fn play(
         .await
         .context("creating the NodeHealthPolicy")?;
 
+    Ok(())
+}
+
+async fn play(
+    cp: &Arc<ControlPlane>,
+    scenario: &Scenario,
+    peers: Option<&crate::demo_peers::Peers>,
+    chaos_seed: Option<u64>,
+) -> Result<()> {
+    prepare(cp, scenario).await?;
     let log_dir = std::env::temp_dir().join(format!("nodemedic-demo-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir)?;
     let notifications = log_dir.join("notifications.yaml");
