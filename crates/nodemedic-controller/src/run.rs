@@ -44,13 +44,51 @@ impl RunConfig {
     }
 }
 
+/// The watches' backoff after an error: 0.5 s doubling to 5 s, from 0.5 s again once a watch
+/// works. kube's default grows to 30 s, which after an API-server restart kept the controller
+/// blind (and not ready) for up to half a minute after the API server was back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectBackoff {
+    next: Duration,
+}
+
+impl ReconnectBackoff {
+    pub const FIRST: Duration = Duration::from_millis(500);
+    pub const MAX: Duration = Duration::from_secs(5);
+
+    pub fn new() -> Self {
+        ReconnectBackoff { next: Self::FIRST }
+    }
+}
+
+impl Default for ReconnectBackoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Iterator for ReconnectBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for ReconnectBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// Watches one kind into a store and pokes `changed` on every event; restarts with backoff on errors.
 fn reflect<K>(api: Api<K>, changed: Arc<Notify>, modify: fn(&mut K)) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(modify).reflect(writer).touched_objects();
+    let stream = watcher(api, watcher::Config::default()).backoff(ReconnectBackoff::new()).modify(modify).reflect(writer).touched_objects();
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
@@ -241,6 +279,16 @@ mod tests {
         assert_eq!(next_pass_at(now, Some(now + Duration::from_secs(900)), resync), now + resync);
         assert_eq!(next_pass_at(now, Some(now + Duration::from_secs(5)), resync), now + Duration::from_secs(5));
         assert_eq!(next_pass_at(now, None, resync), now + resync);
+    }
+
+    #[test]
+    fn a_watch_retries_at_most_5_s_apart_and_from_half_a_second_again_once_it_works() {
+        use kube::runtime::utils::Backoff;
+        let mut b = ReconnectBackoff::new();
+        let waits: Vec<Duration> = b.by_ref().take(6).collect();
+        assert_eq!(waits.iter().map(Duration::as_millis).collect::<Vec<_>>(), vec![500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
     }
 
     #[test]

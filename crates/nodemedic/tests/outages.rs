@@ -41,7 +41,9 @@ async fn a_controller_started_while_the_api_server_is_down_waits_not_ready_and_l
 
         cp.start_api_server().await?;
         wait_for(Duration::from_secs(40), "replica-a to lead", || async { holder(cp).await.filter(|h| h == "replica-a") }).await?;
-        wait_for(Duration::from_secs(15), "replica-a to be ready", || async { (readyz(&a) == "ready\n").then_some(()) }).await?;
+        wait_for(Duration::from_secs(15), "replica-a to be ready", || async { (readyz(&a) == "ready\n").then_some(()) })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; readyz: {}\n{}", readyz(&a), a.log()))?;
         cp.set_node_condition("gpu-001", "GPUProblem", "True", "XidCritical", "Xid 79: GPU has fallen off the bus").await?;
         let nodes: Api<Node> = Api::all(cp.client());
         wait_for(Duration::from_secs(30), "the reboot taint", || async {
@@ -86,6 +88,13 @@ async fn an_api_server_paused_past_a_reboot_timeout_does_not_start_a_reimage_whe
         cp.pause_api_server()?;
         tokio::time::sleep(Duration::from_secs(16)).await;
         cp.resume_api_server()?;
+        // The moved deadline is on the record before anything else is decided: a new leader would
+        // see it too.
+        let moved = wait_for(Duration::from_secs(20), "the unobserved time on the record", || async {
+            record(cp, "gpu-001").await?.active.filter(|a| a.unobserved >= nodemedic_core::Duration::from_secs(8))
+        })
+        .await?;
+        assert!(moved.deadline > started.active.as_ref().and_then(|a| a.deadline), "{moved:?}");
         agent_reboots(cp, "gpu-001", 1).await?;
 
         let rec = wait_for(Duration::from_secs(60), "the node to be cleared", || async {
