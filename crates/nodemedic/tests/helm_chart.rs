@@ -51,7 +51,10 @@ fn helm_binary() -> anyhow::Result<PathBuf> {
 fn helm(args: &[&str], kubeconfig: Option<&Path>) -> anyhow::Result<Output> {
     let home = std::env::temp_dir().join(format!("nodemedic-helm-home-{}", std::process::id()));
     let mut cmd = Command::new(helm_binary()?);
-    cmd.args(args).env("HELM_CACHE_HOME", home.join("cache")).env("HELM_CONFIG_HOME", home.join("config")).env("HELM_DATA_HOME", home.join("data"));
+    cmd.args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
     if let Some(k) = kubeconfig {
         cmd.env("KUBECONFIG", k);
     }
@@ -161,7 +164,8 @@ async fn every_object_the_chart_renders_is_accepted_by_the_api_server() -> anyho
             let file = dir.path().join("rendered.yaml");
             std::fs::write(&file, &rendered)?;
             let file = file.to_str().unwrap_or_default();
-            let out = kubectl_ok(cp, &format!("server-side dry run ({name})"), &["apply", "--server-side", "--dry-run=server", "-f", file])?;
+            let out =
+                kubectl_ok(cp, &format!("server-side dry run ({name})"), &["apply", "--server-side", "--dry-run=server", "-f", file])?;
             let applied = out.lines().filter(|l| l.contains("(server dry run)")).count();
             assert_eq!(applied, kinds, "{name}: every rendered object must be accepted:\n{out}");
         }
@@ -258,6 +262,9 @@ fn the_charts_crds_are_the_ones_the_binary_installs() -> anyhow::Result<()> {
     let out = Command::new(env!("CARGO_BIN_EXE_nodemedic")).arg("crds").output()?;
     let printed = ok("nodemedic crds", out)?;
     let shipped = std::fs::read_to_string(chart().join("crds/nodemedic.yaml"))?;
-    assert!(printed == shipped, "deploy/helm/nodemedic/crds/nodemedic.yaml is stale: regenerate it with `nodemedic crds > deploy/helm/nodemedic/crds/nodemedic.yaml`");
+    assert!(
+        printed == shipped,
+        "deploy/helm/nodemedic/crds/nodemedic.yaml is stale: regenerate it with `nodemedic crds > deploy/helm/nodemedic/crds/nodemedic.yaml`"
+    );
     Ok(())
 }
