@@ -18,6 +18,7 @@ mod action_cmd;
 mod controller_cmd;
 mod demo;
 mod demo_peers;
+mod medic_cmd;
 mod operator_cmd;
 
 #[derive(Parser)]
@@ -299,6 +300,9 @@ async fn dev_cluster(nodes: usize, gpus: u32, pools: usize) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    if medic_cmd::invoked_as_plugin() {
+        return medic_cmd::main();
+    }
     match Cli::parse().command {
         Command::DevCluster { nodes, gpus_per_node, pools } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

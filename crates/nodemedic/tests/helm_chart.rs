@@ -119,13 +119,15 @@ fn a_wrong_value_fails_the_install_with_a_message_naming_it() -> anyhow::Result<
 fn the_chart_names_only_images_the_repository_builds() -> anyhow::Result<()> {
     let chart = chart();
     let rendered = ok("helm template", helm(&["template", "t", chart.to_str().unwrap_or_default()], None)?)?;
-    let build = std::fs::read_to_string(repo().join("scripts/images/build"))?;
-    let images: Vec<&str> = rendered.lines().filter_map(|l| l.trim().strip_prefix("image: ")).collect();
+    let out = Command::new(repo().join("scripts/images/build")).arg("--print").env_remove("NODEMEDIC_IMAGE_REGISTRY").output()?;
+    let built = ok("scripts/images/build --print", out)?;
+    let built: Vec<&str> = built.lines().collect();
+    let mut images: Vec<&str> = rendered.lines().filter_map(|l| l.trim().strip_prefix("image: ")).collect();
+    images.sort_unstable();
+    images.dedup();
     assert_eq!(images.len(), 2, "{images:?}");
     for image in images {
-        let repository = image.trim_matches('"').rsplit_once(':').map_or(image, |(r, _)| r);
-        assert!(build.contains(repository), "scripts/images/build does not build {repository}");
-        assert!(image.ends_with(&format!(":{}", env!("CARGO_PKG_VERSION"))), "{image} is not tagged with the version built");
+        assert!(built.contains(&image), "the chart names {image}; scripts/images/build builds {built:?}");
     }
     Ok(())
 }
