@@ -18,6 +18,7 @@ mod action_cmd;
 mod controller_cmd;
 mod demo;
 mod demo_peers;
+mod fleet_page;
 mod medic_cmd;
 mod operator_cmd;
 

@@ -98,7 +98,7 @@ fn now() -> Time {
 }
 
 /// The records of one policy as the controller stores them (NodeRemediation and policy statuses).
-fn records_of(policy: &NodeHealthPolicy, remediations: &[NodeRemediation]) -> Records {
+pub(crate) fn records_of(policy: &NodeHealthPolicy, remediations: &[NodeRemediation]) -> Records {
     let name = policy.name_any();
     let nodes = remediations
         .iter()
@@ -108,7 +108,7 @@ fn records_of(policy: &NodeHealthPolicy, remediations: &[NodeRemediation]) -> Re
     Records { nodes, policy: policy.status.as_ref().map(|s| s.record.clone()).unwrap_or_default() }
 }
 
-fn observations(nodes: &[Node], remediations: &[NodeRemediation]) -> Result<Vec<NodeObservation>> {
+pub(crate) fn observations(nodes: &[Node], remediations: &[NodeRemediation]) -> Result<Vec<NodeObservation>> {
     let by_node: BTreeMap<&str, &NodeRemediation> = remediations.iter().map(|r| (r.spec.node.as_str(), r)).collect();
     nodes.iter().map(|n| Ok(observe_node(n, by_node.get(n.name_any().as_str()).copied())?)).collect()
 }
