@@ -112,3 +112,28 @@ impl Arg0 for Command {
         std::os::unix::process::CommandExt::arg0(self, "kubectl-medic")
     }
 }
+
+#[test]
+fn the_krew_manifest_names_the_packaged_archive_its_checksum_and_the_plugin_binary() -> anyhow::Result<()> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tempfile::tempdir()?;
+    let packaged = Command::new(repo.join("scripts/krew/package"))
+        .args(["--binary", env!("CARGO_BIN_EXE_nodemedic"), "--out"])
+        .arg(out.path())
+        .output()?;
+    anyhow::ensure!(packaged.status.success(), "scripts/krew/package: {}", String::from_utf8_lossy(&packaged.stderr));
+    let archive = out.path().join("kubectl-medic-linux-amd64.tar.gz");
+    let listing = Command::new("tar").arg("-tzf").arg(&archive).output()?;
+    assert_eq!(String::from_utf8_lossy(&listing.stdout).trim(), "kubectl-medic");
+    let sum = Command::new("sha256sum").arg(&archive).output()?;
+    let sum = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    let manifest: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(out.path().join("medic.yaml"))?)?;
+    assert_eq!(manifest["kind"], "Plugin");
+    assert_eq!(manifest["metadata"]["name"], "medic");
+    assert_eq!(manifest["spec"]["version"], format!("v{}", env!("CARGO_PKG_VERSION")));
+    let platform = &manifest["spec"]["platforms"][0];
+    assert_eq!(platform["sha256"], sum.as_str());
+    assert_eq!(platform["bin"], "kubectl-medic");
+    assert!(platform["uri"].as_str().is_some_and(|u| u.ends_with("/kubectl-medic-linux-amd64.tar.gz")), "{platform}");
+    Ok(())
+}
