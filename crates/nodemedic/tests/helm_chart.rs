@@ -270,3 +270,54 @@ fn the_charts_crds_are_the_ones_the_binary_installs() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `(pod name, node name)` of the pods matching `selector` in the release namespace.
+async fn placed_pods(cp: &ControlPlane, selector: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let pods = Api::<Pod>::namespaced(cp.client(), "nodemedic").list(&ListParams::default().labels(selector)).await?.items;
+    Ok(pods
+        .into_iter()
+        .filter_map(|p| {
+            let node = p.spec.as_ref()?.node_name.clone()?;
+            let running = p.status.as_ref()?.phase.as_deref() == Some("Running");
+            running.then(|| (p.metadata.name.unwrap_or_default(), node))
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_charts_pods_are_admitted_and_the_controller_replicas_run_on_different_nodes() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options::full()).await?;
+    cp.run(|cp| async move {
+        let chart = chart();
+        let chart = chart.to_str().unwrap_or_default();
+        kubectl_ok(cp, "applying the chart's CRDs", &["apply", "--server-side", "-f", &format!("{chart}/crds")])?;
+        setup(cp, 3, POLICY).await?;
+        for node in ["gpu-000", "gpu-001"] {
+            kubectl_ok(cp, "labelling a node for the agent", &["label", "node", node, "nodemedic.io/managed=true"])?;
+        }
+        let install = ["install", "nodemedic", chart, "--namespace", "nodemedic", "--create-namespace", "--wait=false"];
+        ok("helm install", helm(&install, Some(cp.kubeconfig()))?)?;
+        let controllers = wait_for(Duration::from_secs(90), "two running controller replicas", || async {
+            let pods = placed_pods(cp, "app.kubernetes.io/name=nodemedic-controller").await.ok()?;
+            (pods.len() == 2).then_some(pods)
+        })
+        .await?;
+        assert_ne!(controllers[0].1, controllers[1].1, "the anti-affinity keeps replicas apart: {controllers:?}");
+        let agents = wait_for(Duration::from_secs(60), "an agent on each labelled node", || async {
+            let pods = placed_pods(cp, "app.kubernetes.io/name=nodemedic-agent").await.ok()?;
+            (pods.len() == 2).then_some(pods)
+        })
+        .await?;
+        let mut agent_nodes: Vec<&str> = agents.iter().map(|(_, n)| n.as_str()).collect();
+        agent_nodes.sort_unstable();
+        assert_eq!(agent_nodes, ["gpu-000", "gpu-001"], "the agent runs on labelled nodes only");
+        let pdb = kubectl_ok(
+            cp,
+            "reading the PDB",
+            &["get", "pdb", "nodemedic-controller", "-n", "nodemedic", "-o", "jsonpath={.spec.maxUnavailable}"],
+        )?;
+        assert_eq!(pdb.trim(), "1");
+        Ok(())
+    })
+    .await
+}
