@@ -8,7 +8,7 @@
 mod common;
 
 use common::{agent_reboots, record, setup, taints};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use nodemedic_core::RemediationStep;
 use nodemedic_core::record::{Phase, StepOutcome};
@@ -191,7 +191,8 @@ async fn pods_on(cp: &ControlPlane, node: &str) -> anyhow::Result<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn after_helm_install_the_charts_service_account_drains_reboots_and_recovers_a_node_with_pods() -> anyhow::Result<()> {
+async fn after_helm_install_the_charts_service_account_drains_reboots_and_recovers_a_node_with_pods_and_serves_the_api_with_its_tls()
+-> anyhow::Result<()> {
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
         let chart = chart();
@@ -200,7 +201,8 @@ async fn after_helm_install_the_charts_service_account_drains_reboots_and_recove
         // applied from the chart here and helm leaves existing ones alone.
         kubectl_ok(cp, "applying the chart's CRDs", &["apply", "--server-side", "-f", &format!("{chart}/crds")])?;
         setup(cp, 2, POLICY).await?;
-        let install = ["install", "nodemedic", chart, "--namespace", "nodemedic", "--create-namespace", "--wait=false"];
+        let caller = "api.callers[0].kind=ServiceAccount,api.callers[0].name=oncall,api.callers[0].namespace=default";
+        let install = ["install", "nodemedic", chart, "--namespace", "nodemedic", "--create-namespace", "--wait=false", "--set", caller];
         ok("helm install", helm(&install, Some(cp.kubeconfig()))?)?;
         let status = ok("helm status", helm(&["status", "nodemedic", "-n", "nodemedic"], Some(cp.kubeconfig()))?)?;
         assert!(status.contains("STATUS: deployed"), "{status}");
@@ -213,15 +215,23 @@ async fn after_helm_install_the_charts_service_account_drains_reboots_and_recove
         let dir = tempfile::tempdir()?;
         let kubeconfig = dir.path().join("sa.kubeconfig");
         cp.write_kubeconfig_with_token(token.trim(), &kubeconfig)?;
+        let (cert, key, cert_pem) = chart_tls_files(cp, dir.path()).await?;
         let log_path = dir.path().join("controller.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
             .args(["controller", "--identity", "chart-replica", "--lease-namespace", "nodemedic", "--lease-duration", "6"])
-            .args(["--listen", "127.0.0.1:0", "--resync", "2"])
+            .args(["--listen", "127.0.0.1:0", "--resync", "2", "--api-listen", "127.0.0.1:0", "--repair-provider", "recreate-node"])
+            .arg(format!("--api-tls-cert={}", cert.display()))
+            .arg(format!("--api-tls-key={}", key.display()))
             .env("KUBECONFIG", &kubeconfig)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path)?)
             .spawn()?;
-        let result = remediate_with_pods(cp).await;
+        let api = common::bound_address(&mut child, &log_path, "serving the actions API", "chart-replica")?;
+        let result = async {
+            fleet_data_over_the_charts_tls(cp, &api, &cert_pem).await?;
+            remediate_with_pods(cp).await
+        }
+        .await;
         let _ = child.kill();
         let _ = child.wait();
         let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -230,6 +240,41 @@ async fn after_helm_install_the_charts_service_account_drains_reboots_and_recove
         Ok(())
     })
     .await
+}
+
+/// The certificate and key the chart generated into its TLS Secret, written to files.
+async fn chart_tls_files(cp: &ControlPlane, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, Vec<u8>)> {
+    let secret = Api::<Secret>::namespaced(cp.client(), "nodemedic").get("nodemedic-api-tls").await?;
+    let data = secret.data.unwrap_or_default();
+    let part = |name: &str| data.get(name).map(|b| b.0.clone()).ok_or_else(|| anyhow::anyhow!("the chart's TLS Secret has no {name}"));
+    let (cert_pem, key_pem) = (part("tls.crt")?, part("tls.key")?);
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, &cert_pem)?;
+    std::fs::write(&key, key_pem)?;
+    Ok((cert, key, cert_pem))
+}
+
+/// `GET /fleet/data` as the chart's `api.callers` ServiceAccount, over TLS verified against the chart's
+/// certificate for the API Service's DNS name.
+async fn fleet_data_over_the_charts_tls(cp: &ControlPlane, address: &str, cert_pem: &[u8]) -> anyhow::Result<()> {
+    kubectl_ok(cp, "creating the caller's ServiceAccount", &["create", "serviceaccount", "oncall", "-n", "default"])?;
+    let token = kubectl_ok(cp, "kubectl create token", &["create", "token", "oncall", "-n", "default"])?;
+    let host = "nodemedic-api.nodemedic.svc";
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem)?)
+        .resolve(host, address.parse()?)
+        .build()?;
+    let port = address.rsplit(':').next().unwrap_or_default();
+    let url = format!("https://{host}:{port}/fleet/data");
+    let view: serde_json::Value = wait_for(Duration::from_secs(20), "the fleet data over TLS", || async {
+        let response = http.get(&url).bearer_auth(token.trim()).send().await.ok()?;
+        response.status().is_success().then_some(response.json().await.ok()?)
+    })
+    .await?;
+    assert_eq!(view["policies"][0]["name"], "gpu-workers", "{view}");
+    let anonymous = http.get(&url).send().await?;
+    assert_eq!(anonymous.status(), 401);
+    Ok(())
 }
 
 /// A GPU failure on a node running two pods: drained (the pods evicted), rebooted once, recovered,
