@@ -330,7 +330,8 @@ async fn placed_pods(cp: &ControlPlane, selector: &str) -> anyhow::Result<Vec<(S
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_charts_pods_are_admitted_and_the_controller_replicas_run_on_different_nodes() -> anyhow::Result<()> {
+async fn the_charts_pods_are_admitted_the_controller_replicas_run_on_different_nodes_and_an_upgrade_keeps_the_certificate()
+-> anyhow::Result<()> {
     let cp = ControlPlane::start(Options::full()).await?;
     cp.run(|cp| async move {
         let chart = chart();
