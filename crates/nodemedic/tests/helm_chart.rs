@@ -363,6 +363,15 @@ async fn the_charts_pods_are_admitted_the_controller_replicas_run_on_different_n
             &["get", "pdb", "nodemedic-controller", "-n", "nodemedic", "-o", "jsonpath={.spec.maxUnavailable}"],
         )?;
         assert_eq!(pdb.trim(), "1");
+
+        // The generated certificate is kept across upgrades (clients that pinned it keep working).
+        let jsonpath = r"jsonpath={.data.tls\.crt}";
+        let certificate =
+            || kubectl_ok(cp, "reading the TLS Secret", &["get", "secret", "nodemedic-api-tls", "-n", "nodemedic", "-o", jsonpath]);
+        let before = certificate()?;
+        assert!(before.len() > 100, "no certificate: {before}");
+        ok("helm upgrade", helm(&["upgrade", "nodemedic", chart, "--namespace", "nodemedic", "--wait=false"], Some(cp.kubeconfig()))?)?;
+        assert_eq!(certificate()?, before, "helm upgrade replaced the API certificate");
         Ok(())
     })
     .await
