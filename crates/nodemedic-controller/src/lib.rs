@@ -340,7 +340,8 @@ impl<'e> Reconciler<'e> {
             // The metrics read the records only; the nodes' taints need not be replayed.
             let mut after = records.clone();
             apply(&decision, &mut [], &mut after);
-            m.observe(policy_name, &decision, &after, now);
+            let pools = metrics::pools_of(snapshot, &p.node_pool_label, &after);
+            m.observe(policy_name, &decision, &after, &pools, now);
         }
         if let Some(recorder) = self.events {
             publish_events(recorder, &policy, snapshot, &recs, &decision).await;

@@ -4,9 +4,14 @@
 //! how long each node has been unhealthy, which gates hold); counters count what was done (steps
 //! started and how they ended, reconcile errors). Per-node series are removed as soon as the node
 //! is healthy again or deleted, so a cluster that churns nodes does not grow the scrape forever.
+//!
+//! The per-node series (`node_state`, `node_step_deadline_seconds`, `node_unhealthy_seconds`) exist
+//! only for nodes on the ladder or waiting for a person: they are what the alerts and the dashboard's
+//! problem-node panels read (`deploy/helm/nodemedic/files/`).
 
+use k8s_openapi::api::core::v1::Node;
 use nodemedic_core::engine::{Action, Decision, EventKind, Gate};
-use nodemedic_core::record::{NodeRecord, Phase};
+use nodemedic_core::record::{NodeRecord, Phase, Stage};
 use nodemedic_core::{Records, Time};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,8 +20,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
@@ -35,6 +40,28 @@ pub struct PhaseLabels {
 pub struct NodeLabels {
     pub policy: String,
     pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeStateLabels {
+    pub policy: String,
+    pub node: String,
+    pub pool: String,
+    pub phase: String,
+    pub step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeStepLabels {
+    pub policy: String,
+    pub node: String,
+    pub step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub channel: String,
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +94,16 @@ struct Seen {
     nodes: BTreeMap<String, BTreeSet<String>>,
     gates: BTreeMap<String, BTreeSet<String>>,
     holds: BTreeMap<String, BTreeSet<(String, Gate)>>,
+    /// Per policy: each problem node's state labels and step-deadline labels set last time, and when
+    /// it became unhealthy (for the time-to-repair figure once it recovers).
+    states: BTreeMap<String, BTreeMap<String, ProblemNode>>,
+}
+
+/// The series a node on the ladder or in Manual has, and when it became unhealthy.
+struct ProblemNode {
+    state: NodeStateLabels,
+    deadline: Option<NodeStepLabels>,
+    unhealthy_since: Time,
 }
 
 pub struct Metrics {
@@ -78,6 +115,11 @@ pub struct Metrics {
     gate_holds_total: Family<GateLabels, Counter>,
     actions_total: Family<StepLabels, Counter>,
     breaker_open: Family<PolicyLabels, Gauge>,
+    node_state: Family<NodeStateLabels, Gauge>,
+    node_step_deadline: Family<NodeStepLabels, Gauge<f64, AtomicU64>>,
+    time_to_quarantine: Family<PolicyLabels, Histogram, fn() -> Histogram>,
+    time_to_repair: Family<PolicyLabels, Histogram, fn() -> Histogram>,
+    deliveries: Family<DeliveryLabels, Counter>,
     leader: Gauge,
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_seconds: Histogram,
@@ -115,6 +157,36 @@ impl Metrics {
         );
         let breaker_open = Family::<PolicyLabels, Gauge>::default();
         registry.register("circuit_breaker_open", "1 while the policy's circuit breaker is open", breaker_open.clone());
+        let node_state = Family::<NodeStateLabels, Gauge>::default();
+        registry.register(
+            "node_state",
+            "1 for each node on the ladder or waiting for a person, labelled with its pool, phase and current step; healthy nodes have no series",
+            node_state.clone(),
+        );
+        let node_step_deadline = Family::<NodeStepLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "node_step_deadline_seconds",
+            "Unix time by which the node's current step must end (its timeout, or the verify deadline once it completed)",
+            node_step_deadline.clone(),
+        );
+        let time_to_quarantine = Family::<PolicyLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register(
+            "time_to_quarantine_seconds",
+            "From a node first seen unhealthy to its remediation starting (the first step taints it)",
+            time_to_quarantine.clone(),
+        );
+        let time_to_repair = Family::<PolicyLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register(
+            "time_to_repair_seconds",
+            "From a node first seen unhealthy to the checks confirming it recovered",
+            time_to_repair.clone(),
+        );
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "notification_deliveries",
+            "Notification delivery tries by channel and outcome (delivered, failed, gave_up)",
+            deliveries.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader lease and may write", leader.clone());
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
@@ -130,6 +202,11 @@ impl Metrics {
             gate_holds_total,
             actions_total,
             breaker_open,
+            node_state,
+            node_step_deadline,
+            time_to_quarantine,
+            time_to_repair,
+            deliveries,
             leader,
             reconcile_errors,
             reconcile_seconds,
@@ -162,9 +239,17 @@ impl Metrics {
         self.actions_total.get_or_create(&StepLabels { policy: policy.into(), step: step.into(), outcome: "executor_error".into() }).inc();
     }
 
-    /// Refreshes every series of `policy` from a decision and the records it left behind.
-    pub fn observe(&self, policy: &str, decision: &Decision, records: &Records, now: Time) {
+    /// Counts one notification delivery try of a channel: `delivered`, `failed` (to be retried) or
+    /// `gave_up` (the retries ran out).
+    pub fn notification_delivery(&self, channel: &str, outcome: &str) {
+        self.deliveries.get_or_create(&DeliveryLabels { channel: channel.into(), outcome: outcome.into() }).inc();
+    }
+
+    /// Refreshes every series of `policy` from a decision and the records it left behind. `pools`
+    /// names the pool (the policy's node pool label) of nodes that have records.
+    pub fn observe(&self, policy: &str, decision: &Decision, records: &Records, pools: &BTreeMap<String, String>, now: Time) {
         let Ok(mut seen) = self.seen.lock() else { return };
+        self.observe_problem_nodes(&mut seen, policy, decision, records, pools, now);
         let sum = &decision.summary;
 
         let rules: BTreeSet<(String, String)> = sum.rule_reasons.iter().map(|(r, reason, _)| (r.clone(), reason.to_string())).collect();
@@ -240,9 +325,82 @@ impl Metrics {
         }
     }
 
+    /// The per-node state and deadline series of nodes on the ladder or in Manual, and the
+    /// time-to-quarantine and time-to-repair figures of the remediations that started or recovered.
+    fn observe_problem_nodes(
+        &self,
+        seen: &mut Seen,
+        policy: &str,
+        decision: &Decision,
+        records: &Records,
+        pools: &BTreeMap<String, String>,
+        now: Time,
+    ) {
+        let before = seen.states.remove(policy).unwrap_or_default();
+        let by_policy = PolicyLabels { policy: policy.into() };
+        for e in &decision.events {
+            let Some(node) = e.node.as_deref() else { continue };
+            match e.kind {
+                EventKind::RemediationStarted => {
+                    if let Some(a) = records.nodes.get(node).and_then(|r| r.active.as_ref()) {
+                        self.time_to_quarantine.get_or_create(&by_policy).observe(a.started_at.since(a.unhealthy_since).as_secs_f64());
+                    }
+                }
+                EventKind::Recovered => {
+                    if let Some(p) = before.get(node) {
+                        self.time_to_repair.get_or_create(&by_policy).observe(now.since(p.unhealthy_since).as_secs_f64());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut states = BTreeMap::new();
+        for (node, record) in records.nodes.iter().filter(|(_, r)| r.phase != Phase::Healthy) {
+            let Some(active) = record.active.as_ref() else { continue };
+            let step = active.step.to_string();
+            let state = NodeStateLabels {
+                policy: policy.into(),
+                node: node.clone(),
+                pool: pools.get(node).cloned().unwrap_or_default(),
+                phase: record.phase.as_str().into(),
+                step: step.clone(),
+            };
+            self.node_state.get_or_create(&state).set(1);
+            let deadline = match &active.stage {
+                Stage::Verifying { verify_deadline, .. } => Some(*verify_deadline),
+                Stage::Executing => active.deadline,
+                Stage::AwaitingNext { .. } => None,
+            };
+            let deadline = deadline.map(|d| {
+                let labels = NodeStepLabels { policy: policy.into(), node: node.clone(), step };
+                self.node_step_deadline.get_or_create(&labels).set(d.0 as f64 / 1000.0);
+                labels
+            });
+            states.insert(node.clone(), ProblemNode { state, deadline, unhealthy_since: active.unhealthy_since });
+        }
+        for (node, old) in &before {
+            let current = states.get(node);
+            if current.is_none_or(|c| c.state != old.state) {
+                self.node_state.remove(&old.state);
+            }
+            if let Some(old_deadline) = &old.deadline
+                && current.is_none_or(|c| c.deadline.as_ref() != Some(old_deadline))
+            {
+                self.node_step_deadline.remove(old_deadline);
+            }
+        }
+        seen.states.insert(policy.into(), states);
+    }
+
     /// Drops every series of a policy that no longer exists.
     pub fn forget_policy(&self, policy: &str) {
         let Ok(mut seen) = self.seen.lock() else { return };
+        for problem in seen.states.remove(policy).into_iter().flat_map(BTreeMap::into_values) {
+            self.node_state.remove(&problem.state);
+            if let Some(labels) = problem.deadline {
+                self.node_step_deadline.remove(&labels);
+            }
+        }
         for (rule, reason) in seen.rules.remove(policy).into_iter().flatten() {
             self.checks.remove(&RuleLabels { policy: policy.into(), rule, reason });
         }
@@ -260,6 +418,32 @@ impl Metrics {
     }
 }
 
+/// Buckets from 5 s to about 45 h: quarantine takes seconds to minutes, a repair up to a reimage or
+/// a replacement.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(5.0, 3.0, 10))
+}
+
+/// The pool (the value of `pool_label`) of each node on the ladder or in Manual, for the per-node
+/// series. A fleet with no such node costs one pass over the records, not over the nodes.
+pub fn pools_of(snapshot: &[Arc<Node>], pool_label: &str, records: &Records) -> BTreeMap<String, String> {
+    let problem = |name: &str| records.nodes.get(name).is_some_and(|r| r.phase != Phase::Healthy);
+    if !records.nodes.values().any(|r| r.phase != Phase::Healthy) {
+        return BTreeMap::new();
+    }
+    snapshot
+        .iter()
+        .filter_map(|n| {
+            let name = n.metadata.name.as_deref()?;
+            if !problem(name) {
+                return None;
+            }
+            let pool = n.metadata.labels.as_ref().and_then(|l| l.get(pool_label)).cloned().unwrap_or_default();
+            Some((name.to_string(), pool))
+        })
+        .collect()
+}
+
 fn unhealthy_since(record: &NodeRecord) -> Option<Time> {
     if record.phase == Phase::Healthy {
         return None;
@@ -271,4 +455,94 @@ fn unhealthy_since(record: &NodeRecord) -> Option<Time> {
 fn step_of(node: Option<&str>, records: &Records) -> Option<String> {
     let record = records.nodes.get(node?)?;
     record.history.last().map(|h| h.step.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodemedic_core::engine::{Event, Summary};
+    use nodemedic_core::record::ActiveRemediation;
+    use nodemedic_core::{Duration, RemediationStep};
+
+    fn rebooting(unhealthy_since: Time, deadline: Time) -> NodeRecord {
+        let active = ActiveRemediation {
+            trigger: "gpu".into(),
+            reason: "XidCritical".into(),
+            started_at: unhealthy_since,
+            unhealthy_since,
+            step_index: 1,
+            step: RemediationStep::Reboot,
+            step_started_at: unhealthy_since,
+            deadline: Some(deadline),
+            stage: Stage::Executing,
+            executed: true,
+            boot_id_at_start: None,
+            notified_at: None,
+        };
+        NodeRecord { node: "gpu-001".into(), phase: Phase::Remediating, active: Some(active), ..NodeRecord::default() }
+    }
+
+    fn event(kind: EventKind) -> Event {
+        Event { node: Some("gpu-001".into()), kind, message: String::new() }
+    }
+
+    #[test]
+    fn a_node_on_the_ladder_has_state_and_deadline_series_that_go_away_when_it_recovers() {
+        let m = Metrics::new();
+        let t0 = Time::from_millis(1_800_000_000_000);
+        let records =
+            Records { nodes: BTreeMap::from([("gpu-001".into(), rebooting(t0, t0 + Duration::from_secs(600)))]), ..Records::default() };
+        let pools = BTreeMap::from([("gpu-001".to_string(), "h100".to_string())]);
+        let started = Decision { events: vec![event(EventKind::RemediationStarted)], ..Decision::default() };
+        m.observe("gpu", &started, &records, &pools, t0);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"nodemedic_node_state{policy="gpu",node="gpu-001",pool="h100",phase="Remediating",step="reboot"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"nodemedic_node_step_deadline_seconds{policy="gpu",node="gpu-001",step="reboot"} 1800000600.0"#), "{text}");
+        assert!(text.contains(r#"nodemedic_time_to_quarantine_seconds_count{policy="gpu"} 1"#), "{text}");
+
+        let recovered = Decision { events: vec![event(EventKind::Recovered)], summary: Summary::default(), ..Decision::default() };
+        m.observe("gpu", &recovered, &Records::default(), &BTreeMap::new(), t0 + Duration::from_secs(300));
+        let text = m.encode();
+        assert!(!text.contains("gpu-001"), "a recovered node leaves no per-node series:\n{text}");
+        assert!(text.contains(r#"nodemedic_time_to_repair_seconds_sum{policy="gpu"} 300.0"#), "{text}");
+    }
+
+    #[test]
+    fn a_deleted_policy_takes_its_problem_nodes_series_with_it() {
+        let m = Metrics::new();
+        let t0 = Time::from_millis(1_800_000_000_000);
+        let records = Records { nodes: BTreeMap::from([("gpu-001".into(), rebooting(t0, t0))]), ..Records::default() };
+        m.observe("gpu", &Decision::default(), &records, &BTreeMap::new(), t0);
+        assert!(m.encode().contains("gpu-001"));
+        m.forget_policy("gpu");
+        assert!(!m.encode().contains("gpu-001"), "{}", m.encode());
+    }
+
+    #[test]
+    fn only_problem_nodes_are_looked_up_for_their_pool() -> Result<(), serde_json::Error> {
+        let node = |name: &str, pool: &str| -> Result<Arc<Node>, serde_json::Error> {
+            Ok(Arc::new(serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"pool": pool}}}))?))
+        };
+        let snapshot = vec![node("gpu-000", "a")?, node("gpu-001", "b")?, node("gpu-002", "b")?];
+        let t0 = Time::from_millis(0);
+        let healthy = NodeRecord { node: "gpu-002".into(), ..NodeRecord::default() };
+        let records =
+            Records { nodes: BTreeMap::from([("gpu-001".into(), rebooting(t0, t0)), ("gpu-002".into(), healthy)]), ..Records::default() };
+        assert_eq!(pools_of(&snapshot, "pool", &records), BTreeMap::from([("gpu-001".to_string(), "b".to_string())]));
+        Ok(())
+    }
+
+    #[test]
+    fn delivery_tries_are_counted_by_channel_and_outcome() {
+        let m = Metrics::new();
+        m.notification_delivery("email", "failed");
+        m.notification_delivery("email", "failed");
+        m.notification_delivery("email", "delivered");
+        let text = m.encode();
+        assert!(text.contains(r#"nodemedic_notification_deliveries_total{channel="email",outcome="failed"} 2"#), "{text}");
+        assert!(text.contains(r#"nodemedic_notification_deliveries_total{channel="email",outcome="delivered"} 1"#), "{text}");
+    }
 }

@@ -523,8 +523,16 @@ pub fn unattempted_incidents<'a>(
 
 /// Writes each delivery outcome to the status of the object it is about, under the notifier's field
 /// manager. Runs until the dispatcher is gone and every outcome is written.
-async fn record_outcomes(client: Client, mut outcomes: mpsc::Receiver<DeliveryOutcome>) {
+async fn record_outcomes(client: Client, metrics: Option<Arc<crate::Metrics>>, mut outcomes: mpsc::Receiver<DeliveryOutcome>) {
     while let Some(outcome) = outcomes.recv().await {
+        if let Some(m) = &metrics {
+            let counted = match (outcome.ok, outcome.gave_up) {
+                (true, _) => "delivered",
+                (false, false) => "failed",
+                (false, true) => "gave_up",
+            };
+            m.notification_delivery(&outcome.channel, counted);
+        }
         if outcome.ok {
             tracing::info!(key = %outcome.key, channel = %outcome.channel, attempt = outcome.attempt, "notification delivered");
         } else {
@@ -580,11 +588,18 @@ pub struct Notifier {
     client: Client,
     config: NotificationsConfig,
     running: Option<Running>,
+    metrics: Option<Arc<crate::Metrics>>,
 }
 
 impl Notifier {
     pub fn new(client: Client, config: NotificationsConfig) -> Self {
-        Notifier { client, config, running: None }
+        Notifier { client, config, running: None, metrics: None }
+    }
+
+    /// Counts every delivery try in `metrics` (`nodemedic_notification_deliveries_total`).
+    pub fn with_metrics(mut self, metrics: Arc<crate::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn is_running(&self) -> bool {
@@ -615,7 +630,7 @@ impl Notifier {
         }
         tracing::info!(channels = routes.len(), delivered = delivered.len(), "notifications started");
         let (dispatcher, outcomes) = Dispatcher::start(routes, self.config.dispatcher_config(), delivered);
-        tokio::spawn(record_outcomes(self.client.clone(), outcomes));
+        tokio::spawn(record_outcomes(self.client.clone(), self.metrics.clone(), outcomes));
         let mut running = Running { dispatcher, backlog: Vec::new() };
         let standing = standing_incidents(&policies, &objects, |name| nodes.get(name), self.config.probe_results, crate::now());
         submit_all(&mut running, standing);

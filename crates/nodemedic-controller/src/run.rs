@@ -157,7 +157,7 @@ pub async fn run(
 
     let mut known_policies: BTreeSet<String> = BTreeSet::new();
     let mut wake_at: Option<tokio::time::Instant> = None;
-    let mut notifier = config.notifications.clone().map(|c| crate::notify::Notifier::new(client.clone(), c));
+    let mut notifier = config.notifications.clone().map(|c| crate::notify::Notifier::new(client.clone(), c).with_metrics(metrics.clone()));
     let mut leading = leadership.is_leader();
     metrics.set_leader(leading);
     let fleet_cache = FleetCache::new();

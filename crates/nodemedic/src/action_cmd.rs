@@ -124,7 +124,7 @@ pub async fn start_api(
     if let Retention::For(retention) = args.action_retention {
         tokio::spawn(nodemedic_api::actions::prune_records_forever(state.clone(), retention, std::time::Duration::from_secs(3600)));
     }
-    let router = extra.merge(nodemedic_api::router(state));
+    let router = extra.merge(nodemedic_api::router(state.clone())).merge(crate::fleet_page::router(state));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
     let bound = listener.local_addr().context("reading the API's address")?;
     tracing::info!(address = %bound, tls = tls.is_some(), "serving the actions API");

@@ -22,6 +22,8 @@ mod demo_chaos;
 mod demo_judge;
 mod demo_peers;
 mod demo_summary;
+mod fleet_page;
+mod medic_cmd;
 mod operator_cmd;
 
 #[derive(Parser)]
@@ -311,6 +313,9 @@ async fn dev_cluster(nodes: usize, gpus: u32, pools: usize) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    if medic_cmd::invoked_as_plugin() {
+        return medic_cmd::main();
+    }
     match Cli::parse().command {
         Command::DevCluster { nodes, gpus_per_node, pools } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

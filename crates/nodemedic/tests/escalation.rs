@@ -99,6 +99,25 @@ impl Controller {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The controller's `/metrics`, at the address its log announced.
+    fn metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let log = self.log();
+        let address = log
+            .lines()
+            .find(|l| l.contains("serving /metrics"))
+            .and_then(|l| l.split("address=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .map(|a| a.trim_matches('"').to_string())
+            .ok_or_else(|| anyhow::anyhow!("no metrics address in the log:\n{log}"))?;
+        let mut stream = std::net::TcpStream::connect(address.as_str())?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut out = String::new();
+        stream.read_to_string(&mut out)?;
+        Ok(out)
+    }
 }
 
 impl Drop for Controller {
@@ -266,6 +285,12 @@ async fn a_node_that_never_recovers_reaches_people_once_and_a_person_brings_it_b
         })
         .await?;
         assert!(delivered.iter().all(|n| n.error.is_none()), "{delivered:?}");
+        // …and the controller counts them for the NodemedicNotificationsFailing alert and the dashboard.
+        let metrics = controller.metrics()?;
+        for channel in ["email-infra", "alertmanager"] {
+            let series = format!(r#"nodemedic_notification_deliveries_total{{channel="{channel}",outcome="delivered"}}"#);
+            assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+        }
 
         // Killed and restarted: the record says the email went out, so it is not sent again.
         let first_log = controller.log();

@@ -1,0 +1,151 @@
+//! The Grafana dashboard (`deploy/helm/nodemedic/files/dashboard.json`) reads real series: a
+//! Prometheus (Debian's, installed by scripts/ship-peers/setup) scrapes a controller while it
+//! quarantines, reboots and recovers one node and holds another back behind a gate, and every panel's
+//! query then returns series over the scenario's time range.
+
+mod common;
+
+use common::{Replica, agent_reboots, record, setup};
+use nodemedic_core::record::Phase;
+use nodemedic_testenv::{ControlPlane, Options, wait_for};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+// One node at a time in a disruptive step: the second failing node is held by the gate.
+const POLICY: &str = r#"
+rules:
+- name: gpu
+  condition: {type: GPUProblem, status: "True"}
+ladder:
+- {step: reboot, timeout: 10m, settle: 1s, verifyTimeout: 2m}
+- {step: manual}
+gates:
+  maxConcurrent: 1
+monitorOnly: false
+"#;
+
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_prometheus(target_port: u16) -> anyhow::Result<Prometheus> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: nodemedic-controller\n  static_configs:\n  - targets: ['127.0.0.1:{target_port}']\n"
+        ),
+    )?;
+    // Prometheus cannot report a port it picked itself; a port free a moment ago is taken instead.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log"))?)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("prometheus could not be started ({e}); scripts/ship-peers/setup installs it"))?;
+    Ok(Prometheus { child, port, _dir: dir })
+}
+
+/// Every panel's queries, with the dashboard's variables as "All" and Grafana's intervals filled in.
+fn panel_queries() -> anyhow::Result<Vec<(String, String)>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/nodemedic/files/dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            let filled = expr.replace("$policy", ".*").replace("$node", ".*").replace("$__rate_interval", "10s");
+            queries.push((panel["title"].as_str().unwrap_or_default().to_string(), filled));
+        }
+    }
+    Ok(queries)
+}
+
+async fn range_query(http: &reqwest::Client, port: u16, expr: &str, start: f64, end: f64) -> anyhow::Result<serde_json::Value> {
+    let (start, end) = (format!("{start:.3}"), format!("{end:.3}"));
+    let url = format!("http://127.0.0.1:{port}/api/v1/query_range");
+    let params = [("query", expr), ("start", start.as_str()), ("end", end.as_str()), ("step", "1")];
+    let body: serde_json::Value = http.get(url).query(&params).send().await?.json().await?;
+    anyhow::ensure!(body["status"] == "success", "query `{expr}` failed: {body}");
+    Ok(body["data"]["result"].clone())
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dashboard_panel_returns_series_from_a_prometheus_that_scraped_a_remediation() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        setup(cp, 3, POLICY).await?;
+        let replica = Replica::start(cp, "dashboard-replica")?;
+        let prometheus = start_prometheus(replica.port)?;
+        let start = now_secs();
+        wait_for(Duration::from_secs(30), "the leader", || async { replica.is_leader().then_some(()) }).await?;
+        cp.set_node_condition("gpu-001", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
+        cp.set_node_condition("gpu-002", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
+        let (rebooting, held) = wait_for(Duration::from_secs(30), "one node rebooting and the other held by the gate", || async {
+            let metrics = replica.metrics();
+            let held = metrics.contains("nodemedic_gate_holds{");
+            let first = record(cp, "gpu-001").await.filter(|r| r.phase == Phase::Remediating);
+            let second = record(cp, "gpu-002").await.filter(|r| r.phase == Phase::Remediating);
+            match (held, first, second) {
+                (true, Some(r), None) => Some((r, "gpu-002")),
+                (true, None, Some(r)) => Some((r, "gpu-001")),
+                _ => None,
+            }
+        })
+        .await?;
+        // Scrapes are a second apart: let a few see the hold.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        agent_reboots(cp, &rebooting.node, rebooting.attempt).await?;
+        wait_for(Duration::from_secs(30), "the first node to recover and the held one to start", || async {
+            let first = record(cp, &rebooting.node).await.filter(|r| r.phase == Phase::Healthy);
+            let second = record(cp, held).await.filter(|r| r.phase == Phase::Remediating);
+            (first.is_some() && second.is_some()).then_some(())
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+
+        let http = reqwest::Client::new();
+        let end = now_secs();
+        let queries = panel_queries()?;
+        assert!(queries.len() >= 15, "{} queries", queries.len());
+        let mut empty = Vec::new();
+        for (title, expr) in &queries {
+            let result = range_query(&http, prometheus.port, expr, start, end).await?;
+            if result.as_array().is_none_or(|r| r.is_empty()) {
+                empty.push(format!("{title}: {expr}"));
+            }
+        }
+        assert!(empty.is_empty(), "panels without series:\n{}\n--- controller log\n{}", empty.join("\n"), replica.log());
+        // The repair figure is a real duration, not NaN from an empty histogram.
+        let repair = range_query(
+            &http,
+            prometheus.port,
+            "histogram_quantile(0.5, sum by (le) (nodemedic_time_to_repair_seconds_bucket))",
+            end - 2.0,
+            end,
+        )
+        .await?;
+        let last = repair[0]["values"].as_array().and_then(|v| v.last()).and_then(|v| v[1].as_str()).unwrap_or("NaN");
+        assert!(last.parse::<f64>().is_ok_and(f64::is_finite), "time to repair: {repair}");
+        Ok(())
+    })
+    .await
+}

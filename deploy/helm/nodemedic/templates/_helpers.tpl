@@ -1,0 +1,29 @@
+{{/* Names and labels shared by the chart's objects. */}}
+{{- define "nodemedic.labels" -}}
+app.kubernetes.io/part-of: nodemedic
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end }}
+
+{{- define "nodemedic.controller.name" -}}{{ .Release.Name }}-controller{{- end }}
+{{- define "nodemedic.agent.name" -}}{{ .Release.Name }}-agent{{- end }}
+{{- define "nodemedic.api.name" -}}{{ .Release.Name }}-api{{- end }}
+
+{{- define "nodemedic.controller.selector" -}}
+app.kubernetes.io/name: nodemedic-controller
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "nodemedic.agent.selector" -}}
+app.kubernetes.io/name: nodemedic-agent
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "nodemedic.image" -}}
+{{ .image.repository }}:{{ default .chart.AppVersion .image.tag }}
+{{- end }}
+
+{{- define "nodemedic.api.tlsSecret" -}}
+{{ default (printf "%s-api-tls" .Release.Name) .Values.api.tls.secretName }}
+{{- end }}
