@@ -90,6 +90,8 @@ fn metrics_with_every_series() -> Metrics {
         executed: true,
         boot_id_at_start: None,
         notified_at: None,
+        unobserved: nodemedic_core::Duration::ZERO,
+        unobserved_until: None,
     };
     let record = NodeRecord { node: "gpu-001".into(), phase: Phase::Manual, active: Some(active), ..NodeRecord::default() };
     let records = Records { nodes: BTreeMap::from([("gpu-001".to_string(), record)]), ..Records::default() };
