@@ -393,6 +393,7 @@ fn node_kind(kind: EventKind) -> Option<IncidentKind> {
         EventKind::RemediationStarted => IncidentKind::RemediationStarted,
         EventKind::Recovered => IncidentKind::NodeRecovered,
         EventKind::NodeReleased => IncidentKind::RemediationFinished,
+        EventKind::DrainHeld => IncidentKind::DrainBlocked,
         // The Manual escalation comes as a Notify action, with the engine's notice.
         _ => return None,
     })

@@ -210,6 +210,7 @@ mod tests {
                 executed: true,
                 boot_id_at_start: None,
                 notified_at: None,
+                drain_held_at: None,
             }),
             attempt: 1,
             ..NodeRecord::new(node)

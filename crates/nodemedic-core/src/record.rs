@@ -94,6 +94,10 @@ pub struct ActiveRemediation {
     /// Set once the Manual escalation notice was sent, so it is sent once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notified_at: Option<Time>,
+    /// When a drain still blocked at its deadline began to hold (policy `drain.whenBlocked: hold`):
+    /// people were told then, once; the step stays until the pods have left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_held_at: Option<Time>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
