@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{Node, Taint as K8sTaint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
+use nodemedic_core::drain::step_to_resume;
 use nodemedic_core::engine::{Action, Decision, RecordChange};
 use nodemedic_core::{FleetIndex, NodeObservation, Records, RemediationStep, Time, apply, decide};
 use nodemedic_k8s::{
@@ -15,6 +16,7 @@ use nodemedic_k8s::{
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+pub mod drain;
 pub mod events;
 pub mod http;
 pub mod leader;
@@ -89,6 +91,14 @@ pub type ExecFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Res
 /// ([`nodemedic_k8s::report_step`]), which is what the engine waits for.
 pub trait Executor: Send + Sync {
     fn execute<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a>;
+
+    /// Picks up a step that the records show in flight without a report, after a leader change or
+    /// a restart: the process that started it may be gone. Called on every pass for every such step,
+    /// so it must be cheap and idempotent; the default does nothing (the node agent acts on the
+    /// record itself, and a no-op has nothing to resume).
+    fn resume<'a>(&'a self, _request: &'a StepRequest) -> ExecFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The node agent executes node-local steps: the persisted record *is* the request (the agent on
@@ -317,10 +327,11 @@ impl<'e> Reconciler<'e> {
         // cannot be written this time (the engine asks for a step once; skipping it would lose it).
         let status_written = self.write_policy_status(policy_name, &policy, status).await;
         let acted = self.act(policy_name, &decision).await;
+        // The records only; the nodes' taints need not be replayed.
+        let mut after = records.clone();
+        apply(&decision, &mut [], &mut after);
+        self.resume_in_flight(&decision, &after, &recs).await;
         if let Some(m) = self.metrics {
-            // The metrics read the records only; the nodes' taints need not be replayed.
-            let mut after = records.clone();
-            apply(&decision, &mut [], &mut after);
             m.observe(policy_name, &decision, &after, now);
         }
         if let Some(recorder) = self.events {
@@ -424,6 +435,25 @@ impl<'e> Reconciler<'e> {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Hands every step the records show in flight without a report (and not just started by this
+    /// pass) back to its executor, which resumes it or reads its outcome back: the process that
+    /// started it may have been the previous leader. Executors make this idempotent.
+    async fn resume_in_flight(&self, decision: &Decision, after: &Records, recs: &BTreeMap<String, NodeRemediation>) {
+        for record in after.nodes.values() {
+            let report = recs.get(&record.node).and_then(|r| r.status.as_ref()).and_then(|s| s.step_report.as_ref());
+            let Some(step) = step_to_resume(record, report) else { continue };
+            let just_started = decision.actions.iter().any(|a| matches!(a, Action::Execute { node, .. } if *node == step.node));
+            if just_started {
+                continue;
+            }
+            let request =
+                StepRequest { node: step.node, step: step.step, attempt: step.attempt, deadline: step.deadline, reason: step.reason };
+            if let Err(message) = self.executor.resume(&request).await {
+                tracing::error!(node = %request.node, step = %request.step, attempt = request.attempt, error = %message, "resuming the step failed; tried again next pass");
+            }
+        }
     }
 
     /// Read-modify-write of the node's taints with a resourceVersion precondition, so taints others
