@@ -128,6 +128,10 @@ impl Executor for DrainExecutor {
     fn resume<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
         Box::pin(async move { self.start(request, true) })
     }
+
+    fn executor_for(&self, step: RemediationStep) -> Option<String> {
+        (step == RemediationStep::Drain).then(|| "the drain executor (Eviction API)".into())
+    }
 }
 
 /// What the drain knows at its start: the policy's drain settings and the progress so far.

@@ -16,6 +16,7 @@
 //! sent again with the same idempotency key so the site can answer with the outcome.
 
 pub use crate::drain::{DrainExecutor, MIRROR_POD_ANNOTATION, PodDisposition, pod_disposition};
+use crate::providers::{ProviderConfig, ProviderExecutor};
 use crate::{AgentExecutor, ExecFuture, Executor, StepRequest};
 use kube::Client;
 use nodemedic_core::observe::{ReportedOutcome, StepReport};
@@ -84,6 +85,9 @@ pub enum StepExecutorConfig {
     Webhook(WebhookConfig),
     /// A site script runs (`command: [argv...]`), its exit status is the outcome.
     Command(Vec<String>),
+    /// A machine provider carries it out (`provider: {clusterApi: {}}`, `{gce: {}}`,
+    /// `{civo: {region, apiKeyFile}}`, `{recreateNode: {}}`).
+    Provider(ProviderConfig),
 }
 
 /// How a drain is paced.
@@ -353,6 +357,10 @@ impl Executor for WebhookExecutor {
         Box::pin(self.send(request, false))
     }
 
+    fn executor_for(&self, _step: RemediationStep) -> Option<String> {
+        Some(format!("the webhook {}", self.config.url))
+    }
+
     /// Sent again (once per process) with the same idempotency key and `resumed: true`: a site that
     /// has the work deduplicates it and may answer with its outcome, which is reported at once.
     fn resume<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
@@ -451,6 +459,10 @@ impl Executor for CommandExecutor {
         })
     }
 
+    fn executor_for(&self, _step: RemediationStep) -> Option<String> {
+        Some(format!("the command {}", self.argv[0]))
+    }
+
     /// The process that ran the command is gone with its leader: run it again (once per process),
     /// with `NODEMEDIC_RESUMED=1`; site scripts key their work on node and attempt.
     fn resume<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
@@ -474,6 +486,10 @@ impl Executor for NoopExecutor {
     fn execute<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
         tracing::info!(node = %request.node, step = %request.step, attempt = request.attempt, reason = %request.reason, "monitor-only: step not executed");
         Box::pin(async { Ok(()) })
+    }
+
+    fn executor_for(&self, _step: RemediationStep) -> Option<String> {
+        Some("nothing (noop: logged only)".into())
     }
 }
 
@@ -525,6 +541,14 @@ impl StepRouter {
                     CommandExecutor::new(client.clone(), argv.clone(), config.command_timeout)
                         .map_err(|message| ExecutorError::Config { step: *step, message })?,
                 ),
+                StepExecutorConfig::Provider(p) => {
+                    let provider = p.build(&client).map_err(|message| ExecutorError::Config { step: *step, message })?;
+                    if !provider.steps().contains(step) {
+                        let message = format!("the {} provider cannot carry out {step}", provider.name());
+                        return Err(ExecutorError::Config { step: *step, message });
+                    }
+                    Arc::new(ProviderExecutor::new(client.clone(), provider))
+                }
             };
             router = router.route(*step, executor);
         }
@@ -548,6 +572,10 @@ impl Executor for StepRouter {
             Some(executor) => executor.resume(request),
             None => Box::pin(async { Ok(()) }),
         }
+    }
+
+    fn executor_for(&self, step: RemediationStep) -> Option<String> {
+        self.routes.get(&step).and_then(|e| e.executor_for(step))
     }
 }
 

@@ -22,6 +22,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod notify;
+pub mod providers;
 pub mod run;
 
 use events::publish_events;
@@ -99,6 +100,12 @@ pub trait Executor: Send + Sync {
     fn resume<'a>(&'a self, _request: &'a StepRequest) -> ExecFuture<'a> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Which executor carries out `step`, in words (`the node agent`, `the cluster-api provider`);
+    /// None when this executor cannot. A policy whose ladder has a step without one is refused.
+    fn executor_for(&self, _step: RemediationStep) -> Option<String> {
+        Some("a custom executor".into())
+    }
 }
 
 /// The node agent executes node-local steps: the persisted record *is* the request (the agent on
@@ -108,6 +115,10 @@ pub struct AgentExecutor;
 impl Executor for AgentExecutor {
     fn execute<'a>(&'a self, _request: &'a StepRequest) -> ExecFuture<'a> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn executor_for(&self, _step: RemediationStep) -> Option<String> {
+        Some("the node agent".into())
     }
 }
 
@@ -231,17 +242,21 @@ impl<'e> Reconciler<'e> {
     async fn reconcile_inner(&self, policy_name: &str, cached: Option<&[Arc<Node>]>, now: Time) -> Result<Decision, ControllerError> {
         let policies: Api<NodeHealthPolicy> = Api::all(self.client.clone());
         let policy = policies.get(policy_name).await?;
-        if let Err(e) = policy.validate() {
+        let invalid = match policy.validate() {
+            Err(e) => Some(("InvalidPolicy", e.to_string())),
+            Ok(()) => self.missing_executors(&policy.spec.policy).map(|m| ("MissingExecutor", m)),
+        };
+        if let Some((reason, e)) = invalid {
             // What the schema and CEL could not catch: say so on the policy and act on nothing.
             let status = NodeHealthPolicyStatus {
                 observed_generation: policy.metadata.generation,
-                conditions: conditions(policy.status.as_ref(), &[("Valid", false, "InvalidPolicy", e.to_string())]),
+                conditions: conditions(policy.status.as_ref(), &[("Valid", false, reason, e.clone())]),
                 notifications: Vec::new(),
                 ..policy.status.clone().unwrap_or_default()
             };
             self.fenced().await?;
             self.write_policy_status(policy_name, &policy, status).await?;
-            return Err(ControllerError::InvalidPolicy(policy_name.to_string(), e.to_string()));
+            return Err(ControllerError::InvalidPolicy(policy_name.to_string(), e));
         }
         let nodes: Api<Node> = Api::all(self.client.clone());
         let remediations: Api<NodeRemediation> = Api::all(self.client.clone());
@@ -311,6 +326,7 @@ impl<'e> Reconciler<'e> {
                     ("Valid", true, "Validated", "the policy passed validation".into()),
                     ("Paused", paused.0, paused.1, paused.2),
                     ("BreakerOpen", sum.breaker_open, "CircuitBreaker", breaker.breaker_reason.clone().unwrap_or_else(|| "closed".into())),
+                    ("Executors", true, if p.monitor_only { "MonitorOnly" } else { "Configured" }, self.executors_in_words(p)),
                 ],
             ),
             selected: sum.selected as u64,
@@ -326,6 +342,12 @@ impl<'e> Reconciler<'e> {
         // The records are persisted: the steps they name are carried out even if the policy status
         // cannot be written this time (the engine asks for a step once; skipping it would lose it).
         let status_written = self.write_policy_status(policy_name, &policy, status).await;
+        for a in &decision.would_execute {
+            if let Action::Execute { node, step, attempt, .. } = a {
+                let executor = self.executor.executor_for(*step).unwrap_or_else(|| "no executor".into());
+                tracing::info!(node = %node, step = %step, attempt, executor = %executor, "monitor-only: would run the step with {executor}");
+            }
+        }
         let acted = self.act(policy_name, &decision).await;
         // The records only; the nodes' taints need not be replayed.
         let mut after = records.clone();
@@ -343,6 +365,36 @@ impl<'e> Reconciler<'e> {
         acted?;
         status_written?;
         Ok(decision)
+    }
+
+    /// The ladder steps no executor can carry out, in words; None when every step has one.
+    fn missing_executors(&self, policy: &nodemedic_core::Policy) -> Option<String> {
+        let missing: Vec<String> = policy
+            .ladder
+            .iter()
+            .enumerate()
+            .filter(|(_, ls)| !matches!(ls.step, RemediationStep::Quarantine | RemediationStep::Manual))
+            .filter(|(_, ls)| self.executor.executor_for(ls.step).is_none())
+            .map(|(i, ls)| {
+                format!(
+                    "ladder[{i}] step {step}: no executor can carry it out (configure steps.{step} in --executors: a provider, webhook or command)",
+                    step = ls.step
+                )
+            })
+            .collect();
+        (!missing.is_empty()).then(|| missing.join("; "))
+    }
+
+    /// Which executor each step of the ladder goes to (what monitor-only would have used).
+    fn executors_in_words(&self, policy: &nodemedic_core::Policy) -> String {
+        let steps: Vec<String> = policy
+            .ladder
+            .iter()
+            .filter(|ls| !matches!(ls.step, RemediationStep::Quarantine | RemediationStep::Manual))
+            .map(|ls| format!("{}: {}", ls.step, self.executor.executor_for(ls.step).unwrap_or_else(|| "none".into())))
+            .collect();
+        let prefix = if policy.monitor_only { "monitor-only, nothing is executed; the steps would go to " } else { "" };
+        format!("{prefix}{}", steps.join("; "))
     }
 
     async fn fenced(&self) -> Result<(), ControllerError> {

@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    budget, current_report, drain_policy, namespace, open_record, pod_on, pods_on, quick_drains, report_of, request, wait_running,
+    Received, budget, current_report, drain_policy, namespace, open_record, pod_on, pods_on, quick_drains, receiver, report_of, request,
+    wait_running,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
@@ -16,9 +17,9 @@ use nodemedic_controller::{Executor, StepRequest, install_crds, now};
 use nodemedic_core::observe::ReportedOutcome;
 use nodemedic_core::{Duration as EngineDuration, RemediationStep, Time};
 use nodemedic_testenv::{ControlPlane, FakeNode, Options, wait_for};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -153,64 +154,6 @@ async fn the_same_attempt_requested_twice_starts_one_drain() -> anyhow::Result<(
 // ---------------------------------------------------------------------------------------------
 // Webhook
 // ---------------------------------------------------------------------------------------------
-
-/// What the test's HTTP receiver saw: method and path, headers (lower-case names), JSON body.
-#[derive(Debug, Clone)]
-struct Received {
-    line: String,
-    headers: Vec<(String, String)>,
-    body: serde_json::Value,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// A one-purpose HTTP/1.1 server: answers each request with the next of `answers` (status, body).
-async fn receiver(answers: Vec<(u16, &'static str)>) -> anyhow::Result<(String, Arc<Mutex<Vec<Received>>>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/nodemedic/steps", listener.local_addr()?);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        for (code, body) in answers {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let mut stream = BufReader::new(stream);
-            let mut line = String::new();
-            if stream.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                if stream.read_line(&mut h).await.is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((n, v)) = h.split_once(':') {
-                    headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-                }
-            }
-            let length = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(0);
-            let mut raw = vec![0; length];
-            if stream.read_exact(&mut raw).await.is_err() {
-                return;
-            }
-            let body_seen = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
-            if let Ok(mut v) = log.lock() {
-                v.push(Received { line: line.trim().to_string(), headers, body: body_seen });
-            }
-            let answer = format!(
-                "HTTP/1.1 {code} Answer\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.get_mut().write_all(answer.as_bytes()).await;
-            let _ = stream.get_mut().shutdown().await;
-        }
-    });
-    Ok((url, seen))
-}
 
 fn received(seen: &Arc<Mutex<Vec<Received>>>) -> Vec<Received> {
     seen.lock().map(|v| v.clone()).unwrap_or_default()

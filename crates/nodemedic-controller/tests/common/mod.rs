@@ -12,7 +12,9 @@ use nodemedic_core::observe::StepReport;
 use nodemedic_core::{Duration as EngineDuration, Policy, RemediationStep, Time};
 use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation, NodeRemediationSpec, field_managers};
 use nodemedic_testenv::{ControlPlane, wait_for};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// The policy the records name (`gpu-workers`), with the drain settings given (YAML flow mapping).
 pub async fn drain_policy(cp: &ControlPlane, drain: &str) -> anyhow::Result<()> {
@@ -141,4 +143,69 @@ pub async fn budget(cp: &ControlPlane, ns: &str, name: &str, app: &str, min_avai
 /// Fast pacing for tests; the deadline comes from each request.
 pub fn quick_drains() -> DrainConfig {
     DrainConfig { backoff: EngineDuration::from_millis(200), max_backoff: EngineDuration::from_secs(1), ..DrainConfig::default() }
+}
+
+/// What the test's HTTP receiver saw: method and path, headers (lower-case names), JSON body.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub line: String,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+    /// The body as sent (a form, say).
+    pub raw: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A one-purpose HTTP/1.1 server: answers each request with the next of `answers` (status, body).
+pub async fn receiver(answers: Vec<(u16, &'static str)>) -> anyhow::Result<(String, Arc<Mutex<Vec<Received>>>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/nodemedic/steps", listener.local_addr()?);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        for (code, body) in answers {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let mut stream = BufReader::new(stream);
+            let mut line = String::new();
+            if stream.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if stream.read_line(&mut h).await.is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((n, v)) = h.split_once(':') {
+                    headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+                }
+            }
+            let length = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(0);
+            let mut raw = vec![0; length];
+            if stream.read_exact(&mut raw).await.is_err() {
+                return;
+            }
+            let body_seen = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
+            if let Ok(mut v) = log.lock() {
+                v.push(Received {
+                    line: line.trim().to_string(),
+                    headers,
+                    body: body_seen,
+                    raw: String::from_utf8_lossy(&raw).into_owned(),
+                });
+            }
+            let answer = format!(
+                "HTTP/1.1 {code} Answer\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+            let _ = stream.get_mut().shutdown().await;
+        }
+    });
+    Ok((url, seen))
 }
