@@ -1181,10 +1181,12 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                 }
                 step => {
                     let report = w.obs.step_report.as_ref().filter(|r| w.record.as_ref().is_some_and(|rec| rec.attempt == r.attempt));
-                    if step == RemediationStep::Drain && a.executed && ls.completion == Completion::Reported {
-                        if blocked_drain(ctx, w, &a, inflight, out) != BlockedDrain::NotBlocked {
-                            return false;
-                        }
+                    if step == RemediationStep::Drain
+                        && a.executed
+                        && ls.completion == Completion::Reported
+                        && blocked_drain(ctx, w, &a, inflight, out) != BlockedDrain::NotBlocked
+                    {
+                        return false;
                     }
                     let completed_at = match (report.map(|r| (r.outcome, r.at, r.message.clone())), ls.completion) {
                         (Some((ReportedOutcome::Failed, _, msg)), _) => {
