@@ -695,6 +695,13 @@ mod tests {
     }
 
     #[test]
+    fn a_held_drain_is_a_drain_blocked_warning_that_fires_an_alert_until_the_node_recovers() {
+        assert_eq!(node_kind(EventKind::DrainHeld), Some(IncidentKind::DrainBlocked));
+        assert_eq!(IncidentKind::DrainBlocked.default_severity(), Severity::Warning);
+        assert!(IncidentKind::DrainBlocked.is_alert());
+    }
+
+    #[test]
     fn a_password_written_into_the_config_is_refused() {
         let inline = config(serde_json::json!({
             "channels": [{"name": "mail", "smtp": {"host": "h", "from": "a@b", "to": ["c@d"], "password": "hunter2"}}]
