@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod notify;
 pub mod providers;
 pub mod run;
+pub mod webhook;
 
 use events::publish_events;
 pub use kube::runtime::events::Recorder;
