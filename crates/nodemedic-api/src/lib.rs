@@ -13,7 +13,6 @@
 pub mod actions;
 pub mod auth;
 pub mod openapi;
-pub mod provider;
 pub mod request;
 pub mod store;
 pub mod tls;
@@ -21,7 +20,8 @@ pub mod tls;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-pub use provider::{GceProvider, Provider, RecreateNodeProvider};
+/// The providers live with the executors, so the ladder's replace step and the actions API share one interface.
+pub use nodemedic_controller::providers::{self as provider, GceProvider, Provider, RecreateNodeProvider};
 pub use request::{ActionRequest, ActionType};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -17,6 +17,7 @@ pub fn event_type(kind: EventKind) -> EventType {
     match kind {
         EventKind::StepFailed
         | EventKind::StepTimedOut
+        | EventKind::DrainHeld
         | EventKind::EscalatedToManual
         | EventKind::LemonNode
         | EventKind::BreakerTripped

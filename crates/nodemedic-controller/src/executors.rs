@@ -1,6 +1,7 @@
 //! Executors: how the steps the engine decides are carried out.
 //!
-//! - [`DrainExecutor`] evicts a node's pods through the Eviction API, honouring PodDisruptionBudgets.
+//! - [`DrainExecutor`] (in [`crate::drain`]) evicts a node's pods through the Eviction API, honouring
+//!   PodDisruptionBudgets and the policy's drain settings.
 //! - [`WebhookExecutor`] hands a step to a site's HTTP endpoint (a provisioning system, a script host).
 //! - [`CommandExecutor`] runs a site script with the request in its environment.
 //! - [`NoopExecutor`] only logs (monitor-only mode).
@@ -9,12 +10,16 @@
 //! Every executor follows the [`Executor`] contract: `execute` returns once the request is
 //! accepted, and the outcome arrives later as a `stepReport` on the node's NodeRemediation
 //! ([`nodemedic_k8s::report_step`]). Work that runs in the background (a drain, a command) is started
-//! at most once per (node, attempt, step) by one executor, however often it is asked.
+//! at most once per (node, attempt, step) by one executor, however often it is asked. A new leader
+//! calls [`Executor::resume`] for the steps its records show in flight without a report: the drain
+//! carries on from its recorded progress, a command runs again (`NODEMEDIC_RESUMED=1`), a webhook is
+//! sent again with the same idempotency key so the site can answer with the outcome.
 
+pub use crate::drain::{DrainExecutor, MIRROR_POD_ANNOTATION, PodDisposition, pod_disposition};
+use crate::providers::{ProviderConfig, ProviderExecutor};
+pub use crate::webhook::{WebhookExecutor, WebhookRequest};
 use crate::{AgentExecutor, ExecFuture, Executor, StepRequest};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Preconditions};
-use kube::{Client, ResourceExt};
+use kube::Client;
 use nodemedic_core::observe::{ReportedOutcome, StepReport};
 use nodemedic_core::{Duration, RemediationStep, Time};
 use nodemedic_k8s::field_managers;
@@ -81,6 +86,9 @@ pub enum StepExecutorConfig {
     Webhook(WebhookConfig),
     /// A site script runs (`command: [argv...]`), its exit status is the outcome.
     Command(Vec<String>),
+    /// A machine provider carries it out (`provider: {clusterApi: {}}`, `{gce: {}}`,
+    /// `{civo: {region, apiKeyFile}}`, `{recreateNode: {}}`).
+    Provider(ProviderConfig),
 }
 
 /// How a drain is paced.
@@ -125,7 +133,7 @@ fn default_webhook_timeout() -> Duration {
 // ---------------------------------------------------------------------------------------------
 
 /// Time left until `deadline`, or `fallback` when the request has none; zero once it has passed.
-fn time_left(deadline: Option<Time>, fallback: Duration) -> std::time::Duration {
+pub(crate) fn time_left(deadline: Option<Time>, fallback: Duration) -> std::time::Duration {
     let ms = match deadline {
         Some(d) => d.as_millis() - crate::now().as_millis(),
         None => fallback.as_millis(),
@@ -133,7 +141,7 @@ fn time_left(deadline: Option<Time>, fallback: Duration) -> std::time::Duration 
     std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-fn std_duration(d: Duration) -> std::time::Duration {
+pub(crate) fn std_duration(d: Duration) -> std::time::Duration {
     std::time::Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(0))
 }
 
@@ -143,7 +151,7 @@ type StartedWork = (u32, RemediationStep, Option<AbortHandle>);
 /// The (attempt, step) each node's background work was last started for, so that a repeated
 /// request does not start it again.
 #[derive(Default)]
-struct Started {
+pub(crate) struct Started {
     by_node: Mutex<HashMap<String, StartedWork>>,
     count: std::sync::atomic::AtomicU64,
 }
@@ -152,7 +160,7 @@ impl Started {
     /// Starts the work with `start` unless this (node, attempt, step) was started before or a newer
     /// attempt already runs; returns whether it started. Work for an older attempt of the node is
     /// stopped: the engine has moved on and would ignore its report.
-    fn start(&self, req: &StepRequest, start: impl FnOnce() -> Result<AbortHandle, String>) -> Result<bool, String> {
+    pub(crate) fn start(&self, req: &StepRequest, start: impl FnOnce() -> Result<AbortHandle, String>) -> Result<bool, String> {
         let mut map = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((attempt, step, handle)) = map.get(&req.node) {
             if *attempt > req.attempt || (*attempt == req.attempt && *step == req.step) {
@@ -168,14 +176,26 @@ impl Started {
         Ok(true)
     }
 
-    fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Work dies with the executor that started it, as it would with its process.
+impl Drop for Started {
+    fn drop(&mut self) {
+        let map = self.by_node.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, _, handle) in map.values() {
+            if let Some(h) = handle {
+                h.abort();
+            }
+        }
     }
 }
 
 /// Writes the step's outcome on the node's NodeRemediation, retrying a few times when the API server
 /// does not answer. A record that is gone is not an error: nothing waits for the report any more.
-async fn report(
+pub(crate) async fn report(
     client: &Client,
     field_manager: &str,
     req: &StepRequest,
@@ -211,14 +231,14 @@ async fn report(
 }
 
 /// Like [`report`], for background tasks: a report that cannot be written is logged.
-async fn report_or_log(client: &Client, field_manager: &str, req: &StepRequest, outcome: ReportedOutcome, message: String) {
+pub(crate) async fn report_or_log(client: &Client, field_manager: &str, req: &StepRequest, outcome: ReportedOutcome, message: String) {
     if let Err(e) = report(client, field_manager, req, outcome, message).await {
         tracing::error!(node = %req.node, step = %req.step, attempt = req.attempt, error = %e, "the step report could not be written; the engine will time the step out");
     }
 }
 
 /// The end of `text`, at most `max` bytes (cut on a character boundary), marked when cut.
-fn tail(text: &str, max: usize) -> String {
+pub(crate) fn tail(text: &str, max: usize) -> String {
     let text = text.trim();
     if text.len() <= max {
         return text.to_string();
@@ -228,297 +248,6 @@ fn tail(text: &str, max: usize) -> String {
         start += 1;
     }
     format!("…{}", &text[start..])
-}
-
-// ---------------------------------------------------------------------------------------------
-// Drain
-// ---------------------------------------------------------------------------------------------
-
-/// What a drain does with a pod on the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PodDisposition {
-    /// Evict it.
-    Evict,
-    /// Already being deleted: wait until it is gone.
-    Terminating,
-    /// Run by a DaemonSet, which would put it straight back (and tolerates the repair taints): left alone.
-    DaemonSet,
-    /// The API server's mirror of a static pod the kubelet runs from a file: eviction cannot remove it.
-    Mirror,
-}
-
-/// The annotation the kubelet sets on the mirror pod of a static pod.
-pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
-
-/// How a drain treats `pod`.
-pub fn pod_disposition(pod: &Pod) -> PodDisposition {
-    if pod.annotations().contains_key(MIRROR_POD_ANNOTATION) {
-        return PodDisposition::Mirror;
-    }
-    let daemon_set = pod.owner_references().iter().any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
-    if daemon_set {
-        return PodDisposition::DaemonSet;
-    }
-    if pod.metadata.deletion_timestamp.is_some() {
-        return PodDisposition::Terminating;
-    }
-    PodDisposition::Evict
-}
-
-/// Why an eviction was refused, in words: a budget's refusal names the budget.
-fn refusal(status: &kube::core::Status) -> String {
-    let mut causes = status.details.iter().flat_map(|d| d.causes.iter());
-    if let Some(cause) = causes.find(|c| c.reason == "DisruptionBudget") {
-        // The API server writes "The disruption budget NAME needs N healthy pods and has M currently"
-        // (or "... is still being processed by the server.").
-        let Some(rest) = cause.message.strip_prefix("The disruption budget ") else {
-            return format!("blocked by a PodDisruptionBudget: {}", cause.message);
-        };
-        let (name, why) = rest.split_once(' ').unwrap_or((rest, ""));
-        let why = why.trim().trim_end_matches('.');
-        return if why.is_empty() {
-            format!("blocked by PodDisruptionBudget {name}")
-        } else {
-            format!("blocked by PodDisruptionBudget {name} ({why})")
-        };
-    }
-    format!("eviction refused ({} {}): {}", status.code, status.reason, status.message)
-}
-
-/// Evicts the pods of a node through the Eviction API, so PodDisruptionBudgets are honoured. The node
-/// is already cordoned by the repair taints. An allowed eviction deletes the pod (with its grace
-/// period); the drain waits until it is gone. DaemonSet and mirror pods are left in place. A refused eviction (429) is tried again with backoff
-/// until the step's deadline; the drain reports `Succeeded` once every evictable pod is gone, or
-/// `Failed` at the deadline naming the pods that remain and why.
-pub struct DrainExecutor {
-    client: Client,
-    config: DrainConfig,
-    started: Arc<Started>,
-}
-
-impl DrainExecutor {
-    pub fn new(client: Client, config: DrainConfig) -> DrainExecutor {
-        DrainExecutor { client, config, started: Arc::default() }
-    }
-
-    /// How many drains this executor has started (repeated requests for one attempt count once).
-    pub fn drains_started(&self) -> u64 {
-        self.started.count()
-    }
-}
-
-impl Executor for DrainExecutor {
-    fn execute<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
-        Box::pin(async move {
-            if request.step != RemediationStep::Drain {
-                return Err(format!("the drain executor cannot run step {}", request.step));
-            }
-            let started = self.started.start(request, || {
-                let (client, config, req) = (self.client.clone(), self.config.clone(), request.clone());
-                Ok(tokio::spawn(async move {
-                    let (outcome, message) = drain(&client, &config, &req).await;
-                    report_or_log(&client, field_managers::DRAIN, &req, outcome, message).await;
-                })
-                .abort_handle())
-            })?;
-            if started {
-                tracing::info!(node = %request.node, attempt = request.attempt, "drain started");
-            } else {
-                tracing::info!(node = %request.node, attempt = request.attempt, "drain already started for this attempt");
-            }
-            Ok(())
-        })
-    }
-}
-
-/// Runs one drain to its end: the outcome and the message for the report.
-async fn drain(client: &Client, config: &DrainConfig, req: &StepRequest) -> (ReportedOutcome, String) {
-    let until = tokio::time::Instant::now() + time_left(req.deadline, config.timeout);
-    let all: Api<Pod> = Api::all(client.clone());
-    let on_node = ListParams::default().fields(&format!("spec.nodeName={}", req.node));
-    let mut evicted = std::collections::BTreeSet::new();
-    let mut pause = std_duration(config.backoff);
-    loop {
-        // Pod (namespace/name) → why it is still there.
-        let mut remaining: BTreeMap<String, String> = BTreeMap::new();
-        let (mut daemon_sets, mut mirrors) = (0, 0);
-        let mut refused = false;
-        match all.list(&on_node).await {
-            Err(e) => {
-                remaining.insert(String::new(), format!("listing the node's pods failed: {e}"));
-                refused = true;
-            }
-            Ok(pods) => {
-                for pod in &pods.items {
-                    let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-                    match pod_disposition(pod) {
-                        PodDisposition::DaemonSet => daemon_sets += 1,
-                        PodDisposition::Mirror => mirrors += 1,
-                        PodDisposition::Terminating => {
-                            remaining.insert(key, "still terminating".into());
-                        }
-                        PodDisposition::Evict => {
-                            if let Some(why) = evict(client, pod, &mut evicted).await {
-                                refused = true;
-                                remaining.insert(key, why);
-                            } else if pod.uid().is_some_and(|u| evicted.contains(&u)) {
-                                remaining.insert(key, "evicted, still terminating".into());
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if remaining.is_empty() {
-            let mut message = format!("evicted {} pods", evicted.len());
-            let left: Vec<String> = [(daemon_sets, "DaemonSet"), (mirrors, "mirror")]
-                .into_iter()
-                .filter(|(n, _)| *n > 0)
-                .map(|(n, kind)| format!("{n} {kind} pods"))
-                .collect();
-            if !left.is_empty() {
-                message.push_str(&format!("; left in place: {}", left.join(", ")));
-            }
-            return (ReportedOutcome::Succeeded, message);
-        }
-        let now = tokio::time::Instant::now();
-        if now >= until {
-            return (ReportedOutcome::Failed, unfinished(&req.node, evicted.len(), &remaining));
-        }
-        tokio::time::sleep(pause.min(until - now)).await;
-        pause = if refused { (pause * 2).min(std_duration(config.max_backoff)) } else { std_duration(config.backoff) };
-    }
-}
-
-/// Asks the Eviction API to evict `pod`; `None` when it was accepted (or the pod is gone), else why not.
-async fn evict(client: &Client, pod: &Pod, evicted: &mut std::collections::BTreeSet<String>) -> Option<String> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-    // The UID precondition keeps a pod that replaced this one under the same name from being
-    // evicted by mistake; it is looked at afresh in the next round.
-    let params = EvictParams {
-        delete_options: Some(DeleteParams {
-            preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
-            ..DeleteParams::default()
-        }),
-        ..EvictParams::default()
-    };
-    match api.evict(&pod.name_any(), &params).await {
-        Ok(_) => {
-            evicted.extend(pod.uid());
-            None
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 => None,
-        Err(kube::Error::Api(s)) if s.code == 409 => Some("replaced while being evicted".into()),
-        Err(kube::Error::Api(s)) => Some(refusal(&s)),
-        Err(e) => Some(format!("eviction failed: {e}")),
-    }
-}
-
-/// The failure report: which pods remain and why (at most ten named).
-fn unfinished(node: &str, evicted: usize, remaining: &BTreeMap<String, String>) -> String {
-    const NAMED: usize = 10;
-    let mut parts: Vec<String> =
-        remaining.iter().take(NAMED).map(|(pod, why)| if pod.is_empty() { why.clone() } else { format!("pod {pod} {why}") }).collect();
-    if remaining.len() > NAMED {
-        parts.push(format!("and {} more", remaining.len() - NAMED));
-    }
-    format!("drain of node {node} did not finish by its deadline (evicted {evicted} pods): {}", parts.join("; "))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Webhook
-// ---------------------------------------------------------------------------------------------
-
-/// The JSON a webhook receives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WebhookRequest {
-    pub node: String,
-    pub step: RemediationStep,
-    pub attempt: u32,
-    /// When the engine stops waiting for the report (RFC 3339), if it will.
-    pub deadline: Option<Time>,
-    pub reason: String,
-    /// `<node>/<attempt>/<step>`: the same for every retry of one request, so the site can deduplicate.
-    pub idempotency_key: String,
-}
-
-impl WebhookRequest {
-    pub fn new(req: &StepRequest) -> WebhookRequest {
-        WebhookRequest {
-            node: req.node.clone(),
-            step: req.step,
-            attempt: req.attempt,
-            deadline: req.deadline,
-            reason: req.reason.clone(),
-            idempotency_key: format!("{}/{}/{}", req.node, req.attempt, req.step),
-        }
-    }
-}
-
-/// A site's answer when it finished the step while answering.
-#[derive(Debug, Deserialize)]
-struct WebhookAnswer {
-    outcome: ReportedOutcome,
-    #[serde(default)]
-    message: String,
-}
-
-/// Hands a step to a site's HTTP endpoint: POSTs a [`WebhookRequest`] (also sending the idempotency
-/// key as the `Idempotency-Key` header, and a bearer token when configured). Any 2xx answer means
-/// accepted: the site reports the outcome itself later, unless the answer's body is
-/// `{"outcome": "succeeded"|"failed", "message": ...}`, which the executor reports at once.
-pub struct WebhookExecutor {
-    client: Client,
-    http: reqwest::Client,
-    config: WebhookConfig,
-}
-
-impl WebhookExecutor {
-    pub fn new(client: Client, config: WebhookConfig) -> Result<WebhookExecutor, ExecutorError> {
-        let bad = |message: String| ExecutorError::Webhook { url: config.url.clone(), message };
-        let url = reqwest::Url::parse(&config.url).map_err(|e| bad(format!("not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(bad("only http and https are supported".into()));
-        }
-        let http = reqwest::Client::builder().timeout(std_duration(config.timeout)).build().map_err(|e| bad(e.to_string()))?;
-        Ok(WebhookExecutor { client, http, config })
-    }
-
-    async fn send(&self, request: &StepRequest) -> Result<(), String> {
-        let url = &self.config.url;
-        let body = WebhookRequest::new(request);
-        let mut post = self.http.post(url).header("Idempotency-Key", &body.idempotency_key).json(&body);
-        if let Some(file) = &self.config.token_file {
-            let token = tokio::fs::read_to_string(file)
-                .await
-                .map_err(|e| format!("webhook {url}: reading the token file {}: {e}", file.display()))?;
-            post = post.bearer_auth(token.trim());
-        }
-        let response = post.send().await.map_err(|e| format!("webhook {url} could not be reached: {e}"))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| format!("webhook {url} answered {status} but its body could not be read: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("webhook {url} answered {status}: {}", tail(&text, 300)));
-        }
-        let Ok(serde_json::Value::Object(answer)) = serde_json::from_str::<serde_json::Value>(&text) else {
-            return Ok(()); // Accepted; the site reports when it is done.
-        };
-        if !answer.contains_key("outcome") {
-            return Ok(());
-        }
-        let answer: WebhookAnswer = serde_json::from_value(serde_json::Value::Object(answer))
-            .map_err(|e| format!("webhook {url} answered {status} with an outcome nodemedic does not understand: {e}"))?;
-        report(&self.client, field_managers::EXECUTOR, request, answer.outcome, answer.message)
-            .await
-            .map_err(|e| format!("webhook {url} reported the step done, but writing the report failed: {e}"))
-    }
-}
-
-impl Executor for WebhookExecutor {
-    fn execute<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
-        Box::pin(self.send(request))
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,9 +282,13 @@ impl CommandExecutor {
         self.started.count()
     }
 
-    fn spawn(&self, request: &StepRequest) -> Result<AbortHandle, String> {
+    fn spawn(&self, request: &StepRequest, resumed: bool) -> Result<AbortHandle, String> {
         let program = &self.argv[0];
-        let child = tokio::process::Command::new(program)
+        let mut command = tokio::process::Command::new(program);
+        if resumed {
+            command.env("NODEMEDIC_RESUMED", "1");
+        }
+        let child = command
             .args(&self.argv[1..])
             .env("NODEMEDIC_NODE", &request.node)
             .env("NODEMEDIC_STEP", request.step.as_str())
@@ -599,9 +332,24 @@ impl CommandExecutor {
 impl Executor for CommandExecutor {
     fn execute<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
         Box::pin(async move {
-            let started = self.started.start(request, || self.spawn(request))?;
+            let started = self.started.start(request, || self.spawn(request, false))?;
             if !started {
                 tracing::info!(node = %request.node, step = %request.step, attempt = request.attempt, "command already started for this attempt");
+            }
+            Ok(())
+        })
+    }
+
+    fn executor_for(&self, _step: RemediationStep) -> Option<String> {
+        Some(format!("the command {}", self.argv[0]))
+    }
+
+    /// The process that ran the command is gone with its leader: run it again (once per process),
+    /// with `NODEMEDIC_RESUMED=1`; site scripts key their work on node and attempt.
+    fn resume<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
+        Box::pin(async move {
+            if self.started.start(request, || self.spawn(request, true))? {
+                tracing::info!(node = %request.node, step = %request.step, attempt = request.attempt, "command run again for a step in flight without a report");
             }
             Ok(())
         })
@@ -619,6 +367,10 @@ impl Executor for NoopExecutor {
     fn execute<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
         tracing::info!(node = %request.node, step = %request.step, attempt = request.attempt, reason = %request.reason, "monitor-only: step not executed");
         Box::pin(async { Ok(()) })
+    }
+
+    fn executor_for(&self, _step: RemediationStep) -> Option<String> {
+        Some("nothing (noop: logged only)".into())
     }
 }
 
@@ -670,6 +422,14 @@ impl StepRouter {
                     CommandExecutor::new(client.clone(), argv.clone(), config.command_timeout)
                         .map_err(|message| ExecutorError::Config { step: *step, message })?,
                 ),
+                StepExecutorConfig::Provider(p) => {
+                    let provider = p.build(&client).map_err(|message| ExecutorError::Config { step: *step, message })?;
+                    if !provider.steps().contains(step) {
+                        let message = format!("the {} provider cannot carry out {step}", provider.name());
+                        return Err(ExecutorError::Config { step: *step, message });
+                    }
+                    Arc::new(ProviderExecutor::new(client.clone(), provider))
+                }
             };
             router = router.route(*step, executor);
         }
@@ -687,62 +447,22 @@ impl Executor for StepRouter {
             }
         }
     }
+
+    fn resume<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
+        match self.routes.get(&request.step) {
+            Some(executor) => executor.resume(request),
+            None => Box::pin(async { Ok(()) }),
+        }
+    }
+
+    fn executor_for(&self, step: RemediationStep) -> Option<String> {
+        self.routes.get(&step).and_then(|e| e.executor_for(step))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pod(json: serde_json::Value) -> Result<Pod, serde_json::Error> {
-        serde_json::from_value(json)
-    }
-
-    #[test]
-    fn a_plain_pod_is_evicted() -> Result<(), serde_json::Error> {
-        let p = pod(serde_json::json!({"metadata": {"name": "web-0", "namespace": "default"}}))?;
-        assert_eq!(pod_disposition(&p), PodDisposition::Evict);
-        Ok(())
-    }
-
-    #[test]
-    fn a_daemonset_pod_is_left_alone_but_a_replicaset_pod_is_evicted() -> Result<(), serde_json::Error> {
-        let owned_by = |kind: &str| {
-            pod(serde_json::json!({"metadata": {"name": "p", "namespace": "kube-system", "ownerReferences": [
-                {"apiVersion": "apps/v1", "kind": kind, "name": "owner", "uid": "u-1", "controller": true}]}}))
-        };
-        assert_eq!(pod_disposition(&owned_by("DaemonSet")?), PodDisposition::DaemonSet);
-        assert_eq!(pod_disposition(&owned_by("ReplicaSet")?), PodDisposition::Evict);
-        Ok(())
-    }
-
-    #[test]
-    fn a_mirror_pod_is_left_alone() -> Result<(), serde_json::Error> {
-        let p = pod(serde_json::json!({"metadata": {"name": "etcd-node", "namespace": "kube-system",
-            "annotations": {MIRROR_POD_ANNOTATION: "abc"}}}))?;
-        assert_eq!(pod_disposition(&p), PodDisposition::Mirror);
-        Ok(())
-    }
-
-    #[test]
-    fn a_pod_being_deleted_is_waited_for_not_evicted_again() -> Result<(), serde_json::Error> {
-        let p = pod(serde_json::json!({"metadata": {"name": "p", "namespace": "default", "deletionTimestamp": "2026-01-01T00:00:00Z"}}))?;
-        assert_eq!(pod_disposition(&p), PodDisposition::Terminating);
-        Ok(())
-    }
-
-    #[test]
-    fn a_budget_refusal_names_the_budget() -> Result<(), serde_json::Error> {
-        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
-            "status": "Failure", "code": 429, "reason": "TooManyRequests",
-            "message": "Cannot evict pod as it would violate the pod's disruption budget.",
-            "details": {"causes": [{"reason": "DisruptionBudget", "message": "The disruption budget db-pdb needs 1 healthy pods and has 1 currently"}]},
-        }))?;
-        assert_eq!(refusal(&status), "blocked by PodDisruptionBudget db-pdb (needs 1 healthy pods and has 1 currently)");
-        let other: kube::core::Status = serde_json::from_value(serde_json::json!({
-            "status": "Failure", "code": 500, "reason": "InternalError", "message": "This pod has more than one PodDisruptionBudget"}))?;
-        assert!(refusal(&other).contains("more than one PodDisruptionBudget"));
-        Ok(())
-    }
 
     #[test]
     fn a_long_stderr_keeps_its_end() {
@@ -752,13 +472,6 @@ mod tests {
         assert_eq!(tail("  short\n", 20), "short");
         // Never cuts inside a character.
         assert_eq!(tail("ééé", 3), "…é");
-    }
-
-    #[test]
-    fn the_failure_message_names_at_most_ten_pods() {
-        let remaining: BTreeMap<String, String> = (0..12).map(|i| (format!("ns/p-{i:02}"), "blocked".to_string())).collect();
-        let m = unfinished("gpu-1", 3, &remaining);
-        assert!(m.contains("pod ns/p-00 blocked") && m.contains("and 2 more") && !m.contains("p-11"), "{m}");
     }
 
     #[test]
@@ -802,11 +515,5 @@ steps:
         let drain = StepRequest { step: RemediationStep::Drain, ..req };
         assert_eq!(router.execute(&drain).await, Ok(()));
         assert_eq!(StepRouter::monitor_only().steps().count(), RemediationStep::ALL.len());
-    }
-
-    #[test]
-    fn the_idempotency_key_is_node_attempt_step() {
-        let req = StepRequest { node: "gpu-7".into(), step: RemediationStep::Replace, attempt: 3, deadline: None, reason: "r".into() };
-        assert_eq!(WebhookRequest::new(&req).idempotency_key, "gpu-7/3/replace");
     }
 }

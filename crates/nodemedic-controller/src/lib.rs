@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{Node, Taint as K8sTaint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
+use nodemedic_core::drain::step_to_resume;
 use nodemedic_core::engine::{Action, Decision, RecordChange};
 use nodemedic_core::{FleetIndex, NodeObservation, Outage, Records, RemediationStep, Time, account_for_outages, apply, decide};
 use nodemedic_k8s::{
@@ -16,12 +17,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 pub mod contact;
+pub mod drain;
 pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod notify;
+pub mod providers;
 pub mod run;
+pub mod webhook;
 
 use events::publish_events;
 pub use kube::runtime::events::Recorder;
@@ -94,6 +98,20 @@ pub type ExecFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Res
 /// ([`nodemedic_k8s::report_step`]), which is what the engine waits for.
 pub trait Executor: Send + Sync {
     fn execute<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a>;
+
+    /// Picks up a step that the records show in flight without a report, after a leader change or
+    /// a restart: the process that started it may be gone. Called on every pass for every such step,
+    /// so it must be cheap and idempotent; the default does nothing (the node agent acts on the
+    /// record itself, and a no-op has nothing to resume).
+    fn resume<'a>(&'a self, _request: &'a StepRequest) -> ExecFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Which executor carries out `step`, in words (`the node agent`, `the cluster-api provider`);
+    /// None when this executor cannot. A policy whose ladder has a step without one is refused.
+    fn executor_for(&self, _step: RemediationStep) -> Option<String> {
+        Some("a custom executor".into())
+    }
 }
 
 /// The node agent executes node-local steps: the persisted record *is* the request (the agent on
@@ -103,6 +121,10 @@ pub struct AgentExecutor;
 impl Executor for AgentExecutor {
     fn execute<'a>(&'a self, _request: &'a StepRequest) -> ExecFuture<'a> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn executor_for(&self, _step: RemediationStep) -> Option<String> {
+        Some("the node agent".into())
     }
 }
 
@@ -239,17 +261,21 @@ impl<'e> Reconciler<'e> {
     async fn reconcile_inner(&self, policy_name: &str, cached: Option<&[Arc<Node>]>, now: Time) -> Result<Decision, ControllerError> {
         let policies: Api<NodeHealthPolicy> = Api::all(self.client.clone());
         let policy = policies.get(policy_name).await?;
-        if let Err(e) = policy.validate() {
+        let invalid = match policy.validate() {
+            Err(e) => Some(("InvalidPolicy", e.to_string())),
+            Ok(()) => self.missing_executors(&policy.spec.policy).map(|m| ("MissingExecutor", m)),
+        };
+        if let Some((reason, e)) = invalid {
             // What the schema and CEL could not catch: say so on the policy and act on nothing.
             let status = NodeHealthPolicyStatus {
                 observed_generation: policy.metadata.generation,
-                conditions: conditions(policy.status.as_ref(), &[("Valid", false, "InvalidPolicy", e.to_string())]),
+                conditions: conditions(policy.status.as_ref(), &[("Valid", false, reason, e.clone())]),
                 notifications: Vec::new(),
                 ..policy.status.clone().unwrap_or_default()
             };
             self.fenced().await?;
             self.write_policy_status(policy_name, &policy, status).await?;
-            return Err(ControllerError::InvalidPolicy(policy_name.to_string(), e.to_string()));
+            return Err(ControllerError::InvalidPolicy(policy_name.to_string(), e));
         }
         let nodes: Api<Node> = Api::all(self.client.clone());
         let remediations: Api<NodeRemediation> = Api::all(self.client.clone());
@@ -320,6 +346,7 @@ impl<'e> Reconciler<'e> {
                     ("Valid", true, "Validated", "the policy passed validation".into()),
                     ("Paused", paused.0, paused.1, paused.2),
                     ("BreakerOpen", sum.breaker_open, "CircuitBreaker", breaker.breaker_reason.clone().unwrap_or_else(|| "closed".into())),
+                    ("Executors", true, if p.monitor_only { "MonitorOnly" } else { "Configured" }, self.executors_in_words(p)),
                 ],
             ),
             selected: sum.selected as u64,
@@ -335,11 +362,18 @@ impl<'e> Reconciler<'e> {
         // The records are persisted: the steps they name are carried out even if the policy status
         // cannot be written this time (the engine asks for a step once; skipping it would lose it).
         let status_written = self.write_policy_status(policy_name, &policy, status).await;
+        for a in &decision.would_execute {
+            if let Action::Execute { node, step, attempt, .. } = a {
+                let executor = self.executor.executor_for(*step).unwrap_or_else(|| "no executor".into());
+                tracing::info!(node = %node, step = %step, attempt, executor = %executor, "monitor-only: would run the step with {executor}");
+            }
+        }
         let acted = self.act(policy_name, &decision).await;
+        // The records only; the nodes' taints need not be replayed.
+        let mut after = records.clone();
+        apply(&decision, &mut [], &mut after);
+        self.resume_in_flight(&decision, &after, &recs).await;
         if let Some(m) = self.metrics {
-            // The metrics read the records only; the nodes' taints need not be replayed.
-            let mut after = records.clone();
-            apply(&decision, &mut [], &mut after);
             let pools = metrics::pools_of(snapshot, &p.node_pool_label, &after);
             m.observe(policy_name, &decision, &after, &pools, now);
         }
@@ -377,6 +411,36 @@ impl<'e> Reconciler<'e> {
             }
         }
         Ok(())
+    }
+
+    /// The ladder steps no executor can carry out, in words; None when every step has one.
+    fn missing_executors(&self, policy: &nodemedic_core::Policy) -> Option<String> {
+        let missing: Vec<String> = policy
+            .ladder
+            .iter()
+            .enumerate()
+            .filter(|(_, ls)| !matches!(ls.step, RemediationStep::Quarantine | RemediationStep::Manual))
+            .filter(|(_, ls)| self.executor.executor_for(ls.step).is_none())
+            .map(|(i, ls)| {
+                format!(
+                    "ladder[{i}] step {step}: no executor can carry it out (configure steps.{step} in --executors: a provider, webhook or command)",
+                    step = ls.step
+                )
+            })
+            .collect();
+        (!missing.is_empty()).then(|| missing.join("; "))
+    }
+
+    /// Which executor each step of the ladder goes to (what monitor-only would have used).
+    fn executors_in_words(&self, policy: &nodemedic_core::Policy) -> String {
+        let steps: Vec<String> = policy
+            .ladder
+            .iter()
+            .filter(|ls| !matches!(ls.step, RemediationStep::Quarantine | RemediationStep::Manual))
+            .map(|ls| format!("{}: {}", ls.step, self.executor.executor_for(ls.step).unwrap_or_else(|| "none".into())))
+            .collect();
+        let prefix = if policy.monitor_only { "monitor-only, nothing is executed; the steps would go to " } else { "" };
+        format!("{prefix}{}", steps.join("; "))
     }
 
     async fn fenced(&self) -> Result<(), ControllerError> {
@@ -473,6 +537,25 @@ impl<'e> Reconciler<'e> {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Hands every step the records show in flight without a report (and not just started by this
+    /// pass) back to its executor, which resumes it or reads its outcome back: the process that
+    /// started it may have been the previous leader. Executors make this idempotent.
+    async fn resume_in_flight(&self, decision: &Decision, after: &Records, recs: &BTreeMap<String, NodeRemediation>) {
+        for record in after.nodes.values() {
+            let report = recs.get(&record.node).and_then(|r| r.status.as_ref()).and_then(|s| s.step_report.as_ref());
+            let Some(step) = step_to_resume(record, report) else { continue };
+            let just_started = decision.actions.iter().any(|a| matches!(a, Action::Execute { node, .. } if *node == step.node));
+            if just_started {
+                continue;
+            }
+            let request =
+                StepRequest { node: step.node, step: step.step, attempt: step.attempt, deadline: step.deadline, reason: step.reason };
+            if let Err(message) = self.executor.resume(&request).await {
+                tracing::error!(node = %request.node, step = %request.step, attempt = request.attempt, error = %message, "resuming the step failed; tried again next pass");
+            }
+        }
     }
 
     /// Read-modify-write of the node's taints with a resourceVersion precondition, so taints others

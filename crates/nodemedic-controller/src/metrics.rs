@@ -478,6 +478,9 @@ mod tests {
             executed: true,
             boot_id_at_start: None,
             notified_at: None,
+            unobserved: nodemedic_core::Duration::ZERO,
+            unobserved_until: None,
+            drain_held_at: None,
         };
         NodeRecord { node: "gpu-001".into(), phase: Phase::Remediating, active: Some(active), ..NodeRecord::default() }
     }

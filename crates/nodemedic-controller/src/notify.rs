@@ -393,6 +393,7 @@ fn node_kind(kind: EventKind) -> Option<IncidentKind> {
         EventKind::RemediationStarted => IncidentKind::RemediationStarted,
         EventKind::Recovered => IncidentKind::NodeRecovered,
         EventKind::NodeReleased => IncidentKind::RemediationFinished,
+        EventKind::DrainHeld => IncidentKind::DrainBlocked,
         // The Manual escalation comes as a Notify action, with the engine's notice.
         _ => return None,
     })
@@ -706,6 +707,13 @@ mod tests {
         assert_eq!(c.channels[2].webhook.as_ref().map(|w| w.format), Some(WebhookFormat::ChatText));
         assert_eq!(c.probe_results, DEFAULT_PROBE_RESULTS);
         Ok(())
+    }
+
+    #[test]
+    fn a_held_drain_is_a_drain_blocked_warning_that_fires_an_alert_until_the_node_recovers() {
+        assert_eq!(node_kind(EventKind::DrainHeld), Some(IncidentKind::DrainBlocked));
+        assert_eq!(IncidentKind::DrainBlocked.default_severity(), Severity::Warning);
+        assert!(IncidentKind::DrainBlocked.is_alert());
     }
 
     #[test]

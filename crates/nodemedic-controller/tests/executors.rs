@@ -3,127 +3,27 @@
 //! request as JSON with its idempotency key; a command gets the request in its environment and its
 //! exit status becomes the step report.
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+mod common;
+
+use common::{
+    Received, budget, current_report, drain_policy, namespace, open_record, pod_on, pods_on, quick_drains, receiver, report_of, request,
+    wait_running,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::Api;
 use kube::{Client, Config};
-use nodemedic_controller::executors::{DrainConfig, DrainExecutor, ExecutorsConfig, StepRouter, WebhookConfig, WebhookExecutor};
+use nodemedic_controller::executors::{DrainExecutor, ExecutorsConfig, StepRouter, WebhookConfig, WebhookExecutor};
 use nodemedic_controller::{Executor, StepRequest, install_crds, now};
-use nodemedic_core::observe::{ReportedOutcome, StepReport};
+use nodemedic_core::observe::ReportedOutcome;
 use nodemedic_core::{Duration as EngineDuration, RemediationStep, Time};
-use nodemedic_k8s::{NodeRemediation, NodeRemediationSpec, field_managers};
 use nodemedic_testenv::{ControlPlane, FakeNode, Options, wait_for};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn request(node: &str, step: RemediationStep, attempt: u32, deadline_in: Duration) -> StepRequest {
-    let ms = i64::try_from(deadline_in.as_millis()).unwrap_or(i64::MAX);
-    StepRequest {
-        node: node.into(),
-        step,
-        attempt,
-        deadline: Some(Time(now().as_millis() + ms)),
-        reason: "Xid 79: GPU has fallen off the bus".into(),
-    }
-}
-
-/// The node's NodeRemediation as the controller leaves it before executing a step: spec and record.
-async fn open_record(cp: &ControlPlane, node: &str, attempt: u32) -> anyhow::Result<()> {
-    let api: Api<NodeRemediation> = Api::all(cp.client());
-    api.create(
-        &PostParams::default(),
-        &NodeRemediation::new(node, NodeRemediationSpec { node: node.into(), policy: "gpu-workers".into() }),
-    )
-    .await?;
-    let status = serde_json::json!({
-        "apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeRemediation", "metadata": {"name": node},
-        "status": {"node": node, "phase": "Remediating", "attempt": attempt},
-    });
-    api.patch_status(node, &PatchParams::apply(field_managers::CONTROLLER).force(), &Patch::Apply(&status)).await?;
-    Ok(())
-}
-
-/// Waits for the step report of `attempt` on the node's record.
-async fn report_of(cp: &ControlPlane, node: &str, attempt: u32, limit: Duration) -> anyhow::Result<StepReport> {
-    let api: Api<NodeRemediation> = Api::all(cp.client());
-    let what = format!("the step report of attempt {attempt} on {node}");
-    Ok(wait_for(limit, &what, || async { api.get(node).await.ok()?.status?.step_report.filter(|r| r.attempt == attempt) }).await?)
-}
-
-async fn current_report(cp: &ControlPlane, node: &str) -> anyhow::Result<Option<StepReport>> {
-    Ok(Api::<NodeRemediation>::all(cp.client()).get(node).await?.status.and_then(|s| s.step_report))
-}
-
-/// A namespace pods can be created in: its `default` service account exists (made here, as no
-/// controller-manager may run to make it).
-async fn namespace(cp: &ControlPlane, name: &str) -> anyhow::Result<()> {
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
-    Api::<Namespace>::all(cp.client()).create(&PostParams::default(), &ns).await?;
-    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}}))?;
-    match Api::<ServiceAccount>::namespaced(cp.client(), name).create(&PostParams::default(), &sa).await {
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(e.into()),
-        Ok(_) => {}
-    }
-    Ok(())
-}
-
-/// A pod bound straight to `node` (kwok runs it), optionally with extra metadata.
-async fn pod_on(cp: &ControlPlane, ns: &str, name: &str, node: &str, metadata: serde_json::Value) -> anyhow::Result<()> {
-    let mut meta = serde_json::json!({"name": name});
-    if let (Some(m), Some(extra)) = (meta.as_object_mut(), metadata.as_object()) {
-        m.extend(extra.clone());
-    }
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": meta,
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}], "tolerations": [{"operator": "Exists"}]},
-    }))?;
-    Api::<Pod>::namespaced(cp.client(), ns).create(&PostParams::default(), &pod).await?;
-    Ok(())
-}
-
-async fn pods_on(cp: &ControlPlane, node: &str) -> anyhow::Result<Vec<String>> {
-    let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
-    let mut names: Vec<String> = Api::<Pod>::all(cp.client())
-        .list(&lp)
-        .await?
-        .items
-        .into_iter()
-        .map(|p| format!("{}/{}", p.metadata.namespace.unwrap_or_default(), p.metadata.name.unwrap_or_default()))
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
-async fn wait_running(cp: &ControlPlane, ns: &str, names: &[&str]) -> anyhow::Result<()> {
-    let pods: Api<Pod> = Api::namespaced(cp.client(), ns);
-    for name in names {
-        wait_for(Duration::from_secs(60), &format!("kwok to run pod {ns}/{name}"), || async {
-            (pods.get(name).await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-async fn budget(cp: &ControlPlane, ns: &str, name: &str, app: &str, min_available: i32) -> anyhow::Result<()> {
-    let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": app}}},
-    }))?;
-    Api::<PodDisruptionBudget>::namespaced(cp.client(), ns).create(&PostParams::default(), &pdb).await?;
-    Ok(())
-}
-
-/// Fast pacing for tests; the deadline comes from each request.
-fn quick_drains() -> DrainConfig {
-    DrainConfig { backoff: EngineDuration::from_millis(200), max_backoff: EngineDuration::from_secs(1), ..DrainConfig::default() }
-}
 
 /// A client for executors that never reach the API server in the test.
 fn unused_client() -> anyhow::Result<Client> {
@@ -167,7 +67,7 @@ async fn a_drain_evicts_every_pod_but_the_daemonset_pod_and_reports_success_once
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_pod_guarded_by_a_pdb_fails_the_drain_at_its_deadline_and_names_the_pod() -> anyhow::Result<()> {
+async fn under_escalate_a_pod_guarded_by_a_pdb_fails_the_drain_at_its_deadline_and_names_the_pod() -> anyhow::Result<()> {
     // The disruption controller (in the controller-manager) keeps the budget's status, as in a cluster.
     let cp = ControlPlane::start(Options { controller_manager: true, kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
@@ -180,6 +80,7 @@ async fn a_pod_guarded_by_a_pdb_fails_the_drain_at_its_deadline_and_names_the_po
         wait_running(cp, "shop", &["db-0", "web-0", "web-1"]).await?;
         // minAvailable = every db pod there is: no eviction of db-0 is ever allowed.
         budget(cp, "shop", "db-pdb", "db", 1).await?;
+        drain_policy(cp, "{whenBlocked: escalate}").await?;
         let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cp.client(), "shop");
         wait_for(Duration::from_secs(90), "the disruption controller to count db-0 healthy", || async {
             let p = pdbs.get("db-pdb").await.ok()?;
@@ -203,7 +104,7 @@ async fn a_pod_guarded_by_a_pdb_fails_the_drain_at_its_deadline_and_names_the_po
         let report = report_of(cp, "gpu-0", 4, Duration::from_secs(40)).await?;
         assert_eq!(report.outcome, ReportedOutcome::Failed, "{report:?}");
         assert!(report.message.contains("pod shop/db-0 blocked by PodDisruptionBudget db-pdb"), "{}", report.message);
-        assert!(report.message.contains("evicted 2 pods"), "{}", report.message);
+        assert!(report.message.contains("(2 pods left)"), "{}", report.message);
         assert!(!report.message.contains("web-"), "the evicted pods are not named: {}", report.message);
         let deadline = req.deadline.map(|d| d.as_millis()).unwrap_or_default();
         assert!(report.at.as_millis() >= deadline - 500, "reported at the deadline, not before: {:?} vs {deadline}", report.at);
@@ -224,6 +125,7 @@ async fn the_same_attempt_requested_twice_starts_one_drain() -> anyhow::Result<(
         // and the drain stays in flight until its deadline.
         pod_on(cp, "batch", "job-0", "gpu-0", serde_json::json!({"labels": {"app": "job"}})).await?;
         budget(cp, "batch", "job-pdb", "job", 1).await?;
+        drain_policy(cp, "{whenBlocked: escalate}").await?;
         open_record(cp, "gpu-0", 2).await?;
 
         let drain = DrainExecutor::new(cp.client(), quick_drains());
@@ -240,6 +142,7 @@ async fn the_same_attempt_requested_twice_starts_one_drain() -> anyhow::Result<(
         drain.execute(&req).await.map_err(anyhow::Error::msg)?;
         assert_eq!(drain.drains_started(), 1);
         // A new attempt is new work.
+        common::draining_attempt(cp, "gpu-0", 3).await?;
         drain.execute(&request("gpu-0", RemediationStep::Drain, 3, Duration::from_secs(1))).await.map_err(anyhow::Error::msg)?;
         assert_eq!(drain.drains_started(), 2);
         report_of(cp, "gpu-0", 3, Duration::from_secs(30)).await?;
@@ -251,64 +154,6 @@ async fn the_same_attempt_requested_twice_starts_one_drain() -> anyhow::Result<(
 // ---------------------------------------------------------------------------------------------
 // Webhook
 // ---------------------------------------------------------------------------------------------
-
-/// What the test's HTTP receiver saw: method and path, headers (lower-case names), JSON body.
-#[derive(Debug, Clone)]
-struct Received {
-    line: String,
-    headers: Vec<(String, String)>,
-    body: serde_json::Value,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// A one-purpose HTTP/1.1 server: answers each request with the next of `answers` (status, body).
-async fn receiver(answers: Vec<(u16, &'static str)>) -> anyhow::Result<(String, Arc<Mutex<Vec<Received>>>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/nodemedic/steps", listener.local_addr()?);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        for (code, body) in answers {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let mut stream = BufReader::new(stream);
-            let mut line = String::new();
-            if stream.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                if stream.read_line(&mut h).await.is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((n, v)) = h.split_once(':') {
-                    headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-                }
-            }
-            let length = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(0);
-            let mut raw = vec![0; length];
-            if stream.read_exact(&mut raw).await.is_err() {
-                return;
-            }
-            let body_seen = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
-            if let Ok(mut v) = log.lock() {
-                v.push(Received { line: line.trim().to_string(), headers, body: body_seen });
-            }
-            let answer = format!(
-                "HTTP/1.1 {code} Answer\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.get_mut().write_all(answer.as_bytes()).await;
-            let _ = stream.get_mut().shutdown().await;
-        }
-    });
-    Ok((url, seen))
-}
 
 fn received(seen: &Arc<Mutex<Vec<Received>>>) -> Vec<Received> {
     seen.lock().map(|v| v.clone()).unwrap_or_default()

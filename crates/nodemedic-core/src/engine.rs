@@ -4,6 +4,7 @@
 //! `actions`, so every step is recorded before it runs; deciding again on the applied result yields
 //! no new action.
 
+use crate::drain::WhenDrainBlocked;
 use crate::eval::{Reason, RuleEval, Verdict, evaluate_rule, has_gpus, policy_gpu_vendors};
 use crate::observe::{NodeObservation, OperatorAction, ReportedOutcome, is_control_plane_label};
 use crate::policy::{Completion, ConditionStatus, GpuVendor, LadderStep, Policy, RemediationStep};
@@ -84,6 +85,8 @@ pub enum EventKind {
     BreakerClosed,
     NodeReleased,
     NodeDeleted,
+    /// A drain still blocked at its deadline holds the node cordoned (policy `drain.whenBlocked: hold`).
+    DrainHeld,
 }
 
 /// A gate that kept the engine from acting on a node this time.
@@ -934,6 +937,7 @@ fn try_start(
         notified_at: None,
         unobserved: Duration::ZERO,
         unobserved_until: None,
+        drain_held_at: None,
     });
     out.event(&node, EventKind::RemediationStarted, format!("node unhealthy: {why}"));
     if let Some(l) = lemon {
@@ -1181,6 +1185,13 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                 }
                 step => {
                     let report = w.obs.step_report.as_ref().filter(|r| w.record.as_ref().is_some_and(|rec| rec.attempt == r.attempt));
+                    if step == RemediationStep::Drain
+                        && a.executed
+                        && ls.completion == Completion::Reported
+                        && blocked_drain(ctx, w, &a, inflight, out) != BlockedDrain::NotBlocked
+                    {
+                        return false;
+                    }
                     let completed_at = match (report.map(|r| (r.outcome, r.at, r.message.clone())), ls.completion) {
                         (Some((ReportedOutcome::Failed, _, msg)), _) => {
                             end_step(ctx, w, StepOutcome::Failed, format!("executor reported failure: {msg}"), out);
@@ -1217,7 +1228,7 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                             act.stage = Stage::Verifying { completed_at, verify_from, verify_deadline };
                         }
                     } else {
-                        end_step(ctx, w, StepOutcome::Completed, format!("{step} finished"), out);
+                        end_step(ctx, w, StepOutcome::Completed, finished(w, step), out);
                     }
                 }
             },
@@ -1276,6 +1287,87 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
         }
     }
     false
+}
+
+/// What [`blocked_drain`] made of a drain step.
+#[derive(PartialEq)]
+enum BlockedDrain {
+    /// Not blocked (yet): the usual report and deadline handling applies.
+    NotBlocked,
+    /// Held or forced past its deadline: the step stays, nothing else happens now.
+    Waiting,
+    /// Ended and handed to a person.
+    Escalated,
+}
+
+/// A drain that failed or is still unfinished at its deadline is blocked (PodDisruptionBudgets,
+/// pods left to complete). It never simply turns into the next disruptive step: the policy's
+/// `drain.whenBlocked` holds it (people told once), escalates it to a person, or (force) gives the
+/// executor a second timeout to delete the pods past their budgets and report.
+fn blocked_drain(ctx: &Ctx, w: &mut Work, a: &ActiveRemediation, inflight: &mut InFlight, out: &mut Out) -> BlockedDrain {
+    let now = ctx.now;
+    let report = w.obs.step_report.as_ref().filter(|r| w.record.as_ref().is_some_and(|rec| rec.attempt == r.attempt));
+    let failed = report.is_some_and(|r| r.outcome == ReportedOutcome::Failed);
+    let past_deadline = report.is_none() && a.deadline.is_some_and(|d| now >= d);
+    if !failed && !past_deadline {
+        return BlockedDrain::NotBlocked;
+    }
+    let attempt = w.record.as_ref().map_or(0, |r| r.attempt);
+    let progress = w.obs.drain_progress.as_ref().filter(|p| p.attempt == attempt);
+    let mut why = progress.map(|p| p.blocking(10)).unwrap_or_default().join("; ");
+    if let Some(r) = report.filter(|_| failed) {
+        why = if why.is_empty() { r.message.clone() } else { format!("{why} ({})", r.message) };
+    }
+    if why.is_empty() {
+        why = "no completion report".into();
+    }
+    match ctx.policy.drain.when_blocked {
+        WhenDrainBlocked::Hold => {
+            if a.drain_held_at.is_none() {
+                if let Some(act) = w.record.as_mut().and_then(|r| r.active.as_mut()) {
+                    act.drain_held_at = Some(now);
+                }
+                let msg = format!(
+                    "drain of node {} blocked after {}: {why}; holding the node cordoned (drain.whenBlocked: hold), evictions are retried and no later step runs until the pods have left",
+                    w.obs.name,
+                    now.since(a.step_started_at)
+                );
+                out.event(w.name(), EventKind::DrainHeld, msg);
+            }
+            BlockedDrain::Waiting
+        }
+        WhenDrainBlocked::Escalate if ctx.ladder.last().is_some_and(|l| l.step == RemediationStep::Manual) => {
+            let msg = format!("drain blocked: {why}; escalated to a person (drain.whenBlocked: escalate)");
+            end_step(ctx, w, StepOutcome::Failed, msg, out);
+            start_step(ctx, w, ctx.ladder.len() - 1, true, inflight, out);
+            BlockedDrain::Escalated
+        }
+        WhenDrainBlocked::Escalate => BlockedDrain::NotBlocked,
+        WhenDrainBlocked::Force => {
+            // The executor deletes what is left at the deadline and then reports; a second timeout
+            // bounds the wait for that report.
+            let ls = &ctx.ladder[a.step_index.min(ctx.ladder.len() - 1)];
+            let class = ctx.policy.node_class(&w.obs.labels, has_gpus(&ctx.vendors, w.obs));
+            match a.deadline.map(|d| d + ls.timeout_for(class)) {
+                Some(second) if past_deadline && now < second => {
+                    out.wake_at(second);
+                    BlockedDrain::Waiting
+                }
+                _ => BlockedDrain::NotBlocked,
+            }
+        }
+    }
+}
+
+/// The history's reason for a finished preparatory step; a forced drain says it was an override.
+fn finished(w: &Work, step: RemediationStep) -> String {
+    let attempt = w.record.as_ref().map_or(0, |r| r.attempt);
+    let forced = w.obs.drain_progress.as_ref().is_some_and(|p| p.attempt == attempt && p.forced);
+    if step == RemediationStep::Drain && forced {
+        "drain finished; override: pods were deleted past their PodDisruptionBudgets (drain.whenBlocked: force)".into()
+    } else {
+        format!("{step} finished")
+    }
 }
 
 /// The node left the policy (exclude label, selector change): stop managing it and lift our taints.

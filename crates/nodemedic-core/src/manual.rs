@@ -212,6 +212,7 @@ mod tests {
                 notified_at: None,
                 unobserved: crate::time::Duration::ZERO,
                 unobserved_until: None,
+                drain_held_at: None,
             }),
             attempt: 1,
             ..NodeRecord::new(node)

@@ -25,6 +25,9 @@ pub struct NodeObservation {
     /// The executor's report on the step in flight, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_report: Option<StepReport>,
+    /// How far the drain of the step in flight has come, as its executor last wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_progress: Option<crate::drain::DrainProgress>,
     /// A person's request about this node (e.g. "resolved by hand").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_request: Option<OperatorRequest>,

@@ -97,6 +97,7 @@ mod tests {
             executed: true,
             boot_id_at_start: Some("boot-1".into()),
             notified_at: None,
+            drain_held_at: None,
             unobserved: Duration::ZERO,
             unobserved_until: None,
         };

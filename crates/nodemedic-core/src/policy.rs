@@ -5,6 +5,7 @@
 //! GPU-count rule with monitor-only on by default, and seed 004's selector, `unhealthyConditions`,
 //! `minHealthy` and `pauseRequests`. Field names are camelCase so the same type can back a CRD.
 
+use crate::drain::DrainPolicy;
 use crate::selector::{LabelSelector, Labels};
 use crate::time::Duration;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,10 @@ pub struct Policy {
     /// While non-empty, no new remediation starts; in-flight ones continue (medik8s `pauseRequests`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pause_requests: Vec<String>,
+    /// How drains treat pods: per-namespace modes, and what a drain still blocked at its timeout
+    /// does (default: hold the node cordoned, never move on to a reboot past a budget).
+    #[serde(default, skip_serializing_if = "DrainPolicy::is_default")]
+    pub drain: DrainPolicy,
 }
 
 fn default_node_pool_label() -> String {
@@ -629,6 +634,14 @@ impl Policy {
         }
         if self.ladder.is_empty() {
             err("ladder".into(), "the remediation ladder needs at least one step".into());
+        }
+        for (f, r) in self.drain.problems() {
+            err(f, r);
+        }
+        if self.drain.when_blocked == crate::drain::WhenDrainBlocked::Escalate
+            && self.ladder.last().is_some_and(|l| l.step != RemediationStep::Manual)
+        {
+            err("drain.whenBlocked".into(), "escalate hands a blocked drain to the ladder's manual step; the ladder has none".into());
         }
         let class_names: std::collections::BTreeSet<&str> =
             self.node_classes.iter().map(|c| c.name.as_str()).chain([GPU_NODE_CLASS, STANDARD_NODE_CLASS]).collect();

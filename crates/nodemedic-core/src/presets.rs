@@ -65,6 +65,7 @@ fn base(rules: Vec<Rule>, ladder: Vec<LadderStep>) -> Policy {
         gates: Gates::default(),
         monitor_only: true,
         pause_requests: vec![],
+        drain: Default::default(),
     }
 }
 

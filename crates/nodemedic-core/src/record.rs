@@ -101,6 +101,10 @@ pub struct ActiveRemediation {
     /// Outages up to this time are counted in `unobserved` (each is counted once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unobserved_until: Option<Time>,
+    /// When a drain still blocked at its deadline began to hold (policy `drain.whenBlocked: hold`):
+    /// people were told then, once; the step stays until the pods have left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_held_at: Option<Time>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt};
+use nodemedic_core::drain::DrainProgress;
 use nodemedic_core::observe::{OperatorRequest, StepReport};
 use nodemedic_core::record::{NodeRecord, PolicyRecord};
 use nodemedic_core::{Policy, PolicyError};
@@ -124,6 +125,10 @@ pub struct NodeRemediationStatus {
     /// Written by a person through the CLI or API (e.g. resolved by hand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_request: Option<OperatorRequest>,
+    /// Written by the drain executor as it goes: which pods were asked to leave, when, and what
+    /// answered. A new leader resumes the drain from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_progress: Option<DrainProgress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Every try at telling people about this node, written by the notifier under its own field manager.
@@ -217,9 +222,26 @@ pub mod field_managers {
     pub const CONTROLLER: &str = "nodemedic-controller";
     pub const AGENT: &str = "nodemedic-agent";
     pub const DRAIN: &str = "nodemedic-drain";
+    /// The drain's progress has its own manager: an apply of one field set under a manager drops
+    /// the fields it applied before, so the report and the progress cannot share one.
+    pub const DRAIN_PROGRESS: &str = "nodemedic-drain-progress";
     pub const EXECUTOR: &str = "nodemedic-executor";
     pub const OPERATOR: &str = "nodemedic-operator";
     pub const NOTIFIER: &str = "nodemedic-notifier";
+}
+
+/// Writes how far a drain has come (`status.drainProgress`), server-side applied under the drain's
+/// field manager so the controller's record fields and the step report are untouched.
+pub async fn write_drain_progress(client: &kube::Client, node: &str, progress: &DrainProgress) -> Result<NodeRemediation, kube::Error> {
+    let api: kube::Api<NodeRemediation> = kube::Api::all(client.clone());
+    let body = serde_json::json!({
+        "apiVersion": "nodemedic.io/v1alpha1",
+        "kind": "NodeRemediation",
+        "metadata": {"name": node},
+        "status": {"drainProgress": progress},
+    });
+    let params = kube::api::PatchParams::apply(field_managers::DRAIN_PROGRESS).force();
+    api.patch_status(node, &params, &kube::api::Patch::Apply(&body)).await
 }
 
 /// Reports how a step ended on the node's NodeRemediation (`status.stepReport`), server-side

@@ -88,6 +88,7 @@ pub fn observe_node(node: &Node, remediation: Option<&NodeRemediation>) -> Resul
     if let Some(st) = remediation.and_then(|r| r.status.as_ref()) {
         obs.step_report = st.step_report.clone();
         obs.operator_request = st.operator_request.clone();
+        obs.drain_progress = st.drain_progress.clone();
     }
     Ok(obs)
 }

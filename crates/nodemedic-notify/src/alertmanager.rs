@@ -166,7 +166,7 @@ mod tests {
         let incident = Incident::for_node(IncidentKind::NodeRecovered, "gpu-default", NodeDetails::named("gpu-7"), 4, Time(1_000));
         let alerts = alerts_for(&incident, Time(5_000), Duration::from_secs(60), None);
         let names: Vec<&str> = alerts.iter().filter_map(|a| a["labels"]["alertname"].as_str()).collect();
-        assert_eq!(names, vec!["NodemedicNodeManual", "NodemedicLemonNode", "NodemedicStepTimedOut"]);
+        assert_eq!(names, vec!["NodemedicNodeManual", "NodemedicLemonNode", "NodemedicStepTimedOut", "NodemedicDrainBlocked"]);
         assert!(alerts.iter().all(|a| a["endsAt"] == "1970-01-01T00:00:05Z" && a["labels"]["node"] == "gpu-7"));
         assert_eq!(alerts[0]["labels"]["severity"], "critical");
     }

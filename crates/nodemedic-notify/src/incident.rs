@@ -32,10 +32,13 @@ pub enum IncidentKind {
     RemediationFinished,
     /// The node passed its checks again after an incident.
     NodeRecovered,
+    /// A drain could not finish by its deadline (PodDisruptionBudgets, pods left to complete): the
+    /// node stays cordoned in the drain step until they allow it (policy `drain.whenBlocked: hold`).
+    DrainBlocked,
 }
 
 impl IncidentKind {
-    pub const ALL: [IncidentKind; 8] = [
+    pub const ALL: [IncidentKind; 9] = [
         IncidentKind::NodeManual,
         IncidentKind::BreakerTripped,
         IncidentKind::BreakerReset,
@@ -44,6 +47,7 @@ impl IncidentKind {
         IncidentKind::RemediationStarted,
         IncidentKind::RemediationFinished,
         IncidentKind::NodeRecovered,
+        IncidentKind::DrainBlocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +60,7 @@ impl IncidentKind {
             IncidentKind::RemediationStarted => "RemediationStarted",
             IncidentKind::RemediationFinished => "RemediationFinished",
             IncidentKind::NodeRecovered => "NodeRecovered",
+            IncidentKind::DrainBlocked => "DrainBlocked",
         }
     }
 
@@ -63,7 +68,7 @@ impl IncidentKind {
     pub fn default_severity(self) -> Severity {
         match self {
             IncidentKind::NodeManual | IncidentKind::BreakerTripped | IncidentKind::LemonNode => Severity::Critical,
-            IncidentKind::StepTimedOut => Severity::Warning,
+            IncidentKind::StepTimedOut | IncidentKind::DrainBlocked => Severity::Warning,
             IncidentKind::BreakerReset
             | IncidentKind::RemediationStarted
             | IncidentKind::RemediationFinished
@@ -86,13 +91,23 @@ impl IncidentKind {
             IncidentKind::RemediationStarted => "None: nodemedic is repairing the node.",
             IncidentKind::RemediationFinished => "None unless the node is in Manual.",
             IncidentKind::NodeRecovered => "None: the node is healthy again.",
+            IncidentKind::DrainBlocked => {
+                "The named pods' PodDisruptionBudgets (or unfinished pods) keep the node from draining; it stays cordoned and no reboot runs until they allow it. Relax the budget, move the workload, or `nodemedic abort <node>`."
+            }
         }
     }
 
     /// Whether an incident of this kind is a problem that stays open until something resolves it (an
     /// Alertmanager alert fires for these and is resolved later).
     pub fn is_alert(self) -> bool {
-        matches!(self, IncidentKind::NodeManual | IncidentKind::BreakerTripped | IncidentKind::LemonNode | IncidentKind::StepTimedOut)
+        matches!(
+            self,
+            IncidentKind::NodeManual
+                | IncidentKind::BreakerTripped
+                | IncidentKind::LemonNode
+                | IncidentKind::StepTimedOut
+                | IncidentKind::DrainBlocked
+        )
     }
 }
 
@@ -324,10 +339,12 @@ impl Incident {
 
     fn bare(key: String, kind: IncidentKind, policy: &str, at: Time, summary: String) -> Self {
         let resolves = match kind {
-            IncidentKind::NodeRecovered => [IncidentKind::NodeManual, IncidentKind::LemonNode, IncidentKind::StepTimedOut]
-                .into_iter()
-                .map(|kind| Resolved { kind, severity: kind.default_severity() })
-                .collect(),
+            IncidentKind::NodeRecovered => {
+                [IncidentKind::NodeManual, IncidentKind::LemonNode, IncidentKind::StepTimedOut, IncidentKind::DrainBlocked]
+                    .into_iter()
+                    .map(|kind| Resolved { kind, severity: kind.default_severity() })
+                    .collect()
+            }
             IncidentKind::BreakerReset => {
                 vec![Resolved { kind: IncidentKind::BreakerTripped, severity: IncidentKind::BreakerTripped.default_severity() }]
             }
@@ -415,7 +432,7 @@ mod tests {
     fn a_recovered_node_resolves_its_manual_lemon_and_timeout_incidents() {
         let incident = Incident::for_node(IncidentKind::NodeRecovered, "gpu", NodeDetails::named("gpu-7"), 4, Time(0));
         let kinds: Vec<IncidentKind> = incident.resolves.iter().map(|r| r.kind).collect();
-        assert_eq!(kinds, vec![IncidentKind::NodeManual, IncidentKind::LemonNode, IncidentKind::StepTimedOut]);
+        assert_eq!(kinds, vec![IncidentKind::NodeManual, IncidentKind::LemonNode, IncidentKind::StepTimedOut, IncidentKind::DrainBlocked]);
     }
 
     #[test]
@@ -456,6 +473,7 @@ mod tests {
             notified_at: None,
             unobserved: nodemedic_core::Duration::ZERO,
             unobserved_until: None,
+            drain_held_at: None,
         });
         let attempts = Attempt::all_from_record(&record);
         assert_eq!(attempts.len(), 2);

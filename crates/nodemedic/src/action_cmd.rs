@@ -2,6 +2,7 @@
 //! auth, node-pool label, repair provider) and `nodemedic action`, which calls it.
 
 use anyhow::{Context, Result, bail};
+use nodemedic_api::provider::ClusterApiProvider;
 use nodemedic_api::{ApiConfig, ApiState, GceProvider, LeaderLease, Provider, RecreateNodeProvider};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ mod retention_tests {
 pub enum RepairProvider {
     /// Delete the node's Compute Engine instance (GKE: its instance group replaces it).
     Gce,
+    /// Delete the node's Cluster API Machine (its MachineSet creates a replacement).
+    ClusterApi,
     /// Delete the Node object and create it again (test clusters, kwok).
     RecreateNode,
 }
@@ -110,6 +113,7 @@ pub async fn start_api(
     }
     let provider: Arc<dyn Provider> = match args.repair_provider {
         RepairProvider::Gce => Arc::new(GceProvider::new().map_err(|e| anyhow::anyhow!("building the GCE provider: {e}"))?),
+        RepairProvider::ClusterApi => Arc::new(ClusterApiProvider { client: client.clone(), namespace: None }),
         RepairProvider::RecreateNode => Arc::new(RecreateNodeProvider { client: client.clone() }),
     };
     let config = ApiConfig {

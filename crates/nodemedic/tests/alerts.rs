@@ -90,6 +90,7 @@ fn metrics_with_every_series() -> Metrics {
         executed: true,
         boot_id_at_start: None,
         notified_at: None,
+        drain_held_at: None,
         unobserved: nodemedic_core::Duration::ZERO,
         unobserved_until: None,
     };

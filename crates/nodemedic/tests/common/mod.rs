@@ -31,11 +31,17 @@ fn unique_log(name: &str) -> std::path::PathBuf {
 
 impl Replica {
     pub fn start(cp: &ControlPlane, name: &str) -> anyhow::Result<Replica> {
+        Replica::start_with(cp, name, &[])
+    }
+
+    /// A replica with extra `nodemedic controller` arguments (`--executors FILE`).
+    pub fn start_with(cp: &ControlPlane, name: &str, extra: &[&str]) -> anyhow::Result<Replica> {
         let log_path = unique_log(name);
         let log = std::fs::File::create(&log_path)?;
         // Port 0: the replica binds a free port itself (picking one here could race other tests).
         let mut child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
             .args(["controller", "--identity", name, "--lease-duration", "6", "--listen", "127.0.0.1:0", "--resync", "2"])
+            .args(extra)
             .env("KUBECONFIG", cp.kubeconfig())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

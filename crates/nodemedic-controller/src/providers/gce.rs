@@ -1,62 +1,10 @@
-//! Repairing an instance: the cloud replaces the machine behind a node. Seed 002 deletes the GKE
-//! node's Compute Engine instance and lets the managed instance group create a fresh one; that is
-//! [`GceProvider`]. [`RecreateNodeProvider`] does what a test cluster can: delete the Node object
-//! and create it again, as a replaced machine registering anew would.
+//! Seed 002's replace: delete the GKE node's Compute Engine instance and let its managed instance
+//! group create a fresh one.
 
+use super::{Provider, ProviderFuture};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, PostParams};
-use kube::{Client, ResourceExt};
-
-pub type ProviderFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>;
-
-/// Replaces the machine behind a node. Returns what was done, in words (for the action record).
-pub trait Provider: Send + Sync {
-    fn name(&self) -> &'static str;
-    fn repair<'a>(&'a self, node: &'a Node) -> ProviderFuture<'a>;
-}
-
-/// Deletes the Node object and creates it again with the same name, labels, annotations and
-/// capacity, schedulable and without taints: what a replaced machine looks like to Kubernetes.
-pub struct RecreateNodeProvider {
-    pub client: Client,
-}
-
-impl Provider for RecreateNodeProvider {
-    fn name(&self) -> &'static str {
-        "recreate-node"
-    }
-
-    fn repair<'a>(&'a self, node: &'a Node) -> ProviderFuture<'a> {
-        Box::pin(async move {
-            let api: Api<Node> = Api::all(self.client.clone());
-            let name = node.name_any();
-            api.delete(&name, &DeleteParams::default()).await.map_err(|e| format!("deleting node {name}: {e}"))?;
-            // Wait until it is gone (a finalizer may hold it for a moment).
-            for _ in 0..100 {
-                match api.get_opt(&name).await {
-                    Ok(None) => break,
-                    Ok(Some(_)) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-                    Err(e) => return Err(format!("reading node {name}: {e}")),
-                }
-            }
-            let mut fresh = Node::default();
-            fresh.metadata.name = Some(name.clone());
-            fresh.metadata.labels = node.metadata.labels.clone();
-            fresh.metadata.annotations = node.metadata.annotations.clone();
-            let mut spec = node.spec.clone().unwrap_or_default();
-            spec.unschedulable = None;
-            spec.taints = None;
-            fresh.spec = Some(spec);
-            fresh.status = node.status.as_ref().map(|s| k8s_openapi::api::core::v1::NodeStatus {
-                capacity: s.capacity.clone(),
-                allocatable: s.allocatable.clone(),
-                ..Default::default()
-            });
-            api.create(&PostParams::default(), &fresh).await.map_err(|e| format!("creating node {name} again: {e}"))?;
-            Ok(format!("node {name} deleted and created again"))
-        })
-    }
-}
+use kube::ResourceExt;
+use nodemedic_core::RemediationStep;
 
 /// A GCE instance named by a node's `spec.providerID` (`gce://PROJECT/ZONE/INSTANCE`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +44,13 @@ pub struct GceProvider {
 
 impl GceProvider {
     pub fn new() -> Result<GceProvider, String> {
+        GceProvider::with_endpoints("https://compute.googleapis.com", "http://metadata.google.internal")
+    }
+
+    /// A provider that talks to other endpoints (a private endpoint; a test's local server).
+    pub fn with_endpoints(endpoint: &str, metadata: &str) -> Result<GceProvider, String> {
         let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().map_err(|e| e.to_string())?;
-        Ok(GceProvider { http, endpoint: "https://compute.googleapis.com".into(), metadata: "http://metadata.google.internal".into() })
+        Ok(GceProvider { http, endpoint: endpoint.into(), metadata: metadata.into() })
     }
 
     async fn token(&self) -> Result<String, String> {
@@ -120,6 +73,10 @@ impl Provider for GceProvider {
         "gce"
     }
 
+    fn steps(&self) -> &'static [RemediationStep] {
+        &[RemediationStep::Replace]
+    }
+
     fn repair<'a>(&'a self, node: &'a Node) -> ProviderFuture<'a> {
         Box::pin(async move {
             let name = node.name_any();
@@ -130,6 +87,10 @@ impl Provider for GceProvider {
             let url = instance.delete_url(&self.endpoint);
             let resp = self.http.delete(&url).bearer_auth(token).send().await.map_err(|e| format!("DELETE {url}: {e}"))?;
             let status = resp.status();
+            if status == reqwest::StatusCode::NOT_FOUND {
+                // Already deleted (a resumed step asking again): its group replaces it all the same.
+                return Ok(format!("instance {} in {}/{} was already deleted", instance.instance, instance.project, instance.zone));
+            }
             if !status.is_success() {
                 let text = resp.text().await.unwrap_or_default();
                 return Err(format!("DELETE {url} answered {status}: {}", text.chars().take(300).collect::<String>()));
