@@ -208,7 +208,9 @@ pub fn infiniband(
 pub fn read_kernel_log(source: &Path) -> std::io::Result<String> {
     let metadata = std::fs::metadata(source)?;
     if metadata.is_file() {
-        return std::fs::read_to_string(source);
+        // A saved log may hold bytes that are not UTF-8 (a device name, a corrupted record): keep reading past them
+        // so a fault logged after one is still seen.
+        return std::fs::read(source).map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
     }
     let mut file = std::fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits()).open(source)?;
     let mut text = String::new();

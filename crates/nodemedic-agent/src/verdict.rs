@@ -57,6 +57,10 @@ reasons! {
     ToolTimedOut,
     /// The tool's output could not be understood.
     OutputUnparseable,
+    /// The tool's output parsed but is cut short: it announces more than it shows, or lacks the health fields.
+    OutputIncomplete,
+    /// The tool printed a format this probe does not read (not a tool failure).
+    UnsupportedFormat,
     /// The node has no GPUs of this vendor (and none are expected).
     NonGpuNode,
     /// The NVML library could not be loaded.

@@ -19,6 +19,8 @@ pub enum InfinibandError {
     IbstatNoAdapters,
     #[error("ibstat line {line} sits outside a CA/port section: {text:?}")]
     IbstatOrphanLine { line: usize, text: String },
+    #[error("ibstat failed part-way (ibpanic): {0:?}")]
+    IbstatPanic(String),
     #[error("rdma link JSON is invalid: {0}")]
     RdmaJson(String),
 }
@@ -134,6 +136,11 @@ pub fn parse_ibstat(text: &str) -> Result<Vec<IbPort>, InfinibandError> {
         let line = raw.trim();
         if line.is_empty() {
             continue;
+        }
+        // ibstat stops with "ibpanic: … stat of IB device 'mlx5_1' failed" when a device vanished mid-listing:
+        // the ports it printed before are not the whole fabric.
+        if line.starts_with("ibpanic") || line.contains("ibpanic:") {
+            return Err(InfinibandError::IbstatPanic(line.chars().take(200).collect()));
         }
         if let Some(rest) = line.strip_prefix("CA '") {
             device = Some(rest.trim_end_matches('\'').to_string());

@@ -68,6 +68,9 @@ pub struct GpuHealth {
     pub pcie_replays: Option<u64>,
     /// Field values that say the GPU is lost or needs a reset.
     pub lost_errors: Vec<String>,
+    /// How many fields this reading looked at (ECC, retired pages, remapped rows, slowdown reasons, PCIe
+    /// replays). Zero means the output did not say anything about this GPU's health.
+    pub health_fields: u32,
 }
 
 /// Bounds for the NVIDIA verdict.
@@ -320,6 +323,9 @@ pub fn gpu_health(gpu: &GpuReport) -> GpuHealth {
         let segments: Vec<&str> = path.split('/').collect();
         let leaf = segments.last().copied().unwrap_or("");
         let in_ecc = path.starts_with("ecc_errors/") || path.starts_with("ecc/errors/");
+        if in_ecc || segments.iter().any(|s| s.starts_with("retired_pages") || s.starts_with("remapped_rows")) {
+            health.health_fields += 1;
+        }
         if in_ecc && segments.contains(&"volatile") && !leaf.contains("threshold") {
             let double_bit = segments.contains(&"double_bit");
             let counts = if double_bit { leaf == "total" } else { leaf.contains("uncorrectable") || segments.contains(&"uncorrected") };
@@ -340,6 +346,9 @@ pub fn gpu_health(gpu: &GpuReport) -> GpuHealth {
         }
         let in_reasons = segments.iter().any(|s| *s == "clocks_throttle_reasons" || *s == "clocks_event_reasons");
         let slowdown = ["hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"].iter().find(|k| leaf.ends_with(*k));
+        if in_reasons {
+            health.health_fields += 1;
+        }
         if in_reasons
             && let Some(kind) = slowdown
             && value.eq_ignore_ascii_case("active")
@@ -347,6 +356,7 @@ pub fn gpu_health(gpu: &GpuReport) -> GpuHealth {
             health.hardware_slowdowns.push((*kind).to_string());
         }
         if segments.first() == Some(&"pci") && (leaf == "replay_counter" || leaf == "replays_since_reset") {
+            health.health_fields += 1;
             health.pcie_replays = parse_count(value);
         }
     }
@@ -364,6 +374,9 @@ pub fn verdict(report: &NvidiaSmiReport, thresholds: &NvidiaThresholds) -> Verdi
     }
     if seen == 0 && thresholds.expected_gpus.unwrap_or(0) == 0 {
         return Verdict::new(Health::Healthy, Reason::NonGpuNode, "nvidia-smi sees no NVIDIA GPUs and none are expected");
+    }
+    if let Some(cut_short) = incompleteness(report) {
+        findings.push(cut_short);
     }
     for gpu in &report.gpus {
         let health = gpu_health(gpu);
@@ -402,6 +415,40 @@ pub fn verdict(report: &NvidiaSmiReport, thresholds: &NvidiaThresholds) -> Verdi
         }
     }
     worst_of(findings, format!("{seen} NVIDIA GPUs healthy"))
+}
+
+/// Why a parsed report cannot prove the GPUs healthy: the header announces more GPUs than the output shows (an
+/// output cut short), or a GPU section carries none of the fields the verdict reads (cut inside the section,
+/// or a `-d` selection such as SUPPORTED_CLOCKS that says nothing about health). A lost-GPU marker still counts.
+fn incompleteness(report: &NvidiaSmiReport) -> Option<Verdict> {
+    let shown = u32::try_from(report.gpus.len()).unwrap_or(u32::MAX);
+    if let Some(announced) = report.attached_gpus
+        && shown < announced
+    {
+        return Some(Verdict::unknown(
+            Reason::OutputIncomplete,
+            format!("nvidia-smi announces {announced} GPUs but its output shows {shown}: the output is cut short"),
+        ));
+    }
+    let silent: Vec<&str> = report
+        .gpus
+        .iter()
+        .filter(|gpu| {
+            let health = gpu_health(gpu);
+            health.health_fields == 0 && health.lost_errors.is_empty()
+        })
+        .map(|gpu| gpu.id.as_str())
+        .collect();
+    if silent.is_empty() {
+        return None;
+    }
+    Some(Verdict::unknown(
+        Reason::OutputIncomplete,
+        format!(
+            "nvidia-smi output has no ECC, remapping, slowdown or PCIe fields for GPU {} (cut short, or a -d selection without health fields)",
+            silent.join(", ")
+        ),
+    ))
 }
 
 /// What to conclude when `nvidia-smi` failed (non-zero exit or unparseable output), from what it printed.

@@ -1,0 +1,108 @@
+//! Issue 13 §4: inputs from other GPU models, tool versions and failure cases on which the agent gave a wrong
+//! answer. Each test names the class of input and replays a hand-made capture of it (tests/fixtures/handmade/).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nodemedic_agent::catalog::{Catalog, FaultTracker};
+use nodemedic_agent::parse::{amd, dcgmi, infiniband, nvidia_smi};
+use nodemedic_agent::tools;
+use nodemedic_agent::{Health, Reason};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/handmade").join(name)
+}
+
+fn read(name: &str) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&std::fs::read(fixture(name))?).into_owned())
+}
+
+fn expecting(gpus: u32) -> nvidia_smi::NvidiaThresholds {
+    nvidia_smi::NvidiaThresholds { expected_gpus: Some(gpus), ..Default::default() }
+}
+
+#[test]
+fn a_truncated_nvidia_smi_q_whose_header_announces_8_gpus_is_not_healthy() -> anyhow::Result<()> {
+    let report = nvidia_smi::parse_query_text(&read("nvidia-smi-text/query_8_announced_cut_in_gpu_2.txt")?)?;
+    assert_eq!(report.attached_gpus, Some(8));
+    let verdict = nvidia_smi::verdict(&report, &expecting(8));
+    assert_eq!(verdict.health, Health::Unknown, "{verdict:?}");
+    assert_eq!(verdict.reason, Reason::OutputIncomplete);
+    assert!(verdict.message.contains("announces 8 GPUs but its output shows 2"), "{}", verdict.message);
+    Ok(())
+}
+
+#[test]
+fn a_gpu_section_without_any_health_field_is_not_healthy() -> anyhow::Result<()> {
+    // All eight sections present, but the last one cut right after its name.
+    let text = read("nvidia-smi-text/query_8_announced_cut_in_gpu_2.txt")?
+        .replace("Attached GPUs                             : 8", "Attached GPUs : 2");
+    let verdict = nvidia_smi::verdict(&nvidia_smi::parse_query_text(&text)?, &expecting(2));
+    assert_eq!(verdict.reason, Reason::OutputIncomplete, "{verdict:?}");
+    assert!(verdict.message.contains("00000000:3B:00.0"), "{}", verdict.message);
+    Ok(())
+}
+
+#[test]
+fn a_supported_clocks_listing_that_shows_one_gpu_is_not_healthy() -> anyhow::Result<()> {
+    let report = nvidia_smi::parse_query_text(&read("nvidia-smi-text/query_d_supported_clocks_one_gpu_of_8.txt")?)?;
+    for thresholds in [expecting(8), nvidia_smi::NvidiaThresholds::default()] {
+        let verdict = nvidia_smi::verdict(&report, &thresholds);
+        assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::OutputIncomplete), "{verdict:?}");
+    }
+    // The same listing with a header that matches still says nothing about health.
+    let one = read("nvidia-smi-text/query_d_supported_clocks_one_gpu_of_8.txt")?.replace(": 8", ": 1");
+    let verdict = nvidia_smi::verdict(&nvidia_smi::parse_query_text(&one)?, &expecting(1));
+    assert_eq!(verdict.reason, Reason::OutputIncomplete, "{verdict:?}");
+    Ok(())
+}
+
+#[test]
+fn an_ibstat_listing_that_ends_in_ibpanic_is_not_healthy() -> anyhow::Result<()> {
+    let parsed = infiniband::parse_ibstat(&read("ibstat/ends_in_ibpanic.txt")?);
+    let error = parsed.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("ibpanic") && error.contains("mlx5_1"), "{error:?}");
+    Ok(())
+}
+
+#[test]
+fn a_non_utf8_byte_in_a_saved_kernel_log_does_not_hide_the_xid_79_after_it() -> anyhow::Result<()> {
+    let path = fixture("kmsg/xid79_after_non_utf8_byte.kmsg");
+    assert!(std::str::from_utf8(&std::fs::read(&path)?).is_err(), "the capture must hold a non-UTF-8 byte");
+    let catalog = Catalog::embedded()?;
+    let mut tracker = FaultTracker::new();
+    let verdict = tools::kernel_log(&path, &catalog, &mut tracker, Duration::from_secs(86_401));
+    assert_eq!((verdict.health, verdict.reason), (Health::Unhealthy, Reason::KernelFaultReboot), "{verdict:?}");
+    Ok(())
+}
+
+#[test]
+fn rocm_smi_json_after_a_warning_line_is_read_not_taken_for_a_missing_driver() -> anyhow::Result<()> {
+    let cards = amd::parse_rocm_smi_json(&read("rocm-smi/warning_before_json.txt")?)?;
+    let expect = amd::AmdExpectations { expected_gpus: Some(2), ..Default::default() };
+    let verdict = amd::rocm_smi_verdict(&cards, &expect);
+    assert!(verdict.is_healthy(), "{verdict:?}");
+    Ok(())
+}
+
+#[test]
+fn a_rocm_smi_warning_without_json_is_unknown_not_a_driver_fault() -> anyhow::Result<()> {
+    let error = amd::parse_rocm_smi_json(&read("rocm-smi/warning_only.txt")?).err();
+    let error = error.ok_or_else(|| anyhow::anyhow!("a warning alone must not parse"))?;
+    let verdict = amd::amd_failure_verdict(&error, Some(2));
+    assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::OutputUnparseable), "{verdict:?}");
+    // What a missing driver really prints still counts as one.
+    let missing = amd::parse_rocm_smi_json(&read("rocm-smi/driver_not_loaded.txt")?).err();
+    let missing = missing.ok_or_else(|| anyhow::anyhow!("the driver message must not parse"))?;
+    assert_eq!(amd::amd_failure_verdict(&missing, Some(2)).reason, Reason::AmdDriverNotLoaded);
+    Ok(())
+}
+
+#[test]
+fn a_dcgmi_diag_with_zero_results_is_not_healthy() -> anyhow::Result<()> {
+    let results = dcgmi::parse_diag(&read("dcgmi/diag_zero_results.json")?)?;
+    assert!(results.is_empty());
+    let verdict = dcgmi::diag_verdict(&results);
+    assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::OutputIncomplete), "{verdict:?}");
+    Ok(())
+}
