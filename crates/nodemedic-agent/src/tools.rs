@@ -11,7 +11,7 @@ use crate::catalog::{Catalog, FaultTracker};
 use crate::config::{
     AmdSmiProbe, DiskProbe, Iperf3Probe, NvidiaSmiFormat, NvidiaSmiProbe, PingProbe, RocmSmiProbe, SpeedtestProbe, ToolSpec,
 };
-use crate::exec::{CommandOutput, ExecError, SearchPath, run_with_timeout};
+use crate::exec::{CommandOutput, ExecError, OUTPUT_LIMIT_BYTES, SearchPath, run_with_timeout};
 use crate::parse::{amd, dcgmi, disk, infiniband, kernel, netperf, nvidia_smi};
 use crate::probe::format_duration;
 use crate::verdict::{Health, Reason, Verdict, worst_of};
@@ -20,12 +20,46 @@ fn first_line(text: &str) -> &str {
     text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no output")
 }
 
+/// The line of a failed tool's output that says what went wrong: the first line naming an error or failure
+/// (stderr before stdout), else the first line with words in it, so a JSON error report is quoted by its
+/// message and not by its opening `{`.
+pub fn what_it_said(output: &CommandOutput) -> String {
+    let lines = || output.stderr.lines().chain(output.stdout.lines()).map(str::trim);
+    let says_error = |line: &&str| {
+        let lower = line.to_ascii_lowercase();
+        ["error", "fail", "unable", "cannot", "not found", "not supported", "invalid"].iter().any(|w| lower.contains(w))
+    };
+    let has_words = |line: &&str| line.chars().filter(|c| c.is_alphanumeric()).count() >= 3;
+    let line = lines().find(says_error).or_else(|| lines().find(has_words)).unwrap_or("no output");
+    line.trim_matches(|c: char| c == ',' || c.is_whitespace()).chars().take(200).collect()
+}
+
+/// Texts a tool prints when it does not know the requested output format or option.
+const UNSUPPORTED_FORMAT_MARKERS: &[&str] = &[
+    "not supported",
+    "is not a valid field to query",
+    "invalid combination of input arguments",
+    "unrecognized option",
+    "unknown option",
+    "invalid option",
+];
+
+fn says_unsupported_format(output: &CommandOutput) -> bool {
+    let lower = format!("{}\n{}", output.stdout, output.stderr).to_ascii_lowercase();
+    UNSUPPORTED_FORMAT_MARKERS.iter().any(|m| lower.contains(m))
+}
+
 /// Runs a tool; Err carries the Unknown verdict for a tool that could not give output.
 pub fn run_tool(name: &str, tool: &ToolSpec, search: &SearchPath) -> Result<CommandOutput, Verdict> {
     match run_with_timeout(&tool.path, &tool.args, tool.timeout.0, search) {
         Ok(output) if output.timed_out => {
             Err(Verdict::unknown(Reason::ToolTimedOut, format!("{name} did not finish within {}", format_duration(tool.timeout.0))))
         }
+        // Past the limit the output is not whole: no verdict read from it can say the node is healthy.
+        Ok(output) if output.stdout_cut => Err(Verdict::unknown(
+            Reason::OutputIncomplete,
+            format!("{name} printed more than {} MiB; its output was cut there", OUTPUT_LIMIT_BYTES / (1024 * 1024)),
+        )),
         Ok(output) => Ok(output),
         Err(ExecError::NotFound { program }) => Err(Verdict::unknown(Reason::ToolMissing, format!("{name}: {program} not found"))),
         Err(other) => Err(Verdict::unknown(Reason::ToolFailed, format!("{name}: {other}"))),
@@ -34,12 +68,14 @@ pub fn run_tool(name: &str, tool: &ToolSpec, search: &SearchPath) -> Result<Comm
 
 /// The usual fallback when a tool's output could not be parsed.
 fn unparseable(name: &str, output: &CommandOutput, error: &dyn std::fmt::Display) -> Verdict {
+    if says_unsupported_format(output) {
+        return Verdict::unknown(Reason::UnsupportedFormat, format!("{name}: unsupported format: {}", what_it_said(output)));
+    }
     match output.exit_code {
         Some(0) => Verdict::unknown(Reason::OutputUnparseable, format!("{name}: {error}")),
         code => {
-            let printed = if output.stderr.trim().is_empty() { &output.stdout } else { &output.stderr };
             let code = code.map(|c| c.to_string()).unwrap_or_else(|| "signal".to_string());
-            Verdict::unknown(Reason::ToolFailed, format!("{name} exited {code}: {}", first_line(printed)))
+            Verdict::unknown(Reason::ToolFailed, format!("{name} exited {code}: {}", what_it_said(output)))
         }
     }
 }
@@ -60,12 +96,15 @@ pub fn nvidia_smi(probe: &NvidiaSmiProbe, expected_gpus: Option<u32>, max_pcie_r
         Ok(report) => {
             let verdict = nvidia_smi::verdict(&report, &thresholds);
             if verdict.health == Health::Unhealthy {
-                verdict
-            } else {
-                nvidia_smi::failure_verdict(&format!("{}\n{}", output.stdout, output.stderr), expected_gpus)
+                return verdict;
             }
+            let failed = nvidia_smi::failure_verdict(&format!("{}\n{}", output.stdout, output.stderr), expected_gpus);
+            if failed.reason == Reason::ToolFailed { unparseable("nvidia-smi", &output, &"non-zero exit") } else { failed }
         }
-        Err(_) => nvidia_smi::failure_verdict(&format!("{}\n{}", output.stdout, output.stderr), expected_gpus),
+        Err(error) => {
+            let verdict = nvidia_smi::failure_verdict(&format!("{}\n{}", output.stdout, output.stderr), expected_gpus);
+            if verdict.reason == Reason::ToolFailed { unparseable("nvidia-smi", &output, &error) } else { verdict }
+        }
     }
 }
 

@@ -1,11 +1,15 @@
 //! Issue 13 §4: inputs from other GPU models, tool versions and failure cases on which the agent gave a wrong
 //! answer. Each test names the class of input and replays a hand-made capture of it (tests/fixtures/handmade/).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nodemedic_agent::catalog::{Catalog, FaultTracker};
+use nodemedic_agent::config::{NvidiaSmiFormat, NvidiaSmiProbe, ToolSpec};
+use nodemedic_agent::exec::SearchPath;
 use nodemedic_agent::parse::{amd, dcgmi, infiniband, nvidia_smi};
+use nodemedic_agent::probe::TextDuration;
 use nodemedic_agent::tools;
 use nodemedic_agent::{Health, Reason};
 
@@ -104,5 +108,60 @@ fn a_dcgmi_diag_with_zero_results_is_not_healthy() -> anyhow::Result<()> {
     assert!(results.is_empty());
     let verdict = dcgmi::diag_verdict(&results);
     assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::OutputIncomplete), "{verdict:?}");
+    Ok(())
+}
+
+/// A fake tool on a temp PATH: prints `body`'s output and exits as it says.
+fn fake_tool(dir: &Path, name: &str, body: &str) -> anyhow::Result<SearchPath> {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n"))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(SearchPath::prepend(dir))
+}
+
+fn dcgmi_diag() -> ToolSpec {
+    ToolSpec {
+        path: "dcgmi".to_string(),
+        args: ["diag", "-r", "1", "-j"].map(String::from).to_vec(),
+        timeout: TextDuration(Duration::from_secs(10)),
+    }
+}
+
+#[test]
+fn a_failing_tool_is_quoted_by_what_it_said_not_by_its_first_stdout_line() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let capture = fixture("dcgmi/diag_exit_226_host_engine_unreachable.json");
+    let search = fake_tool(dir.path(), "dcgmi", &format!("cat '{}'\nexit 226", capture.display()))?;
+    let verdict = tools::dcgmi_health(&dcgmi_diag(), &search);
+    assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::ToolFailed), "{verdict:?}");
+    assert!(verdict.message.contains("exited 226"), "{}", verdict.message);
+    assert!(verdict.message.contains("unable to establish a connection"), "{}", verdict.message);
+    assert!(!verdict.message.ends_with('{'), "{}", verdict.message);
+    Ok(())
+}
+
+#[test]
+fn output_cut_at_8_mib_says_so_and_is_not_healthy() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A healthy-looking 8-GPU CSV whose rows go on past the capture limit.
+    let capture = fixture("../nvidia-smi-csv/query-gpu-8xH100.csv.txt");
+    let body = format!("cat '{}'\nyes ' ' | head -c 9000000\nexit 0", capture.display());
+    let search = fake_tool(dir.path(), "nvidia-smi", &body)?;
+    let probe = NvidiaSmiProbe { format: NvidiaSmiFormat::Csv, ..NvidiaSmiProbe::default() };
+    let verdict = tools::nvidia_smi(&probe, Some(8), 1000, &search);
+    assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::OutputIncomplete), "{verdict:?}");
+    assert!(verdict.message.contains("cut"), "{}", verdict.message);
+    Ok(())
+}
+
+#[test]
+fn an_unsupported_format_is_reported_as_such_not_as_a_tool_failure() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let capture = fixture("nvidia-smi-csv/query_gpu_field_not_valid_on_535.csv.txt");
+    let search = fake_tool(dir.path(), "nvidia-smi", &format!("cat '{}'\nexit 2", capture.display()))?;
+    let probe = NvidiaSmiProbe { format: NvidiaSmiFormat::Csv, ..NvidiaSmiProbe::default() };
+    let verdict = tools::nvidia_smi(&probe, Some(8), 1000, &search);
+    assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::UnsupportedFormat), "{verdict:?}");
+    assert!(verdict.message.contains("unsupported format") && verdict.message.contains("not a valid field"), "{}", verdict.message);
     Ok(())
 }

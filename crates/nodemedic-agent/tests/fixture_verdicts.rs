@@ -137,6 +137,8 @@ const CASES: &[(&str, Expect)] = &[
     ("handmade/rocm-smi/warning_before_json.txt", Is(Healthy, Reason::AllChecksPassed)),
     ("handmade/rocm-smi/warning_only.txt", Is(Unknown, Reason::OutputUnparseable)),
     ("handmade/dcgmi/diag_zero_results.json", Is(Unknown, Reason::OutputIncomplete)),
+    ("handmade/dcgmi/diag_exit_226_host_engine_unreachable.json", ParseError("test_categories")),
+    ("handmade/nvidia-smi-csv/query_gpu_field_not_valid_on_535.csv.txt", ParseError("header names none")),
 ];
 
 fn copied_root() -> PathBuf {
