@@ -1,6 +1,7 @@
 //! One pass over every configured probe: what `nodemedic-agent check --once` prints.
 
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -8,6 +9,7 @@ use serde::Serialize;
 use crate::catalog::{Catalog, CatalogError, FaultTracker};
 use crate::config::AgentConfig;
 use crate::exec::SearchPath;
+use crate::parse::infiniband::IbPort;
 use crate::plugin::run_plugin;
 use crate::verdict::Verdict;
 use crate::{nvml, tools};
@@ -67,8 +69,39 @@ pub fn search_path(config: &AgentConfig) -> SearchPath {
     config.search_path.as_ref().map(|p| SearchPath(p.into())).unwrap_or_else(SearchPath::from_environment)
 }
 
-/// Runs one probe by the name [`configured_probes`] gives it; None when no such probe is configured.
+/// What probes keep between runs for the agent's lifetime: the last InfiniBand reading, so counter growth
+/// between two runs (a flapping link, errors piling up) is seen.
+#[derive(Debug, Default)]
+pub struct ProbeMemory {
+    infiniband: Mutex<Option<Vec<IbPort>>>,
+}
+
+impl ProbeMemory {
+    fn infiniband(&self, read: impl FnOnce(Option<&[IbPort]>) -> (Verdict, Vec<IbPort>)) -> Verdict {
+        let mut last = self.infiniband.lock().unwrap_or_else(PoisonError::into_inner);
+        let (verdict, ports) = read(last.as_deref());
+        // A failed read keeps the older reading to compare the next one with.
+        if !ports.is_empty() {
+            *last = Some(ports);
+        }
+        verdict
+    }
+}
+
+/// Runs one probe by the name [`configured_probes`] gives it, with nothing remembered from earlier runs (a
+/// one-off `check`); None when no such probe is configured.
 pub fn run_probe(config: &AgentConfig, catalog: &Catalog, search: &SearchPath, name: &str) -> Option<Verdict> {
+    run_probe_remembering(config, catalog, search, name, &ProbeMemory::default())
+}
+
+/// [`run_probe`] comparing with, and updating, what `memory` kept from the previous run.
+pub fn run_probe_remembering(
+    config: &AgentConfig,
+    catalog: &Catalog,
+    search: &SearchPath,
+    name: &str,
+    memory: &ProbeMemory,
+) -> Option<Verdict> {
     let probes = &config.probes;
     let expected = config.expected_gpus;
     match name {
@@ -83,7 +116,9 @@ pub fn run_probe(config: &AgentConfig, catalog: &Catalog, search: &SearchPath, n
             let mut tracker = FaultTracker::new();
             tools::kernel_log(&source, catalog, &mut tracker, uptime().unwrap_or(Duration::ZERO))
         }),
-        "infiniband" => probes.infiniband.as_ref().map(|p| tools::infiniband(&p.sysfs_root, &p.expectations(), None).0),
+        "infiniband" => {
+            probes.infiniband.as_ref().map(|p| memory.infiniband(|previous| tools::infiniband(&p.sysfs_root, &p.expectations(), previous)))
+        }
         "ping" => probes.ping.as_ref().map(|p| tools::ping(p, search)),
         "iperf3" => probes.iperf3.as_ref().map(|p| tools::iperf3(p, search)),
         "speedtest" => probes.speedtest.as_ref().map(|p| tools::speedtest(p, search)),

@@ -130,22 +130,39 @@ pub struct InfinibandProbe {
     pub min_rate_gbps: Option<f64>,
     /// Only these devices are checked (all when empty).
     pub devices: Vec<String>,
+    /// Cumulative `link_downed` above this is a flapping link (default 50; null: no bound).
+    pub max_link_downed: Option<u64>,
+    /// Cumulative port error counter above this is unhealthy (default 1000; null: no bound).
+    pub max_error_count: Option<u64>,
+    /// Growth of a port error counter between two readings above this is unhealthy (default 10; null: no bound).
+    pub max_error_growth: Option<u64>,
 }
 
 impl Default for InfinibandProbe {
     fn default() -> Self {
+        let bounds = IbExpectations::default();
         InfinibandProbe {
             sysfs_root: PathBuf::from("/sys/class/infiniband"),
             expected_ports: None,
             min_rate_gbps: None,
             devices: Vec::new(),
+            max_link_downed: bounds.max_link_downed,
+            max_error_count: bounds.max_error_count,
+            max_error_growth: bounds.max_error_growth,
         }
     }
 }
 
 impl InfinibandProbe {
     pub fn expectations(&self) -> IbExpectations {
-        IbExpectations { expected_ports: self.expected_ports, min_rate_gbps: self.min_rate_gbps, devices: self.devices.clone() }
+        IbExpectations {
+            expected_ports: self.expected_ports,
+            min_rate_gbps: self.min_rate_gbps,
+            devices: self.devices.clone(),
+            max_link_downed: self.max_link_downed,
+            max_error_count: self.max_error_count,
+            max_error_growth: self.max_error_growth,
+        }
     }
 }
 

@@ -103,6 +103,8 @@ reasons! {
     IbRateLow,
     /// An InfiniBand/RoCE port's link-down counter grew (the link flaps).
     IbLinkFlapping,
+    /// An InfiniBand/RoCE port's error counters (symbol errors, receive errors, link recoveries …) are high or grew.
+    IbPortErrors,
     /// Expected InfiniBand/RoCE devices are missing.
     IbDeviceMissing,
     /// Measured throughput is below the threshold.

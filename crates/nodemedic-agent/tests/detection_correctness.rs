@@ -165,3 +165,59 @@ fn an_unsupported_format_is_reported_as_such_not_as_a_tool_failure() -> anyhow::
     assert!(verdict.message.contains("unsupported format") && verdict.message.contains("not a valid field"), "{}", verdict.message);
     Ok(())
 }
+
+#[test]
+fn a_port_whose_cumulative_link_downed_and_error_counters_are_large_is_not_healthy() -> anyhow::Result<()> {
+    let ports = infiniband::read_sysfs(&fixture("infiniband-sysfs/ndr_port_with_high_error_counters"))?;
+    let expect = infiniband::IbExpectations { expected_ports: Some(1), ..Default::default() };
+    let verdict = infiniband::verdict(&ports, &expect, None);
+    assert_eq!((verdict.health, verdict.reason), (Health::Unhealthy, Reason::IbLinkFlapping), "{verdict:?}");
+    assert!(verdict.message.contains("mlx5_2/1 link went down 212 times"), "{}", verdict.message);
+    assert!(verdict.message.contains("symbol_error is 48113"), "{}", verdict.message);
+    assert!(verdict.message.contains("port_rcv_errors is 2291"), "{}", verdict.message);
+    // The bounds are the operator's: without them only the port state is judged.
+    let unbounded = infiniband::IbExpectations { max_link_downed: None, max_error_count: None, ..expect };
+    assert!(infiniband::verdict(&ports, &unbounded, None).is_healthy());
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let path = entry?.path();
+        let target = to.join(path.file_name().ok_or_else(|| anyhow::anyhow!("no file name"))?);
+        if path.is_dir() { copy_tree(&path, &target)? } else { std::fs::copy(&path, &target).map(drop)? }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_infiniband_probe_compares_counters_with_its_previous_reading() -> anyhow::Result<()> {
+    // Issue 13 §3: the probe keeps its last reading for the agent's lifetime, so a counter that grows between
+    // two runs shows, even far below the cumulative bounds.
+    let root = tempfile::tempdir()?;
+    copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/infiniband-sysfs/h100_node_ndr"), root.path())?;
+    let yaml = format!("probes:\n  infiniband: {{ sysfs_root: '{}', expected_ports: 2 }}\n", root.path().display());
+    let config = nodemedic_agent::AgentConfig::from_yaml(&yaml)?;
+    let catalog = Catalog::embedded()?;
+    let search = SearchPath::prepend(root.path());
+    let memory = nodemedic_agent::check::ProbeMemory::default();
+    let run = || nodemedic_agent::check::run_probe_remembering(&config, &catalog, &search, "infiniband", &memory);
+    assert!(run().is_some_and(|v| v.is_healthy()), "the recorded H100 node is healthy");
+
+    let counters = root.path().join("mlx5_0/ports/1/counters");
+    std::fs::write(counters.join("link_downed"), "2\n")?;
+    let verdict = run().ok_or_else(|| anyhow::anyhow!("infiniband is configured"))?;
+    assert_eq!(verdict.reason, Reason::IbLinkFlapping, "{verdict:?}");
+    assert!(verdict.message.contains("mlx5_0/1 link went down 2 times since the last check"), "{}", verdict.message);
+
+    std::fs::write(counters.join("symbol_error"), "40\n")?;
+    let verdict = run().ok_or_else(|| anyhow::anyhow!("infiniband is configured"))?;
+    assert_eq!(verdict.reason, Reason::IbPortErrors, "{verdict:?}");
+    assert!(verdict.message.contains("symbol_error grew by 40"), "{}", verdict.message);
+
+    // Steady counters are healthy again; a one-off check (no memory) cannot see growth at all.
+    assert!(run().is_some_and(|v| v.is_healthy()));
+    assert!(nodemedic_agent::check::run_probe(&config, &catalog, &search, "infiniband").is_some_and(|v| v.is_healthy()));
+    Ok(())
+}

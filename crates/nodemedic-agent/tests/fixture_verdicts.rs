@@ -137,6 +137,7 @@ const CASES: &[(&str, Expect)] = &[
     ("handmade/rocm-smi/warning_before_json.txt", Is(Healthy, Reason::AllChecksPassed)),
     ("handmade/rocm-smi/warning_only.txt", Is(Unknown, Reason::OutputUnparseable)),
     ("handmade/dcgmi/diag_zero_results.json", Is(Unknown, Reason::OutputIncomplete)),
+    ("handmade/infiniband-sysfs/ndr_port_with_high_error_counters", Is(Unhealthy, Reason::IbLinkFlapping)),
     ("handmade/dcgmi/diag_exit_226_host_engine_unreachable.json", ParseError("test_categories")),
     ("handmade/nvidia-smi-csv/query_gpu_field_not_valid_on_535.csv.txt", ParseError("header names none")),
 ];
@@ -310,9 +311,10 @@ fn fixture_names(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Res
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let relative = path.strip_prefix(root).map(|p| p.to_string_lossy().replace('\\', "/")).unwrap_or_default();
-        if let Some(rest) = relative.strip_prefix("infiniband-sysfs/") {
-            let tree = rest.split('/').next().unwrap_or("");
-            let name = format!("infiniband-sysfs/{tree}");
+        let sysfs = ["infiniband-sysfs/", "handmade/infiniband-sysfs/"].into_iter().find(|p| relative.starts_with(p));
+        if let Some(prefix) = sysfs {
+            let tree = relative[prefix.len()..].split('/').next().unwrap_or("");
+            let name = format!("{prefix}{tree}");
             if !out.contains(&name) {
                 out.push(name);
             }

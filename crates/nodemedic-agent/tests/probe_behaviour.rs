@@ -232,7 +232,7 @@ fn infiniband_ports_down_slow_or_flapping_are_unhealthy() -> anyhow::Result<()> 
     let root = tempfile::tempdir()?;
     fake_port(root.path(), "mlx5_0", 1, "4: ACTIVE", "5: LinkUp", "400 Gb/sec (4X NDR)", 0)?;
     fake_port(root.path(), "mlx5_1", 1, "4: ACTIVE", "5: LinkUp", "400 Gb/sec (4X NDR)", 2)?;
-    let expect = infiniband::IbExpectations { expected_ports: Some(2), min_rate_gbps: Some(400.0), devices: vec![] };
+    let expect = infiniband::IbExpectations { expected_ports: Some(2), min_rate_gbps: Some(400.0), devices: vec![], ..Default::default() };
     let before = infiniband::read_sysfs(root.path())?;
     assert!(infiniband::verdict(&before, &expect, None).is_healthy());
 
@@ -263,7 +263,7 @@ fn the_recorded_sysfs_trees_read_like_the_hardware() -> anyhow::Result<()> {
     let h100 = infiniband::read_sysfs(&root.join("h100_node_ndr"))?;
     let rates: Vec<(String, Option<f64>)> = h100.iter().map(|p| (p.name(), p.rate_gbps)).collect();
     assert_eq!(rates, vec![("mlx5_0/1".to_string(), Some(400.0)), ("mlx5_bond_0/1".to_string(), Some(200.0))]);
-    let expect = infiniband::IbExpectations { expected_ports: Some(2), min_rate_gbps: Some(400.0), devices: vec![] };
+    let expect = infiniband::IbExpectations { expected_ports: Some(2), min_rate_gbps: Some(400.0), devices: vec![], ..Default::default() };
     assert_eq!(infiniband::verdict(&h100, &expect, None).reason, Reason::IbRateLow, "the bonded RoCE port runs at 200");
     let only_ib = infiniband::IbExpectations { expected_ports: Some(1), devices: vec!["mlx5_0".to_string()], ..expect };
     assert!(infiniband::verdict(&h100, &only_ib, None).is_healthy());
