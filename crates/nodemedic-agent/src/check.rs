@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogError, FaultTracker};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, IbSource};
 use crate::exec::SearchPath;
 use crate::parse::infiniband::IbPort;
 use crate::plugin::run_plugin;
@@ -45,6 +45,7 @@ pub fn configured_probes(config: &AgentConfig) -> Vec<String> {
     let present = [
         ("nvml", probes.nvml.is_some()),
         ("nvidia-smi", probes.nvidia_smi.is_some()),
+        ("nvlink", probes.nvlink.is_some()),
         ("rocm-smi", probes.rocm_smi.is_some()),
         ("amd-smi", probes.amd_smi.is_some()),
         ("rocminfo", probes.rocminfo.is_some()),
@@ -107,6 +108,7 @@ pub fn run_probe_remembering(
     match name {
         "nvml" => probes.nvml.as_ref().map(|_| nvml::probe(expected, config.max_pcie_replays)),
         "nvidia-smi" => probes.nvidia_smi.as_ref().map(|p| tools::nvidia_smi(p, expected, config.max_pcie_replays, search)),
+        "nvlink" => probes.nvlink.as_ref().map(|p| tools::nvlink(&p.tool(), search)),
         "rocm-smi" => probes.rocm_smi.as_ref().map(|p| tools::rocm_smi(p, expected, search)),
         "amd-smi" => probes.amd_smi.as_ref().map(|p| tools::amd_smi(p, expected, search)),
         "rocminfo" => probes.rocminfo.as_ref().map(|p| tools::rocminfo(&p.tool(), expected, search)),
@@ -116,9 +118,10 @@ pub fn run_probe_remembering(
             let mut tracker = FaultTracker::new();
             tools::kernel_log(&source, catalog, &mut tracker, uptime().unwrap_or(Duration::ZERO))
         }),
-        "infiniband" => {
-            probes.infiniband.as_ref().map(|p| memory.infiniband(|previous| tools::infiniband(&p.sysfs_root, &p.expectations(), previous)))
-        }
+        "infiniband" => probes.infiniband.as_ref().map(|p| match p.source {
+            IbSource::Sysfs => memory.infiniband(|previous| tools::infiniband(&p.sysfs_root, &p.expectations(), previous)),
+            source => tools::infiniband_from_tool(source, &p.tool_for_source(), &p.expectations(), search).0,
+        }),
         "ping" => probes.ping.as_ref().map(|p| tools::ping(p, search)),
         "iperf3" => probes.iperf3.as_ref().map(|p| tools::iperf3(p, search)),
         "speedtest" => probes.speedtest.as_ref().map(|p| tools::speedtest(p, search)),

@@ -76,6 +76,19 @@ pub enum NvidiaSmiFormat {
     QueryText,
     /// `--query-gpu=… --format=csv`
     Csv,
+    /// plain `nvidia-smi` (the default table: GPU count, ERR! and the volatile uncorrectable ECC column)
+    Table,
+}
+
+/// Which rocm-smi output the configured arguments produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RocmSmiFormat {
+    /// `--json`
+    #[default]
+    Json,
+    /// the text listing (`GPU[n] : …` lines and `ERROR:` lines)
+    Text,
 }
 
 tool_probe!(
@@ -85,14 +98,20 @@ tool_probe!(
 tool_probe!(
     /// `rocm-smi --json`.
     RocmSmiProbe, "rocm-smi", ["--showuse", "--showtemp", "--showrasinfo", "all", "--json"], 20,
-    /// Dotted metric paths each card must report.
-    required_metrics: Vec<String>
+    /// Dotted metric paths each card must report (JSON format only).
+    required_metrics: Vec<String>,
+    /// The output the arguments produce.
+    format: RocmSmiFormat
 );
 tool_probe!(
     /// `amd-smi … --json` (or `--csv`).
     AmdSmiProbe, "amd-smi", ["metric", "--json"], 20,
     /// Dotted metric paths each GPU must report.
     required_metrics: Vec<String>
+);
+tool_probe!(
+    /// `nvidia-smi nvlink -s` (or `c2c -s`): every NVLink / C2C link active.
+    NvlinkProbe, "nvidia-smi", ["nvlink", "-s"], 20
 );
 tool_probe!(
     /// `rocminfo` (GPU agent count).
@@ -125,6 +144,10 @@ impl Default for KernelLogProbe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InfinibandProbe {
+    /// Where the ports are read from.
+    pub source: IbSource,
+    /// The command for the `ibstat` / `rdma-link` sources (default `ibstat`, or `rdma -j link show`).
+    pub tool: Option<ToolSpec>,
     pub sysfs_root: PathBuf,
     pub expected_ports: Option<u32>,
     pub min_rate_gbps: Option<f64>,
@@ -142,6 +165,8 @@ impl Default for InfinibandProbe {
     fn default() -> Self {
         let bounds = IbExpectations::default();
         InfinibandProbe {
+            source: IbSource::Sysfs,
+            tool: None,
             sysfs_root: PathBuf::from("/sys/class/infiniband"),
             expected_ports: None,
             min_rate_gbps: None,
@@ -153,7 +178,35 @@ impl Default for InfinibandProbe {
     }
 }
 
+/// Where the InfiniBand probe reads its ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum IbSource {
+    /// `sysfs_root` (state, rate and counters: the only source with flap and error-counter findings).
+    #[default]
+    Sysfs,
+    /// `ibstat` text.
+    Ibstat,
+    /// `rdma -j link show` JSON.
+    RdmaLink,
+}
+
 impl InfinibandProbe {
+    /// The command for a tool source: the configured one, or the source's usual command.
+    pub fn tool_for_source(&self) -> ToolSpec {
+        self.tool.clone().unwrap_or_else(|| {
+            let (path, args): (&str, &[&str]) = match self.source {
+                IbSource::Ibstat | IbSource::Sysfs => ("ibstat", &[]),
+                IbSource::RdmaLink => ("rdma", &["-j", "link", "show"]),
+            };
+            ToolSpec {
+                path: path.to_string(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                timeout: TextDuration(Duration::from_secs(20)),
+            }
+        })
+    }
+
     pub fn expectations(&self) -> IbExpectations {
         IbExpectations {
             expected_ports: self.expected_ports,
@@ -285,6 +338,7 @@ impl Default for RemediationConfig {
 pub struct ProbesConfig {
     pub nvml: Option<NvmlProbe>,
     pub nvidia_smi: Option<NvidiaSmiProbe>,
+    pub nvlink: Option<NvlinkProbe>,
     pub rocm_smi: Option<RocmSmiProbe>,
     pub amd_smi: Option<AmdSmiProbe>,
     pub rocminfo: Option<RocminfoProbe>,
@@ -327,8 +381,21 @@ pub struct AgentConfig {
 }
 
 /// The probe names `check --once` reports, apart from `plugin/<name>`.
-pub const PROBE_NAMES: &[&str] =
-    &["nvml", "nvidia-smi", "rocm-smi", "amd-smi", "rocminfo", "dcgmi", "kernel-log", "infiniband", "ping", "iperf3", "speedtest", "disk"];
+pub const PROBE_NAMES: &[&str] = &[
+    "nvml",
+    "nvidia-smi",
+    "nvlink",
+    "rocm-smi",
+    "amd-smi",
+    "rocminfo",
+    "dcgmi",
+    "kernel-log",
+    "infiniband",
+    "ping",
+    "iperf3",
+    "speedtest",
+    "disk",
+];
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -398,7 +465,7 @@ impl AgentConfig {
     /// The family a probe (by its `check --once` name) reports into.
     pub fn family_of(&self, probe: &str) -> Family {
         match probe {
-            "nvml" | "nvidia-smi" | "rocm-smi" | "amd-smi" | "rocminfo" | "dcgmi" | "kernel-log" => Family::Gpu,
+            "nvml" | "nvidia-smi" | "nvlink" | "rocm-smi" | "amd-smi" | "rocminfo" | "dcgmi" | "kernel-log" => Family::Gpu,
             "infiniband" | "ping" | "iperf3" | "speedtest" => Family::Network,
             "disk" => Family::Disk,
             other => other

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::catalog::{Catalog, FaultTracker};
 use crate::config::{
-    AmdSmiProbe, DiskProbe, Iperf3Probe, NvidiaSmiFormat, NvidiaSmiProbe, PingProbe, RocmSmiProbe, SpeedtestProbe, ToolSpec,
+    AmdSmiProbe, DiskProbe, IbSource, Iperf3Probe, NvidiaSmiFormat, NvidiaSmiProbe, PingProbe, RocmSmiFormat, RocmSmiProbe, SpeedtestProbe,
+    ToolSpec,
 };
 use crate::exec::{CommandOutput, ExecError, OUTPUT_LIMIT_BYTES, SearchPath, run_with_timeout};
 use crate::parse::{amd, dcgmi, disk, infiniband, kernel, netperf, nvidia_smi};
@@ -85,11 +86,21 @@ pub fn nvidia_smi(probe: &NvidiaSmiProbe, expected_gpus: Option<u32>, max_pcie_r
         Ok(output) => output,
         Err(verdict) => return verdict,
     };
+    if probe.format == NvidiaSmiFormat::Table {
+        return match nvidia_smi::parse_table(&output.stdout) {
+            Ok(gpus) => nvidia_smi::table_verdict(&gpus, expected_gpus),
+            Err(error) => match nvidia_smi::failure_verdict(&format!("{}\n{}", output.stdout, output.stderr), expected_gpus) {
+                failed if failed.reason == Reason::ToolFailed => unparseable("nvidia-smi", &output, &error),
+                failed => failed,
+            },
+        };
+    }
     let thresholds = nvidia_smi::NvidiaThresholds { expected_gpus, max_pcie_replays };
     let parsed = match probe.format {
         NvidiaSmiFormat::Xml => nvidia_smi::parse_xml(&output.stdout),
         NvidiaSmiFormat::QueryText => nvidia_smi::parse_query_text(&output.stdout),
-        NvidiaSmiFormat::Csv => nvidia_smi::parse_query_csv(&output.stdout),
+        // (Table returned above.)
+        NvidiaSmiFormat::Csv | NvidiaSmiFormat::Table => nvidia_smi::parse_query_csv(&output.stdout),
     };
     match parsed {
         Ok(report) if output.exit_code == Some(0) => nvidia_smi::verdict(&report, &thresholds),
@@ -108,11 +119,33 @@ pub fn nvidia_smi(probe: &NvidiaSmiProbe, expected_gpus: Option<u32>, max_pcie_r
     }
 }
 
+/// `nvidia-smi nvlink -s` / `c2c -s`: an inactive link is unhealthy; GPUs without links are fine.
+pub fn nvlink(tool: &ToolSpec, search: &SearchPath) -> Verdict {
+    let output = match run_tool("nvidia-smi nvlink", tool, search) {
+        Ok(output) => output,
+        Err(verdict) => return verdict,
+    };
+    match nvidia_smi::parse_link_status(&output.stdout) {
+        Ok(gpus) if output.exit_code == Some(0) => nvidia_smi::link_status_verdict(&gpus),
+        Ok(_) => unparseable("nvidia-smi nvlink", &output, &"non-zero exit"),
+        Err(error) => match nvidia_smi::failure_verdict(&format!("{}\n{}", output.stdout, output.stderr), None) {
+            lost if lost.reason == Reason::GpuLost => lost,
+            _ => unparseable("nvidia-smi nvlink", &output, &error),
+        },
+    }
+}
+
 pub fn rocm_smi(probe: &RocmSmiProbe, expected_gpus: Option<u32>, search: &SearchPath) -> Verdict {
     let output = match run_tool("rocm-smi", &probe.tool(), search) {
         Ok(output) => output,
         Err(verdict) => return verdict,
     };
+    if probe.format == RocmSmiFormat::Text {
+        return match amd::parse_rocm_smi_text(&output.stdout) {
+            Ok(parsed) => amd::rocm_smi_text_verdict(&parsed, expected_gpus),
+            Err(error) => unparseable("rocm-smi", &output, &error),
+        };
+    }
     let expect = amd::AmdExpectations { expected_gpus, required_metrics: probe.required_metrics.clone() };
     match amd::parse_rocm_smi_json(&output.stdout) {
         Ok(cards) => amd::rocm_smi_verdict(&cards, &expect),
@@ -239,6 +272,33 @@ pub fn infiniband(
             (verdict, Vec::new())
         }
         Err(error) => (Verdict::unknown(Reason::OutputUnparseable, error.to_string()), Vec::new()),
+    }
+}
+
+/// The InfiniBand verdict from `ibstat` text or `rdma link -j` JSON instead of sysfs (no counters there, so
+/// no flap or error-counter findings).
+pub fn infiniband_from_tool(
+    source: IbSource,
+    tool: &ToolSpec,
+    expect: &infiniband::IbExpectations,
+    search: &SearchPath,
+) -> (Verdict, Vec<infiniband::IbPort>) {
+    let name = match source {
+        IbSource::Ibstat => "ibstat",
+        IbSource::RdmaLink | IbSource::Sysfs => "rdma link",
+    };
+    let output = match run_tool(name, tool, search) {
+        Ok(output) => output,
+        Err(verdict) => return (verdict, Vec::new()),
+    };
+    let parsed = match source {
+        IbSource::Ibstat => infiniband::parse_ibstat(&output.stdout),
+        IbSource::RdmaLink | IbSource::Sysfs => infiniband::parse_rdma_link_json(&output.stdout),
+    };
+    match parsed {
+        Ok(ports) if output.exit_code == Some(0) => (infiniband::verdict(&ports, expect, None), ports),
+        Ok(_) => (unparseable(name, &output, &"non-zero exit"), Vec::new()),
+        Err(error) => (unparseable(name, &output, &error), Vec::new()),
     }
 }
 

@@ -137,6 +137,7 @@ const CASES: &[(&str, Expect)] = &[
     ("handmade/rocm-smi/warning_before_json.txt", Is(Healthy, Reason::AllChecksPassed)),
     ("handmade/rocm-smi/warning_only.txt", Is(Unknown, Reason::OutputUnparseable)),
     ("handmade/dcgmi/diag_zero_results.json", Is(Unknown, Reason::OutputIncomplete)),
+    ("handmade/rocm-smi/text_showuse_mi210_x2.txt", Is(Healthy, Reason::AllChecksPassed)),
     ("handmade/infiniband-sysfs/ndr_port_with_high_error_counters", Is(Unhealthy, Reason::IbLinkFlapping)),
     ("handmade/dcgmi/diag_exit_226_host_engine_unreachable.json", ParseError("test_categories")),
     ("handmade/nvidia-smi-csv/query_gpu_field_not_valid_on_535.csv.txt", ParseError("header names none")),
@@ -239,7 +240,9 @@ fn verdict_for(root: &Path, name: &str) -> Result<Verdict, String> {
             let gpus = if looks_csv { amd::parse_amd_smi_csv(&text) } else { amd::parse_amd_smi_json(&text) }.map_err(err)?;
             Ok(amd::amd_smi_verdict(&gpus, &Default::default()))
         }
-        "rocm-smi" if file.starts_with("mi210_") => Ok(amd::rocm_smi_text_verdict(&amd::parse_rocm_smi_text(&text).map_err(err)?, None)),
+        "rocm-smi" if file.starts_with("mi210_") || file.starts_with("text_") => {
+            Ok(amd::rocm_smi_text_verdict(&amd::parse_rocm_smi_text(&text).map_err(err)?, None))
+        }
         "rocm-smi" => Ok(match amd::parse_rocm_smi_json(&text) {
             Ok(cards) => amd::rocm_smi_verdict(&cards, &Default::default()),
             Err(error) => amd::amd_failure_verdict(&error, None),
