@@ -242,6 +242,30 @@ fn default_iperf_timeout() -> TextDuration {
     TextDuration(Duration::from_secs(20))
 }
 
+/// `ethtool <if>` for each interface (link detected, speed), and `ethtool -S <if>` when `max_errors` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EthtoolProbe {
+    pub interfaces: Vec<String>,
+    #[serde(default = "default_ethtool_path")]
+    pub path: String,
+    /// A link slower than this (Mb/s) is unhealthy.
+    #[serde(default)]
+    pub min_speed_mbps: Option<u64>,
+    /// Error counters of `ethtool -S` summing above this are unhealthy; None skips `-S`.
+    #[serde(default)]
+    pub max_errors: Option<u64>,
+    #[serde(default = "default_ethtool_timeout")]
+    pub timeout: TextDuration,
+}
+
+fn default_ethtool_path() -> String {
+    "ethtool".to_string()
+}
+fn default_ethtool_timeout() -> TextDuration {
+    TextDuration(Duration::from_secs(10))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PingProbe {
@@ -345,6 +369,7 @@ pub struct ProbesConfig {
     pub dcgmi_health: Option<DcgmiProbe>,
     pub kernel_log: Option<KernelLogProbe>,
     pub infiniband: Option<InfinibandProbe>,
+    pub ethtool: Option<EthtoolProbe>,
     pub iperf3: Option<Iperf3Probe>,
     pub ping: Option<PingProbe>,
     pub speedtest: Option<SpeedtestProbe>,
@@ -453,6 +478,9 @@ impl AgentConfig {
         {
             return Err(ConfigError::Invalid("iperf3.min_gbits_per_second must be a non-negative number".to_string()));
         }
+        if self.probes.ethtool.as_ref().is_some_and(|e| e.interfaces.is_empty()) {
+            return Err(ConfigError::Invalid("ethtool.interfaces must name at least one interface".to_string()));
+        }
         if self.remediation.reboot.argv.is_empty() {
             return Err(ConfigError::Invalid("remediation.reboot.argv must name a command".to_string()));
         }
@@ -466,7 +494,7 @@ impl AgentConfig {
     pub fn family_of(&self, probe: &str) -> Family {
         match probe {
             "nvml" | "nvidia-smi" | "nvlink" | "rocm-smi" | "amd-smi" | "rocminfo" | "dcgmi" | "kernel-log" => Family::Gpu,
-            "infiniband" | "ping" | "iperf3" | "speedtest" => Family::Network,
+            "infiniband" | "ethtool" | "ping" | "iperf3" | "speedtest" => Family::Network,
             "disk" => Family::Disk,
             other => other
                 .strip_prefix("plugin/")

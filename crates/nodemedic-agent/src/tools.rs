@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use crate::catalog::{Catalog, FaultTracker};
 use crate::config::{
-    AmdSmiProbe, DiskProbe, IbSource, Iperf3Probe, NvidiaSmiFormat, NvidiaSmiProbe, PingProbe, RocmSmiFormat, RocmSmiProbe, SpeedtestProbe,
-    ToolSpec,
+    AmdSmiProbe, DiskProbe, EthtoolProbe, IbSource, Iperf3Probe, NvidiaSmiFormat, NvidiaSmiProbe, PingProbe, RocmSmiFormat, RocmSmiProbe,
+    SpeedtestProbe, ToolSpec,
 };
 use crate::exec::{CommandOutput, ExecError, OUTPUT_LIMIT_BYTES, SearchPath, run_with_timeout};
-use crate::parse::{amd, dcgmi, disk, infiniband, kernel, netperf, nvidia_smi};
+use crate::parse::{amd, dcgmi, disk, ethtool, infiniband, kernel, netperf, nvidia_smi};
 use crate::probe::format_duration;
 use crate::verdict::{Health, Reason, Verdict, worst_of};
 
@@ -300,6 +300,33 @@ pub fn infiniband_from_tool(
         Ok(_) => (unparseable(name, &output, &"non-zero exit"), Vec::new()),
         Err(error) => (unparseable(name, &output, &error), Vec::new()),
     }
+}
+
+/// `ethtool <if>` (and `ethtool -S <if>` when an error bound is set) for every configured interface.
+pub fn ethtool(probe: &EthtoolProbe, search: &SearchPath) -> Verdict {
+    let run = |args: Vec<String>| {
+        let tool = ToolSpec { path: probe.path.clone(), args, timeout: probe.timeout };
+        run_tool("ethtool", &tool, search)
+    };
+    let mut findings = Vec::new();
+    for interface in &probe.interfaces {
+        findings.push(match run(vec![interface.clone()]) {
+            Ok(output) => match ethtool::parse_settings(&output.stdout) {
+                Ok(settings) => ethtool::settings_verdict(&settings, probe.min_speed_mbps),
+                Err(error) => unparseable("ethtool", &output, &error),
+            },
+            Err(verdict) => verdict,
+        });
+        let Some(max_errors) = probe.max_errors else { continue };
+        findings.push(match run(vec!["-S".to_string(), interface.clone()]) {
+            Ok(output) => match ethtool::parse_statistics(&output.stdout) {
+                Ok(counters) => ethtool::statistics_verdict(&counters, max_errors),
+                Err(error) => unparseable("ethtool -S", &output, &error),
+            },
+            Err(verdict) => verdict,
+        });
+    }
+    worst_of(findings, format!("{} interfaces with link up", probe.interfaces.len()))
 }
 
 /// Reads what the kernel log holds right now: /dev/kmsg (or any character device) without blocking, one record

@@ -1,5 +1,5 @@
 //! Parsers that no probe called before issue 13 (NVLink status, the default nvidia-smi table, rocm-smi text,
-//! ibstat, `rdma link`), each reached through its probe's configuration: a fake tool on a temp PATH replays a
+//! ibstat, `rdma link`, ethtool settings and statistics), each reached through its probe's configuration: a fake tool on a temp PATH replays a
 //! capture and `run_probe` gives the verdict the agent would publish.
 
 use std::os::unix::fs::PermissionsExt;
@@ -87,5 +87,35 @@ fn the_infiniband_probe_reads_ibstat_or_rdma_link_when_told_so() -> anyhow::Resu
     let rdma = "probes:\n  infiniband: { source: rdma-link }\n";
     is(&replay(rdma, "infiniband", "rdma", "rdma/rdma_link_json_ionic_4ports.json", 0)?, Health::Healthy, Reason::AllChecksPassed);
     is(&replay(rdma, "infiniband", "rdma", "handmade/rdma/link_down.json", 0)?, Health::Unhealthy, Reason::IbPortDown);
+    Ok(())
+}
+
+#[test]
+fn the_ethtool_probe_checks_link_speed_and_error_counters_per_interface() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("ethtool");
+    let (settings, stats) = (fixture("ethtool/settings_10g_eth0.txt"), fixture("ethtool/S_virtio_net_ens3.txt"));
+    let down = fixture("handmade/ethtool/link_down.txt");
+    let script = format!(
+        "#!/bin/sh\ncase \"$*\" in\n  '-S eth0') cat '{}' ;;\n  eth0) cat '{}' ;;\n  eth1) cat '{}' ;;\n  *) echo \"Cannot get device settings: No such device\" >&2; exit 75 ;;\nesac\n",
+        stats.display(),
+        settings.display(),
+        down.display()
+    );
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    let run = |probe: &str| -> anyhow::Result<Verdict> {
+        let yaml = format!("search_path: '{}:/usr/bin:/bin'\nprobes:\n  ethtool: {probe}\n", dir.path().display());
+        let config = AgentConfig::from_yaml(&yaml)?;
+        let search = nodemedic_agent::check::search_path(&config);
+        run_probe(&config, &Catalog::embedded()?, &search, "ethtool").ok_or_else(|| anyhow::anyhow!("ethtool is configured"))
+    };
+    is(&run("{ interfaces: [eth0], min_speed_mbps: 10000, max_errors: 0 }")?, Health::Healthy, Reason::AllChecksPassed);
+    is(&run("{ interfaces: [eth0], min_speed_mbps: 25000 }")?, Health::Unhealthy, Reason::NicLinkDown);
+    is(&run("{ interfaces: [eth0, eth1] }")?, Health::Unhealthy, Reason::NicLinkDown);
+    let missing = run("{ interfaces: [eth9] }")?;
+    is(&missing, Health::Unknown, Reason::ToolFailed);
+    assert!(missing.message.contains("No such device"), "{}", missing.message);
+    assert!(AgentConfig::from_yaml("probes:\n  ethtool: { interfaces: [] }\n").is_err(), "no interfaces is refused");
     Ok(())
 }
