@@ -28,7 +28,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::catalog::Catalog;
-use crate::check::{configured_probes, run_probe, search_path};
+use crate::check::{ProbeMemory, configured_probes, run_probe_remembering, search_path};
 use crate::config::AgentConfig;
 use crate::node::{FIELD_MANAGER, boot_id, condition_json, existing_condition, family_verdict, publish_conditions, rfc3339, taint_keys};
 use crate::plugin::Family;
@@ -152,6 +152,7 @@ impl Agent<'_> {
             })
             .collect();
         let search = Arc::new(search_path(&self.config));
+        let memory = Arc::new(ProbeMemory::default());
         let nodes = self.nodes();
         let mut last_run: std::collections::BTreeMap<Family, jiff::Timestamp> = Default::default();
         loop {
@@ -179,7 +180,8 @@ impl Agent<'_> {
                     continue;
                 }
                 let (config, catalog, search, name) = (self.config.clone(), self.catalog.clone(), search.clone(), probe.name.clone());
-                let verdict = tokio::task::spawn_blocking(move || run_probe(&config, &catalog, &search, &name))
+                let memory = memory.clone();
+                let verdict = tokio::task::spawn_blocking(move || run_probe_remembering(&config, &catalog, &search, &name, &memory))
                     .await
                     .ok()
                     .flatten()

@@ -1,13 +1,15 @@
 //! One pass over every configured probe: what `nodemedic-agent check --once` prints.
 
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogError, FaultTracker};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, IbSource};
 use crate::exec::SearchPath;
+use crate::parse::infiniband::IbPort;
 use crate::plugin::run_plugin;
 use crate::verdict::Verdict;
 use crate::{nvml, tools};
@@ -43,12 +45,14 @@ pub fn configured_probes(config: &AgentConfig) -> Vec<String> {
     let present = [
         ("nvml", probes.nvml.is_some()),
         ("nvidia-smi", probes.nvidia_smi.is_some()),
+        ("nvlink", probes.nvlink.is_some()),
         ("rocm-smi", probes.rocm_smi.is_some()),
         ("amd-smi", probes.amd_smi.is_some()),
         ("rocminfo", probes.rocminfo.is_some()),
         ("dcgmi", probes.dcgmi_health.is_some()),
         ("kernel-log", probes.kernel_log.is_some()),
         ("infiniband", probes.infiniband.is_some()),
+        ("ethtool", probes.ethtool.is_some()),
         ("ping", probes.ping.is_some()),
         ("iperf3", probes.iperf3.is_some()),
         ("speedtest", probes.speedtest.is_some()),
@@ -67,13 +71,45 @@ pub fn search_path(config: &AgentConfig) -> SearchPath {
     config.search_path.as_ref().map(|p| SearchPath(p.into())).unwrap_or_else(SearchPath::from_environment)
 }
 
-/// Runs one probe by the name [`configured_probes`] gives it; None when no such probe is configured.
+/// What probes keep between runs for the agent's lifetime: the last InfiniBand reading, so counter growth
+/// between two runs (a flapping link, errors piling up) is seen.
+#[derive(Debug, Default)]
+pub struct ProbeMemory {
+    infiniband: Mutex<Option<Vec<IbPort>>>,
+}
+
+impl ProbeMemory {
+    fn infiniband(&self, read: impl FnOnce(Option<&[IbPort]>) -> (Verdict, Vec<IbPort>)) -> Verdict {
+        let mut last = self.infiniband.lock().unwrap_or_else(PoisonError::into_inner);
+        let (verdict, ports) = read(last.as_deref());
+        // A failed read keeps the older reading to compare the next one with.
+        if !ports.is_empty() {
+            *last = Some(ports);
+        }
+        verdict
+    }
+}
+
+/// Runs one probe by the name [`configured_probes`] gives it, with nothing remembered from earlier runs (a
+/// one-off `check`); None when no such probe is configured.
 pub fn run_probe(config: &AgentConfig, catalog: &Catalog, search: &SearchPath, name: &str) -> Option<Verdict> {
+    run_probe_remembering(config, catalog, search, name, &ProbeMemory::default())
+}
+
+/// [`run_probe`] comparing with, and updating, what `memory` kept from the previous run.
+pub fn run_probe_remembering(
+    config: &AgentConfig,
+    catalog: &Catalog,
+    search: &SearchPath,
+    name: &str,
+    memory: &ProbeMemory,
+) -> Option<Verdict> {
     let probes = &config.probes;
     let expected = config.expected_gpus;
     match name {
         "nvml" => probes.nvml.as_ref().map(|_| nvml::probe(expected, config.max_pcie_replays)),
         "nvidia-smi" => probes.nvidia_smi.as_ref().map(|p| tools::nvidia_smi(p, expected, config.max_pcie_replays, search)),
+        "nvlink" => probes.nvlink.as_ref().map(|p| tools::nvlink(&p.tool(), search)),
         "rocm-smi" => probes.rocm_smi.as_ref().map(|p| tools::rocm_smi(p, expected, search)),
         "amd-smi" => probes.amd_smi.as_ref().map(|p| tools::amd_smi(p, expected, search)),
         "rocminfo" => probes.rocminfo.as_ref().map(|p| tools::rocminfo(&p.tool(), expected, search)),
@@ -83,7 +119,11 @@ pub fn run_probe(config: &AgentConfig, catalog: &Catalog, search: &SearchPath, n
             let mut tracker = FaultTracker::new();
             tools::kernel_log(&source, catalog, &mut tracker, uptime().unwrap_or(Duration::ZERO))
         }),
-        "infiniband" => probes.infiniband.as_ref().map(|p| tools::infiniband(&p.sysfs_root, &p.expectations(), None).0),
+        "infiniband" => probes.infiniband.as_ref().map(|p| match p.source {
+            IbSource::Sysfs => memory.infiniband(|previous| tools::infiniband(&p.sysfs_root, &p.expectations(), previous)),
+            source => tools::infiniband_from_tool(source, &p.tool_for_source(), &p.expectations(), search).0,
+        }),
+        "ethtool" => probes.ethtool.as_ref().map(|p| tools::ethtool(p, search)),
         "ping" => probes.ping.as_ref().map(|p| tools::ping(p, search)),
         "iperf3" => probes.iperf3.as_ref().map(|p| tools::iperf3(p, search)),
         "speedtest" => probes.speedtest.as_ref().map(|p| tools::speedtest(p, search)),

@@ -76,6 +76,19 @@ pub enum NvidiaSmiFormat {
     QueryText,
     /// `--query-gpu=… --format=csv`
     Csv,
+    /// plain `nvidia-smi` (the default table: GPU count, ERR! and the volatile uncorrectable ECC column)
+    Table,
+}
+
+/// Which rocm-smi output the configured arguments produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RocmSmiFormat {
+    /// `--json`
+    #[default]
+    Json,
+    /// the text listing (`GPU[n] : …` lines and `ERROR:` lines)
+    Text,
 }
 
 tool_probe!(
@@ -85,14 +98,20 @@ tool_probe!(
 tool_probe!(
     /// `rocm-smi --json`.
     RocmSmiProbe, "rocm-smi", ["--showuse", "--showtemp", "--showrasinfo", "all", "--json"], 20,
-    /// Dotted metric paths each card must report.
-    required_metrics: Vec<String>
+    /// Dotted metric paths each card must report (JSON format only).
+    required_metrics: Vec<String>,
+    /// The output the arguments produce.
+    format: RocmSmiFormat
 );
 tool_probe!(
     /// `amd-smi … --json` (or `--csv`).
     AmdSmiProbe, "amd-smi", ["metric", "--json"], 20,
     /// Dotted metric paths each GPU must report.
     required_metrics: Vec<String>
+);
+tool_probe!(
+    /// `nvidia-smi nvlink -s` (or `c2c -s`): every NVLink / C2C link active.
+    NvlinkProbe, "nvidia-smi", ["nvlink", "-s"], 20
 );
 tool_probe!(
     /// `rocminfo` (GPU agent count).
@@ -125,27 +144,78 @@ impl Default for KernelLogProbe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InfinibandProbe {
+    /// Where the ports are read from.
+    pub source: IbSource,
+    /// The command for the `ibstat` / `rdma-link` sources (default `ibstat`, or `rdma -j link show`).
+    pub tool: Option<ToolSpec>,
     pub sysfs_root: PathBuf,
     pub expected_ports: Option<u32>,
     pub min_rate_gbps: Option<f64>,
     /// Only these devices are checked (all when empty).
     pub devices: Vec<String>,
+    /// Cumulative `link_downed` above this is a flapping link (default 50; null: no bound).
+    pub max_link_downed: Option<u64>,
+    /// Cumulative port error counter above this is unhealthy (default 1000; null: no bound).
+    pub max_error_count: Option<u64>,
+    /// Growth of a port error counter between two readings above this is unhealthy (default 10; null: no bound).
+    pub max_error_growth: Option<u64>,
 }
 
 impl Default for InfinibandProbe {
     fn default() -> Self {
+        let bounds = IbExpectations::default();
         InfinibandProbe {
+            source: IbSource::Sysfs,
+            tool: None,
             sysfs_root: PathBuf::from("/sys/class/infiniband"),
             expected_ports: None,
             min_rate_gbps: None,
             devices: Vec::new(),
+            max_link_downed: bounds.max_link_downed,
+            max_error_count: bounds.max_error_count,
+            max_error_growth: bounds.max_error_growth,
         }
     }
 }
 
+/// Where the InfiniBand probe reads its ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum IbSource {
+    /// `sysfs_root` (state, rate and counters: the only source with flap and error-counter findings).
+    #[default]
+    Sysfs,
+    /// `ibstat` text.
+    Ibstat,
+    /// `rdma -j link show` JSON.
+    RdmaLink,
+}
+
 impl InfinibandProbe {
+    /// The command for a tool source: the configured one, or the source's usual command.
+    pub fn tool_for_source(&self) -> ToolSpec {
+        self.tool.clone().unwrap_or_else(|| {
+            let (path, args): (&str, &[&str]) = match self.source {
+                IbSource::Ibstat | IbSource::Sysfs => ("ibstat", &[]),
+                IbSource::RdmaLink => ("rdma", &["-j", "link", "show"]),
+            };
+            ToolSpec {
+                path: path.to_string(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                timeout: TextDuration(Duration::from_secs(20)),
+            }
+        })
+    }
+
     pub fn expectations(&self) -> IbExpectations {
-        IbExpectations { expected_ports: self.expected_ports, min_rate_gbps: self.min_rate_gbps, devices: self.devices.clone() }
+        IbExpectations {
+            expected_ports: self.expected_ports,
+            min_rate_gbps: self.min_rate_gbps,
+            devices: self.devices.clone(),
+            max_link_downed: self.max_link_downed,
+            max_error_count: self.max_error_count,
+            max_error_growth: self.max_error_growth,
+        }
     }
 }
 
@@ -170,6 +240,30 @@ fn default_iperf_seconds() -> u32 {
 }
 fn default_iperf_timeout() -> TextDuration {
     TextDuration(Duration::from_secs(20))
+}
+
+/// `ethtool <if>` for each interface (link detected, speed), and `ethtool -S <if>` when `max_errors` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EthtoolProbe {
+    pub interfaces: Vec<String>,
+    #[serde(default = "default_ethtool_path")]
+    pub path: String,
+    /// A link slower than this (Mb/s) is unhealthy.
+    #[serde(default)]
+    pub min_speed_mbps: Option<u64>,
+    /// Error counters of `ethtool -S` summing above this are unhealthy; None skips `-S`.
+    #[serde(default)]
+    pub max_errors: Option<u64>,
+    #[serde(default = "default_ethtool_timeout")]
+    pub timeout: TextDuration,
+}
+
+fn default_ethtool_path() -> String {
+    "ethtool".to_string()
+}
+fn default_ethtool_timeout() -> TextDuration {
+    TextDuration(Duration::from_secs(10))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,12 +362,14 @@ impl Default for RemediationConfig {
 pub struct ProbesConfig {
     pub nvml: Option<NvmlProbe>,
     pub nvidia_smi: Option<NvidiaSmiProbe>,
+    pub nvlink: Option<NvlinkProbe>,
     pub rocm_smi: Option<RocmSmiProbe>,
     pub amd_smi: Option<AmdSmiProbe>,
     pub rocminfo: Option<RocminfoProbe>,
     pub dcgmi_health: Option<DcgmiProbe>,
     pub kernel_log: Option<KernelLogProbe>,
     pub infiniband: Option<InfinibandProbe>,
+    pub ethtool: Option<EthtoolProbe>,
     pub iperf3: Option<Iperf3Probe>,
     pub ping: Option<PingProbe>,
     pub speedtest: Option<SpeedtestProbe>,
@@ -310,8 +406,21 @@ pub struct AgentConfig {
 }
 
 /// The probe names `check --once` reports, apart from `plugin/<name>`.
-pub const PROBE_NAMES: &[&str] =
-    &["nvml", "nvidia-smi", "rocm-smi", "amd-smi", "rocminfo", "dcgmi", "kernel-log", "infiniband", "ping", "iperf3", "speedtest", "disk"];
+pub const PROBE_NAMES: &[&str] = &[
+    "nvml",
+    "nvidia-smi",
+    "nvlink",
+    "rocm-smi",
+    "amd-smi",
+    "rocminfo",
+    "dcgmi",
+    "kernel-log",
+    "infiniband",
+    "ping",
+    "iperf3",
+    "speedtest",
+    "disk",
+];
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -369,6 +478,9 @@ impl AgentConfig {
         {
             return Err(ConfigError::Invalid("iperf3.min_gbits_per_second must be a non-negative number".to_string()));
         }
+        if self.probes.ethtool.as_ref().is_some_and(|e| e.interfaces.is_empty()) {
+            return Err(ConfigError::Invalid("ethtool.interfaces must name at least one interface".to_string()));
+        }
         if self.remediation.reboot.argv.is_empty() {
             return Err(ConfigError::Invalid("remediation.reboot.argv must name a command".to_string()));
         }
@@ -381,8 +493,8 @@ impl AgentConfig {
     /// The family a probe (by its `check --once` name) reports into.
     pub fn family_of(&self, probe: &str) -> Family {
         match probe {
-            "nvml" | "nvidia-smi" | "rocm-smi" | "amd-smi" | "rocminfo" | "dcgmi" | "kernel-log" => Family::Gpu,
-            "infiniband" | "ping" | "iperf3" | "speedtest" => Family::Network,
+            "nvml" | "nvidia-smi" | "nvlink" | "rocm-smi" | "amd-smi" | "rocminfo" | "dcgmi" | "kernel-log" => Family::Gpu,
+            "infiniband" | "ethtool" | "ping" | "iperf3" | "speedtest" => Family::Network,
             "disk" => Family::Disk,
             other => other
                 .strip_prefix("plugin/")

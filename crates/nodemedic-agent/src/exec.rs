@@ -33,6 +33,8 @@ pub struct CommandOutput {
     pub stderr: String,
     pub timed_out: bool,
     pub elapsed: Duration,
+    /// The tool printed more than [`OUTPUT_LIMIT_BYTES`] on stdout and the rest was dropped.
+    pub stdout_cut: bool,
 }
 
 /// Where to look for programs, and the PATH the programs themselves see.
@@ -70,21 +72,26 @@ fn is_executable(path: &Path) -> bool {
     path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
-fn spawn_reader(mut stream: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+/// What one stream printed, up to the limit, and whether anything past the limit was dropped.
+type Captured = (Vec<u8>, bool);
+
+fn spawn_reader(mut stream: impl Read + Send + 'static) -> mpsc::Receiver<Captured> {
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         let mut kept = Vec::new();
+        let mut cut = false;
         let mut chunk = [0u8; 16 * 1024];
         loop {
             match stream.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     let room = OUTPUT_LIMIT_BYTES.saturating_sub(kept.len());
+                    cut |= n > room;
                     kept.extend_from_slice(&chunk[..n.min(room)]);
                 }
             }
         }
-        let _ = sender.send(kept);
+        let _ = sender.send((kept, cut));
     });
     receiver
 }
@@ -132,11 +139,13 @@ fn run_resolved(program: &Path, args: &[String], timeout: Duration, path_env: &O
         }
     };
     // A grandchild that left the group could keep the pipes open; do not wait for it forever.
-    let collect = |receiver: Option<mpsc::Receiver<Vec<u8>>>| {
+    let collect = |receiver: Option<mpsc::Receiver<Captured>>| {
         receiver
             .and_then(|r| r.recv_timeout(Duration::from_secs(1)).ok())
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .map(|(bytes, cut)| (String::from_utf8_lossy(&bytes).into_owned(), cut))
             .unwrap_or_default()
     };
-    Ok(CommandOutput { exit_code: status.code(), stdout: collect(stdout), stderr: collect(stderr), timed_out, elapsed: started.elapsed() })
+    let (stdout, stdout_cut) = collect(stdout);
+    let (stderr, _) = collect(stderr);
+    Ok(CommandOutput { exit_code: status.code(), stdout, stderr, timed_out, elapsed: started.elapsed(), stdout_cut })
 }

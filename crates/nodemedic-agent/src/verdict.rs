@@ -57,6 +57,10 @@ reasons! {
     ToolTimedOut,
     /// The tool's output could not be understood.
     OutputUnparseable,
+    /// The tool's output parsed but is cut short: it announces more than it shows, or lacks the health fields.
+    OutputIncomplete,
+    /// The tool printed a format this probe does not read (not a tool failure).
+    UnsupportedFormat,
     /// The node has no GPUs of this vendor (and none are expected).
     NonGpuNode,
     /// The NVML library could not be loaded.
@@ -99,6 +103,8 @@ reasons! {
     IbRateLow,
     /// An InfiniBand/RoCE port's link-down counter grew (the link flaps).
     IbLinkFlapping,
+    /// An InfiniBand/RoCE port's error counters (symbol errors, receive errors, link recoveries …) are high or grew.
+    IbPortErrors,
     /// Expected InfiniBand/RoCE devices are missing.
     IbDeviceMissing,
     /// Measured throughput is below the threshold.

@@ -147,11 +147,12 @@ fn both_throttle_reason_dtds_are_read() -> anyhow::Result<()> {
 #[test]
 fn gpu_count_below_the_expected_count_is_unhealthy() -> anyhow::Result<()> {
     let report = nvidia_smi::parse_xml(&fixture("nvidia-smi-xml/a100-sxm4-v12.xml")?)?;
-    // The capture lists one <gpu> element (as `-i 0` would) but reports 4 attached: the count comes from attached_gpus.
+    // The capture lists one <gpu> element (as `-i 0` would) but reports 4 attached: the count comes from
+    // attached_gpus, and the three GPUs it does not show keep it from proving the node healthy.
     assert_eq!(report.attached_gpus, Some(4));
     assert_eq!(report.gpus.len(), 1);
     let four = nvidia_smi::NvidiaThresholds { expected_gpus: Some(4), ..Default::default() };
-    assert!(nvidia_smi::verdict(&report, &four).is_healthy());
+    assert_eq!(nvidia_smi::verdict(&report, &four).reason, Reason::OutputIncomplete);
     let eight = nvidia_smi::NvidiaThresholds { expected_gpus: Some(8), ..Default::default() };
     let verdict = nvidia_smi::verdict(&report, &eight);
     assert_eq!(verdict.reason, Reason::GpuCountMismatch);
@@ -185,7 +186,8 @@ fn rocm_smi_without_cards_says_the_driver_is_probably_not_loaded() -> anyhow::Re
     let error = amd::parse_rocm_smi_json(&fixture("handmade/rocm-smi/no_cards.json")?).err().context("no cards must be an error")?;
     assert!(error.to_string().contains("driver is probably not loaded"), "{error}");
     let error = amd::parse_rocm_smi_json("").err().context("empty output must be an error")?;
-    assert!(error.to_string().contains("not JSON"), "{error}");
+    assert!(error.to_string().contains("no JSON"), "{error}");
+    assert_eq!(amd::amd_failure_verdict(&error, Some(1)).health, nodemedic_agent::Health::Unknown);
     Ok(())
 }
 
@@ -230,7 +232,7 @@ fn infiniband_ports_down_slow_or_flapping_are_unhealthy() -> anyhow::Result<()> 
     let root = tempfile::tempdir()?;
     fake_port(root.path(), "mlx5_0", 1, "4: ACTIVE", "5: LinkUp", "400 Gb/sec (4X NDR)", 0)?;
     fake_port(root.path(), "mlx5_1", 1, "4: ACTIVE", "5: LinkUp", "400 Gb/sec (4X NDR)", 2)?;
-    let expect = infiniband::IbExpectations { expected_ports: Some(2), min_rate_gbps: Some(400.0), devices: vec![] };
+    let expect = infiniband::IbExpectations { expected_ports: Some(2), min_rate_gbps: Some(400.0), devices: vec![], ..Default::default() };
     let before = infiniband::read_sysfs(root.path())?;
     assert!(infiniband::verdict(&before, &expect, None).is_healthy());
 
@@ -261,7 +263,7 @@ fn the_recorded_sysfs_trees_read_like_the_hardware() -> anyhow::Result<()> {
     let h100 = infiniband::read_sysfs(&root.join("h100_node_ndr"))?;
     let rates: Vec<(String, Option<f64>)> = h100.iter().map(|p| (p.name(), p.rate_gbps)).collect();
     assert_eq!(rates, vec![("mlx5_0/1".to_string(), Some(400.0)), ("mlx5_bond_0/1".to_string(), Some(200.0))]);
-    let expect = infiniband::IbExpectations { expected_ports: Some(2), min_rate_gbps: Some(400.0), devices: vec![] };
+    let expect = infiniband::IbExpectations { expected_ports: Some(2), min_rate_gbps: Some(400.0), devices: vec![], ..Default::default() };
     assert_eq!(infiniband::verdict(&h100, &expect, None).reason, Reason::IbRateLow, "the bonded RoCE port runs at 200");
     let only_ib = infiniband::IbExpectations { expected_ports: Some(1), devices: vec!["mlx5_0".to_string()], ..expect };
     assert!(infiniband::verdict(&h100, &only_ib, None).is_healthy());

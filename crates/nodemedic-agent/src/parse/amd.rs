@@ -26,8 +26,10 @@ pub enum AmdError {
     AmdSmiCsvNoGpuColumn { header: String },
     #[error("amd-smi CSV row {row} has {found} fields but the header has {expected}")]
     AmdSmiCsvWidth { row: usize, found: usize, expected: usize },
-    #[error("rocm-smi output is not JSON (is the amdgpu driver loaded?): {first_line:?}")]
+    #[error("rocm-smi output is not JSON and says the amdgpu driver is not loaded: {first_line:?}")]
     RocmSmiNotJson { first_line: String },
+    #[error("rocm-smi printed no JSON object (and nothing about the driver): {first_line:?}")]
+    RocmSmiNoJson { first_line: String },
     #[error("rocm-smi JSON is not an object of cards")]
     RocmSmiShape,
     #[error("rocm-smi JSON lists no cardN entries: the amdgpu driver is probably not loaded")]
@@ -209,8 +211,28 @@ pub struct RocmSmiCard {
 }
 
 /// Parses `rocm-smi --json`. No `cardN` keys, or text that is not JSON, is an error naming the likely cause.
+/// Texts rocm-smi prints instead of JSON when the amdgpu driver is absent.
+const ROCM_SMI_DRIVER_MISSING: &[&str] = &["driver not initialized", "amdgpu not found", "driver not loaded"];
+
+/// Parses `rocm-smi --json`. rocm-smi prints WARNING lines (low-power state, permissions) before its JSON, or
+/// only those: the JSON starts at the first line opening with `{`, and output with no JSON is "driver not
+/// loaded" only when it says so.
 pub fn parse_rocm_smi_json(text: &str) -> Result<Vec<RocmSmiCard>, AmdError> {
-    let value: Value = serde_json::from_str(text.trim()).map_err(|_| AmdError::RocmSmiNotJson { first_line: first_line(text) })?;
+    let json_start = text.lines().scan(0usize, |offset, line| {
+        let start = *offset;
+        *offset += line.len() + 1;
+        Some((start, line))
+    });
+    let json_at = json_start.filter(|(_, line)| line.trim_start().starts_with('{')).map(|(start, _)| start).next();
+    let Some(body) = json_at.and_then(|at| text.get(at..)) else {
+        let lower = text.to_ascii_lowercase();
+        return Err(if ROCM_SMI_DRIVER_MISSING.iter().any(|m| lower.contains(m)) {
+            AmdError::RocmSmiNotJson { first_line: first_line(text) }
+        } else {
+            AmdError::RocmSmiNoJson { first_line: first_line(text) }
+        });
+    };
+    let value: Value = serde_json::from_str(body.trim()).map_err(|_| AmdError::RocmSmiNoJson { first_line: first_line(body) })?;
     let Value::Object(map) = value else { return Err(AmdError::RocmSmiShape) };
     let mut cards: Vec<RocmSmiCard> = map
         .into_iter()

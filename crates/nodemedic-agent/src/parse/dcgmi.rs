@@ -79,6 +79,13 @@ pub fn diag_verdict(results: &[DiagResult]) -> Verdict {
         );
     }
     let passed = results.iter().filter(|r| r.status.eq_ignore_ascii_case("pass")).count();
+    // A run that passed nothing (no results, or all skipped) proves nothing about the GPUs.
+    if passed == 0 {
+        return Verdict::unknown(
+            Reason::OutputIncomplete,
+            format!("dcgmi diag: no result passed ({} results, none failed): the diagnostic did not test the GPUs", results.len()),
+        );
+    }
     Verdict::healthy(format!("dcgmi diag: {passed} of {} results passed, none failed", results.len()))
 }
 

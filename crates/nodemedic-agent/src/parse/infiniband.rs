@@ -19,6 +19,8 @@ pub enum InfinibandError {
     IbstatNoAdapters,
     #[error("ibstat line {line} sits outside a CA/port section: {text:?}")]
     IbstatOrphanLine { line: usize, text: String },
+    #[error("ibstat failed part-way (ibpanic): {0:?}")]
+    IbstatPanic(String),
     #[error("rdma link JSON is invalid: {0}")]
     RdmaJson(String),
 }
@@ -35,7 +37,15 @@ pub struct IbPort {
     pub rate_gbps: Option<f64>,
     pub link_layer: Option<String>,
     pub link_downed: Option<u64>,
+    /// The error counters of [`ERROR_COUNTERS`] this source had, by sysfs name (cumulative since the counters
+    /// were last cleared).
+    #[serde(default)]
+    pub error_counters: Vec<(String, u64)>,
 }
+
+/// Port error counters (sysfs `counters/`) whose size or growth means a bad cable, transceiver or port.
+pub const ERROR_COUNTERS: &[&str] =
+    &["symbol_error", "link_error_recovery", "port_rcv_errors", "local_link_integrity_errors", "excessive_buffer_overrun_errors"];
 
 impl IbPort {
     pub fn name(&self) -> String {
@@ -120,10 +130,27 @@ pub fn read_sysfs(root: &Path) -> Result<Vec<IbPort>, InfinibandError> {
                 rate_gbps: Some(rate),
                 link_layer: read_optional(&port_dir.join("link_layer")).map(|s| s.lines().next().unwrap_or("").to_string()),
                 link_downed,
+                error_counters: read_error_counters(&port_dir.join("counters"))?,
             });
         }
     }
     Ok(ports)
+}
+
+fn read_error_counters(dir: &Path) -> Result<Vec<(String, u64)>, InfinibandError> {
+    let mut counters = Vec::new();
+    for name in ERROR_COUNTERS {
+        let path = dir.join(name);
+        if let Some(text) = read_optional(&path) {
+            let value = text.parse::<u64>().map_err(|_| InfinibandError::BadValue {
+                path: path.display().to_string(),
+                value: text.clone(),
+                expected: "a counter",
+            })?;
+            counters.push(((*name).to_string(), value));
+        }
+    }
+    Ok(counters)
 }
 
 /// Parses `ibstat` text.
@@ -134,6 +161,11 @@ pub fn parse_ibstat(text: &str) -> Result<Vec<IbPort>, InfinibandError> {
         let line = raw.trim();
         if line.is_empty() {
             continue;
+        }
+        // ibstat stops with "ibpanic: … stat of IB device 'mlx5_1' failed" when a device vanished mid-listing:
+        // the ports it printed before are not the whole fabric.
+        if line.starts_with("ibpanic") || line.contains("ibpanic:") {
+            return Err(InfinibandError::IbstatPanic(line.chars().take(200).collect()));
         }
         if let Some(rest) = line.strip_prefix("CA '") {
             device = Some(rest.trim_end_matches('\'').to_string());
@@ -154,6 +186,7 @@ pub fn parse_ibstat(text: &str) -> Result<Vec<IbPort>, InfinibandError> {
                 rate_gbps: None,
                 link_layer: None,
                 link_downed: None,
+                error_counters: Vec::new(),
             });
             continue;
         }
@@ -195,12 +228,13 @@ pub fn parse_rdma_link_json(text: &str) -> Result<Vec<IbPort>, InfinibandError> 
             rate_gbps: None,
             link_layer: None,
             link_downed: None,
+            error_counters: Vec::new(),
         })
         .collect())
 }
 
 /// What the node's fabric should look like.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IbExpectations {
     /// How many ports must be present.
@@ -209,6 +243,63 @@ pub struct IbExpectations {
     pub min_rate_gbps: Option<f64>,
     /// Only these devices are checked (all when empty).
     pub devices: Vec<String>,
+    /// A cumulative `link_downed` above this is a flapping link even without a previous reading (None: no bound).
+    pub max_link_downed: Option<u64>,
+    /// A cumulative error counter ([`ERROR_COUNTERS`]) above this is unhealthy (None: no bound).
+    pub max_error_count: Option<u64>,
+    /// An error counter that grew by more than this since the previous reading is unhealthy (None: no bound).
+    pub max_error_growth: Option<u64>,
+}
+
+/// Default bounds. A handful of link-downs and errors from link training at boot are normal (the recorded
+/// healthy H100 ports show 14 and 15); these are an order of magnitude or more above that.
+pub const DEFAULT_MAX_LINK_DOWNED: u64 = 50;
+pub const DEFAULT_MAX_ERROR_COUNT: u64 = 1000;
+pub const DEFAULT_MAX_ERROR_GROWTH: u64 = 10;
+
+impl Default for IbExpectations {
+    fn default() -> Self {
+        IbExpectations {
+            expected_ports: None,
+            min_rate_gbps: None,
+            devices: Vec::new(),
+            max_link_downed: Some(DEFAULT_MAX_LINK_DOWNED),
+            max_error_count: Some(DEFAULT_MAX_ERROR_COUNT),
+            max_error_growth: Some(DEFAULT_MAX_ERROR_GROWTH),
+        }
+    }
+}
+
+/// Findings from a port's cumulative counters, and from their growth since `earlier` (the same port's last
+/// reading).
+fn counter_findings(port: &IbPort, earlier: Option<&IbPort>, expect: &IbExpectations, findings: &mut Vec<Verdict>) {
+    let name = port.name();
+    if let (Some(before), Some(now)) = (earlier.and_then(|p| p.link_downed), port.link_downed)
+        && now > before
+    {
+        findings
+            .push(Verdict::unhealthy(Reason::IbLinkFlapping, format!("{name} link went down {} times since the last check", now - before)));
+    } else if let (Some(bound), Some(now)) = (expect.max_link_downed, port.link_downed)
+        && now > bound
+    {
+        findings.push(Verdict::unhealthy(Reason::IbLinkFlapping, format!("{name} link went down {now} times (bound {bound})")));
+    }
+    for (counter, now) in &port.error_counters {
+        let before = earlier.and_then(|p| p.error_counters.iter().find(|(c, _)| c == counter)).map(|(_, v)| *v);
+        let grew = before.map(|b| now.saturating_sub(b));
+        if let (Some(growth), Some(bound)) = (grew, expect.max_error_growth)
+            && growth > bound
+        {
+            findings.push(Verdict::unhealthy(
+                Reason::IbPortErrors,
+                format!("{name} {counter} grew by {growth} since the last check (bound {bound})"),
+            ));
+        } else if let Some(bound) = expect.max_error_count
+            && *now > bound
+        {
+            findings.push(Verdict::unhealthy(Reason::IbPortErrors, format!("{name} {counter} is {now} (bound {bound})")));
+        }
+    }
 }
 
 /// The fabric verdict; `previous` is the last reading, used to spot link-down counter growth (flaps).
@@ -235,16 +326,8 @@ pub fn verdict(ports: &[IbPort], expect: &IbExpectations, previous: Option<&[IbP
         {
             findings.push(Verdict::unhealthy(Reason::IbRateLow, format!("{} runs at {rate} Gb/s, expected at least {min}", port.name())));
         }
-        let before =
-            previous.and_then(|prev| prev.iter().find(|p| p.device == port.device && p.port == port.port)).and_then(|p| p.link_downed);
-        if let (Some(before), Some(now)) = (before, port.link_downed)
-            && now > before
-        {
-            findings.push(Verdict::unhealthy(
-                Reason::IbLinkFlapping,
-                format!("{} link went down {} times since the last check", port.name(), now - before),
-            ));
-        }
+        let earlier = previous.and_then(|prev| prev.iter().find(|p| p.device == port.device && p.port == port.port));
+        counter_findings(port, earlier, expect, &mut findings);
     }
     worst_of(findings, format!("{} InfiniBand/RoCE ports ACTIVE/LinkUp", selected.len()))
 }

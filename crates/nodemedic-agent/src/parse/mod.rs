@@ -9,3 +9,4 @@ pub mod infiniband;
 pub mod kernel;
 pub mod netperf;
 pub mod nvidia_smi;
+pub mod nvidia_smi_views;

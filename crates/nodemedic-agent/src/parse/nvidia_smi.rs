@@ -10,6 +10,8 @@ use thiserror::Error;
 
 use crate::verdict::{Health, Reason, Verdict, worst_of};
 
+pub use super::nvidia_smi_views::{LinkStatusGpu, TableGpu, link_status_verdict, parse_link_status, parse_table, table_verdict};
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum NvidiaSmiError {
     #[error("nvidia-smi XML is malformed at byte {position}: {message}")]
@@ -68,6 +70,9 @@ pub struct GpuHealth {
     pub pcie_replays: Option<u64>,
     /// Field values that say the GPU is lost or needs a reset.
     pub lost_errors: Vec<String>,
+    /// How many fields this reading looked at (ECC, retired pages, remapped rows, slowdown reasons, PCIe
+    /// replays). Zero means the output did not say anything about this GPU's health.
+    pub health_fields: u32,
 }
 
 /// Bounds for the NVIDIA verdict.
@@ -320,6 +325,9 @@ pub fn gpu_health(gpu: &GpuReport) -> GpuHealth {
         let segments: Vec<&str> = path.split('/').collect();
         let leaf = segments.last().copied().unwrap_or("");
         let in_ecc = path.starts_with("ecc_errors/") || path.starts_with("ecc/errors/");
+        if in_ecc || segments.iter().any(|s| s.starts_with("retired_pages") || s.starts_with("remapped_rows")) {
+            health.health_fields += 1;
+        }
         if in_ecc && segments.contains(&"volatile") && !leaf.contains("threshold") {
             let double_bit = segments.contains(&"double_bit");
             let counts = if double_bit { leaf == "total" } else { leaf.contains("uncorrectable") || segments.contains(&"uncorrected") };
@@ -340,6 +348,9 @@ pub fn gpu_health(gpu: &GpuReport) -> GpuHealth {
         }
         let in_reasons = segments.iter().any(|s| *s == "clocks_throttle_reasons" || *s == "clocks_event_reasons");
         let slowdown = ["hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"].iter().find(|k| leaf.ends_with(*k));
+        if in_reasons {
+            health.health_fields += 1;
+        }
         if in_reasons
             && let Some(kind) = slowdown
             && value.eq_ignore_ascii_case("active")
@@ -347,6 +358,7 @@ pub fn gpu_health(gpu: &GpuReport) -> GpuHealth {
             health.hardware_slowdowns.push((*kind).to_string());
         }
         if segments.first() == Some(&"pci") && (leaf == "replay_counter" || leaf == "replays_since_reset") {
+            health.health_fields += 1;
             health.pcie_replays = parse_count(value);
         }
     }
@@ -364,6 +376,9 @@ pub fn verdict(report: &NvidiaSmiReport, thresholds: &NvidiaThresholds) -> Verdi
     }
     if seen == 0 && thresholds.expected_gpus.unwrap_or(0) == 0 {
         return Verdict::new(Health::Healthy, Reason::NonGpuNode, "nvidia-smi sees no NVIDIA GPUs and none are expected");
+    }
+    if let Some(cut_short) = incompleteness(report) {
+        findings.push(cut_short);
     }
     for gpu in &report.gpus {
         let health = gpu_health(gpu);
@@ -404,6 +419,40 @@ pub fn verdict(report: &NvidiaSmiReport, thresholds: &NvidiaThresholds) -> Verdi
     worst_of(findings, format!("{seen} NVIDIA GPUs healthy"))
 }
 
+/// Why a parsed report cannot prove the GPUs healthy: the header announces more GPUs than the output shows (an
+/// output cut short), or a GPU section carries none of the fields the verdict reads (cut inside the section,
+/// or a `-d` selection such as SUPPORTED_CLOCKS that says nothing about health). A lost-GPU marker still counts.
+fn incompleteness(report: &NvidiaSmiReport) -> Option<Verdict> {
+    let shown = u32::try_from(report.gpus.len()).unwrap_or(u32::MAX);
+    if let Some(announced) = report.attached_gpus
+        && shown < announced
+    {
+        return Some(Verdict::unknown(
+            Reason::OutputIncomplete,
+            format!("nvidia-smi announces {announced} GPUs but its output shows {shown}: the output is cut short"),
+        ));
+    }
+    let silent: Vec<&str> = report
+        .gpus
+        .iter()
+        .filter(|gpu| {
+            let health = gpu_health(gpu);
+            health.health_fields == 0 && health.lost_errors.is_empty()
+        })
+        .map(|gpu| gpu.id.as_str())
+        .collect();
+    if silent.is_empty() {
+        return None;
+    }
+    Some(Verdict::unknown(
+        Reason::OutputIncomplete,
+        format!(
+            "nvidia-smi output has no ECC, remapping, slowdown or PCIe fields for GPU {} (cut short, or a -d selection without health fields)",
+            silent.join(", ")
+        ),
+    ))
+}
+
 /// What to conclude when `nvidia-smi` failed (non-zero exit or unparseable output), from what it printed.
 pub fn failure_verdict(output: &str, expected_gpus: Option<u32>) -> Verdict {
     let lower = output.to_ascii_lowercase();
@@ -419,126 +468,6 @@ pub fn failure_verdict(output: &str, expected_gpus: Option<u32>) -> Verdict {
         };
     }
     Verdict::unknown(Reason::ToolFailed, format!("nvidia-smi failed: {first_line}"))
-}
-
-/// One GPU in `nvidia-smi nvlink -s` / `c2c -s` output.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LinkStatusGpu {
-    pub gpu: String,
-    /// (link number, speed in GB/s; None when inactive).
-    pub links: Vec<(u32, Option<f64>)>,
-    /// The GPU said it has no such links.
-    pub unsupported: bool,
-}
-
-/// Parses `nvidia-smi nvlink -s` (or `c2c -s`) text.
-pub fn parse_link_status(text: &str) -> Result<Vec<LinkStatusGpu>, NvidiaSmiError> {
-    let mut gpus: Vec<LinkStatusGpu> = Vec::new();
-    for (number, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with("GPU ") && !line.contains("Link ") {
-            let name = line.split(" (UUID").next().unwrap_or(line).to_string();
-            gpus.push(LinkStatusGpu { gpu: name, links: Vec::new(), unsupported: false });
-            continue;
-        }
-        let Some(gpu) = gpus.last_mut() else { continue };
-        if let Some(at) = line.find("Link ") {
-            let rest = &line[at + 5..];
-            let (number_text, speed_text) =
-                rest.split_once(':').ok_or_else(|| NvidiaSmiError::BadLinkLine { line: number + 1, text: line.to_string() })?;
-            let link: u32 =
-                number_text.trim().parse().map_err(|_| NvidiaSmiError::BadLinkLine { line: number + 1, text: line.to_string() })?;
-            let speed_text = speed_text.trim();
-            let speed = if speed_text.to_ascii_lowercase().contains("inactive") {
-                None
-            } else {
-                let value = speed_text.split_whitespace().next().and_then(|v| v.parse::<f64>().ok());
-                Some(value.ok_or_else(|| NvidiaSmiError::BadLinkLine { line: number + 1, text: line.to_string() })?)
-            };
-            gpu.links.push((link, speed));
-        } else if line.to_ascii_lowercase().contains("not have or support") {
-            gpu.unsupported = true;
-        }
-    }
-    if gpus.is_empty() {
-        return Err(NvidiaSmiError::NoLinkGpus);
-    }
-    Ok(gpus)
-}
-
-/// Inactive links are unhealthy; GPUs without NVLink are fine.
-pub fn link_status_verdict(gpus: &[LinkStatusGpu]) -> Verdict {
-    let mut inactive = Vec::new();
-    let mut active = 0;
-    for gpu in gpus {
-        for (link, speed) in &gpu.links {
-            match speed {
-                Some(_) => active += 1,
-                None => inactive.push(format!("{} link {link}", gpu.gpu)),
-            }
-        }
-    }
-    if !inactive.is_empty() {
-        return Verdict::unhealthy(Reason::NvlinkInactive, format!("{} inactive: {}", inactive.len(), inactive.join(", ")));
-    }
-    Verdict::healthy(format!("{active} links active on {} GPUs", gpus.len()))
-}
-
-/// One GPU row of the default `nvidia-smi` table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TableGpu {
-    pub index: u32,
-    pub bus_id: String,
-    pub volatile_uncorrectable_ecc: String,
-}
-
-/// Parses the default `nvidia-smi` table (GPU rows only).
-pub fn parse_table(text: &str) -> Result<Vec<TableGpu>, NvidiaSmiError> {
-    let mut gpus = Vec::new();
-    for line in text.lines() {
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        if cells.len() < 4 {
-            continue;
-        }
-        let first = cells[1].split_whitespace().next().unwrap_or("");
-        let Ok(index) = first.parse::<u32>() else { continue };
-        let bus_id = cells[2].split_whitespace().next().unwrap_or("");
-        if !bus_id.contains(':') {
-            continue;
-        }
-        gpus.push(TableGpu { index, bus_id: bus_id.to_string(), volatile_uncorrectable_ecc: cells[3].to_string() });
-    }
-    if gpus.is_empty() {
-        return Err(NvidiaSmiError::NoTableRows);
-    }
-    Ok(gpus)
-}
-
-pub fn table_verdict(gpus: &[TableGpu], expected_gpus: Option<u32>) -> Verdict {
-    let mut findings = Vec::new();
-    let seen = u32::try_from(gpus.len()).unwrap_or(u32::MAX);
-    if let Some(expected) = expected_gpus
-        && expected != seen
-    {
-        findings.push(Verdict::unhealthy(Reason::GpuCountMismatch, format!("nvidia-smi table shows {seen} GPUs, expected {expected}")));
-    }
-    for gpu in gpus {
-        let ecc = gpu.volatile_uncorrectable_ecc.as_str();
-        if ecc.contains("ERR!") {
-            findings.push(Verdict::unhealthy(Reason::GpuLost, format!("GPU {} ({}) shows ERR!", gpu.index, gpu.bus_id)));
-        } else if let Ok(n) = ecc.parse::<u64>()
-            && n > 0
-        {
-            findings.push(Verdict::unhealthy(
-                Reason::UncorrectableEcc,
-                format!("GPU {} ({}) has {n} uncorrectable volatile ECC errors", gpu.index, gpu.bus_id),
-            ));
-        }
-    }
-    worst_of(findings, format!("{seen} NVIDIA GPUs in the table, no ECC errors"))
 }
 
 /// One section of a multi-command capture file: the command (after `# $ `) and its output.
