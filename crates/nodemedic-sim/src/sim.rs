@@ -676,13 +676,15 @@ impl<'a> Sim<'a> {
                 self.obs[n as usize].operator_request = None;
             }
         }
-        // The agent re-runs its checks once a repair is being verified.
+        // The agent re-runs its checks once a repair is being verified, and the kubelet's next report
+        // after verification starts is news the controller would decide on.
         for c in &d.record_changes {
             if let nodemedic_core::RecordChange::Upsert(r) = c
-                && r.active.as_ref().is_some_and(|a| matches!(a.stage, Stage::Verifying { .. }))
+                && let Some(Stage::Verifying { verify_from, .. }) = r.active.as_ref().map(|a| &a.stage)
                 && let Some(&n) = self.index.get(&r.node)
             {
                 self.ensure_ticking(n, now);
+                self.schedule_heartbeat(n, (*verify_from).max(now));
             }
         }
         self.act(&d.actions, now);
@@ -709,10 +711,8 @@ impl<'a> Sim<'a> {
             if self.nodes[*n as usize].held != Some(*g) {
                 *self.report.gate_holds.entry(g.as_str().into()).or_default() += 1;
             }
-            if *g == Gate::AwaitingOperator && self.nodes[*n as usize].heartbeat_due.is_none() {
-                let t = self.next_heartbeat(*n, now);
-                self.nodes[*n as usize].heartbeat_due = Some(t);
-                self.push(t, Ev::Heartbeat(*n));
+            if *g == Gate::AwaitingOperator {
+                self.schedule_heartbeat(*n, now);
             }
         }
         for (i, node) in self.nodes.iter_mut().enumerate() {
@@ -720,6 +720,16 @@ impl<'a> Sim<'a> {
                 node.held = held_now.get(&(i as u32)).copied();
             }
         }
+    }
+
+    /// A decision at node `n`'s first kubelet report after `after`, unless one is already due by then.
+    fn schedule_heartbeat(&mut self, n: u32, after: Time) {
+        let t = self.next_heartbeat(n, after);
+        if self.nodes[n as usize].heartbeat_due.is_some_and(|due| due > after && due <= t) {
+            return;
+        }
+        self.nodes[n as usize].heartbeat_due = Some(t);
+        self.push(t, Ev::Heartbeat(n));
     }
 
     fn finish(mut self, end: Time) -> Report {
