@@ -593,8 +593,9 @@ pub struct RepairDurations {
     /// is back in service.
     pub replace: DurationDist,
     /// Lead time of a replacement: from the moment a replacement is asked for (by automation or by a
-    /// person) until the part and a technician are at the node (spares, RMA, scheduling). Booked as
-    /// waiting whoever asked. Absent from older model files (then the default).
+    /// person) until the part and a technician are at the node (spares, RMA, scheduling). No policy
+    /// shortens it, so it is booked with the repair that worked, whoever asked. Absent from older
+    /// model files (then the default).
     #[serde(default = "default_replace_lead")]
     pub replace_lead: DurationDist,
     /// People's response time: from a fault that automation escalates, or that automation never acts

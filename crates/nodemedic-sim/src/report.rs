@@ -33,10 +33,10 @@ pub struct CapacityLost {
     pub ineffective_repairs: f64,
     /// Healthy nodes (false positives, flaps) out of service. Policy-controlled.
     pub healthy_nodes_disrupted: f64,
-    /// Cordoned and waiting: gates, settling, verification, people's response, a replacement's lead
-    /// time (whoever asked for it). Policy-controlled.
+    /// Cordoned and waiting: gates, settling, verification, people's response. Policy-controlled.
     pub waiting: f64,
-    /// The inherent duration of the repair that finally worked (hands-on work, whoever does it).
+    /// The inherent duration of the repair that finally worked, whoever starts it: for a
+    /// replacement, its lead time and the hands-on swap.
     pub effective_repair: f64,
     pub total: f64,
     pub policy_controlled: f64,

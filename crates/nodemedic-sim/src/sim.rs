@@ -69,8 +69,6 @@ pub(crate) enum Ev {
         node: u32,
         attempt: u32,
     },
-    /// The part and the technician for a replacement are at the node.
-    PartsArrive(u32),
     /// People look at a real fault (by id) in their own time: one response draw after it starts.
     PersonFinds(u32),
     /// The person answering an escalation starts work on the node.
@@ -106,8 +104,6 @@ pub(crate) struct SimNode {
     pub(crate) down_until: Option<Time>,
     /// Step being executed: (attempt, step, fixes up to).
     pub(crate) executing: Option<(u32, RemediationStep, Option<Fix>)>,
-    /// A replacement was asked for and its part or technician has not arrived yet.
-    pub(crate) awaiting_parts: bool,
     /// A person is on it (escalation or found by hand), from the request until the work is done.
     pub(crate) person: bool,
     /// The person has arrived and works on the node.
@@ -310,8 +306,6 @@ impl<'a> Sim<'a> {
             (true, false) => Bucket::Fine,
             (true, true) => Bucket::Healthy,
             (false, false) => Bucket::FaultyServing,
-            // A replacement's lead time waits on parts and people, whoever asked for it.
-            (false, true) if node.awaiting_parts => Bucket::Waiting,
             (false, true) => match node.executing {
                 Some((_, _, Some(fix))) => {
                     if real.all(|f| fix_rank(self.faults[f as usize].fix) <= fix_rank(fix)) {
@@ -417,10 +411,6 @@ impl<'a> Sim<'a> {
             self.nodes[ni].down_until = Some(now + lead + work);
             self.nodes[ni].gpu_probe = ProbeState::default();
             self.nodes[ni].net_probe = ProbeState::default();
-            if lead > Duration::ZERO {
-                self.nodes[ni].awaiting_parts = true;
-                self.push(now + lead, Ev::PartsArrive(n));
-            }
             self.refresh(n, now);
         }
         self.account(n, now);
@@ -442,7 +432,7 @@ impl<'a> Sim<'a> {
     }
 
     /// The person starts on the node: it is down from now on. A fault that needs a part waits for
-    /// the replacement's lead time first, booked as waiting as when automation asks for one.
+    /// the replacement's lead time first, as when automation asks for the replacement.
     fn person_arrives(&mut self, n: u32, now: Time) {
         let ni = n as usize;
         let worst = self.nodes[ni].faults.iter().map(|f| self.faults[*f as usize].fix).max_by_key(|f| fix_rank(*f));
@@ -457,10 +447,6 @@ impl<'a> Sim<'a> {
         self.account(n, now);
         self.nodes[ni].down_until = Some(Time(i64::MAX));
         self.nodes[ni].person_working = true;
-        if lead > Duration::ZERO {
-            self.nodes[ni].awaiting_parts = true;
-            self.push(now + lead, Ev::PartsArrive(n));
-        }
         self.account(n, now);
         self.push(now + lead + work, Ev::PersonDone(n));
     }
@@ -533,14 +519,6 @@ impl<'a> Sim<'a> {
                 node.down_until.is_none()
             }
             Ev::StepDone { node: n, attempt } => self.step_done(n, attempt, now),
-            Ev::PartsArrive(n) => {
-                if self.nodes[n as usize].awaiting_parts {
-                    self.account(n, now);
-                    self.nodes[n as usize].awaiting_parts = false;
-                    self.account(n, now);
-                }
-                false
-            }
             Ev::PersonFinds(f) => {
                 let n = self.faults[f as usize].node;
                 let ni = n as usize;
@@ -614,7 +592,6 @@ impl<'a> Sim<'a> {
         }
         self.nodes[ni].executing = None;
         self.nodes[ni].down_until = None;
-        self.nodes[ni].awaiting_parts = false;
         self.account(n, now);
         let o = &mut self.obs[ni];
         o.step_report = Some(StepReport { attempt, outcome: ReportedOutcome::Succeeded, at: now, message: format!("{step} done") });
@@ -634,7 +611,6 @@ impl<'a> Sim<'a> {
         node.person = false;
         node.person_working = false;
         node.person_cordon = false;
-        node.awaiting_parts = false;
         node.down_until = None;
         node.gpu_probe = ProbeState::default();
         node.net_probe = ProbeState::default();
