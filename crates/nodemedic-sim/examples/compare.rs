@@ -1,7 +1,9 @@
 //! The simulator's comparison without the command line's dependencies, for measurements on a busy
 //! machine: the same library calls `nodemedic simulate --compare [--seeds N | --sweep]` makes.
 //!
-//! cargo run --release -p nodemedic-sim --example compare -- NODES DAYS FIRST_SEED SEEDS THREADS [sweep]
+//! cargo run --release -p nodemedic-sim --example compare -- NODES DAYS FIRST_SEED SEEDS THREADS [sweep|POLICY]
+//!
+//! With one seed and a POLICY name, runs only that policy (the benchmark's single-threaded run).
 
 use nodemedic_sim::faults::{FleetSpec, MS_PER_DAY};
 use nodemedic_sim::sim::{SimConfig, simulate};
@@ -16,7 +18,13 @@ fn main() {
     let (nodes, days, first, count, threads) = (arg(1, 2048u32), arg(2, 54i64), arg(3, 1u64), arg(4, 20u64), arg(5, 2usize));
     let sweep_mode = std::env::args().nth(6).is_some_and(|a| a == "sweep");
     let cfg = SimConfig { fleet: FleetSpec { nodes, gpus_per_node: 8, duration_ms: days * MS_PER_DAY }, ..SimConfig::default() };
-    let policies: Vec<(String, nodemedic_core::Policy)> = baselines::all().into_iter().map(|(n, p)| (n.to_string(), p)).collect();
+    let only = std::env::args().nth(6).filter(|a| a != "sweep");
+    let policies: Vec<(String, nodemedic_core::Policy)> = baselines::all()
+        .into_iter()
+        .chain(baselines::by_name_only())
+        .filter(|(n, _)| only.as_deref().map_or(baselines::all().iter().any(|(m, _)| m == n), |o| o == *n))
+        .map(|(n, p)| (n.to_string(), p))
+        .collect();
     let seed_list: Vec<u64> = (first..first + count).collect();
     let started = Instant::now();
     if sweep_mode {

@@ -150,22 +150,25 @@ impl Sim<'_> {
 
     /// Conditions set by node-problem-detector (a DCGM health plugin) and by the CNI, from the
     /// agent's latest probe results; only when a simulated policy reads them. A node that is down
-    /// reports nothing new.
+    /// reports nothing new, and after a restart a condition changes only once its check has run
+    /// again: a reboot alone must not read as a passing health check.
     fn refresh_problem_conditions(&mut self, n: u32, now: Time, up: bool) {
         let ni = n as usize;
         if !up {
             return;
         }
-        let (gpu_bad, net_bad) = (self.nodes[ni].gpu_probe.bad, self.nodes[ni].net_probe.bad);
+        let (gpu, net) = (&self.nodes[ni].gpu_probe, &self.nodes[ni].net_probe);
+        let (gpu_ran, net_ran) = (gpu.last_run.is_some(), net.last_run.is_some());
+        let (gpu_bad, net_bad) = (gpu.bad, net.bad);
         let o = &mut self.obs[ni];
-        if self.npd_gpu_used {
+        if self.npd_gpu_used && gpu_ran {
             let (status, reason) =
                 if gpu_bad { (ConditionStatus::True, "DcgmHealthFailed") } else { (ConditionStatus::False, "DcgmHealthy") };
             if o.condition(NPD_GPU_CONDITION).is_none_or(|c| c.status != status) {
                 set_condition(o, NPD_GPU_CONDITION, status, reason, now);
             }
         }
-        if self.cni_used {
+        if self.cni_used && net_ran {
             let (status, reason) = if net_bad { (ConditionStatus::True, "CiliumIsDown") } else { (ConditionStatus::False, "CiliumIsUp") };
             if o.condition(CNI_CONDITION).is_none_or(|c| c.status != status) {
                 set_condition(o, CNI_CONDITION, status, reason, now);

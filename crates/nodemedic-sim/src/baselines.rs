@@ -40,17 +40,23 @@ pub fn seed004_npd() -> Policy {
     p
 }
 
-/// Every policy `simulate --compare` runs by default: the presets, then these baselines.
+/// Every policy `simulate --compare` runs by default: the presets, then the NPD-fed seed 004.
 pub fn all() -> Vec<(&'static str, Policy)> {
     let mut all = presets::all();
-    all.push(("seed003-unbounded", seed003_unbounded()));
     all.push(("seed004-npd", seed004_npd()));
     all
 }
 
+/// Baselines run only by name: `seed003-unbounded` reboots a node with a dead part every 45 minutes
+/// until the run ends, which costs minutes of simulation on the default fleet and tells nothing a
+/// single run does not (README, "What the simulator says").
+pub fn by_name_only() -> Vec<(&'static str, Policy)> {
+    vec![("seed003-unbounded", seed003_unbounded())]
+}
+
 /// A preset or baseline by name.
 pub fn by_name(name: &str) -> Option<Policy> {
-    all().into_iter().find(|(n, _)| *n == name).map(|(_, p)| p)
+    all().into_iter().chain(by_name_only()).find(|(n, _)| *n == name).map(|(_, p)| p)
 }
 
 #[cfg(test)]
@@ -59,7 +65,7 @@ mod tests {
 
     #[test]
     fn every_baseline_is_a_valid_policy() {
-        for (name, p) in all() {
+        for (name, p) in all().into_iter().chain(by_name_only()) {
             p.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         assert!(by_name("seed003-unbounded").is_some() && by_name("seed004-npd").is_some() && by_name("nope").is_none());

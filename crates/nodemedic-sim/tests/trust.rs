@@ -50,7 +50,8 @@ fn close(got: f64, want: f64, what: &str) {
 #[test]
 fn every_policy_faces_exactly_the_same_fault_timeline_with_the_same_durations() {
     let cfg = small(128, 30, 3);
-    let reports: Vec<Report> = baselines::all().iter().map(|(n, p)| simulate(&cfg, n, p, &mut |_| {})).collect();
+    let policies = baselines::all().into_iter().chain(baselines::by_name_only());
+    let reports: Vec<Report> = policies.map(|(n, p)| simulate(&cfg, n, &p, &mut |_| {})).collect();
     let first = &reports[0].faults;
     assert_ne!(first.digest, 0);
     for r in &reports {

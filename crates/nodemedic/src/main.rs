@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use nodemedic_core::{Policy, Records, Time, decide, presets};
+use nodemedic_core::{Policy, Records, Time, decide};
 use simulate_cmd::load_policy;
 use std::path::PathBuf;
 

@@ -19,7 +19,8 @@ pub struct SimulateArgs {
     /// seed004, seed003-unbounded, seed004-npd).
     #[arg(long, default_value = "nodemedic")]
     policy: String,
-    /// Also run these (files or names) side by side; `--compare` alone compares every preset and baseline.
+    /// Also run these (files or names) side by side; `--compare` alone compares the presets and
+    /// seed004-npd (seed003-unbounded only by name: it is slow on big fleets).
     #[arg(long, num_args = 0.., value_delimiter = ',')]
     compare: Option<Vec<String>>,
     #[arg(long, default_value_t = 2048)]
@@ -62,7 +63,7 @@ pub fn load_policy(spec: &str) -> Result<(String, Policy)> {
     if !path.exists() {
         bail!(
             "`{spec}` is neither a policy file nor a preset (presets: {})",
-            baselines::all().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            baselines::all().iter().chain(&baselines::by_name_only()).map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
         );
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {spec}"))?;
@@ -199,7 +200,9 @@ fn run_one_seed(cfg: &SimConfig, policies: &[(String, Policy)], json: bool, star
         let handles: Vec<_> = policies
             .iter()
             .zip(&progress)
-            .map(|((name, policy), prog)| s.spawn(move || simulate(cfg, name, policy, &mut |f| prog.store((f * 1000.0) as u64, Ordering::Relaxed))))
+            .map(|((name, policy), prog)| {
+                s.spawn(move || simulate(cfg, name, policy, &mut |f| prog.store((f * 1000.0) as u64, Ordering::Relaxed)))
+            })
             .collect();
         // A progress bar only for runs that take more than a second, and only for a person at a
         // terminal; drawn by rewriting one stderr line, cleared before the report is printed.
