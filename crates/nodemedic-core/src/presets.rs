@@ -96,7 +96,10 @@ pub fn seed003() -> Policy {
     let mut reboot = step(RemediationStep::Reboot, Duration::from_mins(10));
     reboot.completion = Completion::FixedWait;
     reboot.timeout_by_class = BTreeMap::from([(GPU_NODE_CLASS.to_string(), Duration::from_mins(40))]);
-    reboot.verify_timeout = Duration::from_mins(1);
+    // The seed re-reads the conditions once its wait is over. The engine wants evidence newer than
+    // the wait, and the kubelet re-posts unchanged conditions every 5 minutes: a shorter window
+    // would fail most re-checks of a node that did recover.
+    reboot.verify_timeout = Duration::from_mins(5);
     let mut cilium = rule_condition("cilium", "NetworkUnavailable", ConditionStatus::True, Duration::from_mins(10));
     if let Some(c) = cilium.condition.as_mut() {
         // Cilium owns NetworkUnavailable with these two reasons: False/CiliumIsUp while its agent

@@ -342,13 +342,14 @@ fn gpu_nodes_wait_40_minutes_and_others_10() {
     let stage = |h: &Harness, n: &str| h.records.nodes[n].active.as_ref().map(|a| a.stage.clone());
     assert!(matches!(stage(&h, "cpu"), Some(Stage::Verifying { .. })), "the standard node's 10-minute wait is over: re-checking");
     assert_eq!(stage(&h, "gpu"), Some(Stage::Executing), "the GPU node still waits");
-    h.advance(Duration::from_mins(1));
+    // The re-check window is one kubelet report period (5 min): no fresh Ready within it.
+    h.advance(Duration::from_mins(5));
     h.decide();
     assert_eq!(h.records.nodes["cpu"].attempt, 2, "still NotReady after the re-check window: next reboot");
-    h.advance(Duration::from_mins(29));
+    h.advance(Duration::from_mins(25));
     h.decide();
     assert!(matches!(stage(&h, "gpu"), Some(Stage::Verifying { .. })), "40 minutes after the reboot: re-checking");
-    h.advance(Duration::from_mins(1));
+    h.advance(Duration::from_mins(5));
     h.decide();
     assert_eq!(h.records.nodes["gpu"].attempt, 2);
 }

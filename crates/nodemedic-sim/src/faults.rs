@@ -436,6 +436,10 @@ pub struct CauseSpec {
     pub symptoms: Vec<(Symptom, f64)>,
     /// Probability of each cheapest fix.
     pub fixes: FixSplit,
+    /// No health probe can see this cause (silent data corruption: only a validation run that checks
+    /// results would, and the simulated agent runs none). Absent from older model files (false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden_from_probes: bool,
 }
 
 impl CauseSpec {
@@ -511,6 +515,35 @@ impl Default for RackPowerSpec {
     }
 }
 
+/// The chance that the node agent's health probe sees a fault, per symptom it shows up on. Drawn once
+/// per fault (see [`FaultDraws`]): a fault the probe misses stays invisible to it while it lasts.
+/// Symptoms the kubelet reports (`NodeNotReady`, `Disk`) and missing GPUs (`GpuCount`, from the
+/// device plugin's allocatable count) are always seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSensitivity {
+    /// `Symptom::Gpu`: the GPU probe (XID, ECC, DCGM health) catches the fault.
+    pub gpu: f64,
+    /// `Symptom::Network`: the network probe catches the fault.
+    pub network: f64,
+}
+
+impl Default for ProbeSensitivity {
+    fn default() -> Self {
+        Self { gpu: 0.9, network: 0.9 }
+    }
+}
+
+impl ProbeSensitivity {
+    /// The chance a probe sees a fault of this symptom (1 for symptoms no probe is needed for).
+    pub fn of(&self, symptom: Symptom) -> f64 {
+        match symptom {
+            Symptom::Gpu => self.gpu,
+            Symptom::Network => self.network,
+            Symptom::GpuCount | Symptom::NodeNotReady | Symptom::Disk => 1.0,
+        }
+    }
+}
+
 /// Kind of node, for repair durations: GPU servers reboot more slowly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -556,10 +589,22 @@ pub struct RepairDurations {
     pub cpu_node_reboot: DurationDist,
     /// Re-image, end to end (any node class).
     pub reimage: DurationDist,
-    /// Hardware swap incl. spares / RMA, until back in service.
+    /// Hands-on hardware swap, from the moment the part and the technician are there until the node
+    /// is back in service.
     pub replace: DurationDist,
-    /// Human response time to an escalation.
+    /// Lead time of a replacement: from the moment a replacement is asked for (by automation or by a
+    /// person) until the part and a technician are at the node (spares, RMA, scheduling). No policy
+    /// shortens it, so it is booked with the repair that worked, whoever asked. Absent from older
+    /// model files (then the default).
+    #[serde(default = "default_replace_lead")]
+    pub replace_lead: DurationDist,
+    /// People's response time: from a fault that automation escalates, or that automation never acts
+    /// on, until a person starts work on the node. One draw per fault, whichever way it reaches people.
     pub manual_response: DurationDist,
+}
+
+fn default_replace_lead() -> DurationDist {
+    RepairDurations::default().replace_lead
 }
 
 impl Default for RepairDurations {
@@ -568,8 +613,9 @@ impl Default for RepairDurations {
             gpu_node_reboot: DurationDist::lognormal(10 * MS_PER_MINUTE, 0.3, 5 * MS_PER_MINUTE, 30 * MS_PER_MINUTE),
             cpu_node_reboot: DurationDist::lognormal(3 * MS_PER_MINUTE, 0.35, MS_PER_MINUTE, 10 * MS_PER_MINUTE),
             reimage: DurationDist::lognormal(40 * MS_PER_MINUTE, 0.4, 20 * MS_PER_MINUTE, 3 * MS_PER_HOUR),
-            replace: DurationDist::lognormal(36 * MS_PER_HOUR, 0.9, 4 * MS_PER_HOUR, 21 * MS_PER_DAY),
-            manual_response: DurationDist::lognormal(4 * MS_PER_HOUR, 0.9, 15 * MS_PER_MINUTE, 72 * MS_PER_HOUR),
+            replace: DurationDist::lognormal(4 * MS_PER_HOUR, 0.5, MS_PER_HOUR, 24 * MS_PER_HOUR),
+            replace_lead: DurationDist::lognormal(24 * MS_PER_HOUR, 0.9, MS_PER_HOUR, 21 * MS_PER_DAY),
+            manual_response: DurationDist::lognormal(2 * MS_PER_HOUR, 0.9, 10 * MS_PER_MINUTE, 72 * MS_PER_HOUR),
         }
     }
 }
@@ -675,12 +721,16 @@ pub struct FaultModel {
     /// Rack power events (off by default; absent from older model files).
     #[serde(default)]
     pub rack_power: RackPowerSpec,
+    /// How likely a health probe is to see a fault, per symptom (absent from older model files:
+    /// the default).
+    #[serde(default)]
+    pub probe_sensitivity: ProbeSensitivity,
     /// How long remedies take.
     pub repair: RepairDurations,
 }
 
 fn cause_spec(cause: Cause, count: u32, scope: FaultScope, symptoms: &[(Symptom, f64)], fixes: FixSplit) -> CauseSpec {
-    CauseSpec { cause, weight: f64::from(count), scope, symptoms: symptoms.to_vec(), fixes }
+    CauseSpec { cause, weight: f64::from(count), scope, symptoms: symptoms.to_vec(), fixes, hidden_from_probes: false }
 }
 
 impl Default for FaultModel {
@@ -700,7 +750,10 @@ impl Default for FaultModel {
             cause_spec(C::GpuSystemProcessor, 17, G, &[(S::Gpu, 0.6), (S::GpuCount, 0.4)], FixSplit::new(0.0, 0.85, 0.0, 0.15)),
             cause_spec(C::Nic, 7, N, &[(S::Network, 1.0)], FixSplit::new(0.0, 0.30, 0.0, 0.70)),
             cause_spec(C::NcclWatchdog, 7, N, &[(S::Network, 1.0)], FixSplit::new(0.50, 0.50, 0.0, 0.0)),
-            cause_spec(C::SilentDataCorruption, 6, G, &[(S::Gpu, 1.0)], FixSplit::new(0.0, 0.0, 0.0, 1.0)),
+            CauseSpec {
+                hidden_from_probes: true,
+                ..cause_spec(C::SilentDataCorruption, 6, G, &[(S::Gpu, 1.0)], FixSplit::new(0.0, 0.0, 0.0, 1.0))
+            },
             cause_spec(C::GpuThermal, 6, G, &[(S::Gpu, 1.0)], FixSplit::new(0.0, 0.25, 0.0, 0.75)),
             cause_spec(C::Ssd, 3, N, &[(S::Disk, 1.0)], FixSplit::new(0.0, 0.0, 0.20, 0.80)),
             cause_spec(C::PowerSupply, 3, N, &[(S::NodeNotReady, 1.0)], FixSplit::new(0.0, 0.0, 0.0, 1.0)),
@@ -728,6 +781,7 @@ impl Default for FaultModel {
                 self_clear: DurationDist::lognormal(90 * MS_PER_SECOND, 0.7, 10 * MS_PER_SECOND, 15 * MS_PER_MINUTE),
             },
             rack_power: RackPowerSpec::default(),
+            probe_sensitivity: ProbeSensitivity::default(),
             repair: RepairDurations::default(),
         }
     }
@@ -841,6 +895,9 @@ impl FaultModel {
         self.repair.cpu_node_reboot.check("repair.cpu_node_reboot")?;
         self.repair.reimage.check("repair.reimage")?;
         self.repair.replace.check("repair.replace")?;
+        self.repair.replace_lead.check("repair.replace_lead")?;
+        probability("probe_sensitivity.gpu", self.probe_sensitivity.gpu)?;
+        probability("probe_sensitivity.network", self.probe_sensitivity.network)?;
         self.repair.manual_response.check("repair.manual_response")?;
         Ok(())
     }
@@ -903,6 +960,14 @@ mod stream {
     pub const FLAPS: u64 = 3;
     pub const FALSE_POSITIVES: u64 = 4;
     pub const RACK_POWER: u64 = 5;
+    /// Per-fault draws use streams `DRAWS + fault id`.
+    pub const DRAWS: u64 = 1 << 32;
+}
+
+/// The random stream of one fault's own draws ([`FaultDraws`]): a function of the seed and the fault
+/// id only, so every policy run over the same seed draws the same numbers for the same fault.
+pub(crate) fn fault_rng(seed: u64, fault_id: u32) -> ChaCha8Rng {
+    rng_for(seed, stream::DRAWS + u64::from(fault_id))
 }
 
 fn rng_for(seed: u64, stream: u64) -> ChaCha8Rng {
@@ -1472,9 +1537,11 @@ mod tests {
             gpu.push(repair.sample(RepairKind::Reboot, NodeClass::Gpu, &mut rng));
             cpu.push(repair.sample(RepairKind::Reboot, NodeClass::Cpu, &mut rng));
             let replace = repair.sample(RepairKind::Replace, NodeClass::Gpu, &mut rng);
-            assert!((4 * MS_PER_HOUR..=21 * MS_PER_DAY).contains(&replace));
+            assert!((MS_PER_HOUR..=24 * MS_PER_HOUR).contains(&replace));
+            let lead = repair.replace_lead.sample(&mut rng);
+            assert!((MS_PER_HOUR..=21 * MS_PER_DAY).contains(&lead));
             let manual = repair.sample(RepairKind::Manual, NodeClass::Gpu, &mut rng);
-            assert!((15 * MS_PER_MINUTE..=72 * MS_PER_HOUR).contains(&manual));
+            assert!((10 * MS_PER_MINUTE..=72 * MS_PER_HOUR).contains(&manual));
         }
         assert!(gpu.iter().all(|ms| (5 * MS_PER_MINUTE..=30 * MS_PER_MINUTE).contains(ms)));
         gpu.sort_unstable();

@@ -4,6 +4,12 @@
 //! `progress` decides how the command line shows a run's progress, from
 //! times the caller measures.
 
+mod agent;
+pub mod baselines;
+pub mod draws;
 pub mod faults;
 pub mod progress;
+pub mod report;
+pub mod seeds;
 pub mod sim;
+pub mod sweep;

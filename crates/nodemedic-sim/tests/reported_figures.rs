@@ -6,11 +6,14 @@
 //!   tick, so a GPU fault is first seen 30 s after it starts and reaches seed 000's "fails three
 //!   times" at 90 s, when the node is tainted (time to quarantine 1.5 min);
 //! - a GPU node reboots in exactly 10 min, a reimage takes 40 min plus that reboot, a replacement
-//!   36 h, and a person answers an escalation in 4 h.
+//!   waits 24 h for its part and technician (lead time) and then takes 12 h of hands-on work, both
+//!   booked as the repair that worked whoever asked, and people start work 4 h after a fault reaches them (one draw);
+//! - probes see every fault (sensitivity 1), so the figures do not depend on a coin.
 
 use nodemedic_core::{Policy, presets};
 use nodemedic_sim::faults::{
-    Cause, DurationDist, Fault, FaultModel, Fix, FleetSpec, MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, RepairDurations, Symptom,
+    Cause, DurationDist, Fault, FaultModel, Fix, FleetSpec, MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, ProbeSensitivity, RepairDurations,
+    Symptom,
 };
 use nodemedic_sim::sim::{Report, SimConfig, simulate_faults};
 use std::collections::BTreeMap;
@@ -18,7 +21,8 @@ use std::collections::BTreeMap;
 const GPUS: f64 = 8.0;
 const REBOOT_MIN: f64 = 10.0;
 const REIMAGE_MIN: f64 = 40.0;
-const REPLACE_MIN: f64 = 36.0 * 60.0;
+const REPLACE_MIN: f64 = 12.0 * 60.0;
+const REPLACE_LEAD_MIN: f64 = 24.0 * 60.0;
 const RESPONSE_MIN: f64 = 4.0 * 60.0;
 /// Seed 000's wait after a reboot or reimage before it re-checks.
 const SEED000_SETTLE_MIN: f64 = 5.0;
@@ -31,9 +35,11 @@ fn fixed_durations() -> FaultModel {
             gpu_node_reboot: DurationDist::fixed(10 * MS_PER_MINUTE),
             cpu_node_reboot: DurationDist::fixed(3 * MS_PER_MINUTE),
             reimage: DurationDist::fixed(40 * MS_PER_MINUTE),
-            replace: DurationDist::fixed(36 * MS_PER_HOUR),
+            replace: DurationDist::fixed(12 * MS_PER_HOUR),
+            replace_lead: DurationDist::fixed(24 * MS_PER_HOUR),
             manual_response: DurationDist::fixed(4 * MS_PER_HOUR),
         },
+        probe_sensitivity: ProbeSensitivity { gpu: 1.0, network: 1.0 },
         ..FaultModel::default()
     }
 }
@@ -103,19 +109,20 @@ fn a_fault_that_needs_a_part_climbs_reboot_then_reimage_then_escalates_to_manual
     assert_eq!(r.faults.found_by_people, 0, "automation had it; people were called, not surprised");
     assert_close(r.time_to_quarantine.mean_minutes, 1.5, "time to quarantine");
     // Seed 000's story: tainted at 1.5 min; reboot (10 min); settle 5 min, the re-check fails;
-    // reimage (40 + 10 min); settle 5 min, the re-check fails; a person answers in 4 h and swaps the
-    // part in 36 h.
+    // reimage (40 + 10 min); settle 5 min, the re-check fails; a person answers in 4 h, waits 24 h
+    // for the part and swaps it in 12 h.
     let escalated_at = 1.5 + REBOOT_MIN + SEED000_SETTLE_MIN + (REIMAGE_MIN + REBOOT_MIN) + SEED000_SETTLE_MIN;
     assert_close(escalated_at, 71.5, "escalated at");
     assert_eq!(r.time_to_repair.count, 1);
-    assert_close(r.time_to_repair.mean_minutes, escalated_at + RESPONSE_MIN + REPLACE_MIN, "time to repair, mean");
-    assert_close(r.time_to_repair.p95_minutes, escalated_at + RESPONSE_MIN + REPLACE_MIN, "time to repair, p95");
+    let repaired_at = escalated_at + RESPONSE_MIN + REPLACE_LEAD_MIN + REPLACE_MIN;
+    assert_close(r.time_to_repair.mean_minutes, repaired_at, "time to repair, mean");
+    assert_close(r.time_to_repair.p95_minutes, repaired_at, "time to repair, p95");
 
     let lost = &r.gpu_hours_lost;
     assert_close(lost.faulty_node_serving, gpu_hours(1.5), "faulty node still taking work");
     assert_close(lost.ineffective_repairs, gpu_hours(REBOOT_MIN + REIMAGE_MIN + REBOOT_MIN), "repairs that did not fix");
     assert_close(lost.waiting, gpu_hours(2.0 * SEED000_SETTLE_MIN + RESPONSE_MIN), "waiting: settling and the person's response");
-    assert_close(lost.effective_repair, gpu_hours(REPLACE_MIN), "the replacement");
+    assert_close(lost.effective_repair, gpu_hours(REPLACE_LEAD_MIN + REPLACE_MIN), "the replacement: lead time and swap");
     // After the swap the person marks the node resolved; the engine waits for one fresh passing GPU
     // probe (30 s) before lifting the manual taint, holding it meanwhile.
     assert_close(lost.healthy_nodes_disrupted, gpu_hours(0.5), "waiting for a fresh probe after the swap");
@@ -135,10 +142,11 @@ fn a_min_healthy_gate_that_must_hold_counts_one_hold_per_held_node() {
     assert_eq!(r.gate_holds, steps(&[("min_healthy", 2)]), "each node counted once, when its hold begins");
     assert!(r.remediations_by_step.is_empty(), "the gate held throughout: {:?}", r.remediations_by_step);
     assert_eq!(r.escalations_to_manual, 0);
-    // People find both in their own time (4 h), answer (4 h) and replace the supplies (36 h).
+    // People find both in their own time (4 h, one draw: finding it is the response), wait 24 h for
+    // the supplies and replace them in 12 h.
     assert_eq!(r.faults.found_by_people, 2);
     assert_close(r.time_to_quarantine.mean_minutes, RESPONSE_MIN, "cordoned by the person who found it");
-    assert_close(r.time_to_repair.mean_minutes, 2.0 * RESPONSE_MIN + REPLACE_MIN, "time to repair");
+    assert_close(r.time_to_repair.mean_minutes, RESPONSE_MIN + REPLACE_LEAD_MIN + REPLACE_MIN, "time to repair");
 }
 
 #[test]

@@ -19,11 +19,48 @@ fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
 fn simulate_compares_policies_side_by_side() {
     let (ok, out, err) = nodemedic(&["simulate", "--nodes", "128", "--days", "10", "--seed", "3", "--compare"]);
     assert!(ok, "{err}");
-    let header = out.lines().find(|l| l.contains("nodemedic") && l.contains("seed000") && l.contains("seed003") && l.contains("seed004"));
-    assert!(header.is_some(), "every preset has a column: {out}");
+    let header = out.lines().find(|l| ["nodemedic", "seed000", "seed003", "seed004", "seed004-npd"].iter().all(|p| l.contains(p)));
+    assert!(header.is_some(), "every preset and baseline has a column: {out}");
     let row = out.lines().find(|l| l.trim_start().starts_with("faulty node still taking work")).unwrap_or_default();
-    assert_eq!(row.split_whitespace().count(), 5 + 4, "the label, then a value per policy: {out}");
+    assert_eq!(row.split_whitespace().count(), 5 + 5, "the label, then a value per policy: {out}");
     assert!(out.contains("time to quarantine, p95 (min)"));
+    // Common random numbers: every policy faces the same real faults.
+    let faced = out.lines().find(|l| l.starts_with("real faults faced")).unwrap_or_default();
+    let counts: Vec<&str> = faced.split_whitespace().skip(3).collect();
+    assert!(counts.len() == 5 && counts.iter().all(|c| *c == counts[0]), "{faced}");
+}
+
+#[test]
+fn simulate_over_seeds_reports_intervals_and_a_sweep_reports_rankings_with_a_model_file() {
+    let (ok, out, err) = nodemedic(&["simulate", "--nodes", "32", "--days", "5", "--seeds", "3", "--compare", "seed004", "--threads", "2"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("3 seeds (1..=3)") && out.contains(" ±") && out.contains("paired differences"), "{out}");
+    let mut model: serde_json::Value = serde_json::from_str(&fault_model_json()).expect("model JSON");
+    model["false_positives"]["per_node_day"] = serde_json::json!(0.0);
+    let file = temp_file("model.json", &model.to_string());
+    let (ok, out, err) = nodemedic(&[
+        "simulate",
+        "--nodes",
+        "16",
+        "--days",
+        "3",
+        "--seeds",
+        "2",
+        "--sweep",
+        "--compare",
+        "seed004",
+        "--model",
+        file.to_str().unwrap_or_default(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("base model") && out.contains("GSP reboot share = 1") && out.contains("nodemedic vs seed004"), "{out}");
+    let bad = temp_file("bad-model.json", "{\"unexpected_per_gpu_day\": -1}");
+    let (ok, _, err) = nodemedic(&["simulate", "--nodes", "16", "--days", "1", "--model", bad.to_str().unwrap_or_default()]);
+    assert!(!ok && err.contains("is not a fault model"), "{err}");
+}
+
+fn fault_model_json() -> String {
+    serde_json::to_string(&nodemedic_sim::faults::FaultModel::default()).expect("serialise the default model")
 }
 
 #[test]
