@@ -61,6 +61,9 @@ pub struct ExecutorsConfig {
     /// Per step, the executor that carries it out; overrides the defaults.
     #[serde(default)]
     pub steps: BTreeMap<RemediationStep, StepExecutorConfig>,
+    /// BMCs for the power steps (`powerOff`, `powerCycle`), which go to the BMC power executor.
+    #[serde(default)]
+    pub power: crate::bmc::PowerConfig,
 }
 
 fn default_command_timeout() -> Duration {
@@ -125,7 +128,7 @@ fn default_webhook_timeout() -> Duration {
 // ---------------------------------------------------------------------------------------------
 
 /// Time left until `deadline`, or `fallback` when the request has none; zero once it has passed.
-fn time_left(deadline: Option<Time>, fallback: Duration) -> std::time::Duration {
+pub(crate) fn time_left(deadline: Option<Time>, fallback: Duration) -> std::time::Duration {
     let ms = match deadline {
         Some(d) => d.as_millis() - crate::now().as_millis(),
         None => fallback.as_millis(),
@@ -143,7 +146,7 @@ type StartedWork = (u32, RemediationStep, Option<AbortHandle>);
 /// The (attempt, step) each node's background work was last started for, so that a repeated
 /// request does not start it again.
 #[derive(Default)]
-struct Started {
+pub(crate) struct Started {
     by_node: Mutex<HashMap<String, StartedWork>>,
     count: std::sync::atomic::AtomicU64,
 }
@@ -152,7 +155,7 @@ impl Started {
     /// Starts the work with `start` unless this (node, attempt, step) was started before or a newer
     /// attempt already runs; returns whether it started. Work for an older attempt of the node is
     /// stopped: the engine has moved on and would ignore its report.
-    fn start(&self, req: &StepRequest, start: impl FnOnce() -> Result<AbortHandle, String>) -> Result<bool, String> {
+    pub(crate) fn start(&self, req: &StepRequest, start: impl FnOnce() -> Result<AbortHandle, String>) -> Result<bool, String> {
         let mut map = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((attempt, step, handle)) = map.get(&req.node) {
             if *attempt > req.attempt || (*attempt == req.attempt && *step == req.step) {
@@ -168,7 +171,7 @@ impl Started {
         Ok(true)
     }
 
-    fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
@@ -211,7 +214,7 @@ async fn report(
 }
 
 /// Like [`report`], for background tasks: a report that cannot be written is logged.
-async fn report_or_log(client: &Client, field_manager: &str, req: &StepRequest, outcome: ReportedOutcome, message: String) {
+pub(crate) async fn report_or_log(client: &Client, field_manager: &str, req: &StepRequest, outcome: ReportedOutcome, message: String) {
     if let Err(e) = report(client, field_manager, req, outcome, message).await {
         tracing::error!(node = %req.node, step = %req.step, attempt = req.attempt, error = %e, "the step report could not be written; the engine will time the step out");
     }
@@ -660,6 +663,8 @@ impl StepRouter {
             .route(RemediationStep::Drain, drain.clone())
             .route(RemediationStep::Reboot, agent.clone())
             .route(RemediationStep::Reimage, agent.clone());
+        let power: Arc<dyn Executor> = Arc::new(crate::bmc::PowerExecutor::new(client.clone(), config.power.clone()));
+        router = router.route(RemediationStep::PowerOff, power.clone()).route(RemediationStep::PowerCycle, power);
         for (step, chosen) in &config.steps {
             let executor: Arc<dyn Executor> = match chosen {
                 StepExecutorConfig::Agent => agent.clone(),

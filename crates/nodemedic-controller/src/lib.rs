@@ -15,6 +15,7 @@ use nodemedic_k8s::{
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+pub mod bmc;
 pub mod contact;
 pub mod events;
 pub mod http;
