@@ -336,6 +336,36 @@ mod tests {
     }
 
     #[test]
+    fn the_executors_config_names_bmcs_under_power() -> Result<(), Box<dyn std::error::Error>> {
+        let yaml = r#"
+power:
+  confirmTimeout: 2m
+  nodes:
+    gpu-001:
+      address: {redfish: "https://10.0.0.9/redfish/v1/Systems/1"}
+      credentials: {namespace: nodemedic, name: bmc-gpu-001}
+      caBundle: /etc/nodemedic/bmc-ca.pem
+"#;
+        let config: crate::executors::ExecutorsConfig = serde_saphyr::from_str(yaml)?;
+        assert_eq!(config.power.confirm_timeout, Duration::from_mins(2));
+        assert_eq!(config.power.poll_interval, Duration::from_secs(1));
+        let target = config.power.nodes.get("gpu-001").ok_or("gpu-001 missing")?;
+        assert_eq!(target.address, BmcAddress::Redfish("https://10.0.0.9/redfish/v1/Systems/1".into()));
+        assert_eq!(target.ca_bundle, Some(PathBuf::from("/etc/nodemedic/bmc-ca.pem")));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_power_steps_go_to_the_power_executor_by_default() -> Result<(), Box<dyn std::error::Error>> {
+        // Never contacted: building the router does not talk to the API server.
+        let client = Client::try_from(kube::Config::new("http://127.0.0.1:9".parse()?))?;
+        let router = crate::executors::StepRouter::from_config(client, &crate::executors::ExecutorsConfig::default())?;
+        let steps: Vec<RemediationStep> = router.steps().collect();
+        assert!(steps.contains(&RemediationStep::PowerOff) && steps.contains(&RemediationStep::PowerCycle), "{steps:?}");
+        Ok(())
+    }
+
+    #[test]
     fn only_the_power_steps_are_power_actions() {
         assert_eq!(PowerAction::for_step(RemediationStep::PowerOff), Some(PowerAction::Off));
         assert_eq!(PowerAction::for_step(RemediationStep::PowerCycle), Some(PowerAction::Cycle));
