@@ -292,3 +292,73 @@ async fn a_node_without_a_bmc_is_reported_failed_naming_the_annotation() -> anyh
     })
     .await
 }
+
+const POWER_OFF_POLICY: &str = r#"
+rules:
+- name: gpu
+  condition: {type: GPUProblem, status: "True"}
+ladder:
+- {step: powerOff, timeout: 2m}
+- {step: manual}
+monitorOnly: false
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn through_the_controller_a_confirmed_power_off_completes_the_step_and_a_refused_one_escalates_instead() -> anyhow::Result<()> {
+    use nodemedic_controller::Reconciler;
+    use nodemedic_controller::executors::{ExecutorsConfig, StepRouter};
+    use nodemedic_core::Policy;
+    use nodemedic_core::record::{Phase, StepOutcome};
+    use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec};
+
+    let redfish = bmc_peers::start_redfish()?;
+    let ipmi = bmc_peers::start_ipmi(Chassis::Obeys)?;
+    let cp = ControlPlane::start(Options::default()).await?;
+    cp.run(|cp| async move {
+        install_crds(&cp.client()).await?;
+        cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), 2).await?;
+        bmc_secret(cp, PASSWORD).await?;
+        let wrong: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bmc-gpu-001"}, "stringData": {"username": USER, "password": "not-the-password"}}))?;
+        Api::<Secret>::namespaced(cp.client(), "nodemedic").create(&PostParams::default(), &wrong).await?;
+        let refused =
+            BmcTarget { credentials: SecretRef { namespace: "nodemedic".into(), name: "bmc-gpu-001".into() }, ..ipmi_target(ipmi.port) };
+        let power = PowerConfig {
+            nodes: [("gpu-000".to_string(), redfish_target(&redfish)), ("gpu-001".to_string(), refused)].into(),
+            poll_interval: nodemedic_core::Duration::from_millis(250),
+            ..PowerConfig::default()
+        };
+        let router = StepRouter::from_config(cp.client(), &ExecutorsConfig { power, ..ExecutorsConfig::default() })?;
+        let policy = Policy::from_yaml(POWER_OFF_POLICY)?;
+        Api::<NodeHealthPolicy>::all(cp.client())
+            .create(&PostParams::default(), &NodeHealthPolicy::new("gpu-workers", NodeHealthPolicySpec { policy }))
+            .await?;
+        for node in ["gpu-000", "gpu-001"] {
+            cp.set_node_condition(node, "GPUProblem", "True", "XidCritical", "Xid 79: GPU has fallen off the bus").await?;
+        }
+        let controller = Reconciler::new(cp.client(), &router);
+        let remediations: Api<NodeRemediation> = Api::all(cp.client());
+        let history = |node: &'static str| {
+            let remediations = remediations.clone();
+            async move { remediations.get(node).await.ok()?.status.map(|s| s.record) }
+        };
+        let records = wait_for(LIMIT, "both power steps to end", || async {
+            controller.reconcile("gpu-workers", now()).await.ok()?;
+            let (a, b) = (history("gpu-000").await?, history("gpu-001").await?);
+            (!a.history.is_empty() && !b.history.is_empty()).then_some((a, b))
+        })
+        .await?;
+        let (fenced, refused) = records;
+        let first = |r: &nodemedic_core::record::NodeRecord| r.history.first().map(|h| (h.step, h.outcome, h.reason.clone()));
+        let (step, outcome, _) = first(&fenced).unwrap_or((RemediationStep::Manual, StepOutcome::Failed, String::new()));
+        assert_eq!((step, outcome), (RemediationStep::PowerOff, StepOutcome::Completed), "{fenced:?}");
+        assert_eq!(redfish_power_state(&redfish).await?, "Off");
+        let (step, outcome, reason) = first(&refused).unwrap_or((RemediationStep::Manual, StepOutcome::Completed, String::new()));
+        assert_eq!((step, outcome), (RemediationStep::PowerOff, StepOutcome::Failed), "{refused:?}");
+        assert!(reason.contains(&format!("BMC ipmi 127.0.0.1:{}", ipmi.port)), "{reason}");
+        assert_eq!(refused.phase, Phase::Manual, "a node whose power-off was not confirmed goes to a person, not on as fenced");
+        assert_eq!(ipmi_power_status(ipmi.port)?, "Chassis Power is on");
+        Ok(())
+    })
+    .await
+}
