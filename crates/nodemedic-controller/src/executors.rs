@@ -66,6 +66,9 @@ pub struct ExecutorsConfig {
     /// Per step, the executor that carries it out; overrides the defaults.
     #[serde(default)]
     pub steps: BTreeMap<RemediationStep, StepExecutorConfig>,
+    /// BMCs for the power steps (`powerOff`, `powerCycle`), which go to the BMC power executor.
+    #[serde(default)]
+    pub power: crate::bmc::PowerConfig,
 }
 
 fn default_command_timeout() -> Duration {
@@ -412,6 +415,8 @@ impl StepRouter {
             .route(RemediationStep::Drain, drain.clone())
             .route(RemediationStep::Reboot, agent.clone())
             .route(RemediationStep::Reimage, agent.clone());
+        let power: Arc<dyn Executor> = Arc::new(crate::bmc::PowerExecutor::new(client.clone(), config.power.clone()));
+        router = router.route(RemediationStep::PowerOff, power.clone()).route(RemediationStep::PowerCycle, power);
         for (step, chosen) in &config.steps {
             let executor: Arc<dyn Executor> = match chosen {
                 StepExecutorConfig::Agent => agent.clone(),

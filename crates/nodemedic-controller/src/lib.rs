@@ -16,6 +16,7 @@ use nodemedic_k8s::{
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+pub mod bmc;
 pub mod contact;
 pub mod drain;
 pub mod events;

@@ -1025,7 +1025,11 @@ fn start_step(ctx: &Ctx, w: &mut Work, index: usize, holds_slot: bool, inflight:
     a.step_started_at = now;
     a.stage = Stage::Executing;
     a.executed = !ctx.policy.monitor_only;
-    a.boot_id_at_start = if matches!(ls.step, RemediationStep::Reboot | RemediationStep::Reimage) { w.obs.boot_id.clone() } else { None };
+    a.boot_id_at_start = if matches!(ls.step, RemediationStep::Reboot | RemediationStep::Reimage | RemediationStep::PowerCycle) {
+        w.obs.boot_id.clone()
+    } else {
+        None
+    };
     a.deadline = (ls.step != RemediationStep::Manual).then_some(now + timeout);
     // Outages are counted per step: the new one's deadline owes nothing to earlier ones.
     (a.unobserved, a.unobserved_until) = (Duration::ZERO, None);

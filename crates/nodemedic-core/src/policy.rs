@@ -224,17 +224,24 @@ pub enum RemediationStep {
     Reimage,
     /// Hand the machine back to the provider for a new one.
     Replace,
+    /// Cut and restore power through the node's BMC (Redfish or IPMI), confirmed by the BMC's power
+    /// state; then, like a reboot, a new bootID and Ready again.
+    PowerCycle,
+    /// Cut power through the node's BMC, confirmed by the BMC's power state: the node is off.
+    PowerOff,
     /// A person takes over; the node keeps `repair-manual` until they resolve it.
     Manual,
 }
 
 impl RemediationStep {
-    pub const ALL: [RemediationStep; 6] = [
+    pub const ALL: [RemediationStep; 8] = [
         RemediationStep::Quarantine,
         RemediationStep::Drain,
         RemediationStep::Reboot,
         RemediationStep::Reimage,
         RemediationStep::Replace,
+        RemediationStep::PowerCycle,
+        RemediationStep::PowerOff,
         RemediationStep::Manual,
     ];
 
@@ -245,6 +252,8 @@ impl RemediationStep {
             RemediationStep::Reboot => "reboot",
             RemediationStep::Reimage => "reimage",
             RemediationStep::Replace => "replace",
+            RemediationStep::PowerCycle => "powerCycle",
+            RemediationStep::PowerOff => "powerOff",
             RemediationStep::Manual => "manual",
         }
     }
@@ -252,12 +261,20 @@ impl RemediationStep {
     /// Disruptive steps take running work off the node; they count against concurrency limits and
     /// wait for maintenance windows.
     pub fn is_disruptive(self) -> bool {
-        matches!(self, RemediationStep::Drain | RemediationStep::Reboot | RemediationStep::Reimage | RemediationStep::Replace)
+        matches!(
+            self,
+            RemediationStep::Drain
+                | RemediationStep::Reboot
+                | RemediationStep::Reimage
+                | RemediationStep::Replace
+                | RemediationStep::PowerCycle
+                | RemediationStep::PowerOff
+        )
     }
 
     /// Repair steps change the node; the checks run again after them.
     pub fn is_repair(self) -> bool {
-        matches!(self, RemediationStep::Reboot | RemediationStep::Reimage | RemediationStep::Replace)
+        matches!(self, RemediationStep::Reboot | RemediationStep::Reimage | RemediationStep::Replace | RemediationStep::PowerCycle)
     }
 
     /// Taint name (without prefix) that shows this step on the node.
@@ -268,6 +285,8 @@ impl RemediationStep {
             RemediationStep::Reboot => "repair-reboot",
             RemediationStep::Reimage => "repair-reimage",
             RemediationStep::Replace => "repair-replace",
+            RemediationStep::PowerCycle => "repair-power-cycle",
+            RemediationStep::PowerOff => "repair-power-off",
             RemediationStep::Manual => "repair-manual",
         }
     }

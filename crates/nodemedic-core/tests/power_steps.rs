@@ -1,0 +1,73 @@
+//! The BMC power steps in the ladder (issue 11 §1): `powerCycle` is a repair like a reboot (a
+//! reported success counts only with a new boot ID), `powerOff` ends when the executor reports
+//! success, and a failed power step moves the ladder on like any failed step.
+
+use nodemedic_core::engine::{Action, EventKind};
+use nodemedic_core::observe::ReportedOutcome;
+use nodemedic_core::policy::Policy;
+use nodemedic_core::record::Stage;
+use nodemedic_core::testkit::{EPOCH, Harness, gpu_node};
+use nodemedic_core::{Decision, Duration, RemediationStep};
+
+const POWER_LADDER: &str = r#"
+rules:
+- name: gpu
+  check: {name: gpu, failures: 1}
+ladder:
+- {step: powerCycle, timeout: 10m, settle: 0s, verifyTimeout: 5m}
+- {step: powerOff, timeout: 5m}
+- {step: manual}
+monitorOnly: false
+"#;
+
+fn executes(d: &Decision) -> Vec<(String, RemediationStep, u32)> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Execute { node, step, attempt, .. } => Some((node.clone(), *step, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stage(h: &Harness, name: &str) -> Option<Stage> {
+    h.records.nodes.get(name).and_then(|r| r.active.as_ref()).map(|a| a.stage.clone())
+}
+
+fn unhealthy_node() -> Result<Harness, Box<dyn std::error::Error>> {
+    let mut h = Harness::new(Policy::from_yaml(POWER_LADDER)?, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    h.node("gpu-1").boot_id = Some("boot-1".into());
+    h.probe("gpu-1", "gpu", false);
+    Ok(h)
+}
+
+#[test]
+fn a_power_cycle_reported_done_counts_only_once_the_node_shows_a_new_boot_id() -> Result<(), Box<dyn std::error::Error>> {
+    let mut h = unhealthy_node()?;
+    assert_eq!(executes(&h.decide()), [("gpu-1".to_string(), RemediationStep::PowerCycle, 1)]);
+    h.advance(Duration::from_secs(30));
+    h.report("gpu-1", ReportedOutcome::Succeeded);
+    h.decide();
+    assert_eq!(stage(&h, "gpu-1"), Some(Stage::Executing), "the BMC confirmed the cycle, but the node has not rebooted yet");
+    h.advance(Duration::from_secs(30));
+    h.node("gpu-1").boot_id = Some("boot-2".into());
+    h.decide();
+    assert!(matches!(stage(&h, "gpu-1"), Some(Stage::Verifying { .. })), "{:?}", stage(&h, "gpu-1"));
+    Ok(())
+}
+
+#[test]
+fn a_failed_power_cycle_moves_on_to_power_off_which_ends_on_the_executors_report() -> Result<(), Box<dyn std::error::Error>> {
+    let mut h = unhealthy_node()?;
+    h.decide();
+    h.advance(Duration::from_secs(30));
+    h.report("gpu-1", ReportedOutcome::Failed);
+    let d = h.decide();
+    assert!(d.events.iter().any(|e| e.kind == EventKind::StepFailed), "{:?}", d.events);
+    assert_eq!(executes(&d), [("gpu-1".to_string(), RemediationStep::PowerOff, 2)]);
+    h.advance(Duration::from_secs(30));
+    h.report("gpu-1", ReportedOutcome::Succeeded);
+    let d = h.decide();
+    assert!(d.events.iter().any(|e| e.kind == EventKind::StepSucceeded), "{:?}", d.events);
+    Ok(())
+}
