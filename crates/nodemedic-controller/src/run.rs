@@ -134,6 +134,9 @@ pub async fn run(
         {
             return Err(ControllerError::Lease("a watch ended".into()));
         }
+        // A store wakes only its latest waiter: when this loop waited too, the `synced` task may never
+        // wake, so the loop says so itself.
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
         let snapshot: Vec<Arc<Node>> = nodes.state();
         let current: BTreeSet<String> = policies.state().iter().map(|p| p.name_any()).collect();
         for gone in known_policies.difference(&current) {

@@ -4,6 +4,7 @@
 //! `scripts/control-plane/build`. It also has helpers for fake GPU nodes. It must not contain any of
 //! nodemedic's own logic: tests bring that, and prove it against this control plane.
 
+mod audit;
 mod certs;
 mod nodes;
 mod spawner;
@@ -59,11 +60,21 @@ pub struct Options {
     pub kwok: bool,
     /// How long a node may miss heartbeats before the node lifecycle controller marks it Unknown.
     pub node_monitor_grace_period: Duration,
+    /// Write an audit log (JSON lines, one per request at the Metadata level) of the requests these
+    /// users make; see [`ControlPlane::audit_log`]. Empty: no audit log. Only named users are logged,
+    /// so a benchmark's own setup traffic does not bury what it measures.
+    pub audit_users: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { controller_manager: false, scheduler: false, kwok: false, node_monitor_grace_period: Duration::from_secs(20) }
+        Options {
+            controller_manager: false,
+            scheduler: false,
+            kwok: false,
+            node_monitor_grace_period: Duration::from_secs(20),
+            audit_users: Vec::new(),
+        }
     }
 }
 
@@ -299,28 +310,29 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ],
         )?;
-        self.spawn(
-            "kube-apiserver",
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                format!("--cert-dir={}", p("apiserver-certs")),
-                format!("--tls-cert-file={}", p("serving.crt")),
-                format!("--tls-private-key-file={}", p("serving.key")),
-                format!("--client-ca-file={}", p("ca.crt")),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", p("sa.pub")),
-                format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--authorization-mode=Node,RBAC".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--endpoint-reconciler-type=none".into(),
-                "--allow-privileged=true".into(),
-                "--enable-priority-and-fairness=false".into(),
-                "--profiling=false".into(),
-            ],
-        )?;
+        let mut apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", p("apiserver-certs")),
+            format!("--tls-cert-file={}", p("serving.crt")),
+            format!("--tls-private-key-file={}", p("serving.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--authorization-mode=Node,RBAC".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--endpoint-reconciler-type=none".into(),
+            "--allow-privileged=true".into(),
+            "--enable-priority-and-fairness=false".into(),
+            "--profiling=false".into(),
+        ];
+        if !opts.audit_users.is_empty() {
+            apiserver_args.extend(audit::apiserver_args(self.dir.path(), &self.audit_log(), &opts.audit_users)?);
+        }
+        self.spawn("kube-apiserver", &apiserver_args)?;
         // etcd has no probe of its own: the API server is not ready without it.
         self.wait_ready("kube-apiserver", Health::ApiServer("/readyz"), Duration::from_secs(90)).await?;
 
@@ -369,6 +381,11 @@ impl ControlPlane {
             self.wait_ready(component, health, Duration::from_secs(60)).await?;
         }
         Ok(())
+    }
+
+    /// Where the API server writes its audit log when [`Options::audit_users`] names anyone.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
     }
 
     fn spawn(&mut self, name: &'static str, args: &[String]) -> Result<(), TestEnvError> {
