@@ -4,7 +4,7 @@
 //! the lease back so a standby takes over at once.
 
 use crate::leader::{Leadership, LeaseConfig};
-use crate::{ControllerError, Executor, FleetCache, Metrics, Reconciler, now};
+use crate::{ControllerError, Executor, FleetCache, Metrics, Reconciler, RecordCache, now};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::events::{Recorder, Reporter};
@@ -99,6 +99,7 @@ pub async fn run(
     let mut leading = leadership.is_leader();
     metrics.set_leader(leading);
     let fleet_cache = FleetCache::new();
+    let record_cache = RecordCache::new(records.clone());
     loop {
         let deadline = wake_at.unwrap_or_else(|| tokio::time::Instant::now() + config.resync);
         tokio::select! {
@@ -151,6 +152,7 @@ pub async fn run(
             metrics: Some(metrics.as_ref()),
             fence: Some(&leadership),
             fleet_cache: Some(&fleet_cache),
+            records: Some(&record_cache),
         };
         if let Some(n) = notifier.as_mut()
             && let Err(e) = n.ensure_started().await
@@ -158,7 +160,7 @@ pub async fn run(
             tracing::error!(error = %e, "notifications could not start; retrying on the next pass");
         }
         if let Some(n) = notifier.as_mut() {
-            n.catch_up(&policies.state(), &snapshot, &records.state());
+            n.catch_up(&policies.state(), &snapshot, &record_cache.state());
         }
         let now = now();
         for name in &current {
@@ -166,7 +168,7 @@ pub async fn run(
             match reconciler.reconcile_with(name, Some(&snapshot), now).await {
                 Ok(decision) => {
                     if let (Some(n), Some(policy)) = (notifier.as_mut(), before) {
-                        n.on_decision(&policy, &decision, &snapshot, &records.state());
+                        n.on_decision(&policy, &decision, &snapshot, &record_cache.state());
                     }
                     if let Some(next) = decision.next_wakeup {
                         let after = Duration::from_millis(next.0.saturating_sub(now.0).max(0) as u64);
