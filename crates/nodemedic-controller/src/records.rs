@@ -45,7 +45,8 @@ impl RecordCache {
     }
 
     /// Remembers the object a write returned.
-    pub fn wrote(&self, object: NodeRemediation) {
+    pub fn wrote(&self, mut object: NodeRemediation) {
+        nodemedic_k8s::lean_record(&mut object);
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
         written.insert(object.name_any(), Written::Object(Arc::new(object)));
     }

@@ -11,7 +11,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation, lean};
+use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation, lean, lean_record};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +70,7 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let (nodes, node_task) = reflect(Api::<Node>::all(client.clone()), changed.clone(), lean);
     let (policies, policy_task) = reflect(Api::<NodeHealthPolicy>::all(client.clone()), changed.clone(), |_| {});
-    let (records, record_task) = reflect(Api::<NodeRemediation>::all(client.clone()), changed.clone(), |_| {});
+    let (records, record_task) = reflect(Api::<NodeRemediation>::all(client.clone()), changed.clone(), lean_record);
     let synced = {
         let (nodes, policies, records, ready) = (nodes.clone(), policies.clone(), records.clone(), ready.clone());
         tokio::spawn(async move {

@@ -14,6 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+/// mimalloc returns freed pages to the system (glibc's malloc kept the controller's start-up peak
+/// resident for good); measured with `scripts/scale-bench`, see docs/benchmarks.md.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod action_cmd;
 mod controller_cmd;
 mod demo;
