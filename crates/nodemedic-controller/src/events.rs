@@ -25,6 +25,20 @@ pub fn event_type(kind: EventKind) -> EventType {
     }
 }
 
+/// Which of a node's engine events names the one Event a decision publishes: an escalation over a
+/// failure over the start of a repair over its end over a step's routine progress, so a recovery
+/// reads `Recovered` (not `StepSucceeded`) and a repair's start `RemediationStarted`.
+fn significance(kind: EventKind) -> u8 {
+    match kind {
+        EventKind::EscalatedToManual | EventKind::LemonNode | EventKind::BreakerTripped => 6,
+        EventKind::StepFailed | EventKind::StepTimedOut => 5,
+        EventKind::RemediationStarted => 4,
+        EventKind::Recovered | EventKind::ResolvedByOperator | EventKind::NodeReleased | EventKind::NodeDeleted => 3,
+        EventKind::SoftTaintAdded | EventKind::SoftTaintRemoved | EventKind::BreakerClosed => 2,
+        EventKind::StepSucceeded | EventKind::StepStarted => 1,
+    }
+}
+
 /// The event's reason: the kind in PascalCase, as Kubernetes reasons are written.
 pub fn reason(kind: EventKind) -> String {
     format!("{kind:?}")
@@ -58,7 +72,7 @@ fn truncate(message: &str) -> String {
 }
 
 /// A decision's events as few Kubernetes Events as tell the story: one per node (the engine's
-/// events about it in order, the first one's kind as the reason, a Warning if any is one) on the
+/// events about it in order, the most significant one's kind as the reason, a Warning if any is one) on the
 /// Node with its NodeRemediation as the related object, and one per policy-wide event on the policy.
 /// One request per node and decision instead of one per engine event and object.
 pub async fn publish_events(
@@ -93,7 +107,8 @@ fn node_events(
     by_node
         .into_iter()
         .filter_map(|(node, events)| {
-            let first = events.first()?;
+            // The most significant event names it; the first of equals.
+            let named = events.iter().rev().max_by_key(|e| significance(e.kind))?;
             let record_ref = match records.get(node) {
                 Some(r) => Some(r.object_ref(&())),
                 // Created by this very decision: refer to it by name.
@@ -110,9 +125,9 @@ fn node_events(
             let note = events.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
             let event = Event {
                 type_: if warning { EventType::Warning } else { EventType::Normal },
-                reason: reason(first.kind),
+                reason: reason(named.kind),
                 note: Some(truncate(&note)),
-                action: action(&first.message),
+                action: action(&named.message),
                 secondary: record_ref,
             };
             let target = nodes.get(node).map(|n| n.object_ref(&())).unwrap_or_else(|| ObjectReference {
@@ -171,6 +186,17 @@ mod tests {
         assert_eq!(e.reason, "RemediationStarted");
         assert!(matches!(e.type_, EventType::Warning));
         assert_eq!(e.note.as_deref(), Some("node unhealthy: gpu; step reboot (attempt 1) started"));
+        let recovery = Decision {
+            events: vec![
+                event(Some("gpu-1"), EventKind::StepSucceeded, "step reboot succeeded"),
+                event(Some("gpu-1"), EventKind::Recovered, "node healthy again after reboot"),
+            ],
+            ..Decision::default()
+        };
+        let published = node_events(&BTreeMap::new(), &BTreeMap::new(), &recovery);
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].1.reason, "Recovered", "a recovery is told as one, not as its last step's success");
+        assert!(matches!(published[0].1.type_, EventType::Normal));
     }
 
     #[test]
