@@ -14,11 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-/// mimalloc returns freed pages to the system (glibc's malloc kept the controller's start-up peak
-/// resident for good); measured with `scripts/scale-bench`, see docs/benchmarks.md.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The system allocator (glibc) on purpose: with mimalloc the controller kept as much or more
+// resident at 2,000 nodes and gave nothing back either (scripts/scale-bench, docs/benchmarks.md).
 
 mod action_cmd;
 mod controller_cmd;

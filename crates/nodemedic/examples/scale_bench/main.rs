@@ -274,11 +274,14 @@ async fn bench(args: &Args, cp: &ControlPlane, dir: &Path) -> anyhow::Result<()>
         audit::Phase { name: "idle", start: idle_at, end: burst_at },
         audit::Phase { name: "burst", start: burst_at, end: end_at },
     ];
-    print_requests(cp, &phases, due.len(), args.idle_seconds)?;
+    let decided = latencies(&due, &records).0.len();
+    print_requests(cp, &phases, decided, args.idle_seconds)?;
     Ok(())
 }
 
-fn print_requests(cp: &ControlPlane, phases: &[audit::Phase], faults: usize, idle_seconds: u64) -> anyhow::Result<()> {
+/// Totals per phase; during the burst also per node that got a record (`decided`), without the
+/// leader election's Lease requests (they do not grow with decisions).
+fn print_requests(cp: &ControlPlane, phases: &[audit::Phase], decided: usize, idle_seconds: u64) -> anyhow::Result<()> {
     let counts = audit::count(&cp.audit_log(), phases)?;
     println!("\nAPI requests of both replicas (audit log), by phase:\n\n| phase | verb | resource | requests |\n|---|---|---|---|");
     for (phase, counts) in phases.iter().zip(&counts) {
@@ -291,14 +294,17 @@ fn print_requests(cp: &ControlPlane, phases: &[audit::Phase], faults: usize, idl
         let lists: u64 = counts.iter().filter(|((v, _), _)| v == "list").map(|(_, c)| c).sum();
         let writes: u64 = counts.iter().filter(|((v, _), _)| audit::is_write(v)).map(|(_, c)| c).sum();
         let events: u64 = counts.iter().filter(|((v, r), _)| audit::is_write(v) && r == "events").map(|(_, c)| c).sum();
-        let mut line = format!("{}: {total} requests, {lists} LIST, {writes} writes ({events} to events)", phase.name);
-        if phase.name == "burst" && faults > 0 {
-            let f = faults as f64;
+        let leases: u64 = counts.iter().filter(|((_, r), _)| r == "leases").map(|(_, c)| c).sum();
+        let lease_writes: u64 = counts.iter().filter(|((v, r), _)| r == "leases" && audit::is_write(v)).map(|(_, c)| c).sum();
+        let mut line =
+            format!("{}: {total} requests ({leases} on the Lease), {lists} LIST, {writes} writes ({events} to events)", phase.name);
+        if phase.name == "burst" && decided > 0 {
+            let d = decided as f64;
             line += &format!(
-                "; per decided node: {:.1} requests, {:.1} writes, {:.1} event writes",
-                total as f64 / f,
-                writes as f64 / f,
-                events as f64 / f
+                "; per decided node ({decided}), Lease aside: {:.1} requests, {:.1} writes, {:.1} event writes",
+                (total - leases) as f64 / d,
+                (writes - lease_writes) as f64 / d,
+                events as f64 / d
             );
         }
         if phase.name == "idle" {
