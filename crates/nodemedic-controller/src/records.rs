@@ -2,13 +2,21 @@
 //! API server on every pass. The engine must see its own last writes (the attempt counter, the
 //! active step) or it could start the same step twice, and a watch event may arrive after the next
 //! pass: so what this process wrote is laid over the watch cache until the watch has caught up
-//! (a resourceVersion at least as new as the write's).
+//! (a resourceVersion at least as new as the write's). A write the watch never confirms (the record
+//! was deleted by someone else meanwhile) is forgotten after [`OVERLAY_LIMIT`], so it cannot keep a
+//! deleted record alive.
 
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use nodemedic_k8s::NodeRemediation;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long a write stays laid over the watch without the watch confirming it. A watch delivers in
+/// milliseconds; this only bounds how long a record deleted by someone else right after this
+/// process wrote it can still be seen.
+pub const OVERLAY_LIMIT: Duration = Duration::from_secs(60);
 
 /// What this process last did to one record.
 #[derive(Debug, Clone)]
@@ -23,7 +31,7 @@ enum Written {
 #[derive(Clone)]
 pub struct RecordCache {
     store: Store<NodeRemediation>,
-    written: Arc<Mutex<HashMap<String, Written>>>,
+    written: Arc<Mutex<HashMap<String, (Written, Instant)>>>,
 }
 
 /// resourceVersions are etcd revisions in practice; one that does not parse is never "newer".
@@ -48,20 +56,25 @@ impl RecordCache {
     pub fn wrote(&self, mut object: NodeRemediation) {
         nodemedic_k8s::lean_record(&mut object);
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-        written.insert(object.name_any(), Written::Object(Arc::new(object)));
+        written.insert(object.name_any(), (Written::Object(Arc::new(object)), Instant::now()));
     }
 
     /// Remembers that this process deleted the record.
     pub fn deleted(&self, name: &str) {
-        self.written.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), Written::Deleted);
+        self.written.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), (Written::Deleted, Instant::now()));
     }
 
     /// Every record: the watch's copy, or this process's later write; what it deleted is left out.
     /// Overlay entries the watch has caught up with are dropped.
     pub fn state(&self) -> Vec<Arc<NodeRemediation>> {
+        self.state_at(Instant::now())
+    }
+
+    fn state_at(&self, now: Instant) -> Vec<Arc<NodeRemediation>> {
         let mut by_name: BTreeMap<String, Arc<NodeRemediation>> = self.store.state().into_iter().map(|r| (r.name_any(), r)).collect();
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-        written.retain(|name, w| match (w, by_name.get(name)) {
+        written.retain(|name, (w, at)| match (w, by_name.get(name)) {
+            _ if now.saturating_duration_since(*at) > OVERLAY_LIMIT => false,
             (Written::Object(o), Some(watched)) if caught_up(watched, o) => false,
             (Written::Object(o), _) => {
                 by_name.insert(name.clone(), o.clone());
@@ -126,5 +139,15 @@ mod tests {
         // Created again by this process: the new record shows.
         cache.wrote(record("gpu-2", "30", 1));
         assert_eq!(attempts(&cache), [("gpu-1".to_string(), 4), ("gpu-2".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_write_the_watch_never_confirms_is_forgotten_so_a_record_deleted_by_someone_else_stays_deleted() {
+        let (reader, _writer) = store::<NodeRemediation>();
+        let cache = RecordCache::new(reader);
+        cache.wrote(record("gpu-1", "40", 1));
+        let written_at = Instant::now();
+        assert_eq!(cache.state_at(written_at).len(), 1, "before the watch delivers, the write is what is seen");
+        assert!(cache.state_at(written_at + OVERLAY_LIMIT + Duration::from_secs(1)).is_empty());
     }
 }
