@@ -25,6 +25,7 @@ pub mod leader;
 pub mod metrics;
 pub mod notify;
 pub mod providers;
+pub mod records;
 pub mod run;
 pub mod webhook;
 
@@ -32,6 +33,7 @@ use events::publish_events;
 pub use kube::runtime::events::Recorder;
 pub use leader::Leadership;
 pub use metrics::Metrics;
+pub use records::RecordCache;
 
 pub mod executors;
 
@@ -218,6 +220,9 @@ pub struct Reconciler<'e> {
     /// deadlines of steps in flight move on by that time before anything is decided.
     pub outages: &'e [Outage],
     pub reconnect_grace: nodemedic_core::Duration,
+    /// The records from the watch cache with this process's writes laid over it; without it every
+    /// pass lists them from the API server.
+    pub records: Option<&'e RecordCache>,
 }
 
 impl<'e> Reconciler<'e> {
@@ -231,6 +236,7 @@ impl<'e> Reconciler<'e> {
             fleet_cache: None,
             outages: &[],
             reconnect_grace: DEFAULT_RECONNECT_GRACE,
+            records: None,
         }
     }
 
@@ -244,9 +250,10 @@ impl<'e> Reconciler<'e> {
         self.reconcile_with(policy_name, None, now).await
     }
 
-    /// Reconciles with `nodes` from a watch cache when given (lean objects). The policy and the
-    /// records are always read fresh: they are few, and the engine must see its own last writes
-    /// (the attempt counter, the breaker) or it could start the same step twice.
+    /// Reconciles with `nodes` from a watch cache when given (lean objects). The policy is always
+    /// read fresh, and the records are either listed or taken from the [`RecordCache`], which lays
+    /// this process's own writes over the watch: the engine must see its own last writes (the
+    /// attempt counter, the breaker) or it could start the same step twice.
     pub async fn reconcile_with(&self, policy_name: &str, nodes: Option<&[Arc<Node>]>, now: Time) -> Result<Decision, ControllerError> {
         let started = std::time::Instant::now();
         let result = self.reconcile_inner(policy_name, nodes, now).await;
@@ -280,14 +287,12 @@ impl<'e> Reconciler<'e> {
         }
         let nodes: Api<Node> = Api::all(self.client.clone());
         let remediations: Api<NodeRemediation> = Api::all(self.client.clone());
-        let recs: BTreeMap<String, NodeRemediation> = remediations
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|r| r.spec.policy == policy_name)
-            .map(|r| (r.spec.node.clone(), r))
-            .collect();
+        let all_records: Vec<NodeRemediation> = match self.records {
+            Some(cache) => cache.state().iter().map(|r| r.as_ref().clone()).collect(),
+            None => remediations.list(&ListParams::default()).await?.items,
+        };
+        let recs: BTreeMap<String, NodeRemediation> =
+            all_records.into_iter().filter(|r| r.spec.policy == policy_name).map(|r| (r.spec.node.clone(), r)).collect();
         let listed: Vec<Arc<Node>>;
         let snapshot = match cached {
             Some(c) => c,
@@ -314,7 +319,7 @@ impl<'e> Reconciler<'e> {
         if let Some(st) = &policy.status {
             records.policy = st.record.clone();
         }
-        self.account_for_outages(policy_name, &mut records).await?;
+        self.account_for_outages(policy_name, &mut records, &recs).await?;
         let decision = match self.fleet_cache {
             Some(cache) => cache.decide(policy_name, &policy.spec.policy, snapshot, &recs, &records, now)?,
             None => {
@@ -326,7 +331,7 @@ impl<'e> Reconciler<'e> {
             }
         };
         self.fenced().await?;
-        self.persist(policy_name, &decision).await?;
+        self.persist(policy_name, &decision, &recs).await?;
         let p = &policy.spec.policy;
         let sum = &decision.summary;
         let paused = (
@@ -369,7 +374,7 @@ impl<'e> Reconciler<'e> {
                 tracing::info!(node = %node, step = %step, attempt, executor = %executor, "monitor-only: would run the step with {executor}");
             }
         }
-        let acted = self.act(policy_name, &decision).await;
+        let acted = self.act(policy_name, &decision, snapshot).await;
         // The records only; the nodes' taints need not be replayed.
         let mut after = records.clone();
         apply(&decision, &mut [], &mut after);
@@ -391,14 +396,19 @@ impl<'e> Reconciler<'e> {
 
     /// Moves the deadlines of steps in flight past the time this replica could not observe the
     /// cluster (the engine's rule), persisting the records first so a new leader sees them too.
-    async fn account_for_outages(&self, policy_name: &str, records: &mut Records) -> Result<(), ControllerError> {
+    async fn account_for_outages(
+        &self,
+        policy_name: &str,
+        records: &mut Records,
+        recs: &BTreeMap<String, NodeRemediation>,
+    ) -> Result<(), ControllerError> {
         let moved = account_for_outages(records, self.outages, self.reconnect_grace);
         if moved.is_empty() {
             return Ok(());
         }
         self.fenced().await?;
         let changes: Vec<RecordChange> = moved.into_iter().map(RecordChange::Upsert).collect();
-        self.persist_records(policy_name, &changes).await?;
+        self.persist_records(policy_name, &changes, recs).await?;
         for change in changes {
             if let RecordChange::Upsert(r) = change {
                 let a = r.active.as_ref();
@@ -470,22 +480,35 @@ impl<'e> Reconciler<'e> {
         Ok(())
     }
 
-    /// Records first: nothing is executed that is not recorded.
-    async fn persist(&self, policy_name: &str, decision: &Decision) -> Result<(), ControllerError> {
-        self.persist_records(policy_name, &decision.record_changes).await
+    /// Records first: nothing is executed that is not recorded. A record that exists with this
+    /// spec only gets its status written (one request, not two).
+    async fn persist(
+        &self,
+        policy_name: &str,
+        decision: &Decision,
+        recs: &BTreeMap<String, NodeRemediation>,
+    ) -> Result<(), ControllerError> {
+        self.persist_records(policy_name, &decision.record_changes, recs).await
     }
 
-    async fn persist_records(&self, policy_name: &str, changes: &[RecordChange]) -> Result<(), ControllerError> {
+    async fn persist_records(
+        &self,
+        policy_name: &str,
+        changes: &[RecordChange],
+        recs: &BTreeMap<String, NodeRemediation>,
+    ) -> Result<(), ControllerError> {
         let api: Api<NodeRemediation> = Api::all(self.client.clone());
         let ssa = PatchParams::apply(FIELD_MANAGER).force();
         for change in changes {
             match change {
                 RecordChange::Upsert(record) => {
-                    let obj = NodeRemediation::new(
-                        &record.node,
-                        NodeRemediationSpec { node: record.node.clone(), policy: policy_name.to_string() },
-                    );
-                    api.patch(&record.node, &ssa, &Patch::Apply(&obj)).await?;
+                    let spec = NodeRemediationSpec { node: record.node.clone(), policy: policy_name.to_string() };
+                    if recs.get(&record.node).is_none_or(|r| r.spec != spec) {
+                        let written = api.patch(&record.node, &ssa, &Patch::Apply(&NodeRemediation::new(&record.node, spec))).await?;
+                        if let Some(cache) = self.records {
+                            cache.wrote(written);
+                        }
+                    }
                     // Server-side apply of the whole record: fields the engine dropped are removed,
                     // fields others own (the executor's report, a person's request) are kept.
                     let status = serde_json::json!({
@@ -494,13 +517,21 @@ impl<'e> Reconciler<'e> {
                         "metadata": {"name": record.node},
                         "status": NodeRemediationStatus { record: record.clone(), ..Default::default() },
                     });
-                    api.patch_status(&record.node, &ssa, &Patch::Apply(&status)).await?;
+                    let written = api.patch_status(&record.node, &ssa, &Patch::Apply(&status)).await?;
+                    if let Some(cache) = self.records {
+                        cache.wrote(written);
+                    }
                 }
-                RecordChange::Delete(node) => match api.delete(node, &DeleteParams::default()).await {
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                    Ok(_) => {}
-                },
+                RecordChange::Delete(node) => {
+                    match api.delete(node, &DeleteParams::default()).await {
+                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Err(e) => return Err(e.into()),
+                        Ok(_) => {}
+                    }
+                    if let Some(cache) = self.records {
+                        cache.deleted(node);
+                    }
+                }
             }
         }
         Ok(())
@@ -508,13 +539,22 @@ impl<'e> Reconciler<'e> {
 
     /// Carries out every action, even after one failed (a node whose taint patch failed must not
     /// keep another node's reboot from being handed over); the first error is returned.
-    async fn act(&self, policy_name: &str, decision: &Decision) -> Result<(), ControllerError> {
+    async fn act(&self, policy_name: &str, decision: &Decision, nodes: &[Arc<Node>]) -> Result<(), ControllerError> {
+        let tainted: HashSet<&str> = decision
+            .actions
+            .iter()
+            .filter_map(|a| if let Action::SetTaints { node, .. } = a { Some(node.as_str()) } else { None })
+            .collect();
+        let cached: HashMap<&str, &Node> = nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref().filter(|name| tainted.contains(name)).map(|name| (name, n.as_ref())))
+            .collect();
         let mut first_error = None;
         for action in &decision.actions {
             let result = match action {
                 Action::SetTaints { node, add, remove, reason } => {
                     tracing::info!(node = %node, add = ?add, remove = ?remove, reason = %reason, "setting taints");
-                    self.set_taints(node, add, remove).await
+                    self.set_taints(node, add, remove, cached.get(node.as_str()).copied()).await
                 }
                 Action::Execute { node, step, attempt, deadline, reason } => {
                     tracing::info!(node = %node, step = %step, attempt, reason = %reason, "executing step");
@@ -560,12 +600,17 @@ impl<'e> Reconciler<'e> {
     }
 
     /// Read-modify-write of the node's taints with a resourceVersion precondition, so taints others
-    /// set meanwhile (the node lifecycle controller's, a person's) are never lost.
-    async fn set_taints(&self, node: &str, add: &[String], remove: &[String]) -> Result<(), ControllerError> {
+    /// set meanwhile (the node lifecycle controller's, a person's) are never lost. The first try
+    /// starts from the watch cache's copy (no GET); a stale copy is refused (409) and read again.
+    async fn set_taints(&self, node: &str, add: &[String], remove: &[String], cached: Option<&Node>) -> Result<(), ControllerError> {
         let api: Api<Node> = Api::all(self.client.clone());
         const ATTEMPTS: u32 = 5;
+        let mut cached = cached.filter(|n| n.resource_version().is_some()).cloned();
         for _ in 0..ATTEMPTS {
-            let current = api.get(node).await?;
+            let current = match cached.take() {
+                Some(n) => n,
+                None => api.get(node).await?,
+            };
             let mut taints: Vec<K8sTaint> = current.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
             taints.retain(|t| !remove.contains(&t.key));
             for key in add {

@@ -5,14 +5,14 @@
 
 use crate::contact::Contact;
 use crate::leader::{Leadership, LeaseConfig};
-use crate::{ControllerError, Executor, FleetCache, Metrics, Reconciler, now};
+use crate::{ControllerError, Executor, FleetCache, Metrics, Reconciler, RecordCache, now};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation, lean};
+use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation, lean, lean_record};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,7 +128,7 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let (nodes, node_task) = reflect(Api::<Node>::all(client.clone()), changed.clone(), lean);
     let (policies, policy_task) = reflect(Api::<NodeHealthPolicy>::all(client.clone()), changed.clone(), |_| {});
-    let (records, record_task) = reflect(Api::<NodeRemediation>::all(client.clone()), changed.clone(), |_| {});
+    let (records, record_task) = reflect(Api::<NodeRemediation>::all(client.clone()), changed.clone(), lean_record);
     let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sync_task = {
         let (nodes, policies, records, synced) = (nodes.clone(), policies.clone(), records.clone(), synced.clone());
@@ -141,7 +141,7 @@ pub async fn run(
             }
         })
     };
-    let contact = Contact::start(client.clone(), synced, ready);
+    let contact = Contact::start(client.clone(), synced.clone(), ready);
     let tasks = [node_task, policy_task, record_task, sync_task];
 
     let Some(mut leadership) = Leadership::start_with_retry(client.clone(), config.lease.clone(), &mut shutdown).await else {
@@ -161,6 +161,7 @@ pub async fn run(
     let mut leading = leadership.is_leader();
     metrics.set_leader(leading);
     let fleet_cache = FleetCache::new();
+    let record_cache = RecordCache::new(records.clone());
     loop {
         let deadline = next_pass_at(tokio::time::Instant::now(), wake_at, config.resync);
         tokio::select! {
@@ -196,6 +197,9 @@ pub async fn run(
         {
             return Err(ControllerError::Lease("a watch ended".into()));
         }
+        // A store wakes only its latest waiter: when this loop waited too, the `synced` task may never
+        // wake, so the loop says so itself (ready still needs the API server to answer).
+        synced.store(true, std::sync::atomic::Ordering::Relaxed);
         let snapshot: Vec<Arc<Node>> = nodes.state();
         let current: BTreeSet<String> = policies.state().iter().map(|p| p.name_any()).collect();
         for gone in known_policies.difference(&current) {
@@ -214,6 +218,7 @@ pub async fn run(
             fleet_cache: Some(&fleet_cache),
             outages: &outages,
             reconnect_grace: nodemedic_core::Duration::from_millis(config.reconnect_grace.as_millis() as i64),
+            records: Some(&record_cache),
         };
         if let Some(n) = notifier.as_mut()
             && let Err(e) = n.ensure_started().await
@@ -221,14 +226,14 @@ pub async fn run(
             tracing::error!(error = %e, "notifications could not start; retrying on the next pass");
         }
         if let Some(n) = notifier.as_mut() {
-            n.catch_up(&policies.state(), &snapshot, &records.state());
+            n.catch_up(&policies.state(), &snapshot, &record_cache.state());
         }
         for name in &current {
             let before = policies.get(&reflector::ObjectRef::new(name));
             match reconciler.reconcile_with(name, Some(&snapshot), now).await {
                 Ok(decision) => {
                     if let (Some(n), Some(policy)) = (notifier.as_mut(), before) {
-                        n.on_decision(&policy, &decision, &snapshot, &records.state());
+                        n.on_decision(&policy, &decision, &snapshot, &record_cache.state());
                     }
                     if let Some(next) = decision.next_wakeup {
                         let after = Duration::from_millis(next.0.saturating_sub(now.0).max(0) as u64);

@@ -122,12 +122,40 @@ pub fn agent_check(
     })
 }
 
-/// Trims what a node cache does not need (managed fields, the image list) before storing it.
+/// Trims a Node to what the controller reads (the engine's observation, the notifications' node
+/// details, the taint patch and Event references): name, uid, resourceVersion, labels, taints,
+/// conditions, allocatable, internal and external addresses and the boot ID. Everything else (managed
+/// fields, annotations, capacity, the image list, the rest of the node info, pod CIDRs, volumes) is
+/// dropped before a watch cache stores the node, so the cache holds what a node says about its
+/// health, not what it says about everything else.
 pub fn lean(node: &mut Node) {
-    node.metadata.managed_fields = None;
-    if let Some(s) = node.status.as_mut() {
-        s.images = None;
+    let meta = &mut node.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+    meta.creation_timestamp = None;
+    if let Some(spec) = node.spec.as_mut() {
+        *spec =
+            k8s_openapi::api::core::v1::NodeSpec { taints: spec.taints.take(), unschedulable: spec.unschedulable, ..Default::default() };
     }
+    if let Some(s) = node.status.as_mut() {
+        let boot_id = s.node_info.as_ref().map(|i| i.boot_id.clone()).filter(|b| !b.is_empty());
+        let addresses = s.addresses.take().map(|a| a.into_iter().filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP").collect());
+        *s = k8s_openapi::api::core::v1::NodeStatus {
+            conditions: s.conditions.take(),
+            allocatable: s.allocatable.take(),
+            addresses,
+            node_info: boot_id.map(|boot_id| k8s_openapi::api::core::v1::NodeSystemInfo { boot_id, ..Default::default() }),
+            ..Default::default()
+        };
+    }
+}
+
+/// Trims what a record cache does not need: the managed fields (several managers write a record).
+pub fn lean_record(record: &mut NodeRemediation) {
+    record.metadata.managed_fields = None;
 }
 
 #[cfg(test)]
@@ -197,10 +225,25 @@ mod tests {
     }
 
     #[test]
-    fn the_lean_cache_drops_managed_fields_and_images() {
-        let mut n = node(gpu_node());
+    fn the_lean_cache_keeps_what_the_engine_reads_and_drops_the_rest() {
+        let mut full = gpu_node();
+        full["metadata"]["annotations"] = serde_json::json!({"node.alpha.kubernetes.io/ttl": "0"});
+        full["status"]["capacity"] = serde_json::json!({"nvidia.com/gpu": "8"});
+        full["status"]["nodeInfo"] = serde_json::json!({"bootID": "b-1", "kernelVersion": "6.6", "machineID": "m", "systemUUID": "u",
+            "osImage": "cos", "containerRuntimeVersion": "containerd", "kubeletVersion": "v1.35", "kubeProxyVersion": "",
+            "operatingSystem": "linux", "architecture": "amd64"});
+        full["status"]["addresses"] =
+            serde_json::json!([{"type": "InternalIP", "address": "10.0.0.1"}, {"type": "Hostname", "address": "gpu-1"}]);
+        full["spec"]["podCIDR"] = "10.64.0.0/24".into();
+        let before = observe_node(&node(full.clone()), None).expect("readable");
+        let mut n = node(full);
         lean(&mut n);
-        assert!(n.metadata.managed_fields.is_none());
-        assert!(n.status.as_ref().is_some_and(|s| s.images.is_none() && s.conditions.is_some()));
+        assert_eq!(observe_node(&n, None).expect("still readable"), before, "the engine sees the same node");
+        assert!(n.metadata.managed_fields.is_none() && n.metadata.annotations.is_none());
+        let status = n.status.as_ref().expect("status");
+        assert!(status.images.is_none() && status.capacity.is_none());
+        assert_eq!(status.addresses.as_ref().map(Vec::len), Some(1), "only the internal and external addresses");
+        assert_eq!(status.node_info.as_ref().map(|i| (i.boot_id.as_str(), i.kernel_version.as_str())), Some(("b-1", "")));
+        assert!(n.spec.as_ref().is_some_and(|s| s.pod_cidr.is_none() && s.taints.as_ref().is_some_and(|t| t.len() == 1)));
     }
 }

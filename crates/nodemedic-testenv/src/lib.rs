@@ -4,6 +4,7 @@
 //! `scripts/control-plane/build`. It also has helpers for fake GPU nodes. It must not contain any of
 //! nodemedic's own logic: tests bring that, and prove it against this control plane.
 
+mod audit;
 mod certs;
 mod nodes;
 mod outage;
@@ -60,11 +61,21 @@ pub struct Options {
     pub kwok: bool,
     /// How long a node may miss heartbeats before the node lifecycle controller marks it Unknown.
     pub node_monitor_grace_period: Duration,
+    /// Write an audit log (JSON lines, one per request at the Metadata level) of the requests these
+    /// users make; see [`ControlPlane::audit_log`]. Empty: no audit log. Only named users are logged,
+    /// so a benchmark's own setup traffic does not bury what it measures.
+    pub audit_users: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { controller_manager: false, scheduler: false, kwok: false, node_monitor_grace_period: Duration::from_secs(20) }
+        Options {
+            controller_manager: false,
+            scheduler: false,
+            kwok: false,
+            node_monitor_grace_period: Duration::from_secs(20),
+            audit_users: Vec::new(),
+        }
     }
 }
 
@@ -312,7 +323,7 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ],
         )?;
-        let api_server_args = vec![
+        let mut api_server_args = vec![
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
@@ -331,6 +342,9 @@ impl ControlPlane {
             "--enable-priority-and-fairness=false".into(),
             "--profiling=false".into(),
         ];
+        if !opts.audit_users.is_empty() {
+            api_server_args.extend(audit::apiserver_args(self.dir.path(), &self.audit_log(), &opts.audit_users)?);
+        }
         self.spawn("kube-apiserver", &api_server_args)?;
         *self.api_server_args.lock().unwrap_or_else(|e| e.into_inner()) = api_server_args;
         // etcd has no probe of its own: the API server is not ready without it.
@@ -381,6 +395,11 @@ impl ControlPlane {
             self.wait_ready(component, health, Duration::from_secs(60)).await?;
         }
         Ok(())
+    }
+
+    /// Where the API server writes its audit log when [`Options::audit_users`] names anyone.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
     }
 
     fn spawn(&self, name: &'static str, args: &[String]) -> Result<(), TestEnvError> {

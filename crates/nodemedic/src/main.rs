@@ -9,6 +9,9 @@ use nodemedic_core::{Policy, Records, Time, decide};
 use simulate_cmd::load_policy;
 use std::path::PathBuf;
 
+// The system allocator (glibc) on purpose: with mimalloc the controller kept as much or more
+// resident at 2,000 nodes and gave nothing back either (scripts/scale-bench, docs/benchmarks.md).
+
 mod action_cmd;
 mod controller_cmd;
 mod demo;

@@ -105,12 +105,12 @@ async fn a_leader_killed_mid_remediation_is_replaced_and_the_reboot_is_not_repea
         })
         .await?;
         assert_eq!(rec.attempt, 1);
-        // The transitions are Kubernetes Events on the Node.
-        // The transitions are Kubernetes Events on the Node (published right after the writes).
+        // The transitions are Kubernetes Events on the Node (published right after the writes), one
+        // per decision: the start names the step it started.
         let events: Api<K8sEvent> = Api::namespaced(cp.client(), "default");
-        let wanted = ["RemediationStarted", "StepStarted", "Recovered"];
-        wait_for(Duration::from_secs(20), "the Events on gpu-002", || async {
-            let reasons: Vec<String> = events
+        let wanted = ["RemediationStarted", "Recovered"];
+        let seen = wait_for(Duration::from_secs(20), "the Events on gpu-002", || async {
+            let seen: Vec<(String, String)> = events
                 .list(&ListParams::default())
                 .await
                 .ok()?
@@ -118,11 +118,14 @@ async fn a_leader_killed_mid_remediation_is_replaced_and_the_reboot_is_not_repea
                 .into_iter()
                 .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("gpu-002"))
                 .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Node"))
-                .filter_map(|e| e.reason)
+                .filter_map(|e| Some((e.reason?, e.note.unwrap_or_default())))
                 .collect();
-            wanted.iter().all(|w| reasons.iter().any(|r| r == w)).then_some(())
+            wanted.iter().all(|w| seen.iter().any(|(r, _)| r == w)).then_some(seen)
         })
         .await?;
+        let started = seen.iter().find(|(r, _)| r == "RemediationStarted").map(|(_, note)| note.as_str()).unwrap_or_default();
+        assert!(started.contains("step reboot"), "{started}");
+        assert!(!seen.iter().any(|(r, _)| r == "StepStarted"), "the step's start is told in the same Event: {seen:?}");
         Ok(())
     })
     .await
