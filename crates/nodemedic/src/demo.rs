@@ -9,15 +9,14 @@ use crate::demo_agent::{agent_repair, heartbeat, publish};
 use crate::demo_chaos::{Chaos, Strike};
 use crate::demo_judge::{Asks, judge};
 use crate::demo_summary::{summary, table};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::{Api, ListParams, PostParams};
+use nodemedic_core::RemediationStep;
 use nodemedic_core::record::Stage;
-use nodemedic_core::{Duration, Policy, RemediationStep};
 use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation};
 use nodemedic_testenv::{ControlPlane, FakeNode, Options};
-use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,122 +27,7 @@ pub const DEFAULT_SCENARIO: &str = include_str!("../../../examples/demo-scenario
 /// What `--chaos` plays unless a scenario is given: many faults, some nodes hit twice.
 pub const CHAOS_SCENARIO: &str = include_str!("../../../examples/chaos-scenario.yaml");
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Scenario {
-    pub name: String,
-    #[serde(default = "default_nodes")]
-    pub nodes: usize,
-    #[serde(default = "default_pools")]
-    pub pools: usize,
-    #[serde(default = "default_gpus")]
-    pub gpus_per_node: u32,
-    /// Longest the demo runs after the start.
-    pub duration: Duration,
-    /// The NodeHealthPolicy spec the controller runs.
-    pub policy: Policy,
-    /// SIGKILL the leading controller replica at this time (a replacement starts at once): the
-    /// standby takes over when the lease expires and carries on from the records.
-    #[serde(default)]
-    pub kill_leader_at: Option<Duration>,
-    #[serde(default)]
-    pub faults: Vec<Fault>,
-}
-
-fn default_nodes() -> usize {
-    16
-}
-fn default_pools() -> usize {
-    2
-}
-fn default_gpus() -> u32 {
-    8
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Fault {
-    /// When, after the start.
-    pub at: Duration,
-    pub nodes: Vec<String>,
-    pub kind: FaultKind,
-    pub message: String,
-    /// The repair that clears it (the simulated agent's probe passes after it).
-    #[serde(default)]
-    pub fixed_by: Option<FixedBy>,
-    /// Clears by itself this long after it began (a flaky link, a power event that passes).
-    #[serde(default)]
-    pub recovers_after: Option<Duration>,
-    /// The outcome the summary checks.
-    #[serde(default)]
-    pub expect: Option<Expect>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum FaultKind {
-    /// The agent's GPU probe fails: condition GPUProblem=True.
-    Gpu,
-    /// The agent's network probe fails: condition NetworkProblem=True.
-    Network,
-}
-
-impl FaultKind {
-    pub(crate) fn condition(self) -> &'static str {
-        match self {
-            FaultKind::Gpu => "GPUProblem",
-            FaultKind::Network => "NetworkProblem",
-        }
-    }
-    pub(crate) fn reasons(self) -> (&'static str, &'static str) {
-        match self {
-            FaultKind::Gpu => ("GPUFault", "GPUsHealthy"),
-            FaultKind::Network => ("SlowNetwork", "NetworkHealthy"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum FixedBy {
-    Reboot,
-    Reimage,
-    Never,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Expect {
-    /// Healthy again, without a person.
-    Recovered,
-    /// Escalated to `repair-manual`.
-    Manual,
-    /// The circuit breaker tripped while it was failing, and it ended healthy.
-    Breaker,
-}
-
-impl Scenario {
-    pub fn parse(text: &str) -> Result<Scenario> {
-        let s: Scenario = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
-        s.policy.validate().map_err(|e| anyhow::anyhow!("scenario policy: {e}"))?;
-        let names: BTreeSet<String> = (0..s.nodes).map(node_name).collect();
-        for (i, f) in s.faults.iter().enumerate() {
-            for n in &f.nodes {
-                if !names.contains(n) {
-                    bail!("scenario faults[{i}].nodes: no node `{n}` (the demo has gpu-000 … {})", node_name(s.nodes.saturating_sub(1)));
-                }
-            }
-            if f.fixed_by.is_none() && f.recovers_after.is_none() {
-                bail!("scenario faults[{i}]: say what ends it: fixedBy (reboot, reimage, never) or recoversAfter");
-            }
-        }
-        Ok(s)
-    }
-}
-
-fn node_name(i: usize) -> String {
-    format!("gpu-{i:03}")
-}
+pub use nodemedic::scenario::{Expect, FaultKind, FixedBy, Scenario, node_name};
 
 /// What the simulated agents know: which nodes are faulty, and since when.
 #[derive(Default)]
