@@ -87,10 +87,7 @@ async fn shutdown_signal() {
 /// Reads and checks a notifications file; its Secrets are read once the controller leads.
 pub fn load_notifications(path: &std::path::Path) -> Result<nodemedic_controller::notify::NotificationsConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: nodemedic_controller::notify::NotificationsConfig =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    config.validate().with_context(|| path.display().to_string())?;
-    Ok(config)
+    nodemedic::config_files::parse_notifications(&text).with_context(|| path.display().to_string())
 }
 
 /// The API server may not answer yet (it starts with us, or restarts): connection errors are
@@ -148,7 +145,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     let executors: ExecutorsConfig = match &args.executors {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            nodemedic::config_files::parse_executors(&text).with_context(|| p.display().to_string())?
         }
         None => ExecutorsConfig::default(),
     };
