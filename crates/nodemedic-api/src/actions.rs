@@ -8,7 +8,7 @@
 //! when carrying it out failed (the record says how far it got).
 
 use crate::auth::{Caller, authorize};
-use crate::request::{ActionRequest, expected_node_count, generate_id, parse};
+use crate::request::{ActionRequest, RequestError, expected_node_count, generate_id, parse_action_request};
 use crate::store::{ActionRecord, ActionState, Store, StoreError};
 use crate::{ActionResponse, ApiError, ApiState};
 use axum::body::Bytes;
@@ -94,10 +94,14 @@ async fn post_action_inner(state: &ApiState, headers: &HeaderMap, body: Result<B
             ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
         }
     })?;
-    let mut request = parse(&body).map_err(|e| {
-        let mut err = ApiError::new(StatusCode::BAD_REQUEST, e.to_string());
-        err.body.field = e.field;
-        err
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+    let mut request = parse_action_request(content_type, &body).map_err(|e| match e {
+        RequestError::UnsupportedMediaType(_) => ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string()),
+        RequestError::Invalid(e) => {
+            let mut err = ApiError::new(StatusCode::BAD_REQUEST, e.to_string());
+            err.body.field = e.field;
+            err
+        }
     })?;
     let id = request.id.clone().unwrap_or_else(generate_id);
     request.id = Some(id.clone());

@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod request;
 pub mod store;
 pub mod tls;
+pub mod validate;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};

@@ -190,24 +190,63 @@ pub fn valid_id(id: &str) -> bool {
         && id.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
-/// Reads a request body. `id` is left `None` when absent (the caller generates one).
+/// Why a `POST /actions` request was refused before anything reached the API server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// 415: the body is not declared as JSON.
+    #[error("Content-Type `{0}` is not JSON; send `application/json`")]
+    UnsupportedMediaType(String),
+    /// 400: the body, or one of its fields, is wrong.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+}
+
+impl RequestError {
+    /// The HTTP status this refusal is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::UnsupportedMediaType(_) => 415,
+            RequestError::Invalid(_) => 400,
+        }
+    }
+}
+
+/// The whole reading of a `POST /actions` request, the one the handler uses: the `Content-Type`
+/// must be JSON (`application/json` or `application/*+json`, parameters allowed), the body strict
+/// JSON (a repeated key anywhere is refused, see [`nodemedic_core::input`]) and every field valid
+/// by Kubernetes' rules before it is used against the API server. `id` is `None` when absent.
+pub fn parse_action_request(content_type: Option<&str>, body: &[u8]) -> Result<ActionRequest, RequestError> {
+    let declared = content_type.unwrap_or("");
+    let essence = declared.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if !json {
+        return Err(RequestError::UnsupportedMediaType(if declared.is_empty() { "(none)".into() } else { declared.into() }));
+    }
+    Ok(parse(body)?)
+}
+
+/// Reads a request body (no `Content-Type` check: see [`parse_action_request`]). `id` is left
+/// `None` when absent (the caller generates one).
 pub fn parse(body: &[u8]) -> Result<ActionRequest, FieldError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| FieldError { field: None, message: format!("the body is not valid JSON: {e}") })?;
+    let value: serde_json::Value = nodemedic_core::input::from_json_slice(body).map_err(|e| match e.duplicate_field() {
+        Some(field) => FieldError { field: Some(field), message: format!("{e}; each field may appear once") },
+        None => FieldError { field: None, message: format!("the body is not valid JSON: {e}") },
+    })?;
     let serde_json::Value::Object(obj) = value else {
         return Err(FieldError { field: None, message: format!("the body must be a JSON object, got {}", kind(&value)) });
     };
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(FieldError::new(unknown, format!("unknown field; the fields are {}", FIELDS.join(", "))));
     }
-    let required = |field: &str| -> Result<String, FieldError> {
+    // A field given as a string must not be empty (`"id": ""` is not "generate one").
+    let given = |field: &str| -> Result<Option<String>, FieldError> {
         match string(&obj, field)? {
-            Some(s) if !s.trim().is_empty() => Ok(s),
-            Some(_) => Err(FieldError::new(field, "must not be empty")),
-            None => Err(FieldError::new(field, "is required")),
+            Some(s) if s.trim().is_empty() => Err(FieldError::new(field, "must not be empty")),
+            other => Ok(other),
         }
     };
-    let id = string(&obj, "id")?.filter(|s| !s.is_empty());
+    let required = |field: &str| given(field)?.ok_or_else(|| FieldError::new(field, "is required"));
+    let id = given("id")?;
     if let Some(id) = &id
         && !valid_id(id)
     {
@@ -218,29 +257,17 @@ pub fn parse(body: &[u8]) -> Result<ActionRequest, FieldError> {
         let known: Vec<&str> = ActionType::ALL.iter().map(|t| t.as_str()).collect();
         FieldError::new("type", format!("unknown action type `{type_name}`; known types: {}", known.join(", ")))
     })?;
-    let requestor = required("requestor")?;
-    let reason = required("reason")?;
-    let preflight_checks = match obj.get("preflight_checks") {
-        None | Some(serde_json::Value::Null) => PreflightChecks::default(),
-        Some(serde_json::Value::Object(p)) => {
-            if let Some(unknown) = p.keys().find(|k| k.as_str() != "expected_node_counts") {
-                return Err(FieldError::new(&format!("preflight_checks.{unknown}"), "unknown field; the checks are expected_node_counts"));
-            }
-            PreflightChecks { expected_node_counts: boolean(p, "expected_node_counts", "preflight_checks.")? }
-        }
-        Some(other) => return Err(FieldError::new("preflight_checks", format!("expected an object, got {}", kind(other)))),
-    };
     let request = ActionRequest {
         id,
         dry_run: boolean(&obj, "dry_run", "")?,
-        requestor,
-        reason,
+        requestor: required("requestor")?,
+        reason: required("reason")?,
         type_,
-        namespace: string(&obj, "namespace")?.filter(|s| !s.is_empty()).unwrap_or_else(default_namespace),
-        jobset_name: string(&obj, "jobset_name")?.filter(|s| !s.is_empty()),
-        node_pool: string(&obj, "node_pool")?.filter(|s| !s.is_empty()),
-        node_name: string(&obj, "node_name")?.filter(|s| !s.is_empty()),
-        preflight_checks,
+        namespace: given("namespace")?.unwrap_or_else(default_namespace),
+        jobset_name: given("jobset_name")?,
+        node_pool: given("node_pool")?,
+        node_name: given("node_name")?,
+        preflight_checks: preflight(&obj)?,
         force: boolean(&obj, "force", "")?,
     };
     for field in type_.required_fields() {
@@ -253,7 +280,40 @@ pub fn parse(body: &[u8]) -> Result<ActionRequest, FieldError> {
             return Err(FieldError::new(field, format!("is required for type {type_}")));
         }
     }
+    check_values(&request)?;
     Ok(request)
+}
+
+fn preflight(obj: &serde_json::Map<String, serde_json::Value>) -> Result<PreflightChecks, FieldError> {
+    match obj.get("preflight_checks") {
+        None | Some(serde_json::Value::Null) => Ok(PreflightChecks::default()),
+        Some(serde_json::Value::Object(p)) => {
+            if let Some(unknown) = p.keys().find(|k| k.as_str() != "expected_node_counts") {
+                return Err(FieldError::new(&format!("preflight_checks.{unknown}"), "unknown field; the checks are expected_node_counts"));
+            }
+            Ok(PreflightChecks { expected_node_counts: boolean(p, "expected_node_counts", "preflight_checks.")? })
+        }
+        Some(other) => Err(FieldError::new("preflight_checks", format!("expected an object, got {}", kind(other)))),
+    }
+}
+
+/// Every string against the rule of the place it goes to in the API server.
+fn check_values(r: &ActionRequest) -> Result<(), FieldError> {
+    use crate::validate;
+    let check = |field: &str, result: Result<(), String>| result.map_err(|m| FieldError::new(field, m));
+    check("requestor", validate::text(&r.requestor, validate::MAX_REQUESTOR, false))?;
+    check("reason", validate::text(&r.reason, validate::MAX_REASON, true))?;
+    check("namespace", validate::dns1123_label(&r.namespace))?;
+    if let Some(v) = &r.node_pool {
+        check("node_pool", validate::label_value(v))?;
+    }
+    if let Some(v) = &r.jobset_name {
+        check("jobset_name", validate::dns1123_label(v))?;
+    }
+    if let Some(v) = &r.node_name {
+        check("node_name", validate::dns1123_subdomain(v))?;
+    }
+    Ok(())
 }
 
 /// A new action id: the time and some randomness, so ids sort by creation.
@@ -406,6 +466,77 @@ mod tests {
         assert_eq!(refused(restart).field.as_deref(), Some("jobset_name"));
         assert_eq!(refused(with("type", "repair_node".into())).field.as_deref(), Some("node_name"));
         assert_eq!(parse(b"{not json").err().and_then(|e| e.field), None);
+    }
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({"requestor": "r", "reason": "x", "type": "cordon_nodepool", "node_pool": "p"})
+    }
+
+    fn with(f: &str, x: serde_json::Value) -> serde_json::Value {
+        let mut v = base();
+        if let Some(o) = v.as_object_mut() {
+            o.insert(f.into(), x);
+        }
+        v
+    }
+
+    #[test]
+    fn a_body_that_repeats_dry_run_is_refused_naming_dry_run() {
+        let body = br#"{"dry_run": true, "requestor": "r", "reason": "x", "type": "cordon_nodepool", "node_pool": "p", "dry_run": false}"#;
+        let Err(e) = parse_action_request(Some("application/json"), body) else { panic!("accepted") };
+        assert_eq!(e.status(), 400);
+        let RequestError::Invalid(e) = e else { panic!("not a 400") };
+        assert_eq!(e.field.as_deref(), Some("dry_run"));
+        let nested = br#"{"requestor": "r", "reason": "x", "type": "cordon_nodepool", "node_pool": "p",
+            "preflight_checks": {"expected_node_counts": false, "expected_node_counts": true}}"#;
+        assert_eq!(parse(nested).err().and_then(|e| e.field).as_deref(), Some("preflight_checks.expected_node_counts"));
+    }
+
+    #[test]
+    fn a_body_not_declared_as_json_is_refused_with_415() {
+        let body = body(base());
+        for ct in [None, Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data"), Some("json")] {
+            let status = parse_action_request(ct, &body).err().map(|e| e.status());
+            assert_eq!(status, Some(415), "{ct:?}");
+        }
+        for ct in ["application/json", "application/json; charset=utf-8", "Application/JSON", "application/merge-patch+json"] {
+            assert!(parse_action_request(Some(ct), &body).is_ok(), "{ct}");
+        }
+    }
+
+    #[test]
+    fn label_selector_syntax_in_node_pool_is_refused_naming_node_pool() {
+        for pool in ["x in (a,b)", "pool-1,key!=x", "a=b", "!p"] {
+            assert_eq!(refused(with("node_pool", pool.into())).field.as_deref(), Some("node_pool"), "{pool}");
+        }
+        let long = "p".repeat(10 * 1024);
+        assert_eq!(refused(with("node_pool", long.into())).field.as_deref(), Some("node_pool"));
+    }
+
+    #[test]
+    fn names_and_namespaces_are_checked_before_they_reach_the_api_server() {
+        let restart = |name: &str| {
+            let mut v = with("type", "cordon_nodepool_and_restart_jobset".into());
+            v["jobset_name"] = name.into();
+            v
+        };
+        assert_eq!(refused(restart("job\u{0}set\u{1b}[2J")).field.as_deref(), Some("jobset_name"));
+        assert_eq!(refused(restart("Example_JobSet")).field.as_deref(), Some("jobset_name"));
+        assert!(parse(&body(restart("example-jobset"))).is_ok());
+        assert_eq!(refused(with("namespace", "kube system".into())).field.as_deref(), Some("namespace"));
+        assert_eq!(refused(with("namespace", "a".repeat(64).into())).field.as_deref(), Some("namespace"));
+        let node = |name: &str| serde_json::json!({"requestor": "r", "reason": "x", "type": "cordon_node", "node_name": name});
+        assert_eq!(refused(node("node/../../x")).field.as_deref(), Some("node_name"));
+        assert!(parse(&body(node("gpu-node-1.zone-a"))).is_ok());
+        assert_eq!(refused(with("requestor", "bob\u{7}".into())).field.as_deref(), Some("requestor"));
+        assert_eq!(refused(with("reason", "x".repeat(2000).into())).field.as_deref(), Some("reason"));
+    }
+
+    #[test]
+    fn an_empty_id_is_refused_rather_than_replaced_by_a_generated_one() {
+        assert_eq!(refused(with("id", "".into())).field.as_deref(), Some("id"));
+        assert_eq!(refused(with("node_pool", "".into())).field.as_deref(), Some("node_pool"));
+        assert_eq!(parse(&body(with("id", serde_json::Value::Null))).map(|r| r.id), Ok(None));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod drain;
 pub mod engine;
 pub mod eval;
 pub mod index;
+pub mod input;
 pub mod manual;
 pub mod observe;
 pub mod outage;
