@@ -8,13 +8,11 @@ use nodemedic_agent::parse::infiniband::{self, IbExpectations};
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let expect = IbExpectations { expected_ports: Some(8), min_rate_gbps: Some(400.0), ..IbExpectations::default() };
-    for parsed in [infiniband::parse_ibstat(&text), infiniband::parse_rdma_link_json(&text)] {
-        if let Ok(ports) = parsed {
-            let _ = infiniband::verdict(&ports, &expect, None);
-            let _ = infiniband::verdict(&ports, &IbExpectations::default(), Some(&ports));
-            for port in &ports {
-                let _ = (port.name(), port.is_active(), port.is_link_up());
-            }
+    for ports in [infiniband::parse_ibstat(&text), infiniband::parse_rdma_link_json(&text)].into_iter().flatten() {
+        let _ = infiniband::verdict(&ports, &expect, None);
+        let _ = infiniband::verdict(&ports, &IbExpectations::default(), Some(&ports));
+        for port in &ports {
+            let _ = (port.name(), port.is_active(), port.is_link_up());
         }
     }
 });

@@ -9,12 +9,12 @@ use nodemedic_agent::parse::nvidia_smi::{self, NvidiaThresholds};
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let thresholds = NvidiaThresholds { expected_gpus: Some(8), max_pcie_replays: 100 };
-    for parsed in [nvidia_smi::parse_xml(&text), nvidia_smi::parse_query_text(&text), nvidia_smi::parse_query_csv(&text)] {
-        if let Ok(report) = parsed {
-            let _ = nvidia_smi::verdict(&report, &thresholds);
-            for gpu in &report.gpus {
-                let _ = nvidia_smi::gpu_health(gpu);
-            }
+    for report in
+        [nvidia_smi::parse_xml(&text), nvidia_smi::parse_query_text(&text), nvidia_smi::parse_query_csv(&text)].into_iter().flatten()
+    {
+        let _ = nvidia_smi::verdict(&report, &thresholds);
+        for gpu in &report.gpus {
+            let _ = nvidia_smi::gpu_health(gpu);
         }
     }
     if let Ok(gpus) = nvidia_smi::parse_table(&text) {
