@@ -88,7 +88,7 @@ async fn shutdown_signal() {
 pub fn load_notifications(path: &std::path::Path) -> Result<nodemedic_controller::notify::NotificationsConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let config: nodemedic_controller::notify::NotificationsConfig =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        nodemedic_core::input::from_yaml_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     config.validate().with_context(|| path.display().to_string())?;
     Ok(config)
 }
@@ -148,7 +148,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     let executors: ExecutorsConfig = match &args.executors {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            nodemedic_core::input::from_yaml_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
         }
         None => ExecutorsConfig::default(),
     };

@@ -40,7 +40,7 @@ fn get_ci<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
 
 /// Parses `dcgmi diag -j`.
 pub fn parse_diag(text: &str) -> Result<Vec<DiagResult>, DcgmiError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| DcgmiError::NotJson(e.to_string()))?;
+    let value: Value = nodemedic_core::input::from_json_str(text).map_err(|e| DcgmiError::NotJson(e.to_string()))?;
     let categories = get_ci(&value, "DCGM GPU Diagnostic")
         .and_then(|d| get_ci(d, "test_categories"))
         .and_then(Value::as_array)
@@ -113,7 +113,7 @@ fn collect_messages(value: &Value, out: &mut Vec<String>) {
 }
 
 pub fn parse_health(text: &str) -> Result<HealthReport, DcgmiError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| DcgmiError::NotJson(e.to_string()))?;
+    let value: Value = nodemedic_core::input::from_json_str(text).map_err(|e| DcgmiError::NotJson(e.to_string()))?;
     let body = get_ci(&value, "body").ok_or(DcgmiError::NoOverallHealth)?;
     let overall = get_ci(body, "Overall Health").and_then(|o| text_of(get_ci(o, "value"))).ok_or(DcgmiError::NoOverallHealth)?;
     let mut incidents = Vec::new();
