@@ -36,6 +36,12 @@ pub const REPLICATED_JOB_LABEL: &str = "jobset.sigs.k8s.io/replicatedjob-name";
 pub const JOB_INDEX_LABEL: &str = "jobset.sigs.k8s.io/job-index";
 pub const COMPLETION_INDEX_LABEL: &str = "batch.kubernetes.io/job-completion-index";
 
+/// The API's routes merged with `extra` (the controller's `/metrics`, `/healthz`, `/readyz`), which
+/// need a token like the API's own routes when auth is on: only `/openapi.json` is open.
+pub fn router_with(state: ApiState, extra: Router) -> Router {
+    crate::auth::require_token(state.clone(), extra).merge(router(state))
+}
+
 /// The API's routes, with the body limit applied. Merge into the controller's router.
 pub fn router(state: ApiState) -> Router {
     let limit = state.config.body_limit;
@@ -86,7 +92,9 @@ async fn post_action(State(state): State<ApiState>, headers: HeaderMap, body: Re
 }
 
 async fn post_action_inner(state: &ApiState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
-    let caller = authorize(state, headers, "create", "actions").await?;
+    // One deadline for all of this request's API-server work (authorisation, then the action).
+    let until = tokio::time::Instant::now() + state.config.api_server_timeout;
+    let caller = crate::deadline_at(state, until, "POST /actions", authorize(state, headers, "create", "actions")).await?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", state.config.body_limit))
@@ -105,7 +113,7 @@ async fn post_action_inner(state: &ApiState, headers: &HeaderMap, body: Result<B
     })?;
     let id = request.id.clone().unwrap_or_else(generate_id);
     request.id = Some(id.clone());
-    run(state, request, caller).await.map_err(|e| e.with_id(&id))?;
+    crate::deadline_at(state, until, &format!("action {id}"), run(state, request, caller)).await.map_err(|e| e.with_id(&id))?;
     Ok(id)
 }
 
@@ -294,7 +302,8 @@ async fn run(state: &ApiState, req: ActionRequest, caller: Option<Caller>) -> Re
     let store = Store::new(state.client.clone(), &state.config.namespace);
     let store_err = |e: StoreError| match e {
         StoreError::Exists(_) => ApiError::field(StatusCode::CONFLICT, "id", e.to_string()),
-        other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
+        StoreError::Kube(e) => ApiError::kube("the action record", e),
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
     };
     if store.exists(&id).await.map_err(store_err)? {
         return Err(ApiError::field(StatusCode::CONFLICT, "id", format!("an action with id `{id}` already exists")));
@@ -491,13 +500,18 @@ async fn carry_out(
 }
 
 async fn get_action(State(state): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<ActionRecord>, ApiError> {
-    authorize(&state, &headers, "get", "actions").await?;
-    let store = Store::new(state.client.clone(), &state.config.namespace);
-    match store.get(&id).await {
-        Ok(Some(r)) => Ok(Json(r)),
-        Ok(None) => Err(ApiError::field(StatusCode::NOT_FOUND, "id", format!("no action with id `{id}`")).with_id(&id)),
-        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()).with_id(&id)),
-    }
+    crate::deadline(&state, "GET /actions/{id}", async {
+        authorize(&state, &headers, "get", "actions").await?;
+        let store = Store::new(state.client.clone(), &state.config.namespace);
+        match store.get(&id).await {
+            Ok(Some(r)) => Ok(Json(r)),
+            Ok(None) => Err(ApiError::field(StatusCode::NOT_FOUND, "id", format!("no action with id `{id}`"))),
+            Err(StoreError::Kube(e)) => Err(ApiError::kube("reading the action record", e)),
+            Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        }
+    })
+    .await
+    .map_err(|e| e.with_id(&id))
 }
 
 /// One node in `GET /nodes`.
@@ -533,10 +547,14 @@ pub struct NodesSummary {
 }
 
 async fn get_nodes(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<NodesSummary>, ApiError> {
-    authorize(&state, &headers, "list", "nodes").await?;
+    crate::deadline(&state, "GET /nodes", nodes_summary(&state, &headers)).await
+}
+
+async fn nodes_summary(state: &ApiState, headers: &HeaderMap) -> Result<Json<NodesSummary>, ApiError> {
+    authorize(state, headers, "list", "nodes").await?;
     let nodes =
         Api::<Node>::all(state.client.clone()).list(&ListParams::default()).await.map_err(|e| ApiError::kube("listing nodes", e))?.items;
-    let recs: BTreeMap<String, NodeRemediation> = remediations(&state).await?.into_iter().map(|r| (r.spec.node.clone(), r)).collect();
+    let recs: BTreeMap<String, NodeRemediation> = remediations(state).await?.into_iter().map(|r| (r.spec.node.clone(), r)).collect();
     let mut out = Vec::with_capacity(nodes.len());
     for n in &nodes {
         let name = n.name_any();

@@ -116,7 +116,13 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     // An eviction refused by a PodDisruptionBudget answers 429: the drain must see it, not a
     // client-side retry loop.
     kube_config.default_retry = false;
-    let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
+    // Every call has a deadline (an API server that accepts and never answers must not hold a
+    // lease renewal or an API request forever); the watches, idle for long stretches, a longer one.
+    let timeout = args.api.api_server_timeout();
+    let watch_client = kube::Client::try_from(nodemedic_controller::client::for_watches(kube_config.clone(), timeout))
+        .context("building the Kubernetes client")?;
+    let client = kube::Client::try_from(nodemedic_controller::client::with_timeouts(kube_config, timeout))
+        .context("building the Kubernetes client")?;
     if args.install_crds {
         install_crds_with_retry(&client).await.context("installing the CRDs")?;
     }
@@ -144,6 +150,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     };
     config.resync = std::time::Duration::from_secs(args.resync.max(1));
     config.reconnect_grace = std::time::Duration::from_secs(args.reconnect_grace);
+    config.watch_client = Some(nodemedic_controller::run::WatchClient(watch_client));
     config.notifications = args.notifications.as_deref().map(load_notifications).transpose()?;
     let executors: ExecutorsConfig = match &args.executors {
         Some(p) => {
