@@ -100,29 +100,38 @@ pub struct PreflightChecks {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
-    /// Unique identifier of the action; generated when absent. Letters, digits, `-`, `_` and `.`, at most 63.
+    /// Unique identifier of the action; generated when absent or null. Letters, digits, `-`, `_`
+    /// and `.`, at most 63, beginning and ending with a letter or digit.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::validate::LABEL_VALUE_PATTERN))]
     pub id: Option<String>,
     /// Only log and publish events; change nothing.
     #[serde(default)]
     pub dry_run: bool,
-    /// Who (person or system) asks for the action.
+    /// Who (person or system) asks for the action. No control characters.
+    #[schemars(length(min = 1, max = crate::validate::MAX_REQUESTOR), regex(pattern = crate::validate::ONE_LINE_PATTERN))]
     pub requestor: String,
-    /// Why, in words people read in the events.
+    /// Why, in words people read in the events. No control characters but line breaks and tabs.
+    #[schemars(length(min = 1, max = crate::validate::MAX_REASON), regex(pattern = crate::validate::MULTI_LINE_PATTERN))]
     pub reason: String,
     #[serde(rename = "type")]
     pub type_: ActionType,
-    /// Namespace of the JobSet. Defaults to `default`.
+    /// Namespace of the JobSet (a DNS-1123 label). Defaults to `default`.
     #[serde(default = "default_namespace")]
+    #[schemars(regex(pattern = crate::validate::DNS1123_LABEL_PATTERN))]
     pub namespace: String,
-    /// The JobSet to restart (`cordon_nodepool_and_restart_jobset`).
+    /// The JobSet to restart (`cordon_nodepool_and_restart_jobset`): a DNS-1123 label.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::validate::DNS1123_LABEL_PATTERN))]
     pub jobset_name: Option<String>,
-    /// The node pool (value of the node-pool label) for the `*_nodepool*` types.
+    /// The node pool (value of the node-pool label) for the `*_nodepool*` types: a label value,
+    /// at most 63 letters, digits, `-`, `_` and `.`, beginning and ending with a letter or digit.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::validate::LABEL_VALUE_PATTERN))]
     pub node_pool: Option<String>,
-    /// The node for `cordon_node` and `repair_node`.
+    /// The node for `cordon_node` and `repair_node`: a DNS-1123 subdomain, at most 253 characters.
     #[serde(default)]
+    #[schemars(length(max = 253), regex(pattern = crate::validate::DNS1123_SUBDOMAIN_PATTERN))]
     pub node_name: Option<String>,
     #[serde(default)]
     pub preflight_checks: PreflightChecks,
@@ -154,9 +163,13 @@ impl FieldError {
 const FIELDS: &[&str] =
     &["id", "dry_run", "requestor", "reason", "type", "namespace", "jobset_name", "node_pool", "node_name", "preflight_checks", "force"];
 
+/// The fields that may be `null` (the same as absent); the document says so (`nullable`).
+const NULLABLE: &[&str] = &["id", "jobset_name", "node_pool", "node_name"];
+
 fn string(obj: &serde_json::Map<String, serde_json::Value>, field: &str) -> Result<Option<String>, FieldError> {
     match obj.get(field) {
-        None | Some(serde_json::Value::Null) => Ok(None),
+        None => Ok(None),
+        Some(serde_json::Value::Null) if NULLABLE.contains(&field) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(FieldError::new(field, format!("expected a string, got {}", kind(other)))),
     }
@@ -164,7 +177,7 @@ fn string(obj: &serde_json::Map<String, serde_json::Value>, field: &str) -> Resu
 
 fn boolean(obj: &serde_json::Map<String, serde_json::Value>, field: &str, prefix: &str) -> Result<bool, FieldError> {
     match obj.get(field) {
-        None | Some(serde_json::Value::Null) => Ok(false),
+        None => Ok(false),
         Some(serde_json::Value::Bool(b)) => Ok(*b),
         Some(other) => Err(FieldError::new(&format!("{prefix}{field}"), format!("expected true or false, got {}", kind(other)))),
     }
@@ -241,7 +254,7 @@ pub fn parse(body: &[u8]) -> Result<ActionRequest, FieldError> {
     // A field given as a string must not be empty (`"id": ""` is not "generate one").
     let given = |field: &str| -> Result<Option<String>, FieldError> {
         match string(&obj, field)? {
-            Some(s) if s.trim().is_empty() => Err(FieldError::new(field, "must not be empty")),
+            Some(s) if s.is_empty() => Err(FieldError::new(field, "must not be empty")),
             other => Ok(other),
         }
     };
@@ -286,7 +299,7 @@ pub fn parse(body: &[u8]) -> Result<ActionRequest, FieldError> {
 
 fn preflight(obj: &serde_json::Map<String, serde_json::Value>) -> Result<PreflightChecks, FieldError> {
     match obj.get("preflight_checks") {
-        None | Some(serde_json::Value::Null) => Ok(PreflightChecks::default()),
+        None => Ok(PreflightChecks::default()),
         Some(serde_json::Value::Object(p)) => {
             if let Some(unknown) = p.keys().find(|k| k.as_str() != "expected_node_counts") {
                 return Err(FieldError::new(&format!("preflight_checks.{unknown}"), "unknown field; the checks are expected_node_counts"));
