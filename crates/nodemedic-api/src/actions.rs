@@ -8,6 +8,7 @@
 //! when carrying it out failed (the record says how far it got).
 
 use crate::auth::{Caller, authorize};
+pub use crate::nodes::{NodeSummary, NodesSummary};
 use crate::request::{ActionRequest, RequestError, expected_node_count, generate_id, parse_action_request};
 use crate::store::{ActionRecord, ActionState, Store, StoreError};
 use crate::{ActionResponse, ApiError, ApiState};
@@ -26,8 +27,6 @@ use kube::{Resource, ResourceExt};
 use nodemedic_core::manual::may_take_out;
 use nodemedic_core::{Records, Time};
 use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation, observe_node};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// JobSet labels on the pods of a JobSet (sigs.k8s.io/jobset) and the Job completion index.
@@ -48,7 +47,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/actions", post(post_action))
         .route("/actions/{id}", get(get_action))
-        .route("/nodes", get(get_nodes))
+        .route("/nodes", get(crate::nodes::get_nodes))
         .route("/openapi.json", get(|| async { Json(crate::openapi::document()) }))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -211,7 +210,7 @@ async fn find_leader_pod(state: &ApiState, req: &ActionRequest) -> Result<(Dynam
 }
 
 /// NodeRemediations (empty when the CRD is not installed).
-async fn remediations(state: &ApiState) -> Result<Vec<NodeRemediation>, ApiError> {
+pub(crate) async fn remediations(state: &ApiState) -> Result<Vec<NodeRemediation>, ApiError> {
     match Api::<NodeRemediation>::all(state.client.clone()).list(&ListParams::default()).await {
         Ok(l) => Ok(l.items),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
@@ -512,80 +511,6 @@ async fn get_action(State(state): State<ApiState>, headers: HeaderMap, Path(id):
     })
     .await
     .map_err(|e| e.with_id(&id))
-}
-
-/// One node in `GET /nodes`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct NodeSummary {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_pool: Option<String>,
-    /// The Ready condition: `True`, `False` or `Unknown`.
-    pub ready: String,
-    pub unschedulable: bool,
-    /// nodemedic's phase from the node's NodeRemediation: `Healthy`, `Remediating`, `Manual`.
-    pub phase: String,
-    /// The remediation step in flight, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    /// Taint keys on the node.
-    #[serde(default)]
-    pub taints: Vec<String>,
-}
-
-/// `GET /nodes`: every node with its health as the cluster and nodemedic see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct NodesSummary {
-    pub total: usize,
-    pub ready: usize,
-    pub unschedulable: usize,
-    pub remediating: usize,
-    pub manual: usize,
-    pub nodes: Vec<NodeSummary>,
-}
-
-async fn get_nodes(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<NodesSummary>, ApiError> {
-    crate::deadline(&state, "GET /nodes", nodes_summary(&state, &headers)).await
-}
-
-async fn nodes_summary(state: &ApiState, headers: &HeaderMap) -> Result<Json<NodesSummary>, ApiError> {
-    authorize(state, headers, "list", "nodes").await?;
-    let nodes =
-        Api::<Node>::all(state.client.clone()).list(&ListParams::default()).await.map_err(|e| ApiError::kube("listing nodes", e))?.items;
-    let recs: BTreeMap<String, NodeRemediation> = remediations(state).await?.into_iter().map(|r| (r.spec.node.clone(), r)).collect();
-    let mut out = Vec::with_capacity(nodes.len());
-    for n in &nodes {
-        let name = n.name_any();
-        let rec = recs.get(&name);
-        let record = rec.and_then(|r| r.status.as_ref()).map(|s| &s.record);
-        let ready = n
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .map_or("Unknown".to_string(), |c| c.status.clone());
-        out.push(NodeSummary {
-            node_pool: n.labels().get(&state.config.node_pool_label).cloned(),
-            ready,
-            unschedulable: n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
-            phase: record.map_or("Healthy", |r| r.phase.as_str()).to_string(),
-            step: record.and_then(|r| r.active.as_ref()).map(|a| a.step.as_str().to_string()),
-            policy: rec.map(|r| r.spec.policy.clone()),
-            taints: n.spec.as_ref().and_then(|s| s.taints.as_ref()).map(|t| t.iter().map(|t| t.key.clone()).collect()).unwrap_or_default(),
-            name,
-        });
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(NodesSummary {
-        total: out.len(),
-        ready: out.iter().filter(|n| n.ready == "True").count(),
-        unschedulable: out.iter().filter(|n| n.unschedulable).count(),
-        remediating: out.iter().filter(|n| n.phase == "Remediating").count(),
-        manual: out.iter().filter(|n| n.phase == "Manual").count(),
-        nodes: out,
-    }))
 }
 
 /// Keeps the action records from piling up: every `every`, the leader deletes the records of

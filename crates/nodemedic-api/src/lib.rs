@@ -12,7 +12,9 @@
 
 pub mod actions;
 pub mod auth;
+pub mod nodes;
 pub mod openapi;
+pub mod preflight;
 pub mod request;
 pub mod store;
 pub mod tls;
