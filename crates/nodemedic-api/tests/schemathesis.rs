@@ -8,11 +8,25 @@
 mod common;
 
 use common::*;
-use nodemedic_api::{ApiConfig, ApiState, RecreateNodeProvider};
+use nodemedic_api::{ApiConfig, ApiState, Provider};
 use nodemedic_testenv::{ControlPlane, FakeNode, Options, wait_for};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A cloud that always has a spare machine: the stateful phase finds the real pools in `GET /nodes`
+/// and repairs their nodes, concurrently; what the provider does is not what this test is about.
+struct SpareMachines;
+
+impl Provider for SpareMachines {
+    fn name(&self) -> &'static str {
+        "spare-machines"
+    }
+    fn repair<'a>(&'a self, node: &'a k8s_openapi::api::core::v1::Node) -> nodemedic_api::provider::ProviderFuture<'a> {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        Box::pin(async move { Ok(format!("replaced {name}")) })
+    }
+}
 
 /// Examples per operation and phase: enough to reach every status, short enough for CI (~15 s).
 /// NODEMEDIC_SCHEMATHESIS_EXAMPLES and NODEMEDIC_SCHEMATHESIS_SEED make a longer or another run.
@@ -30,7 +44,7 @@ async fn schemathesis_finds_no_failure_against_the_served_document_with_auth_on(
         cp.create_nodes(&FakeNode::cpu("pool-a", "pool-a"), 3).await?;
         let (_dir, cert, key, pem) = self_signed()?;
         let tls = nodemedic_api::tls::server_config(&cert, &key)?;
-        let state = ApiState::new(cp.client(), ApiConfig::default(), Arc::new(RecreateNodeProvider { client: cp.client() }));
+        let state = ApiState::new(cp.client(), ApiConfig::default(), Arc::new(SpareMachines));
         let controller = nodemedic_controller::http::router(nodemedic_controller::http::HttpState {
             metrics: Arc::new(nodemedic_controller::Metrics::new()),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
