@@ -238,6 +238,13 @@ fn tool_json_that_repeats_a_key_is_unknown_not_a_reason_to_remediate() -> anyhow
     assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::OutputUnparseable), "{verdict:?}");
     assert!(verdict.message.contains("duplicate key `Overall Health`"), "{}", verdict.message);
 
+    // dcgmi keys are matched without regard to case: two that differ only in case are as ambiguous.
+    let health = r#"{"body": {"Overall Health": {"value": "Healthy"}, "overall health": {"value": "Failure"}}}"#;
+    let search = fake_tool(dir.path(), "dcgmi", &format!("cat <<'JSON'\n{health}\nJSON\nexit 0"))?;
+    let verdict = tools::dcgmi_health(&spec, &search);
+    assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::OutputUnparseable), "{verdict:?}");
+    assert!(verdict.message.contains("differ only in case"), "{}", verdict.message);
+
     let cards = r#"{"card0": {"GPU use (%)": "0"}, "card0": {"GPU use (%)": "100"}}"#;
     let search = fake_tool(dir.path(), "rocm-smi", &format!("cat <<'JSON'\n{cards}\nJSON\nexit 0"))?;
     let verdict = tools::rocm_smi(&nodemedic_agent::config::RocmSmiProbe::default(), Some(1), &search);
