@@ -171,7 +171,7 @@ impl Catalog {
     }
 
     pub fn from_yaml(text: &str) -> Result<Catalog, CatalogError> {
-        let file: CatalogFile = serde_saphyr::from_str(text).map_err(|e| CatalogError::Yaml(e.to_string()))?;
+        let file: CatalogFile = nodemedic_core::input::from_yaml_str(text).map_err(|e| CatalogError::Yaml(e.to_string()))?;
         Catalog::from_file_data(file)
     }
 

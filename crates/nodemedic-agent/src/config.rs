@@ -440,7 +440,7 @@ impl Default for AgentConfig {
 
 impl AgentConfig {
     pub fn from_yaml(text: &str) -> Result<AgentConfig, ConfigError> {
-        let config: AgentConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        let config: AgentConfig = nodemedic_core::input::from_yaml_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }

@@ -103,7 +103,8 @@ pub struct AttemptLog {
 }
 
 impl AttemptLog {
-    /// Reads the state file; a missing file is an empty log.
+    /// Reads the state file; a missing file is an empty log. Only this agent writes it (atomically,
+    /// below), so it is not outside input and is read with plain serde_json.
     pub fn load(path: &Path) -> Result<AttemptLog, StateError> {
         match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Parse { path: path.display().to_string(), source }),

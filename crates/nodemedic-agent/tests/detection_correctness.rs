@@ -221,3 +221,34 @@ fn the_infiniband_probe_compares_counters_with_its_previous_reading() -> anyhow:
     assert!(nodemedic_agent::check::run_probe(&config, &catalog, &search, "infiniband").is_some_and(|v| v.is_healthy()));
     Ok(())
 }
+
+/// Issue 16 §1: a tool's JSON that repeats a key is ambiguous (serde would keep the last value):
+/// unreadable data is Unknown, never a reason to remediate, and the message names the key.
+#[test]
+fn tool_json_that_repeats_a_key_is_unknown_not_a_reason_to_remediate() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let health = r#"{"body": {"Overall Health": {"value": "Healthy"}, "Overall Health": {"value": "Failure"}}}"#;
+    let search = fake_tool(dir.path(), "dcgmi", &format!("cat <<'JSON'\n{health}\nJSON\nexit 0"))?;
+    let spec = ToolSpec {
+        path: "dcgmi".to_string(),
+        args: ["health", "-c", "-j"].map(String::from).to_vec(),
+        timeout: TextDuration(Duration::from_secs(10)),
+    };
+    let verdict = tools::dcgmi_health(&spec, &search);
+    assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::OutputUnparseable), "{verdict:?}");
+    assert!(verdict.message.contains("duplicate key `Overall Health`"), "{}", verdict.message);
+
+    // dcgmi keys are matched without regard to case: two that differ only in case are as ambiguous.
+    let health = r#"{"body": {"Overall Health": {"value": "Healthy"}, "overall health": {"value": "Failure"}}}"#;
+    let search = fake_tool(dir.path(), "dcgmi", &format!("cat <<'JSON'\n{health}\nJSON\nexit 0"))?;
+    let verdict = tools::dcgmi_health(&spec, &search);
+    assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::OutputUnparseable), "{verdict:?}");
+    assert!(verdict.message.contains("differ only in case"), "{}", verdict.message);
+
+    let cards = r#"{"card0": {"GPU use (%)": "0"}, "card0": {"GPU use (%)": "100"}}"#;
+    let search = fake_tool(dir.path(), "rocm-smi", &format!("cat <<'JSON'\n{cards}\nJSON\nexit 0"))?;
+    let verdict = tools::rocm_smi(&nodemedic_agent::config::RocmSmiProbe::default(), Some(1), &search);
+    assert_eq!((verdict.health, verdict.reason), (Health::Unknown, Reason::OutputUnparseable), "{verdict:?}");
+    assert!(verdict.message.contains("duplicate key `card0`"), "{}", verdict.message);
+    Ok(())
+}

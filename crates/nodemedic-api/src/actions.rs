@@ -8,6 +8,7 @@
 //! when carrying it out failed (the record says how far it got).
 
 use crate::auth::{Caller, authorize};
+pub use crate::nodes::{NodeSummary, NodesSummary};
 use crate::request::{ActionRequest, RequestError, expected_node_count, generate_id, parse_action_request};
 use crate::store::{ActionRecord, ActionState, Store, StoreError};
 use crate::{ActionResponse, ApiError, ApiState};
@@ -26,8 +27,6 @@ use kube::{Resource, ResourceExt};
 use nodemedic_core::manual::may_take_out;
 use nodemedic_core::{Records, Time};
 use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation, observe_node};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// JobSet labels on the pods of a JobSet (sigs.k8s.io/jobset) and the Job completion index.
@@ -36,13 +35,19 @@ pub const REPLICATED_JOB_LABEL: &str = "jobset.sigs.k8s.io/replicatedjob-name";
 pub const JOB_INDEX_LABEL: &str = "jobset.sigs.k8s.io/job-index";
 pub const COMPLETION_INDEX_LABEL: &str = "batch.kubernetes.io/job-completion-index";
 
+/// The API's routes merged with `extra` (the controller's `/metrics`, `/healthz`, `/readyz`), which
+/// need a token like the API's own routes when auth is on: only `/openapi.json` is open.
+pub fn router_with(state: ApiState, extra: Router) -> Router {
+    crate::auth::require_token(state.clone(), extra).merge(router(state))
+}
+
 /// The API's routes, with the body limit applied. Merge into the controller's router.
 pub fn router(state: ApiState) -> Router {
     let limit = state.config.body_limit;
     Router::new()
         .route("/actions", post(post_action))
         .route("/actions/{id}", get(get_action))
-        .route("/nodes", get(get_nodes))
+        .route("/nodes", get(crate::nodes::get_nodes))
         .route("/openapi.json", get(|| async { Json(crate::openapi::document()) }))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -86,7 +91,9 @@ async fn post_action(State(state): State<ApiState>, headers: HeaderMap, body: Re
 }
 
 async fn post_action_inner(state: &ApiState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
-    let caller = authorize(state, headers, "create", "actions").await?;
+    // One deadline for all of this request's API-server work (authorisation, then the action).
+    let until = tokio::time::Instant::now() + state.config.api_server_timeout;
+    let caller = crate::deadline_at(state, until, "POST /actions", authorize(state, headers, "create", "actions")).await?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", state.config.body_limit))
@@ -105,7 +112,7 @@ async fn post_action_inner(state: &ApiState, headers: &HeaderMap, body: Result<B
     })?;
     let id = request.id.clone().unwrap_or_else(generate_id);
     request.id = Some(id.clone());
-    run(state, request, caller).await.map_err(|e| e.with_id(&id))?;
+    crate::deadline_at(state, until, &format!("action {id}"), run(state, request, caller)).await.map_err(|e| e.with_id(&id))?;
     Ok(id)
 }
 
@@ -203,7 +210,7 @@ async fn find_leader_pod(state: &ApiState, req: &ActionRequest) -> Result<(Dynam
 }
 
 /// NodeRemediations (empty when the CRD is not installed).
-async fn remediations(state: &ApiState) -> Result<Vec<NodeRemediation>, ApiError> {
+pub(crate) async fn remediations(state: &ApiState) -> Result<Vec<NodeRemediation>, ApiError> {
     match Api::<NodeRemediation>::all(state.client.clone()).list(&ListParams::default()).await {
         Ok(l) => Ok(l.items),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
@@ -294,7 +301,8 @@ async fn run(state: &ApiState, req: ActionRequest, caller: Option<Caller>) -> Re
     let store = Store::new(state.client.clone(), &state.config.namespace);
     let store_err = |e: StoreError| match e {
         StoreError::Exists(_) => ApiError::field(StatusCode::CONFLICT, "id", e.to_string()),
-        other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
+        StoreError::Kube(e) => ApiError::kube("the action record", e),
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
     };
     if store.exists(&id).await.map_err(store_err)? {
         return Err(ApiError::field(StatusCode::CONFLICT, "id", format!("an action with id `{id}` already exists")));
@@ -491,83 +499,18 @@ async fn carry_out(
 }
 
 async fn get_action(State(state): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<ActionRecord>, ApiError> {
-    authorize(&state, &headers, "get", "actions").await?;
-    let store = Store::new(state.client.clone(), &state.config.namespace);
-    match store.get(&id).await {
-        Ok(Some(r)) => Ok(Json(r)),
-        Ok(None) => Err(ApiError::field(StatusCode::NOT_FOUND, "id", format!("no action with id `{id}`")).with_id(&id)),
-        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()).with_id(&id)),
-    }
-}
-
-/// One node in `GET /nodes`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct NodeSummary {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_pool: Option<String>,
-    /// The Ready condition: `True`, `False` or `Unknown`.
-    pub ready: String,
-    pub unschedulable: bool,
-    /// nodemedic's phase from the node's NodeRemediation: `Healthy`, `Remediating`, `Manual`.
-    pub phase: String,
-    /// The remediation step in flight, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    /// Taint keys on the node.
-    #[serde(default)]
-    pub taints: Vec<String>,
-}
-
-/// `GET /nodes`: every node with its health as the cluster and nodemedic see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct NodesSummary {
-    pub total: usize,
-    pub ready: usize,
-    pub unschedulable: usize,
-    pub remediating: usize,
-    pub manual: usize,
-    pub nodes: Vec<NodeSummary>,
-}
-
-async fn get_nodes(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<NodesSummary>, ApiError> {
-    authorize(&state, &headers, "list", "nodes").await?;
-    let nodes =
-        Api::<Node>::all(state.client.clone()).list(&ListParams::default()).await.map_err(|e| ApiError::kube("listing nodes", e))?.items;
-    let recs: BTreeMap<String, NodeRemediation> = remediations(&state).await?.into_iter().map(|r| (r.spec.node.clone(), r)).collect();
-    let mut out = Vec::with_capacity(nodes.len());
-    for n in &nodes {
-        let name = n.name_any();
-        let rec = recs.get(&name);
-        let record = rec.and_then(|r| r.status.as_ref()).map(|s| &s.record);
-        let ready = n
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .map_or("Unknown".to_string(), |c| c.status.clone());
-        out.push(NodeSummary {
-            node_pool: n.labels().get(&state.config.node_pool_label).cloned(),
-            ready,
-            unschedulable: n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
-            phase: record.map_or("Healthy", |r| r.phase.as_str()).to_string(),
-            step: record.and_then(|r| r.active.as_ref()).map(|a| a.step.as_str().to_string()),
-            policy: rec.map(|r| r.spec.policy.clone()),
-            taints: n.spec.as_ref().and_then(|s| s.taints.as_ref()).map(|t| t.iter().map(|t| t.key.clone()).collect()).unwrap_or_default(),
-            name,
-        });
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(NodesSummary {
-        total: out.len(),
-        ready: out.iter().filter(|n| n.ready == "True").count(),
-        unschedulable: out.iter().filter(|n| n.unschedulable).count(),
-        remediating: out.iter().filter(|n| n.phase == "Remediating").count(),
-        manual: out.iter().filter(|n| n.phase == "Manual").count(),
-        nodes: out,
-    }))
+    crate::deadline(&state, "GET /actions/{id}", async {
+        authorize(&state, &headers, "get", "actions").await?;
+        let store = Store::new(state.client.clone(), &state.config.namespace);
+        match store.get(&id).await {
+            Ok(Some(r)) => Ok(Json(r)),
+            Ok(None) => Err(ApiError::field(StatusCode::NOT_FOUND, "id", format!("no action with id `{id}`"))),
+            Err(StoreError::Kube(e)) => Err(ApiError::kube("reading the action record", e)),
+            Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        }
+    })
+    .await
+    .map_err(|e| e.with_id(&id))
 }
 
 /// Keeps the action records from piling up: every `every`, the leader deletes the records of

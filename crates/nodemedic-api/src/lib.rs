@@ -12,7 +12,9 @@
 
 pub mod actions;
 pub mod auth;
+pub mod nodes;
 pub mod openapi;
+pub mod preflight;
 pub mod request;
 pub mod store;
 pub mod tls;
@@ -34,6 +36,9 @@ pub const DEFAULT_TOPOLOGY_LABEL: &str = "cloud.google.com/gke-tpu-topology";
 pub const DEFAULT_ACCELERATOR_COUNT_LABEL: &str = "cloud.google.com/gke-accelerator-count";
 /// Requests with a larger body are refused with 413.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+/// How long one request may wait on the API server, all its calls together, before it is answered
+/// 504 (`--api-server-timeout`, which is also each call's timeout on the client).
+pub const DEFAULT_API_SERVER_TIMEOUT: std::time::Duration = nodemedic_controller::client::DEFAULT_API_SERVER_TIMEOUT;
 
 /// The leader Lease this replica campaigns for; writes are served only while it holds it.
 #[derive(Debug, Clone)]
@@ -58,6 +63,8 @@ pub struct ApiConfig {
     pub leader: Option<LeaderLease>,
     /// The events' reporting instance.
     pub instance: String,
+    /// The deadline of one request's API-server work (see [`DEFAULT_API_SERVER_TIMEOUT`]).
+    pub api_server_timeout: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +78,7 @@ impl Default for ApiConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             leader: None,
             instance: "nodemedic-api".into(),
+            api_server_timeout: DEFAULT_API_SERVER_TIMEOUT,
         }
     }
 }
@@ -94,7 +102,7 @@ impl ApiState {
     }
 }
 
-pub use actions::router;
+pub use actions::{router, router_with};
 
 /// The body of every answer to `POST /actions` (seed 002's `{"id"}` / `{"id", "error"}`), with the
 /// field, gate or leader an error is about where there is one.
@@ -138,8 +146,56 @@ impl ApiError {
         self.body.id = Some(id.to_string());
         self
     }
+    /// A failed API-server call: 504 when it timed out, else 503 (the API server is away or
+    /// refused what nodemedic itself asked, which the caller cannot fix either). Logged.
     pub fn kube(what: &str, e: kube::Error) -> Self {
-        ApiError::new(StatusCode::BAD_GATEWAY, format!("{what}: {e}"))
+        let status = if timed_out(&e) { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::SERVICE_UNAVAILABLE };
+        tracing::error!(error = %e, status = status.as_u16(), "{what}: the API server call failed");
+        ApiError::new(status, format!("{what}: the API server call failed: {e}"))
+    }
+}
+
+/// Whether a kube error is a timeout (connect, read or write) rather than a refusal.
+fn timed_out(e: &kube::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || err.to_string().to_ascii_lowercase().contains("timed out")
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Runs one request's API-server work under the deadline: 504 naming `what` when it expires (and
+/// an error line in the log), so a caller never waits on an API server that does not answer.
+pub async fn deadline<T>(
+    state: &ApiState,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    deadline_at(state, tokio::time::Instant::now() + state.config.api_server_timeout, what, work).await
+}
+
+/// As [`deadline`], with the instant given (several steps of one request share one deadline).
+pub async fn deadline_at<T>(
+    state: &ApiState,
+    until: tokio::time::Instant,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout_at(until, work).await {
+        Ok(result) => result,
+        Err(_) => {
+            let limit = state.config.api_server_timeout;
+            tracing::error!(deadline = ?limit, "{what}: the API server did not answer within the deadline");
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("{what}: the API server did not answer within {} s; retry later", limit.as_secs_f64()),
+            ))
+        }
     }
 }
 

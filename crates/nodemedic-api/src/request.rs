@@ -100,29 +100,38 @@ pub struct PreflightChecks {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
-    /// Unique identifier of the action; generated when absent. Letters, digits, `-`, `_` and `.`, at most 63.
+    /// Unique identifier of the action; generated when absent or null. Letters, digits, `-`, `_`
+    /// and `.`, at most 63, beginning and ending with a letter or digit.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::validate::LABEL_VALUE_PATTERN))]
     pub id: Option<String>,
     /// Only log and publish events; change nothing.
     #[serde(default)]
     pub dry_run: bool,
-    /// Who (person or system) asks for the action.
+    /// Who (person or system) asks for the action. No control characters.
+    #[schemars(length(min = 1, max = crate::validate::MAX_REQUESTOR), regex(pattern = crate::validate::ONE_LINE_PATTERN))]
     pub requestor: String,
-    /// Why, in words people read in the events.
+    /// Why, in words people read in the events. No control characters but line breaks and tabs.
+    #[schemars(length(min = 1, max = crate::validate::MAX_REASON), regex(pattern = crate::validate::MULTI_LINE_PATTERN))]
     pub reason: String,
     #[serde(rename = "type")]
     pub type_: ActionType,
-    /// Namespace of the JobSet. Defaults to `default`.
+    /// Namespace of the JobSet (a DNS-1123 label). Defaults to `default`.
     #[serde(default = "default_namespace")]
+    #[schemars(regex(pattern = crate::validate::DNS1123_LABEL_PATTERN))]
     pub namespace: String,
-    /// The JobSet to restart (`cordon_nodepool_and_restart_jobset`).
+    /// The JobSet to restart (`cordon_nodepool_and_restart_jobset`): a DNS-1123 label.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::validate::DNS1123_LABEL_PATTERN))]
     pub jobset_name: Option<String>,
-    /// The node pool (value of the node-pool label) for the `*_nodepool*` types.
+    /// The node pool (value of the node-pool label) for the `*_nodepool*` types: a label value,
+    /// at most 63 letters, digits, `-`, `_` and `.`, beginning and ending with a letter or digit.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::validate::LABEL_VALUE_PATTERN))]
     pub node_pool: Option<String>,
-    /// The node for `cordon_node` and `repair_node`.
+    /// The node for `cordon_node` and `repair_node`: a DNS-1123 subdomain, at most 253 characters.
     #[serde(default)]
+    #[schemars(length(max = 253), regex(pattern = crate::validate::DNS1123_SUBDOMAIN_PATTERN))]
     pub node_name: Option<String>,
     #[serde(default)]
     pub preflight_checks: PreflightChecks,
@@ -154,9 +163,13 @@ impl FieldError {
 const FIELDS: &[&str] =
     &["id", "dry_run", "requestor", "reason", "type", "namespace", "jobset_name", "node_pool", "node_name", "preflight_checks", "force"];
 
+/// The fields that may be `null` (the same as absent); the document says so (`nullable`).
+const NULLABLE: &[&str] = &["id", "jobset_name", "node_pool", "node_name"];
+
 fn string(obj: &serde_json::Map<String, serde_json::Value>, field: &str) -> Result<Option<String>, FieldError> {
     match obj.get(field) {
-        None | Some(serde_json::Value::Null) => Ok(None),
+        None => Ok(None),
+        Some(serde_json::Value::Null) if NULLABLE.contains(&field) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(FieldError::new(field, format!("expected a string, got {}", kind(other)))),
     }
@@ -164,7 +177,7 @@ fn string(obj: &serde_json::Map<String, serde_json::Value>, field: &str) -> Resu
 
 fn boolean(obj: &serde_json::Map<String, serde_json::Value>, field: &str, prefix: &str) -> Result<bool, FieldError> {
     match obj.get(field) {
-        None | Some(serde_json::Value::Null) => Ok(false),
+        None => Ok(false),
         Some(serde_json::Value::Bool(b)) => Ok(*b),
         Some(other) => Err(FieldError::new(&format!("{prefix}{field}"), format!("expected true or false, got {}", kind(other)))),
     }
@@ -241,7 +254,7 @@ pub fn parse(body: &[u8]) -> Result<ActionRequest, FieldError> {
     // A field given as a string must not be empty (`"id": ""` is not "generate one").
     let given = |field: &str| -> Result<Option<String>, FieldError> {
         match string(&obj, field)? {
-            Some(s) if s.trim().is_empty() => Err(FieldError::new(field, "must not be empty")),
+            Some(s) if s.is_empty() => Err(FieldError::new(field, "must not be empty")),
             other => Ok(other),
         }
     };
@@ -286,7 +299,7 @@ pub fn parse(body: &[u8]) -> Result<ActionRequest, FieldError> {
 
 fn preflight(obj: &serde_json::Map<String, serde_json::Value>) -> Result<PreflightChecks, FieldError> {
     match obj.get("preflight_checks") {
-        None | Some(serde_json::Value::Null) => Ok(PreflightChecks::default()),
+        None => Ok(PreflightChecks::default()),
         Some(serde_json::Value::Object(p)) => {
             if let Some(unknown) = p.keys().find(|k| k.as_str() != "expected_node_counts") {
                 return Err(FieldError::new(&format!("preflight_checks.{unknown}"), "unknown field; the checks are expected_node_counts"));
@@ -322,86 +335,11 @@ pub fn generate_id() -> String {
     format!("act-{}-{:08x}", now.strftime("%Y%m%d%H%M%S"), rand::random::<u32>())
 }
 
-/// Why the expected-node-counts preflight cannot pass.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PreflightError {
-    #[error("node {node} has no `{label}` label; the expected node count cannot be computed")]
-    MissingLabel { node: String, label: String },
-    #[error("node {node}: `{label}={value}` is not {what}")]
-    BadLabel { node: String, label: String, value: String, what: &'static str },
-    #[error("the pool's nodes disagree on `{label}` ({a} and {b})")]
-    Inconsistent { label: String, a: String, b: String },
-    #[error("the pool has {actual} node(s), but topology {topology} with {per_node} chips per node needs {expected}")]
-    CountMismatch { actual: usize, expected: u64, topology: String, per_node: u64 },
-}
-
-/// Chips of a TPU topology such as `8x8x8` (512) or `2x4` (8).
-pub fn topology_chips(topology: &str) -> Option<u64> {
-    let mut product: u64 = 1;
-    for dim in topology.split('x') {
-        let n: u64 = dim.trim().parse().ok()?;
-        if n == 0 {
-            return None;
-        }
-        product = product.checked_mul(n)?;
-    }
-    Some(product)
-}
-
-/// The `expected_node_counts` preflight over the pool's nodes (name and labels): every node carries
-/// the same topology and chips-per-node labels, and the pool has topology chips / chips per node
-/// nodes. Returns the expected count.
-pub fn expected_node_count<'a>(
-    nodes: impl IntoIterator<Item = (&'a str, &'a std::collections::BTreeMap<String, String>)>,
-    topology_label: &str,
-    count_label: &str,
-) -> Result<u64, PreflightError> {
-    let mut seen: Option<(String, String)> = None;
-    let mut actual = 0usize;
-    for (node, labels) in nodes {
-        actual += 1;
-        let get = |label: &str| {
-            labels.get(label).cloned().ok_or_else(|| PreflightError::MissingLabel { node: node.to_string(), label: label.to_string() })
-        };
-        let pair = (get(topology_label)?, get(count_label)?);
-        match &seen {
-            None => seen = Some(pair),
-            Some(first) if first.0 != pair.0 => {
-                return Err(PreflightError::Inconsistent { label: topology_label.into(), a: first.0.clone(), b: pair.0 });
-            }
-            Some(first) if first.1 != pair.1 => {
-                return Err(PreflightError::Inconsistent { label: count_label.into(), a: first.1.clone(), b: pair.1 });
-            }
-            Some(_) => {}
-        }
-    }
-    let Some((topology, per_node)) = seen else {
-        return Err(PreflightError::CountMismatch { actual: 0, expected: 0, topology: String::new(), per_node: 0 });
-    };
-    let node = String::new();
-    let chips = topology_chips(&topology).ok_or_else(|| PreflightError::BadLabel {
-        node: node.clone(),
-        label: topology_label.into(),
-        value: topology.clone(),
-        what: "a topology like 8x8x8",
-    })?;
-    let per: u64 = per_node.parse().ok().filter(|n| *n > 0).ok_or_else(|| PreflightError::BadLabel {
-        node,
-        label: count_label.into(),
-        value: per_node.clone(),
-        what: "a positive chip count",
-    })?;
-    let expected = chips.div_ceil(per);
-    if expected != actual as u64 {
-        return Err(PreflightError::CountMismatch { actual, expected, topology, per_node: per });
-    }
-    Ok(expected)
-}
+pub use crate::preflight::{PreflightError, expected_node_count, topology_chips};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn body(v: serde_json::Value) -> Vec<u8> {
         v.to_string().into_bytes()
@@ -543,43 +481,5 @@ mod tests {
     fn generated_ids_are_valid_ids() {
         assert!(valid_id(&generate_id()));
         assert_ne!(generate_id(), generate_id());
-    }
-
-    #[test]
-    fn topology_chips_multiplies_the_dimensions() {
-        assert_eq!(topology_chips("8x8x8"), Some(512));
-        assert_eq!(topology_chips("2x4"), Some(8));
-        assert_eq!(topology_chips("8x0"), None);
-        assert_eq!(topology_chips("eight"), None);
-    }
-
-    fn labels(topology: &str, chips: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("cloud.google.com/gke-tpu-topology".to_string(), topology.to_string()),
-            ("cloud.google.com/gke-accelerator-count".to_string(), chips.to_string()),
-        ])
-    }
-
-    const T: &str = "cloud.google.com/gke-tpu-topology";
-    const C: &str = "cloud.google.com/gke-accelerator-count";
-
-    #[test]
-    fn an_8x8x8_slice_with_4_chips_per_node_needs_128_nodes() {
-        let l = labels("8x8x8", "4");
-        let names: Vec<String> = (0..128).map(|i| format!("n{i}")).collect();
-        let pool: Vec<(&str, &BTreeMap<String, String>)> = names.iter().map(|n| (n.as_str(), &l)).collect();
-        assert_eq!(expected_node_count(pool.clone(), T, C), Ok(128));
-        let short = expected_node_count(pool[..127].iter().copied(), T, C);
-        assert!(matches!(short, Err(PreflightError::CountMismatch { actual: 127, expected: 128, .. })), "{short:?}");
-    }
-
-    #[test]
-    fn the_preflight_names_a_missing_or_disagreeing_label() {
-        let good = labels("2x2", "4");
-        let other = labels("2x4", "4");
-        let none = BTreeMap::new();
-        assert!(matches!(expected_node_count([("a", &none)], T, C), Err(PreflightError::MissingLabel { .. })));
-        assert!(matches!(expected_node_count([("a", &good), ("b", &other)], T, C), Err(PreflightError::Inconsistent { .. })));
-        assert_eq!(expected_node_count([("a", &good)], T, C), Ok(1));
     }
 }

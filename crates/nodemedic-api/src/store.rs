@@ -118,6 +118,7 @@ impl Store {
             return Ok(None);
         }
         let Some(text) = cm.data.as_ref().and_then(|d| d.get(KEY)) else { return Ok(None) };
+        // Our own record, read back from our API server: not outside input.
         Ok(Some(serde_json::from_str(text)?))
     }
 

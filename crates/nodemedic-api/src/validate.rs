@@ -2,10 +2,18 @@
 //! bad value is the caller's 400 naming the field rather than the API server's parse error (or,
 //! worse, a label selector the API server accepts and uses: `pool-1,key!=x`). Pure.
 
-/// Longest `requestor` we keep (it goes into events, the record and logs).
+/// Longest `requestor`, in characters (it goes into events, the record and logs).
 pub const MAX_REQUESTOR: usize = 256;
-/// Longest `reason`: an Event's note holds at most 1 KiB.
+/// Longest `reason`, in characters (an Event's note is cut at 1 KiB).
 pub const MAX_REASON: usize = 1024;
+
+// The same rules as regular expressions, for the OpenAPI document (each function below is the
+// rule the API applies; the patterns say the same to a client).
+pub const LABEL_VALUE_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$";
+pub const DNS1123_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+pub const DNS1123_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub const ONE_LINE_PATTERN: &str = r"^[^\x00-\x1F\x7F-\x9F]*$";
+pub const MULTI_LINE_PATTERN: &str = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$";
 
 /// A label value (`node_pool` is matched as `<node-pool label>=<value>`): at most 63 characters,
 /// letters, digits, `-`, `_` and `.`, beginning and ending with a letter or digit.
@@ -55,11 +63,12 @@ fn label_chars(v: &str, dots: bool) -> bool {
         && b.last().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
-/// Free text (`requestor`, `reason`): at most `max` bytes, no control characters (but for line
-/// breaks and tabs where `multiline`).
+/// Free text (`requestor`, `reason`): at most `max` characters, no control characters (but for
+/// line breaks and tabs where `multiline`).
 pub fn text(v: &str, max: usize, multiline: bool) -> Result<(), String> {
-    if v.len() > max {
-        return Err(format!("at most {max} bytes, this one has {}", v.len()));
+    let chars = v.chars().count();
+    if chars > max {
+        return Err(format!("at most {max} characters, this one has {chars}"));
     }
     if v.chars().any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\t' | '\r'))) {
         return Err("must not contain control characters".into());
@@ -93,6 +102,39 @@ mod tests {
         assert!(dns1123_label(&"a".repeat(64)).is_err());
         assert!(dns1123_subdomain(&"a".repeat(254)).is_err());
         assert!(dns1123_label("example-jobset").is_ok());
+    }
+
+    /// The OpenAPI document's patterns say what the functions decide, on every string tried.
+    #[test]
+    fn the_documents_patterns_agree_with_the_rules() -> Result<(), regex::Error> {
+        let alphabet: Vec<char> = "aZz09-_.,=!() \n\t\u{0}\u{1b}\u{7f}\u{85}éÅ\u{2003}".chars().collect();
+        type Rule = fn(&str) -> Result<(), String>;
+        let rules: [(&str, Rule); 5] = [
+            (LABEL_VALUE_PATTERN, label_value),
+            (DNS1123_LABEL_PATTERN, dns1123_label),
+            (DNS1123_SUBDOMAIN_PATTERN, |v| dns1123_subdomain(v).and_then(|()| if v.is_empty() { Err(String::new()) } else { Ok(()) })),
+            (ONE_LINE_PATTERN, |v| text(v, usize::MAX, false)),
+            (MULTI_LINE_PATTERN, |v| text(v, usize::MAX, true)),
+        ];
+        let mut state: u64 = 16;
+        let mut next = |n: usize| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as usize % n
+        };
+        let mut samples: Vec<String> = vec![String::new(), "a".repeat(63), "a".repeat(64), format!("{}.b", "a".repeat(70))];
+        for _ in 0..20_000 {
+            let len = next(70);
+            samples.push((0..len).map(|_| alphabet[next(alphabet.len())]).collect());
+        }
+        for (pattern, rule) in rules {
+            let re = regex::Regex::new(pattern)?;
+            for s in &samples {
+                // Lengths are the document's maxLength beside the pattern where a pattern cannot say them.
+                let length_ok = pattern != DNS1123_SUBDOMAIN_PATTERN || s.len() <= 253;
+                assert_eq!(rule(s).is_ok(), re.is_match(s) && length_ok, "{pattern} on {s:?}");
+            }
+        }
+        Ok(())
     }
 
     #[test]

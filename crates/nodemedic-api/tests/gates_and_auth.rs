@@ -6,8 +6,6 @@
 mod common;
 
 use common::*;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use nodemedic_api::ApiConfig;
 use nodemedic_core::Policy;
@@ -103,26 +101,6 @@ async fn the_policys_gates_hold_a_manual_action_unless_forced_and_a_remediation_
         Ok::<_, anyhow::Error>(())
     })
     .await
-}
-
-async fn service_account_token(cp: &ControlPlane, name: &str) -> anyhow::Result<String> {
-    default_service_account(cp, "default").await?;
-    let sas: Api<ServiceAccount> = Api::namespaced(cp.client(), "default");
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-    sas.create(&PostParams::default(), &sa).await?;
-    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))?;
-    let answer = sas.create_token_request(name, &PostParams::default(), &request).await?;
-    answer.status.map(|s| s.token).ok_or_else(|| anyhow::anyhow!("no token issued"))
-}
-
-fn self_signed() -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf, std::path::PathBuf, String)> {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
-    let dir = tempfile::tempdir()?;
-    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let pem = cert.cert.pem();
-    std::fs::write(&cert_path, &pem)?;
-    std::fs::write(&key_path, cert.signing_key.serialize_pem())?;
-    Ok((dir, cert_path, key_path, pem))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 pub mod bmc;
+pub mod client;
 pub mod contact;
 pub mod drain;
 pub mod events;

@@ -30,6 +30,20 @@ pub struct RunConfig {
     /// After the API server answers again, a step in flight has at least this long to report
     /// before its deadline counts (the outage itself never counts).
     pub reconnect_grace: Duration,
+    /// The client the watches use, when it is not the one `run` gets: watches are idle for long
+    /// stretches, so they need a longer read timeout than the calls that expect an answer (see
+    /// [`crate::client::with_timeouts`]).
+    pub watch_client: Option<WatchClient>,
+}
+
+/// The watches' client (a newtype so [`RunConfig`] stays `Debug`).
+#[derive(Clone)]
+pub struct WatchClient(pub Client);
+
+impl std::fmt::Debug for WatchClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchClient")
+    }
 }
 
 impl RunConfig {
@@ -40,6 +54,7 @@ impl RunConfig {
             debounce: Duration::from_millis(200),
             notifications: None,
             reconnect_grace: Duration::from_millis(crate::DEFAULT_RECONNECT_GRACE.as_millis() as u64),
+            watch_client: None,
         }
     }
 }
@@ -126,9 +141,10 @@ pub async fn run(
 ) -> Result<(), ControllerError> {
     futures::pin_mut!(shutdown);
     let changed = Arc::new(Notify::new());
-    let (nodes, node_task) = reflect(Api::<Node>::all(client.clone()), changed.clone(), lean);
-    let (policies, policy_task) = reflect(Api::<NodeHealthPolicy>::all(client.clone()), changed.clone(), |_| {});
-    let (records, record_task) = reflect(Api::<NodeRemediation>::all(client.clone()), changed.clone(), lean_record);
+    let watching = config.watch_client.as_ref().map_or_else(|| client.clone(), |w| w.0.clone());
+    let (nodes, node_task) = reflect(Api::<Node>::all(watching.clone()), changed.clone(), lean);
+    let (policies, policy_task) = reflect(Api::<NodeHealthPolicy>::all(watching.clone()), changed.clone(), |_| {});
+    let (records, record_task) = reflect(Api::<NodeRemediation>::all(watching), changed.clone(), lean_record);
     let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sync_task = {
         let (nodes, policies, records, synced) = (nodes.clone(), policies.clone(), records.clone(), synced.clone());

@@ -95,8 +95,13 @@ impl WebhookExecutor {
         if !status.is_success() {
             return Err(format!("webhook {url} answered {status}: {}", tail(&text, 300)));
         }
-        let Ok(serde_json::Value::Object(answer)) = serde_json::from_str::<serde_json::Value>(&text) else {
-            return Ok(()); // Accepted; the site reports when it is done.
+        let answer = match nodemedic_core::input::from_json_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Object(answer)) => answer,
+            // `{"outcome": "failed", …, "outcome": "succeeded"}` says two things: refused, not guessed.
+            Err(e @ nodemedic_core::input::InputError::DuplicateKey { .. }) => {
+                return Err(format!("webhook {url} answered {status} with an ambiguous body: {e}"));
+            }
+            _ => return Ok(()), // Accepted; the site reports when it is done.
         };
         if !answer.contains_key("outcome") {
             return Ok(());

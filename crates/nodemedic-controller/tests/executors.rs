@@ -211,6 +211,19 @@ async fn a_webhook_that_refuses_or_cannot_be_reached_is_an_error_naming_the_url_
     Ok(())
 }
 
+/// Issue 16 §1: `{"outcome": "failed", "outcome": "succeeded"}` says two things; serde would keep
+/// the last. It is refused, naming the key, and nothing is reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_answer_that_repeats_outcome_is_refused_not_guessed() -> anyhow::Result<()> {
+    let (url, seen) = receiver(vec![(200, r#"{"outcome": "failed", "message": "no spare", "outcome": "succeeded"}"#)]).await?;
+    let config = WebhookConfig { url: url.clone(), token_file: None, timeout: EngineDuration::from_secs(5) };
+    let req = request("gpu-5", RemediationStep::Replace, 6, Duration::from_secs(600));
+    let err = WebhookExecutor::new(unused_client()?, config)?.execute(&req).await.err().unwrap_or_default();
+    assert!(err.contains(&url) && err.contains("ambiguous") && err.contains("duplicate key `outcome`"), "{err}");
+    assert_eq!(received(&seen).len(), 1);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_that_answers_with_an_outcome_is_reported_at_once() -> anyhow::Result<()> {
     let (url, seen) = receiver(vec![(200, r#"{"outcome": "failed", "message": "no spare machine in pool-a"}"#)]).await?;

@@ -64,7 +64,7 @@ pub fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T, InputError> {
 pub fn check_json_keys(bytes: &[u8]) -> Result<(), InputError> {
     let found = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let _ = Walk { path: String::new(), found: &found }.deserialize(&mut de);
+    let _ = Walk { at: &At::Top, found: &found }.deserialize(&mut de);
     found.into_inner().map_or(Ok(()), Err)
 }
 
@@ -73,19 +73,38 @@ pub fn check_yaml_keys(text: &str) -> Result<(), InputError> {
     let found = RefCell::new(None);
     // Duplicates must reach the walker rather than stop the parser, so it can say where they are.
     let options = serde_saphyr::options! { duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::PassThrough };
-    let _ = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-        Walk { path: String::new(), found: &found }.deserialize(de)
-    });
+    let _ = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| Walk { at: &At::Top, found: &found }.deserialize(de));
     found.into_inner().map_or(Ok(()), Err)
 }
 
+/// Where the walk is: a chain back to the top, rendered only for the error.
+enum At<'p> {
+    Top,
+    Key(&'p str, &'p At<'p>),
+    Index(usize, &'p At<'p>),
+}
+
+impl At<'_> {
+    /// `rules[0].gates`; empty at the top.
+    fn render(&self) -> String {
+        match self {
+            At::Top => String::new(),
+            At::Key(key, parent) => match parent.render() {
+                p if p.is_empty() => (*key).to_string(),
+                p => format!("{p}.{key}"),
+            },
+            At::Index(i, parent) => format!("{}[{i}]", parent.render()),
+        }
+    }
+}
+
 /// Walks any value; records the first duplicate key in `found` and stops there.
-struct Walk<'a> {
-    path: String,
+struct Walk<'a, 'p> {
+    at: &'p At<'p>,
     found: &'a RefCell<Option<InputError>>,
 }
 
-impl<'de> DeserializeSeed<'de> for Walk<'_> {
+impl<'de> DeserializeSeed<'de> for Walk<'_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
         de.deserialize_any(self)
@@ -94,7 +113,7 @@ impl<'de> DeserializeSeed<'de> for Walk<'_> {
 
 const STOP: &str = "duplicate key";
 
-impl<'de> Visitor<'de> for Walk<'_> {
+impl<'de> Visitor<'de> for Walk<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -139,10 +158,13 @@ impl<'de> Visitor<'de> for Walk<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut i = 0usize;
-        while seq.next_element_seed(Walk { path: format!("{}[{i}]", self.path), found: self.found })?.is_some() {
+        loop {
+            let here = At::Index(i, self.at);
+            if seq.next_element_seed(Walk { at: &here, found: self.found })?.is_none() {
+                return Ok(());
+            }
             i += 1;
         }
-        Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -154,12 +176,12 @@ impl<'de> Visitor<'de> for Walk<'_> {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
-            let child = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
             if !seen.insert(key.clone()) {
-                *self.found.borrow_mut() = Some(InputError::DuplicateKey { key, path: self.path.clone() });
+                *self.found.borrow_mut() = Some(InputError::DuplicateKey { key, path: self.at.render() });
                 return Err(serde::de::Error::custom(STOP));
             }
-            map.next_value_seed(Walk { path: child, found: self.found })?;
+            let here = At::Key(&key, self.at);
+            map.next_value_seed(Walk { at: &here, found: self.found })?;
         }
         Ok(())
     }
@@ -274,6 +296,13 @@ mod tests {
     fn json_nested_past_the_recursion_limit_is_an_error_not_a_stack_overflow() {
         let deep = "[".repeat(100_000);
         assert!(from_json_str::<Value>(&deep).is_err());
+    }
+
+    #[test]
+    fn yaml_nested_deeply_is_an_error_not_a_stack_overflow() {
+        for deep in ["[".repeat(100_000), "{a: ".repeat(100_000), "- ".repeat(100_000)] {
+            assert!(from_yaml_str::<Value>(&deep).is_err());
+        }
     }
 
     #[test]

@@ -566,6 +566,8 @@ pub enum PolicyError {
 impl Policy {
     /// Reads a policy from YAML (or JSON, which is YAML) and validates it.
     pub fn from_yaml(text: &str) -> Result<Policy, PolicyError> {
+        // A repeated key is refused first, with its path (crate::input).
+        crate::input::check_yaml_keys(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
         // The path of the bad field (`rules[0].duration`) leads the message; serde-saphyr's own
         // message adds the line and column.
         let mut path = None;
@@ -587,6 +589,7 @@ impl Policy {
 
     /// Reads a policy from JSON with the path of a bad field in the error, and validates it.
     pub fn from_json(text: &str) -> Result<Policy, PolicyError> {
+        crate::input::check_json_keys(text.as_bytes()).map_err(|e| PolicyError::Parse(e.to_string()))?;
         let de = &mut serde_json::Deserializer::from_str(text);
         let policy: Policy = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -864,6 +867,16 @@ mod tests {
         assert!(err.contains("ladder[0].step") && err.contains("unknown variant `rebot`"), "{err}");
         let err = Policy::from_yaml(&minimal("").replace("step: reboot", "step: rebot")).unwrap_err().to_string();
         assert!(err.contains("ladder[0].step") && err.contains("rebot"), "{err}");
+    }
+
+    #[test]
+    fn a_policy_that_repeats_a_key_is_refused_naming_the_key_and_where() {
+        let json =
+            r#"{"rules":[{"name":"r","condition":{"type":"Ready","status":"False"}}],"ladder":[{"step":"reboot","step":"reimage"}]}"#;
+        let err = Policy::from_json(json).unwrap_err().to_string();
+        assert!(err.contains("duplicate key `step` in `ladder[0]`"), "{err}");
+        let err = Policy::from_yaml(&minimal("taintPrefix: a/\ntaintPrefix: b/\n")).unwrap_err().to_string();
+        assert!(err.contains("duplicate key `taintPrefix` at the top level"), "{err}");
     }
 
     #[test]

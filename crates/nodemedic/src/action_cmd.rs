@@ -61,6 +61,16 @@ pub struct ApiArgs {
     /// The leader deletes older ones hourly; a pruned action's id may be used again.
     #[arg(long, default_value = "30d", value_parser = parse_retention)]
     pub action_retention: Retention,
+    /// Seconds any call to the API server may take (connect, send, answer) before it fails; also
+    /// the deadline of one actions-API request's API-server work, after which it is answered 504.
+    #[arg(long, default_value_t = nodemedic_controller::client::DEFAULT_API_SERVER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub api_server_timeout: u64,
+}
+
+impl ApiArgs {
+    pub fn api_server_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.api_server_timeout)
+    }
 }
 
 /// How long ended action records are kept.
@@ -122,13 +132,15 @@ pub async fn start_api(
         namespace: args.actions_namespace.clone().unwrap_or_else(|| leader.namespace.clone()),
         instance: leader.identity.clone(),
         leader: Some(leader),
+        api_server_timeout: args.api_server_timeout(),
         ..ApiConfig::default()
     };
     let state = ApiState::new(client, config, provider);
     if let Retention::For(retention) = args.action_retention {
         tokio::spawn(nodemedic_api::actions::prune_records_forever(state.clone(), retention, std::time::Duration::from_secs(3600)));
     }
-    let router = extra.merge(nodemedic_api::router(state.clone())).merge(crate::fleet_page::router(state));
+    // The controller's /metrics, /healthz and /readyz need a token here like everything but /openapi.json.
+    let router = nodemedic_api::router_with(state.clone(), extra).merge(crate::fleet_page::router(state));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
     let bound = listener.local_addr().context("reading the API's address")?;
     tracing::info!(address = %bound, tls = tls.is_some(), "serving the actions API");

@@ -87,7 +87,7 @@ async fn shutdown_signal() {
 /// Reads and checks a notifications file; its Secrets are read once the controller leads.
 pub fn load_notifications(path: &std::path::Path) -> Result<nodemedic_controller::notify::NotificationsConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    nodemedic::config_files::parse_notifications(&text).with_context(|| path.display().to_string())
+    nodemedic::config_files::parse_notifications(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
 }
 
 /// The API server may not answer yet (it starts with us, or restarts): connection errors are
@@ -113,7 +113,13 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     // An eviction refused by a PodDisruptionBudget answers 429: the drain must see it, not a
     // client-side retry loop.
     kube_config.default_retry = false;
-    let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
+    // Every call has a deadline (an API server that accepts and never answers must not hold a
+    // lease renewal or an API request forever); the watches, idle for long stretches, a longer one.
+    let timeout = args.api.api_server_timeout();
+    let watch_client = kube::Client::try_from(nodemedic_controller::client::for_watches(kube_config.clone(), timeout))
+        .context("building the Kubernetes client")?;
+    let client = kube::Client::try_from(nodemedic_controller::client::with_timeouts(kube_config, timeout))
+        .context("building the Kubernetes client")?;
     if args.install_crds {
         install_crds_with_retry(&client).await.context("installing the CRDs")?;
     }
@@ -141,11 +147,12 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     };
     config.resync = std::time::Duration::from_secs(args.resync.max(1));
     config.reconnect_grace = std::time::Duration::from_secs(args.reconnect_grace);
+    config.watch_client = Some(nodemedic_controller::run::WatchClient(watch_client));
     config.notifications = args.notifications.as_deref().map(load_notifications).transpose()?;
     let executors: ExecutorsConfig = match &args.executors {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            nodemedic::config_files::parse_executors(&text).with_context(|| p.display().to_string())?
+            nodemedic::config_files::parse_executors(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", p.display()))?
         }
         None => ExecutorsConfig::default(),
     };

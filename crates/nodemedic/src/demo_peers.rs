@@ -119,6 +119,7 @@ impl Peers {
         )
     }
 
+    /// What the demo's own SMTP peer wrote (not outside input: plain serde_json).
     pub fn mails(&self) -> Vec<Mail> {
         let mut out = Vec::new();
         for n in 1.. {

@@ -30,9 +30,12 @@ async fn page() -> Html<&'static str> {
 }
 
 async fn data(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<FleetView>, ApiError> {
-    nodemedic_api::auth::authorize(&state, &headers, "list", "nodes").await?;
-    let now = Time(jiff::Timestamp::now().as_millisecond());
-    fleet_view(&state.client, now).await.map(Json).map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))
+    nodemedic_api::deadline(&state, "GET /fleet/data", async {
+        nodemedic_api::auth::authorize(&state, &headers, "list", "nodes").await?;
+        let now = Time(jiff::Timestamp::now().as_millisecond());
+        fleet_view(&state.client, now).await.map(Json).map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))
+    })
+    .await
 }
 
 #[derive(Serialize, Debug)]

@@ -168,11 +168,13 @@ fn main() -> Result<()> {
         Command::Plan { policy, nodes, records, at } => {
             let (_, policy) = load_policy(&policy)?;
             let text = std::fs::read_to_string(&nodes).with_context(|| format!("reading {}", nodes.display()))?;
-            let fleet: Vec<nodemedic_core::NodeObservation> =
-                serde_json::from_str(&text).with_context(|| format!("{} is not a JSON list of node observations", nodes.display()))?;
+            let fleet: Vec<nodemedic_core::NodeObservation> = nodemedic_core::input::from_json_str(&text)
+                .with_context(|| format!("{} is not a JSON list of node observations", nodes.display()))?;
             let records: Records = match records {
-                Some(p) => serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
-                    .with_context(|| format!("{} is not a records document", p.display()))?,
+                Some(p) => {
+                    nodemedic_core::input::from_json_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
+                        .with_context(|| format!("{} is not a records document", p.display()))?
+                }
                 None => Records::default(),
             };
             let now = match at {

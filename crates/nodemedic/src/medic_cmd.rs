@@ -202,7 +202,7 @@ async fn plan(policy_arg: &str, nodes_json: Option<&std::path::Path>, at: Time) 
 
 /// The Nodes of a `kubectl get nodes -o json` document (a `List`, or a single Node).
 fn nodes_from_kubectl_json(text: &str) -> Result<Vec<Node>> {
-    let doc: serde_json::Value = serde_json::from_str(text)?;
+    let doc: serde_json::Value = nodemedic_core::input::from_json_str(text)?;
     match doc.get("items") {
         Some(items) => Ok(serde_json::from_value(items.clone())?),
         None => Ok(vec![serde_json::from_value(doc)?]),

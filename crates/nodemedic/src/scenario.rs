@@ -103,7 +103,7 @@ pub enum Expect {
 
 impl Scenario {
     pub fn parse(text: &str) -> Result<Scenario> {
-        let s: Scenario = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
+        let s: Scenario = nodemedic_core::input::from_yaml_str(text).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
         s.policy.validate().map_err(|e| anyhow::anyhow!("scenario policy: {e}"))?;
         let names: BTreeSet<String> = (0..s.nodes).map(node_name).collect();
         for (i, f) in s.faults.iter().enumerate() {
@@ -123,4 +123,18 @@ impl Scenario {
 /// The demo's node names: gpu-000, gpu-001, …
 pub fn node_name(i: usize) -> String {
     format!("gpu-{i:03}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_that_repeats_a_key_is_refused_naming_it() {
+        let text = include_str!("../../../examples/demo-scenario.yaml");
+        assert!(Scenario::parse(text).is_ok());
+        let twice = format!("{text}\nkillLeaderAt: 1m\nkillLeaderAt: 2m\n");
+        let err = Scenario::parse(&twice).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("duplicate key `killLeaderAt`"), "{err}");
+    }
 }

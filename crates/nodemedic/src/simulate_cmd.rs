@@ -76,9 +76,9 @@ pub fn load_policy(spec: &str) -> Result<(String, Policy)> {
 fn load_model(path: &std::path::Path) -> Result<FaultModel> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let model: FaultModel = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).with_context(|| format!("{} is not a fault model (JSON)", path.display()))?
+        nodemedic_core::input::from_json_str(&text).with_context(|| format!("{} is not a fault model (JSON)", path.display()))?
     } else {
-        serde_saphyr::from_str(&text).with_context(|| format!("{} is not a fault model (YAML)", path.display()))?
+        nodemedic_core::input::from_yaml_str(&text).with_context(|| format!("{} is not a fault model (YAML)", path.display()))?
     };
     model.validate().with_context(|| format!("fault model {}", path.display()))?;
     Ok(model)

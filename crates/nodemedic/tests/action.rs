@@ -113,3 +113,61 @@ fn the_api_is_not_served_in_the_clear_unless_asked() -> anyhow::Result<()> {
     assert!(said.contains("--insecure-no-tls"), "{said}");
     Ok(())
 }
+
+/// Issue 16 §3: a controller whose API server accepts connections and never answers. `POST
+/// /actions` is answered 504 within `--api-server-timeout` (not after minutes, or never), and the
+/// controller's log says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_an_api_server_that_never_answers_an_action_gets_504_within_the_deadline_and_a_log_line() -> anyhow::Result<()> {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let server = format!("http://{}", hole.local_addr()?);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for socket in hole.incoming().flatten() {
+            held.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: hole, cluster: {{server: \"{server}\"}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: hole, user: u}}}}]\ncurrent-context: c\n"
+        ),
+    )?;
+    let log_path = dir.path().join("controller.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
+        .args(["controller", "--identity", "lonely", "--listen", "127.0.0.1:0", "--api-server-timeout", "2"])
+        .args(["--api-listen", "127.0.0.1:0", "--insecure-no-tls", "--insecure-no-auth", "--repair-provider", "recreate-node"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .spawn()?;
+    let result = async {
+        let address = common::bound_address(&mut child, &log_path, "serving the actions API", "lonely")?;
+        let body = r#"{"requestor": "erin", "reason": "test", "type": "cordon_nodepool", "node_pool": "pool-a"}"#;
+        let started = std::time::Instant::now();
+        let answer = reqwest::Client::new()
+            .post(format!("http://{address}/actions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await?;
+        let took = started.elapsed();
+        assert_eq!(answer.status().as_u16(), 504, "{}", answer.text().await.unwrap_or_default());
+        assert!(took < Duration::from_secs(6), "answered after {took:?}");
+        wait_for(Duration::from_secs(5), "the controller to log it", || async {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            (log.contains("did not answer within the deadline") || log.contains("the API server call failed")).then_some(())
+        })
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}

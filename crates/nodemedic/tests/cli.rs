@@ -193,3 +193,35 @@ fn crds_prints_both_custom_resource_definitions() {
     assert!(out.contains("nodehealthpolicies.nodemedic.io") && out.contains("noderemediations.nodemedic.io"), "{out}");
     assert_eq!(out.matches("---").count(), 2);
 }
+
+/// Issue 16 §1: every file the command line reads refuses a repeated key, naming it (serde would
+/// keep the last value).
+#[test]
+fn every_file_the_command_line_reads_refuses_a_repeated_key() {
+    let policy = temp_file(
+        "dup-policy.json",
+        r#"{"rules":[{"name":"r","condition":{"type":"Ready","status":"False"}}],"ladder":[{"step":"reboot"}],"dryRun":true,"dryRun":false}"#,
+    );
+    let (ok, _, err) = nodemedic(&["validate", policy.to_str().unwrap_or_default()]);
+    assert!(!ok && err.contains("duplicate key `dryRun`"), "{err}");
+
+    let nodes = temp_file("dup-nodes.json", r#"[{"name":"gpu-1","name":"gpu-2","conditions":[]}]"#);
+    let (ok, _, err) = nodemedic(&["plan", "--policy", "seed000", "--nodes", nodes.to_str().unwrap_or_default()]);
+    assert!(!ok && err.contains("duplicate key `name`"), "{err}");
+
+    let mut model = fault_model_json();
+    model.insert_str(1, r#""seed_note": 1, "seed_note": 2, "#);
+    let json = temp_file("dup-model.json", &model);
+    let (ok, _, err) = nodemedic(&["simulate", "--nodes", "16", "--days", "1", "--model", json.to_str().unwrap_or_default()]);
+    assert!(!ok && err.contains("duplicate key `seed_note`"), "{err}");
+
+    let good = temp_file("dup-good.yaml", "rules:\n- name: r\n  condition: {type: Ready, status: \"False\"}\nladder:\n- step: reboot\n");
+    let kube = temp_file("dup-kubectl.json", r#"{"kind":"List","items":[{"metadata":{"name":"gpu-1","name":"gpu-2"}}]}"#);
+    let out = std::os::unix::process::CommandExt::arg0(&mut Command::new(env!("CARGO_BIN_EXE_nodemedic")), "kubectl-medic")
+        .args(["plan", good.to_str().unwrap_or_default(), "--nodes-json", kube.to_str().unwrap_or_default()])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .expect("run kubectl-medic");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("duplicate key `name` in `items[0].metadata`"), "{err}");
+}

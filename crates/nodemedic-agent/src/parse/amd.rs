@@ -32,6 +32,9 @@ pub enum AmdError {
     RocmSmiNoJson { first_line: String },
     #[error("rocm-smi JSON is not an object of cards")]
     RocmSmiShape,
+    /// A repeated key makes the data ambiguous: unreadable, never a reason to remediate.
+    #[error("rocm-smi JSON is ambiguous: {0}")]
+    RocmSmiDuplicateKey(String),
     #[error("rocm-smi JSON lists no cardN entries: the amdgpu driver is probably not loaded")]
     RocmSmiNoCards,
     #[error("rocm-smi text shows no GPU[n] lines")]
@@ -96,7 +99,7 @@ pub struct AmdSmiGpu {
 
 /// Parses `amd-smi ... --json` in either shape.
 pub fn parse_amd_smi_json(text: &str) -> Result<Vec<AmdSmiGpu>, AmdError> {
-    let value: Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
+    let value: Value = nodemedic_core::input::from_json_str(text.trim_start_matches('\u{feff}'))
         .map_err(|e| AmdError::AmdSmiNotJson { message: e.to_string(), first_line: first_line(text) })?;
     let entries = match value {
         Value::Array(entries) => entries,
@@ -232,7 +235,10 @@ pub fn parse_rocm_smi_json(text: &str) -> Result<Vec<RocmSmiCard>, AmdError> {
             AmdError::RocmSmiNoJson { first_line: first_line(text) }
         });
     };
-    let value: Value = serde_json::from_str(body.trim()).map_err(|_| AmdError::RocmSmiNoJson { first_line: first_line(body) })?;
+    let value: Value = nodemedic_core::input::from_json_str(body.trim()).map_err(|e| match e {
+        nodemedic_core::input::InputError::DuplicateKey { .. } => AmdError::RocmSmiDuplicateKey(e.to_string()),
+        _ => AmdError::RocmSmiNoJson { first_line: first_line(body) },
+    })?;
     let Value::Object(map) = value else { return Err(AmdError::RocmSmiShape) };
     let mut cards: Vec<RocmSmiCard> = map
         .into_iter()

@@ -14,6 +14,38 @@ pub enum DcgmiError {
     NoDiagnostic,
     #[error("dcgmi health JSON has no body > \"Overall Health\" > value")]
     NoOverallHealth,
+    /// Keys are looked up without regard to case (dcgmi versions differ in it), so two keys that
+    /// differ only in case say two things: unreadable, never a reason to remediate.
+    #[error("dcgmi output is ambiguous: keys `{0}` and `{1}` differ only in case")]
+    Ambiguous(String, String),
+}
+
+/// Reads dcgmi JSON strictly: a key given twice, or two keys that differ only in case, is refused.
+fn read(text: &str) -> Result<Value, DcgmiError> {
+    let value: Value = nodemedic_core::input::from_json_str(text).map_err(|e| DcgmiError::NotJson(e.to_string()))?;
+    match same_but_case(&value) {
+        Some((a, b)) => Err(DcgmiError::Ambiguous(a, b)),
+        None => Ok(value),
+    }
+}
+
+fn same_but_case(value: &Value) -> Option<(String, String)> {
+    match value {
+        Value::Object(map) => {
+            let mut seen: std::collections::HashMap<String, &String> = std::collections::HashMap::new();
+            for (k, v) in map {
+                if let Some(first) = seen.insert(k.to_ascii_lowercase(), k) {
+                    return Some((first.clone(), k.clone()));
+                }
+                if let Some(found) = same_but_case(v) {
+                    return Some(found);
+                }
+            }
+            None
+        }
+        Value::Array(items) => items.iter().find_map(same_but_case),
+        _ => None,
+    }
 }
 
 /// One test result line of a diag run.
@@ -40,7 +72,7 @@ fn get_ci<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
 
 /// Parses `dcgmi diag -j`.
 pub fn parse_diag(text: &str) -> Result<Vec<DiagResult>, DcgmiError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| DcgmiError::NotJson(e.to_string()))?;
+    let value = read(text)?;
     let categories = get_ci(&value, "DCGM GPU Diagnostic")
         .and_then(|d| get_ci(d, "test_categories"))
         .and_then(Value::as_array)
@@ -113,7 +145,7 @@ fn collect_messages(value: &Value, out: &mut Vec<String>) {
 }
 
 pub fn parse_health(text: &str) -> Result<HealthReport, DcgmiError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| DcgmiError::NotJson(e.to_string()))?;
+    let value = read(text)?;
     let body = get_ci(&value, "body").ok_or(DcgmiError::NoOverallHealth)?;
     let overall = get_ci(body, "Overall Health").and_then(|o| text_of(get_ci(o, "value"))).ok_or(DcgmiError::NoOverallHealth)?;
     let mut incidents = Vec::new();

@@ -217,7 +217,7 @@ struct RdmaLink {
 
 /// Parses `rdma link -j` (or `rdma -j link show`) JSON.
 pub fn parse_rdma_link_json(text: &str) -> Result<Vec<IbPort>, InfinibandError> {
-    let links: Vec<RdmaLink> = serde_json::from_str(text).map_err(|e| InfinibandError::RdmaJson(e.to_string()))?;
+    let links: Vec<RdmaLink> = nodemedic_core::input::from_json_str(text).map_err(|e| InfinibandError::RdmaJson(e.to_string()))?;
     Ok(links
         .into_iter()
         .map(|l| IbPort {

@@ -39,8 +39,8 @@ pub enum IperfResult {
 
 /// Parses `iperf3 -J` output: the receiver-side sum when present (what actually arrived), else the sender's.
 pub fn parse_iperf3(text: &str) -> Result<IperfResult, NetperfError> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| NetperfError::IperfNotJson { message: e.to_string(), first_line: first_line(text) })?;
+    let value: Value = nodemedic_core::input::from_json_str(text)
+        .map_err(|e| NetperfError::IperfNotJson { message: e.to_string(), first_line: first_line(text) })?;
     if let Some(error) = value.get("error").and_then(Value::as_str) {
         return Ok(IperfResult::Error(error.to_string()));
     }
@@ -136,8 +136,8 @@ pub enum SpeedtestResult {
 /// Parses `speedtest --format=json` (bandwidth is in bytes per second there).
 pub fn parse_speedtest(text: &str) -> Result<SpeedtestResult, NetperfError> {
     let line = text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("");
-    let value: Value = serde_json::from_str(text.trim())
-        .or_else(|_| serde_json::from_str(line))
+    let value: Value = nodemedic_core::input::from_json_str(text.trim())
+        .or_else(|_| nodemedic_core::input::from_json_str(line))
         .map_err(|e| NetperfError::SpeedtestNotJson { message: e.to_string(), first_line: first_line(text) })?;
     let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
     match kind {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
 use nodemedic_api::{ApiConfig, ApiState, Provider, RecreateNodeProvider};
@@ -38,11 +39,16 @@ pub async fn serve_with(
     provider: Arc<dyn Provider>,
 ) -> anyhow::Result<Server> {
     let state = ApiState::new(cp.client(), config, provider);
+    serve_router(nodemedic_api::router(state), tls).await
+}
+
+/// Serves `router` on a free loopback port (plain HTTP unless `tls` is given).
+pub async fn serve_router(router: axum::Router, tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Result<Server> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tokio::spawn(nodemedic_api::tls::serve(listener, nodemedic_api::router(state), tls, async {
+    tokio::spawn(nodemedic_api::tls::serve(listener, router, tls, async {
         let _ = stopped.await;
     }));
     Ok(Server { url: format!("{scheme}://{addr}"), http: reqwest::Client::new(), stop: Some(stop) })
@@ -179,4 +185,38 @@ impl Provider for BrokenCloud {
         let name = node.metadata.name.clone().unwrap_or_default();
         Box::pin(async move { Err(format!("quota exceeded replacing {name}")) })
     }
+}
+
+pub async fn service_account_token(cp: &ControlPlane, name: &str) -> anyhow::Result<String> {
+    default_service_account(cp, "default").await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(cp.client(), "default");
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+    sas.create(&PostParams::default(), &sa).await?;
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))?;
+    let answer = sas.create_token_request(name, &PostParams::default(), &request).await?;
+    answer.status.map(|s| s.token).ok_or_else(|| anyhow::anyhow!("no token issued"))
+}
+
+pub fn self_signed() -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf, std::path::PathBuf, String)> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let dir = tempfile::tempdir()?;
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let pem = cert.cert.pem();
+    std::fs::write(&cert_path, &pem)?;
+    std::fs::write(&key_path, cert.signing_key.serialize_pem())?;
+    Ok((dir, cert_path, key_path, pem))
+}
+
+/// Binds `role_rules` to the service account `account` (namespace `default`) in a ClusterRole
+/// named after it.
+pub fn grant(cp: &ControlPlane, account: &str, rules: serde_json::Value) -> anyhow::Result<()> {
+    let role = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": account}, "rules": rules});
+    let binding = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": account},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": "default"}]});
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), format!("{role}\n---\n{binding}\n"))?;
+    let out = cp.kubectl(&["apply", "-f", &file.path().display().to_string()])?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
 }

@@ -305,7 +305,8 @@ async fn bmc_of(client: &Client, config: &PowerConfig, node: &str) -> Result<Bmc
     let Some(text) = found.annotations().get(BMC_ANNOTATION) else {
         return Err(format!("node {node} has no BMC: not in the power executor's config and no {BMC_ANNOTATION} annotation"));
     };
-    serde_json::from_str(text).map_err(|e| format!("node {node}: the {BMC_ANNOTATION} annotation is not a BMC target: {e}"))
+    // The annotation comes through our API server, but a person wrote its JSON: read strictly.
+    nodemedic_core::input::from_json_str(text).map_err(|e| format!("node {node}: the {BMC_ANNOTATION} annotation is not a BMC target: {e}"))
 }
 
 #[cfg(test)]

@@ -99,8 +99,10 @@ impl PowerControl for Redfish {
         if !response.status().is_success() {
             return Err(self.refusal(what, response).await);
         }
-        let system: serde_json::Value =
-            response.json().await.map_err(|e| BmcError::new(&self.address, format!("{what}: the answer is not JSON: {e}")))?;
+        let text = response.text().await.map_err(|e| BmcError::new(&self.address, format!("{what}: reading the answer: {e}")))?;
+        // Strict: `{"PowerState": "On", "PowerState": "Off"}` confirms nothing.
+        let system: serde_json::Value = nodemedic_core::input::from_json_str(&text)
+            .map_err(|e| BmcError::new(&self.address, format!("{what}: the answer is not JSON: {e}")))?;
         match system.get("PowerState").and_then(|s| s.as_str()) {
             Some("On") => Ok(PowerState::On),
             Some("Off") => Ok(PowerState::Off),

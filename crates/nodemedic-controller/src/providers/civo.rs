@@ -74,7 +74,9 @@ impl Provider for CivoProvider {
             if !status.is_success() {
                 return Err(format!("POST {url} answered {status}: {}", text.chars().take(300).collect::<String>()));
             }
-            let result = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["result"].as_str().map(str::to_string));
+            let result = nodemedic_core::input::from_json_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["result"].as_str().map(str::to_string));
             match result.as_deref() {
                 Some("success") => Ok(format!("Civo instance {instance} ({}) hard-rebooted", self.config.region)),
                 _ => Err(format!("POST {url} answered {status} without result success: {}", text.chars().take(300).collect::<String>())),
