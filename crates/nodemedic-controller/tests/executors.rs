@@ -211,6 +211,25 @@ async fn a_webhook_that_refuses_or_cannot_be_reached_is_an_error_naming_the_url_
     Ok(())
 }
 
+/// Issue 12 §1: a webhook the site could not take is not silently dropped. The executor used to mark
+/// the request sent before it was delivered, so the next pass's resume was a no-op and the step
+/// waited for its timeout unheard.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_the_site_refused_is_sent_again_on_the_next_pass_with_the_same_key_and_then_once_only() -> anyhow::Result<()> {
+    let (url, seen) = receiver(vec![(503, r#"{"error": "provisioning is restarting"}"#), (202, r#"{"ticket": "PROV-77"}"#)]).await?;
+    let webhook = WebhookExecutor::new(unused_client()?, WebhookConfig { url, token_file: None, timeout: EngineDuration::from_secs(5) })?;
+    let req = request("gpu-3", RemediationStep::Replace, 2, Duration::from_secs(600));
+    assert!(webhook.execute(&req).await.is_err(), "the 503 is an error");
+    // The next passes hand the step, in flight without a report, back to the executor.
+    webhook.resume(&req).await.map_err(anyhow::Error::msg)?;
+    webhook.resume(&req).await.map_err(anyhow::Error::msg)?;
+    let got = received(&seen);
+    assert_eq!(got.len(), 2, "one refused send, one resend, nothing after it was accepted");
+    assert_eq!(got[1].header("idempotency-key"), Some("gpu-3/2/replace"));
+    assert_eq!(got[1].body.get("resumed"), Some(&serde_json::json!(true)));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_that_answers_with_an_outcome_is_reported_at_once() -> anyhow::Result<()> {
     let (url, seen) = receiver(vec![(200, r#"{"outcome": "failed", "message": "no spare machine in pool-a"}"#)]).await?;
