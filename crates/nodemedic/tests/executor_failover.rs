@@ -128,7 +128,10 @@ async fn a_leader_killed_mid_command_and_mid_webhook_is_replaced_and_the_standby
         assert_eq!(runs(dir.path()), ["attempt=1 resumed=0", "attempt=1 resumed=1"], "run once, then run again resumed");
         let reimage = rec.history.iter().find(|h| h.step == RemediationStep::Reimage);
         assert_eq!(reimage.map(|h| (h.attempt, h.outcome)), Some((1, StepOutcome::Failed)), "{rec:?}");
-        assert!(reimage.is_some_and(|h| h.reason.contains("the image server refused the reimage of gpu-000")), "the outcome read back: {rec:?}");
+        assert!(
+            reimage.is_some_and(|h| h.reason.contains("the image server refused the reimage of gpu-000")),
+            "the outcome read back: {rec:?}"
+        );
         assert_eq!(active(&rec), Some((RemediationStep::Replace, 2)));
 
         // The webhook: the site accepted the replace and works on it when the second leader dies.
