@@ -13,6 +13,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
+use nodemedic_controller::providers::{MACHINE_ANNOTATION, MACHINE_NAMESPACE_ANNOTATION};
 use nodemedic_testenv::{ControlPlane, FakeNode, wait_for};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -120,7 +121,8 @@ pub async fn install_machine_crd(cp: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
-/// A Machine of MachineSet `gpu-pool` whose node has joined: `status.nodeRef` names it.
+/// A Machine of MachineSet `gpu-pool` whose node has joined: `status.nodeRef` names the node, and
+/// the node's annotations name the Machine.
 async fn create_machine(cp: &ControlPlane, name: &str, node: &str) -> Result<()> {
     let api: Api<DynamicObject> = Api::namespaced_with(cp.client(), MACHINE_NAMESPACE, &machines());
     let mut m = DynamicObject::new(name, &machines());
@@ -129,6 +131,13 @@ async fn create_machine(cp: &ControlPlane, name: &str, node: &str) -> Result<()>
     api.create(&PostParams::default(), &m).await.with_context(|| format!("creating Machine {name}"))?;
     let status = serde_json::json!({"status": {"nodeRef": {"kind": "Node", "name": node}, "phase": "Running"}});
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.with_context(|| format!("Machine {name}'s nodeRef"))?;
+    // Cluster API names a node's Machine in its annotations.
+    let annotations = serde_json::json!({"metadata": {"annotations": {
+        MACHINE_ANNOTATION: name, MACHINE_NAMESPACE_ANNOTATION: MACHINE_NAMESPACE}}});
+    Api::<Node>::all(cp.client())
+        .patch(node, &PatchParams::default(), &Patch::Merge(&annotations))
+        .await
+        .with_context(|| format!("annotating node {node} with its Machine"))?;
     Ok(())
 }
 
