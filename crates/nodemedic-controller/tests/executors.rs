@@ -9,8 +9,9 @@ use common::{
     Received, budget, current_report, drain_policy, namespace, open_record, pod_on, pods_on, quick_drains, receiver, report_of, request,
     wait_running,
 };
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::Api;
+use kube::api::{Api, PostParams};
 use kube::{Client, Config};
 use nodemedic_controller::executors::{DrainExecutor, ExecutorsConfig, StepRouter, WebhookConfig, WebhookExecutor};
 use nodemedic_controller::{Executor, StepRequest, install_crds, now};
@@ -50,14 +51,19 @@ async fn a_drain_evicts_every_pod_but_the_daemonset_pod_and_reports_success_once
             "uid": "6f1c2a4e-0000-4000-8000-000000000001", "controller": true}]});
         pod_on(cp, "train", "gpu-agent-x7k2p", "gpu-000", ds_owner).await?;
         pod_on(cp, "train", "elsewhere", "gpu-001", serde_json::json!({})).await?;
-        wait_running(cp, "train", &["trainer-0", "trainer-1", "notebook", "gpu-agent-x7k2p", "elsewhere"]).await?;
+        // Local storage follows the stated rule: evicted like any other pod (its data goes, as it would with the reboot).
+        let scratch: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "scratch"},
+            "spec": {"nodeName": "gpu-000", "containers": [{"name": "c", "image": "busybox", "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
+                "volumes": [{"name": "tmp", "emptyDir": {}}]}}))?;
+        Api::<Pod>::namespaced(cp.client(), "train").create(&PostParams::default(), &scratch).await?;
+        wait_running(cp, "train", &["trainer-0", "trainer-1", "notebook", "gpu-agent-x7k2p", "elsewhere", "scratch"]).await?;
         open_record(cp, "gpu-000", 1).await?;
 
         let drain = DrainExecutor::new(cp.client(), quick_drains());
         drain.execute(&request("gpu-000", RemediationStep::Drain, 1, Duration::from_secs(60))).await.map_err(anyhow::Error::msg)?;
         let report = report_of(cp, "gpu-000", 1, Duration::from_secs(60)).await?;
         assert_eq!(report.outcome, ReportedOutcome::Succeeded, "{report:?}");
-        assert!(report.message.starts_with("evicted 3 pods"), "{}", report.message);
+        assert!(report.message.starts_with("evicted 4 pods"), "{}", report.message);
         assert!(report.message.ends_with("left in place: 1 DaemonSet pods"), "{}", report.message);
         assert_eq!(pods_on(cp, "gpu-000").await?, ["train/gpu-agent-x7k2p"], "only the DaemonSet pod stays");
         assert_eq!(pods_on(cp, "gpu-001").await?, ["train/elsewhere"], "another node's pods are untouched");
