@@ -27,7 +27,7 @@ pub const DEFAULT_SCENARIO: &str = include_str!("../../../examples/demo-scenario
 /// What `--chaos` plays unless a scenario is given: many faults, some nodes hit twice.
 pub const CHAOS_SCENARIO: &str = include_str!("../../../examples/chaos-scenario.yaml");
 
-pub use nodemedic::scenario::{Expect, FaultKind, FixedBy, Scenario, Workload, node_name};
+pub use nodemedic::scenario::{Expect, Fault, FaultKind, FixedBy, Scenario, Workload, node_name};
 
 /// What the simulated agents know: which nodes are faulty, and since when.
 #[derive(Default)]

@@ -2,7 +2,7 @@
 
 use crate::demo::{Expect, Scenario};
 use crate::demo_chaos::Chaos;
-use crate::demo_judge::{Asks, chaos_counts, judge, judge_workload};
+use crate::demo_judge::{Asks, Verdict, chaos_counts, judge, judge_workload};
 use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
@@ -81,51 +81,9 @@ pub async fn summary(
     for v in judge(scenario, &records, &nodes, breaker_tripped_at.is_some(), &ends.replacements) {
         let f = &scenario.faults[v.fault];
         failed += usize::from(!v.ok);
-        if f.expect == Some(Expect::Replaced) {
-            let new = v.replaced_by.as_deref().unwrap_or("no node");
-            let (now, gone) = if v.ok { ("Ready, every probe passing, no taint", "gone") } else { ("missing or not healthy", "?") };
-            println!(
-                "  {} {:<9} {:<8} expected {:<10} ended {gone} (node and record); its new Machine's node {new}: {now}",
-                if v.ok { "✓" } else { "✗" },
-                v.node,
-                format!("{:?}", f.kind).to_lowercase(),
-                "replaced",
-            );
-            continue;
-        }
-        println!(
-            "  {} {:<9} {:<8} expected {:<10} ended {:<12} failing now: {:<12} steps: {}",
-            if v.ok { "✓" } else { "✗" },
-            v.node,
-            format!("{:?}", f.kind).to_lowercase(),
-            f.expect.map(|e| format!("{e:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
-            format!("{:?}", v.phase),
-            if v.failing.is_empty() { "none".into() } else { v.failing.join(",") },
-            if v.steps.is_empty() { "none".into() } else { v.steps.join(", ") }
-        );
+        println!("{}", verdict_line(f, &v));
     }
-    for w in &scenario.workloads {
-        let budget = crate::demo_workloads::budget_name(w);
-        let left = crate::demo_workloads::pods_left(cp, w).await?;
-        let rec = crate::demo_judge::record(&records, &w.node);
-        let verdict = judge_workload(&budget, ends.held.get(&w.node).map(String::as_str), ends.relaxed.get(&w.node).copied(), rec, left);
-        failed += usize::from(verdict.is_err());
-        let (mark, text) = match verdict {
-            Ok(t) => ("✓", t),
-            Err(t) => ("✗", t),
-        };
-        println!("  {mark} {:<9} workload {}/{} ({budget}): {text}", w.node, crate::demo_workloads::NAMESPACE, w.name);
-    }
-    if !ends.replacements.is_empty() {
-        let selected = policy.status.as_ref().map_or(0, |s| s.selected);
-        let tracked = selected as usize == nodes.len();
-        failed += usize::from(!tracked);
-        println!(
-            "  {} the policy selects {selected} of the {} nodes now, replacements included",
-            if tracked { "✓" } else { "✗" },
-            nodes.len()
-        );
-    }
+    failed += workloads_and_replacements(cp, scenario, &records, &nodes, &policy, ends).await?;
     if let Some((c, asks)) = chaos {
         let counts = chaos_counts(asks, &records, &nodes);
         println!(
@@ -180,4 +138,62 @@ pub async fn summary(
     }
     println!("every node ended as the scenario expects");
     Ok(())
+}
+
+/// The scenario's PDB-guarded workloads ([`judge_workload`]) and, after a replacement, whether the
+/// policy selects every node there is now; prints a line each and returns how many failed.
+async fn workloads_and_replacements(
+    cp: &ControlPlane,
+    scenario: &Scenario,
+    records: &[NodeRemediation],
+    nodes: &[Node],
+    policy: &NodeHealthPolicy,
+    ends: &crate::demo::Ends,
+) -> Result<usize> {
+    let mut failed = 0;
+    for w in &scenario.workloads {
+        let budget = crate::demo_workloads::budget_name(w);
+        let left = crate::demo_workloads::pods_left(cp, w).await?;
+        let rec = crate::demo_judge::record(records, &w.node);
+        let verdict = judge_workload(&budget, ends.held.get(&w.node).map(String::as_str), ends.relaxed.get(&w.node).copied(), rec, left);
+        failed += usize::from(verdict.is_err());
+        let (mark, text) = match verdict {
+            Ok(t) => ("✓", t),
+            Err(t) => ("✗", t),
+        };
+        println!("  {mark} {:<9} workload {}/{} ({budget}): {text}", w.node, crate::demo_workloads::NAMESPACE, w.name);
+    }
+    if !ends.replacements.is_empty() {
+        let selected = policy.status.as_ref().map_or(0, |s| s.selected);
+        let tracked = selected as usize == nodes.len();
+        failed += usize::from(!tracked);
+        println!(
+            "  {} the policy selects {selected} of the {} nodes now, replacements included",
+            if tracked { "✓" } else { "✗" },
+            nodes.len()
+        );
+    }
+    Ok(failed)
+}
+
+/// One node's line in the summary.
+fn verdict_line(f: &crate::demo::Fault, v: &Verdict) -> String {
+    let mark = if v.ok { "✓" } else { "✗" };
+    let kind = format!("{:?}", f.kind).to_lowercase();
+    if f.expect == Some(Expect::Replaced) {
+        let new = v.replaced_by.as_deref().unwrap_or("no node");
+        let (now, gone) = if v.ok { ("Ready, every probe passing, no taint", "gone") } else { ("missing or not healthy", "?") };
+        return format!(
+            "  {mark} {:<9} {kind:<8} expected {:<10} ended {gone} (node and record); its new Machine's node {new}: {now}",
+            v.node, "replaced"
+        );
+    }
+    format!(
+        "  {mark} {:<9} {kind:<8} expected {:<10} ended {:<12} failing now: {:<12} steps: {}",
+        v.node,
+        f.expect.map(|e| format!("{e:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
+        format!("{:?}", v.phase),
+        if v.failing.is_empty() { "none".into() } else { v.failing.join(",") },
+        if v.steps.is_empty() { "none".into() } else { v.steps.join(", ") }
+    )
 }
