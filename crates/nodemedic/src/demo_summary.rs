@@ -109,20 +109,7 @@ pub async fn summary(
         for (name, node, summary) in &alerts {
             println!("  alert {name}{}: {summary}", if node.is_empty() { String::new() } else { format!(" node={node}") });
         }
-        // A node left to a person must have told people: an email naming it, with its attempts, and an alert.
-        for f in scenario.faults.iter().filter(|f| f.expect == Some(Expect::Manual)) {
-            for n in &f.nodes {
-                let mailed = mails.iter().any(|m| m.subject.contains(n.as_str()) && m.text.contains("reimage"));
-                let alerted = alerts.iter().any(|(name, node, _)| node == n && name == "NodemedicNodeManual");
-                println!(
-                    "  {} {n}: email with its attempts {}, alert NodemedicNodeManual {}",
-                    if mailed && alerted { "✓" } else { "✗" },
-                    if mailed { "received" } else { "MISSING" },
-                    if alerted { "firing" } else { "MISSING" }
-                );
-                failed += usize::from(!(mailed && alerted));
-            }
-        }
+        failed += people_told(scenario, &mails, &alerts);
     }
     match cp.kubectl(&["get", "nodehealthpolicies,noderemediations", "-o", "wide"]) {
         Ok(out) => println!("\n$ kubectl get nodehealthpolicies,noderemediations -o wide\n{}", String::from_utf8_lossy(&out.stdout)),
@@ -196,4 +183,36 @@ fn verdict_line(f: &crate::demo::Fault, v: &Verdict) -> String {
         if v.failing.is_empty() { "none".into() } else { v.failing.join(",") },
         if v.steps.is_empty() { "none".into() } else { v.steps.join(", ") }
     )
+}
+
+/// Whether people were told what they must be: a node left to a person by an email naming it, with
+/// its attempts, and an alert; a workload's held drain by a DrainBlocked email naming its budget.
+/// Prints a line each and returns how many are missing.
+fn people_told(scenario: &Scenario, mails: &[crate::demo_peers::Mail], alerts: &[(String, String, String)]) -> usize {
+    let mut failed = 0;
+    for f in scenario.faults.iter().filter(|f| f.expect == Some(Expect::Manual)) {
+        for n in &f.nodes {
+            let mailed = mails.iter().any(|m| m.subject.contains(n.as_str()) && m.text.contains("reimage"));
+            let alerted = alerts.iter().any(|(name, node, _)| node == n && name == "NodemedicNodeManual");
+            println!(
+                "  {} {n}: email with its attempts {}, alert NodemedicNodeManual {}",
+                if mailed && alerted { "✓" } else { "✗" },
+                if mailed { "received" } else { "MISSING" },
+                if alerted { "firing" } else { "MISSING" }
+            );
+            failed += usize::from(!(mailed && alerted));
+        }
+    }
+    for w in &scenario.workloads {
+        let budget = crate::demo_workloads::budget_name(w);
+        let node = w.node.as_str();
+        let told = mails.iter().any(|m| m.subject.contains("DrainBlocked") && m.subject.contains(node) && m.text.contains(&budget));
+        println!(
+            "  {} {node}: email DrainBlocked naming {budget} {}",
+            if told { "✓" } else { "✗" },
+            if told { "received" } else { "MISSING" }
+        );
+        failed += usize::from(!told);
+    }
+    failed
 }

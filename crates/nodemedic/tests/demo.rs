@@ -35,6 +35,8 @@ fn the_demo_scenario_ends_as_it_expects_and_kubectl_tells_the_story() -> anyhow:
             && l.contains("no repair step before the budget allowed it")),
         "{stdout}"
     );
+    // People were told, naming the budget (a real SMTP server).
+    assert!(stdout.contains("✓ gpu-002: email DrainBlocked naming trainer-budget received"), "{stdout}");
     // And a node replaced through Cluster API: its Machine deleted by the replace step, a new node
     // joined for the new Machine, the old node's record ended, and the new node is healthy and selected.
     assert!(stdout.lines().any(|l| l.contains("gpu-014") && l.contains("MachineReplaced") && l.contains("gpu-016")), "{stdout}");
