@@ -320,3 +320,34 @@ async fn a_command_gets_the_request_in_its_environment_and_its_exit_status_is_re
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
+
+/// Issue 12 §1: a command whose outcome could not be written (the API server away past the report's
+/// retries) is not silently dropped: the next pass resumes it, and the script runs again with
+/// `NODEMEDIC_RESUMED=1` to read its outcome back. It used to be logged and left to time out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_whose_report_could_not_be_written_is_run_again_resumed_on_the_next_pass() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("reimage.sh");
+    std::fs::write(&script, "#!/bin/sh\necho \"resumed=${NODEMEDIC_RESUMED:-0}\" >> \"$(dirname \"$0\")/runs\"\nexit 0\n")?;
+    std::process::Command::new("chmod").arg("+x").arg(&script).status()?;
+    let runs = || std::fs::read_to_string(dir.path().join("runs")).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
+    let config: ExecutorsConfig = serde_saphyr::from_str(&format!("steps:\n  reimage: {{command: [{}]}}\n", script.display()))?;
+    // No API server answers this client: every report write fails (five tries, about 8 s).
+    let router = StepRouter::from_config(unused_client()?, &config)?;
+    let req = request("gpu-000", RemediationStep::Reimage, 1, Duration::from_secs(600));
+    router.execute(&req).await.map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    // The controller's passes: each hands the step, still without a report, back to resume.
+    while runs().len() < 2 && started.elapsed() < Duration::from_secs(40) {
+        router.resume(&req).await.map_err(anyhow::Error::msg)?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(runs(), ["resumed=0", "resumed=1"], "run again, resumed, once the report was lost");
+    assert!(started.elapsed() > Duration::from_secs(3), "not before the report's retries were spent");
+    // While the resumed run's own report is being retried, passes start nothing more.
+    for _ in 0..4 {
+        router.resume(&req).await.map_err(anyhow::Error::msg)?;
+    }
+    assert_eq!(runs().len(), 2);
+    Ok(())
+}
