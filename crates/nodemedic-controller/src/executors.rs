@@ -13,7 +13,9 @@
 //! at most once per (node, attempt, step) by one executor, however often it is asked. A new leader
 //! calls [`Executor::resume`] for the steps its records show in flight without a report: the drain
 //! carries on from its recorded progress, a command runs again (`NODEMEDIC_RESUMED=1`), a webhook is
-//! sent again with the same idempotency key so the site can answer with the outcome.
+//! sent again with the same idempotency key so the site can answer with the outcome. A command or
+//! provider whose report could not be written is resumed the same way on the next pass
+//! (`report_or_resume`), and a webhook whose send failed is sent again.
 
 pub use crate::drain::{DrainExecutor, MIRROR_POD_ANNOTATION, PodDisposition, pod_disposition};
 use crate::providers::{ProviderConfig, ProviderExecutor};
@@ -179,6 +181,15 @@ impl Started {
         Ok(true)
     }
 
+    /// Forgets the work started for this (node, attempt, step), so that the next `resume` starts it
+    /// again; work for another attempt or step is left alone.
+    pub(crate) fn forget(&self, req: &StepRequest) {
+        let mut map = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&req.node).is_some_and(|(attempt, step, _)| *attempt == req.attempt && *step == req.step) {
+            map.remove(&req.node);
+        }
+    }
+
     pub(crate) fn count(&self) -> u64 {
         self.count.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -237,6 +248,35 @@ pub(crate) async fn report(
 pub(crate) async fn report_or_log(client: &Client, field_manager: &str, req: &StepRequest, outcome: ReportedOutcome, message: String) {
     if let Err(e) = report(client, field_manager, req, outcome, message).await {
         tracing::error!(node = %req.node, step = %req.step, attempt = req.attempt, error = %e, "the step report could not be written; the engine will time the step out");
+    }
+}
+
+/// Like [`report`], for background work that can be resumed: a report that could not be written for
+/// a passing reason (the API server away, overloaded or in conflict) is logged and the work forgotten,
+/// so the next pass hands the step, still without a report, back to `resume`, which starts it again
+/// (a command runs resumed and reads back its outcome; a provider is asked again) instead of leaving
+/// the step to time out unheard. A refusal (403, 422 …) would be refused again: only logged.
+pub(crate) async fn report_or_resume(
+    client: &Client,
+    field_manager: &str,
+    req: &StepRequest,
+    outcome: ReportedOutcome,
+    message: String,
+    started: &std::sync::Weak<Started>,
+) {
+    match report(client, field_manager, req, outcome, message).await {
+        Ok(()) => {}
+        Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429 => {
+            tracing::error!(node = %req.node, step = %req.step, attempt = req.attempt, error = %s, "the step report was refused; the engine will time the step out");
+        }
+        Err(e) => {
+            tracing::error!(node = %req.node, step = %req.step, attempt = req.attempt, error = %e, "the step report could not be written; the step is resumed on the next pass");
+            // A weak handle: work must not keep its executor's bookkeeping alive (dropping the
+            // executor stops its work).
+            if let Some(started) = started.upgrade() {
+                started.forget(req);
+            }
+        }
     }
 }
 
@@ -304,7 +344,8 @@ impl CommandExecutor {
             .spawn()
             .map_err(|e| format!("command {program} could not be started: {e}"))?;
         let left = time_left(request.deadline, self.fallback_timeout);
-        let (client, req, program) = (self.client.clone(), request.clone(), program.clone());
+        let (client, req, program, started) =
+            (self.client.clone(), request.clone(), program.clone(), std::sync::Arc::downgrade(&self.started));
         Ok(tokio::spawn(async move {
             // Dropping the child at the deadline kills it (kill_on_drop).
             let (outcome, message) = match tokio::time::timeout(left, child.wait_with_output()).await {
@@ -326,7 +367,7 @@ impl CommandExecutor {
                     format!("{program} did not finish by the step's deadline ({}s) and was killed", left.as_secs()),
                 ),
             };
-            report_or_log(&client, field_managers::EXECUTOR, &req, outcome, message).await;
+            report_or_resume(&client, field_managers::EXECUTOR, &req, outcome, message, &started).await;
         })
         .abort_handle())
     }

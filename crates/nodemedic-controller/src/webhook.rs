@@ -79,6 +79,22 @@ impl WebhookExecutor {
         sent.insert((request.node.clone(), request.attempt, request.step))
     }
 
+    /// Forgets a send that failed, so the next pass's `resume` sends it again (same idempotency key)
+    /// instead of leaving the step to time out unheard.
+    fn forget(&self, request: &StepRequest) {
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.remove(&(request.node.clone(), request.attempt, request.step));
+    }
+
+    /// Sends, forgetting the send when it failed.
+    async fn send_or_forget(&self, request: &StepRequest, resumed: bool) -> Result<(), String> {
+        let result = self.send(request, resumed).await;
+        if result.is_err() {
+            self.forget(request);
+        }
+        result
+    }
+
     async fn send(&self, request: &StepRequest, resumed: bool) -> Result<(), String> {
         let url = &self.config.url;
         let body = WebhookRequest { resumed, ..WebhookRequest::new(request) };
@@ -117,18 +133,19 @@ impl WebhookExecutor {
 impl Executor for WebhookExecutor {
     fn execute<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
         self.first_send(request);
-        Box::pin(self.send(request, false))
+        Box::pin(self.send_or_forget(request, false))
     }
 
     fn executor_for(&self, _step: RemediationStep) -> Option<String> {
         Some(format!("the webhook {}", self.config.url))
     }
 
-    /// Sent again (once per process) with the same idempotency key and `resumed: true`: a site that
-    /// has the work deduplicates it and may answer with its outcome, which is reported at once.
+    /// Sent again (once per process, and again on the next pass while the site cannot be reached or
+    /// refuses) with the same idempotency key and `resumed: true`: a site that has the work
+    /// deduplicates it and may answer with its outcome, which is reported at once.
     fn resume<'a>(&'a self, request: &'a StepRequest) -> ExecFuture<'a> {
         let first = self.first_send(request);
-        Box::pin(async move { if first { self.send(request, true).await } else { Ok(()) } })
+        Box::pin(async move { if first { self.send_or_forget(request, true).await } else { Ok(()) } })
     }
 }
 

@@ -9,8 +9,9 @@ use common::{
     Received, budget, current_report, drain_policy, namespace, open_record, pod_on, pods_on, quick_drains, receiver, report_of, request,
     wait_running,
 };
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::Api;
+use kube::api::{Api, PostParams};
 use kube::{Client, Config};
 use nodemedic_controller::executors::{DrainExecutor, ExecutorsConfig, StepRouter, WebhookConfig, WebhookExecutor};
 use nodemedic_controller::{Executor, StepRequest, install_crds, now};
@@ -50,14 +51,19 @@ async fn a_drain_evicts_every_pod_but_the_daemonset_pod_and_reports_success_once
             "uid": "6f1c2a4e-0000-4000-8000-000000000001", "controller": true}]});
         pod_on(cp, "train", "gpu-agent-x7k2p", "gpu-000", ds_owner).await?;
         pod_on(cp, "train", "elsewhere", "gpu-001", serde_json::json!({})).await?;
-        wait_running(cp, "train", &["trainer-0", "trainer-1", "notebook", "gpu-agent-x7k2p", "elsewhere"]).await?;
+        // Local storage follows the stated rule: evicted like any other pod (its data goes, as it would with the reboot).
+        let scratch: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "scratch"},
+            "spec": {"nodeName": "gpu-000", "containers": [{"name": "c", "image": "busybox", "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
+                "volumes": [{"name": "tmp", "emptyDir": {}}]}}))?;
+        Api::<Pod>::namespaced(cp.client(), "train").create(&PostParams::default(), &scratch).await?;
+        wait_running(cp, "train", &["trainer-0", "trainer-1", "notebook", "gpu-agent-x7k2p", "elsewhere", "scratch"]).await?;
         open_record(cp, "gpu-000", 1).await?;
 
         let drain = DrainExecutor::new(cp.client(), quick_drains());
         drain.execute(&request("gpu-000", RemediationStep::Drain, 1, Duration::from_secs(60))).await.map_err(anyhow::Error::msg)?;
         let report = report_of(cp, "gpu-000", 1, Duration::from_secs(60)).await?;
         assert_eq!(report.outcome, ReportedOutcome::Succeeded, "{report:?}");
-        assert!(report.message.starts_with("evicted 3 pods"), "{}", report.message);
+        assert!(report.message.starts_with("evicted 4 pods"), "{}", report.message);
         assert!(report.message.ends_with("left in place: 1 DaemonSet pods"), "{}", report.message);
         assert_eq!(pods_on(cp, "gpu-000").await?, ["train/gpu-agent-x7k2p"], "only the DaemonSet pod stays");
         assert_eq!(pods_on(cp, "gpu-001").await?, ["train/elsewhere"], "another node's pods are untouched");
@@ -224,6 +230,25 @@ async fn a_webhook_answer_that_repeats_outcome_is_refused_not_guessed() -> anyho
     Ok(())
 }
 
+/// Issue 12 §1: a webhook the site could not take is not silently dropped. The executor used to mark
+/// the request sent before it was delivered, so the next pass's resume was a no-op and the step
+/// waited for its timeout unheard.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_the_site_refused_is_sent_again_on_the_next_pass_with_the_same_key_and_then_once_only() -> anyhow::Result<()> {
+    let (url, seen) = receiver(vec![(503, r#"{"error": "provisioning is restarting"}"#), (202, r#"{"ticket": "PROV-77"}"#)]).await?;
+    let webhook = WebhookExecutor::new(unused_client()?, WebhookConfig { url, token_file: None, timeout: EngineDuration::from_secs(5) })?;
+    let req = request("gpu-3", RemediationStep::Replace, 2, Duration::from_secs(600));
+    assert!(webhook.execute(&req).await.is_err(), "the 503 is an error");
+    // The next passes hand the step, in flight without a report, back to the executor.
+    webhook.resume(&req).await.map_err(anyhow::Error::msg)?;
+    webhook.resume(&req).await.map_err(anyhow::Error::msg)?;
+    let got = received(&seen);
+    assert_eq!(got.len(), 2, "one refused send, one resend, nothing after it was accepted");
+    assert_eq!(got[1].header("idempotency-key"), Some("gpu-3/2/replace"));
+    assert_eq!(got[1].body.get("resumed"), Some(&serde_json::json!(true)));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_that_answers_with_an_outcome_is_reported_at_once() -> anyhow::Result<()> {
     let (url, seen) = receiver(vec![(200, r#"{"outcome": "failed", "message": "no spare machine in pool-a"}"#)]).await?;
@@ -307,4 +332,35 @@ async fn a_command_gets_the_request_in_its_environment_and_its_exit_status_is_re
         .await;
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Issue 12 §1: a command whose outcome could not be written (the API server away past the report's
+/// retries) is not silently dropped: the next pass resumes it, and the script runs again with
+/// `NODEMEDIC_RESUMED=1` to read its outcome back. It used to be logged and left to time out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_whose_report_could_not_be_written_is_run_again_resumed_on_the_next_pass() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("reimage.sh");
+    std::fs::write(&script, "#!/bin/sh\necho \"resumed=${NODEMEDIC_RESUMED:-0}\" >> \"$(dirname \"$0\")/runs\"\nexit 0\n")?;
+    std::process::Command::new("chmod").arg("+x").arg(&script).status()?;
+    let runs = || std::fs::read_to_string(dir.path().join("runs")).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
+    let config: ExecutorsConfig = serde_saphyr::from_str(&format!("steps:\n  reimage: {{command: [{}]}}\n", script.display()))?;
+    // No API server answers this client: every report write fails (five tries, about 8 s).
+    let router = StepRouter::from_config(unused_client()?, &config)?;
+    let req = request("gpu-000", RemediationStep::Reimage, 1, Duration::from_secs(600));
+    router.execute(&req).await.map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    // The controller's passes: each hands the step, still without a report, back to resume.
+    while runs().len() < 2 && started.elapsed() < Duration::from_secs(40) {
+        router.resume(&req).await.map_err(anyhow::Error::msg)?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(runs(), ["resumed=0", "resumed=1"], "run again, resumed, once the report was lost");
+    assert!(started.elapsed() > Duration::from_secs(3), "not before the report's retries were spent");
+    // While the resumed run's own report is being retried, passes start nothing more.
+    for _ in 0..4 {
+        router.resume(&req).await.map_err(anyhow::Error::msg)?;
+    }
+    assert_eq!(runs().len(), 2);
+    Ok(())
 }

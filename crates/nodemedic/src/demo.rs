@@ -27,7 +27,7 @@ pub const DEFAULT_SCENARIO: &str = include_str!("../../../examples/demo-scenario
 /// What `--chaos` plays unless a scenario is given: many faults, some nodes hit twice.
 pub const CHAOS_SCENARIO: &str = include_str!("../../../examples/chaos-scenario.yaml");
 
-pub use nodemedic::scenario::{Expect, FaultKind, FixedBy, Scenario, node_name};
+pub use nodemedic::scenario::{Expect, Fault, FaultKind, FixedBy, Scenario, Workload, node_name};
 
 /// What the simulated agents know: which nodes are faulty, and since when.
 #[derive(Default)]
@@ -86,7 +86,16 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let scenario = Scenario::parse(&text)?;
     println!("nodemedic demo — scenario `{}`: {} fake GPU nodes in {} pools", scenario.name, scenario.nodes, scenario.pools);
     println!("starting etcd, kube-apiserver and kwok (the first run builds them from Go modules; that takes a while)…");
-    let cp = Arc::new(ControlPlane::start(Options { kwok: true, ..Options::default() }).await.context("starting the control plane")?);
+    // kube-controller-manager keeps the PodDisruptionBudgets' status, which the Eviction API reads.
+    let controller_manager = !scenario.workloads.is_empty();
+    if controller_manager {
+        println!("(and kube-controller-manager: the disruption controller guards the scenario's workloads)");
+    }
+    let cp = Arc::new(
+        ControlPlane::start(Options { kwok: true, controller_manager, ..Options::default() })
+            .await
+            .context("starting the control plane")?,
+    );
     let peers = if args.no_notify {
         None
     } else {
@@ -111,6 +120,7 @@ struct Replicas {
     log_dir: PathBuf,
     kubeconfig: PathBuf,
     notifications: Option<PathBuf>,
+    executors: PathBuf,
     running: Vec<Replica>,
     started: usize,
 }
@@ -122,7 +132,7 @@ impl Replicas {
         self.started += 1;
         let log = std::fs::File::create(self.log_dir.join(format!("{name}.log")))?;
         let mut command = Command::new(&self.exe);
-        command.arg("controller");
+        command.arg("controller").arg("--executors").arg(&self.executors);
         if let Some(n) = &self.notifications {
             command.arg("--notifications").arg(n);
         }
@@ -148,6 +158,20 @@ impl Replicas {
     }
 }
 
+/// The executors file the demo's replicas run with.
+const EXECUTORS: &str = "drain: {backoff: 500ms, maxBackoff: 2s}\nsteps:\n  replace: {provider: {clusterApi: {}}}\n";
+
+/// What the demo saw happen that the summary judges with the cluster's state at the end.
+#[derive(Default)]
+pub struct Ends {
+    /// Old node → the node that joined for its new Machine.
+    pub replacements: BTreeMap<String, String>,
+    /// Node → the note of the controller's DrainHeld Event.
+    pub held: BTreeMap<String, String>,
+    /// Node → when the demo relaxed the budget of the workload on it.
+    pub relaxed: BTreeMap<String, nodemedic_core::Time>,
+}
+
 pub(crate) fn lock(state: &Mutex<FaultState>) -> Result<std::sync::MutexGuard<'_, FaultState>> {
     state.lock().map_err(|_| anyhow::anyhow!("state lock"))
 }
@@ -171,6 +195,12 @@ struct Play<'a> {
     agents: tokio::task::JoinSet<Result<String>>,
     /// The reboots and reimages the agents were asked for (the chaos count of duplicates).
     asks: Asks,
+    /// The demo as the MachineSet controller of the scenario's `machines`.
+    machine_set: crate::demo_workloads::MachineSet,
+    /// Node → when the controller said its drain is held, and what it said.
+    held: BTreeMap<String, (Instant, String)>,
+    /// Node → when the demo relaxed the budget of the workload on it.
+    relaxed: BTreeMap<String, nodemedic_core::Time>,
 }
 
 /// The fleet with every probe passing, the CRDs and the policy.
@@ -189,6 +219,8 @@ async fn prepare(cp: &ControlPlane, scenario: &Scenario) -> Result<()> {
             publish(cp, &node_name(i), kind, false, "all probes pass", &start_stamp).await?;
         }
     }
+    crate::demo_workloads::install_machine_crd(cp).await?;
+    crate::demo_workloads::create_workloads(cp, scenario).await?;
     Api::<NodeHealthPolicy>::all(client.clone())
         .create(&PostParams::default(), &NodeHealthPolicy::new("demo", NodeHealthPolicySpec { policy: scenario.policy.clone() }))
         .await
@@ -210,11 +242,16 @@ async fn play(
     if let Some(p) = peers {
         std::fs::write(&notifications, p.notifications_yaml())?;
     }
+    // Drains paced for a demo; the replace step goes to Cluster API (delete the node's Machine).
+    let executors = log_dir.join("executors.yaml");
+    std::fs::write(&executors, EXECUTORS)?;
+    let machine_set = crate::demo_workloads::MachineSet::start(cp, scenario).await?;
     let mut replicas = Replicas {
         exe: std::env::current_exe().context("locating this binary")?,
         log_dir: log_dir.clone(),
         kubeconfig: cp.kubeconfig().to_path_buf(),
         notifications: peers.map(|_| notifications),
+        executors,
         running: Vec::new(),
         started: 0,
     };
@@ -240,6 +277,9 @@ async fn play(
         killed_leader: false,
         agents: tokio::task::JoinSet::new(),
         asks: Asks::new(),
+        machine_set,
+        held: BTreeMap::new(),
+        relaxed: BTreeMap::new(),
     };
     let total = std::time::Duration::from_millis(scenario.duration.0.max(0) as u64);
     let mut chaos = chaos_seed.map(|seed| Chaos::new(seed, start));
@@ -270,8 +310,13 @@ async fn play(
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
     let (breaker_tripped_at, asks) = (play.breaker_tripped_at, std::mem::take(&mut play.asks));
+    let ends = Ends {
+        replacements: std::mem::take(&mut play.machine_set.replacements),
+        held: play.held.iter().map(|(n, (_, note))| (n.clone(), note.clone())).collect(),
+        relaxed: std::mem::take(&mut play.relaxed),
+    };
     drop(play);
-    summary(cp, scenario, breaker_tripped_at, peers, chaos.as_ref().map(|c| (c, &asks))).await
+    summary(cp, scenario, breaker_tripped_at, peers, chaos.as_ref().map(|c| (c, &asks)), &ends).await
 }
 
 impl Play<'_> {
@@ -355,6 +400,15 @@ impl Play<'_> {
             self.line(&n, "FaultCleared", "the fault passed by itself; the agent's probe passes");
         }
         self.print_events(&client).await?;
+        self.relax_budgets().await?;
+        for (old, new) in self.machine_set.reconcile(cp).await? {
+            lock(&self.state)?.active.remove(&old);
+            self.line(
+                &old,
+                "MachineReplaced",
+                format!("its Machine was deleted: the MachineSet deletes {old} and a new Machine's node {new} joins"),
+            );
+        }
         // The agents: heartbeats, and the reboots and reimages the records ask for.
         if self.last_heartbeat.elapsed() > std::time::Duration::from_secs(20) {
             heartbeat(cp, scenario, &self.state).await?;
@@ -377,7 +431,8 @@ impl Play<'_> {
         }
         let all_begun = self.next_fault >= scenario.faults.len();
         let quiet = all_begun && lock(&self.state)?.active.iter().all(|(_, (i, _))| scenario.faults[*i].recovers_after.is_none());
-        let expected = judge(scenario, &records, &nodes, self.breaker_tripped_at.is_some()).iter().all(|v| v.ok);
+        let replacements = &self.machine_set.replacements;
+        let expected = judge(scenario, &records, &nodes, self.breaker_tripped_at.is_some(), replacements).iter().all(|v| v.ok);
         Ok(quiet && !self.breaker_open && self.agents.is_empty() && expected)
     }
 
@@ -390,7 +445,9 @@ impl Play<'_> {
             let regarding = e.regarding.as_ref();
             let kind = regarding.and_then(|r| r.kind.as_deref()).unwrap_or_default();
             let count = e.series.as_ref().map_or(1, |s| s.count);
-            if kind == "NodeRemediation" || self.seen_events.insert(name, count) == Some(count) {
+            // Only the controller's decisions (kube-controller-manager, when it runs, registers nodes too).
+            let ours = e.reporting_controller.as_deref().is_none_or(|c| c.starts_with("nodemedic"));
+            if kind == "NodeRemediation" || !ours || self.seen_events.insert(name, count) == Some(count) {
                 continue;
             }
             let again = if count > 1 { format!(" (×{count})") } else { String::new() };
@@ -403,7 +460,25 @@ impl Play<'_> {
             if reason == "BreakerClosed" {
                 self.breaker_open = false;
             }
+            if reason == "DrainHeld" {
+                self.held.entry(object.clone()).or_insert_with(|| (Instant::now(), e.note.clone().unwrap_or_default()));
+            }
             self.line(&object, &reason, format!("{}{again}", e.note.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
+    /// The workload's owner relaxes its budget `relaxAfterHeld` after the controller held its drain.
+    async fn relax_budgets(&mut self) -> Result<()> {
+        for w in &self.scenario.workloads {
+            let due = self.held.get(&w.node).is_some_and(|(at, _)| at.elapsed().as_millis() as i64 >= w.relax_after_held.0);
+            if !due || self.relaxed.contains_key(&w.node) {
+                continue;
+            }
+            crate::demo_workloads::relax(self.cp, w).await?;
+            self.relaxed.insert(w.node.clone(), nodemedic_core::Time(jiff::Timestamp::now().as_millisecond()));
+            let budget = crate::demo_workloads::budget_name(w);
+            self.line(&w.node, "BudgetRelaxed", format!("the owner of {} sets {budget} to minAvailable 0: its pods may leave", w.name));
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 
 use crate::demo::{Expect, FaultKind, Scenario};
 use k8s_openapi::api::core::v1::Node;
-use nodemedic_core::record::{NodeRecord, Phase};
+use nodemedic_core::record::{NodeRecord, Phase, StepOutcome};
 use nodemedic_core::{RemediationStep, Time};
 use nodemedic_k8s::NodeRemediation;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,9 +22,11 @@ pub struct Verdict {
     /// Probe conditions True now.
     pub failing: Vec<&'static str>,
     pub steps: Vec<String>,
+    /// For a node expected to be replaced: the node that joined for its new Machine.
+    pub replaced_by: Option<String>,
 }
 
-fn record<'r>(records: &'r [NodeRemediation], node: &str) -> Option<&'r NodeRecord> {
+pub(crate) fn record<'r>(records: &'r [NodeRemediation], node: &str) -> Option<&'r NodeRecord> {
     records.iter().find(|r| r.spec.node == node).and_then(|r| r.status.as_ref()).map(|s| &s.record)
 }
 
@@ -54,7 +56,13 @@ pub fn our_taints(node: Option<&Node>) -> Vec<String> {
 }
 
 /// Every node a fault names, once, judged by the last fault naming it.
-pub fn judge(scenario: &Scenario, records: &[NodeRemediation], nodes: &[Node], breaker_tripped: bool) -> Vec<Verdict> {
+pub fn judge(
+    scenario: &Scenario,
+    records: &[NodeRemediation],
+    nodes: &[Node],
+    breaker_tripped: bool,
+    replacements: &BTreeMap<String, String>,
+) -> Vec<Verdict> {
     let mut last: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, f) in scenario.faults.iter().enumerate() {
         for n in &f.nodes {
@@ -74,17 +82,66 @@ pub fn judge(scenario: &Scenario, records: &[NodeRemediation], nodes: &[Node], b
             let failing = failing_conditions(current);
             let taints = our_taints(current);
             let repaired = phase == Phase::Healthy && !in_flight && failing.is_empty() && taints.is_empty();
+            let replaced_by = replacements.get(name).cloned();
             let ok = match scenario.faults[fault].expect {
                 Some(Expect::Recovered) => repaired,
                 Some(Expect::Manual) => phase == Phase::Manual && taints.iter().any(|t| t.ends_with("repair-manual")),
                 Some(Expect::Breaker) => breaker_tripped && repaired,
+                Some(Expect::Replaced) => {
+                    let gone = current.is_none() && rec.is_none();
+                    gone && replaced_by.as_deref().is_some_and(|new| healthy_now(records, nodes, new))
+                }
                 None => true,
             };
             let steps =
                 rec.map(|r| r.history.iter().map(|h| format!("{}→{:?}", h.step, h.outcome).to_lowercase()).collect()).unwrap_or_default();
-            Verdict { node: name.to_string(), fault, ok, phase, failing, steps }
+            Verdict { node: name.to_string(), fault, ok, phase, failing, steps, replaced_by }
         })
         .collect()
+}
+
+/// A node that is there now, Ready, with every probe passing, no nodemedic taint, and no record
+/// or a Healthy one with nothing in flight.
+pub fn healthy_now(records: &[NodeRemediation], nodes: &[Node], name: &str) -> bool {
+    let Some(n) = node(nodes, name) else { return false };
+    let ready =
+        n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let rec = record(records, name);
+    let quiet = rec.is_none_or(|r| r.phase == Phase::Healthy && r.active.is_none());
+    ready && quiet && failing_conditions(Some(n)).is_empty() && our_taints(Some(n)).is_empty()
+}
+
+/// How a PDB-guarded workload's node fared: the controller held its drain (a `DrainHeld` Event
+/// naming the budget), no repair step started before the demo relaxed the budget, the drain then
+/// completed, and none of the workload's pods is left on the node. Judged on the node's record as
+/// it is at the end (the remediation the fault started: a later fault would start a new record
+/// history) and the cluster's pods now.
+pub fn judge_workload(
+    budget: &str,
+    held_note: Option<&str>,
+    relaxed_at: Option<Time>,
+    rec: Option<&NodeRecord>,
+    pods_left: usize,
+) -> Result<String, String> {
+    let note = held_note.ok_or("the controller never said the drain was held (no DrainHeld Event)")?;
+    if !note.contains(budget) {
+        return Err(format!("the DrainHeld Event does not name the budget {budget}: {note}"));
+    }
+    let relaxed = relaxed_at.ok_or("the budget was never relaxed")?;
+    let rec = rec.ok_or("the node has no record")?;
+    let drained = rec.history.iter().any(|h| h.step == RemediationStep::Drain && h.outcome == StepOutcome::Completed);
+    if !drained {
+        return Err("its drain never completed".into());
+    }
+    let repairs = rec.history.iter().filter(|h| h.step != RemediationStep::Drain).map(|h| (h.step, h.started_at));
+    let active = rec.active.as_ref().filter(|a| a.step != RemediationStep::Drain).map(|a| (a.step, a.step_started_at));
+    if let Some((step, at)) = repairs.chain(active).find(|(_, at)| *at < relaxed) {
+        return Err(format!("{step} started {} before the budget allowed the pods to leave", relaxed.since(at)));
+    }
+    if pods_left > 0 {
+        return Err(format!("{pods_left} of its pods are still on the node"));
+    }
+    Ok("drain held by its budget (DrainHeld names it), no repair step before the budget allowed it, pods evicted, drain completed".into())
 }
 
 /// What the chaos run counts; all must be zero.
@@ -189,12 +246,12 @@ faults:
     fn a_node_that_faulted_again_and_still_fails_its_gpu_probe_is_a_failure_despite_an_old_healthy_record() {
         let scenario = Scenario::parse(SCENARIO).unwrap_or_else(|e| panic!("{e:#}"));
         let records = [repaired_once("gpu-001")];
-        let verdicts = judge(&scenario, &records, &[gpu_node("gpu-001", "True", &[])], false);
+        let verdicts = judge(&scenario, &records, &[gpu_node("gpu-001", "True", &[])], false, &BTreeMap::new());
         assert_eq!(verdicts.len(), 1, "judged once, by its last fault: {verdicts:?}");
         assert_eq!((verdicts[0].fault, verdicts[0].ok), (1, false), "{verdicts:?}");
         assert_eq!(verdicts[0].failing, vec!["GPUProblem"]);
         // The same record with the probe passing now is a success.
-        let verdicts = judge(&scenario, &records, &[gpu_node("gpu-001", "False", &[])], false);
+        let verdicts = judge(&scenario, &records, &[gpu_node("gpu-001", "False", &[])], false, &BTreeMap::new());
         assert!(verdicts[0].ok, "{verdicts:?}");
     }
 
@@ -216,5 +273,63 @@ faults:
         // A later remediation of the same node reboots again: not a duplicate.
         asks.entry(("gpu-001".into(), Time(9), RemediationStep::Reboot)).or_default().insert(4);
         assert_eq!(chaos_counts(&asks, &[], &[]).duplicate_disruptive, 1);
+    }
+
+    fn history(step: RemediationStep, started_at: i64, outcome: StepOutcome) -> StepHistory {
+        StepHistory {
+            attempt: 1,
+            step,
+            started_at: Time(started_at),
+            ended_at: Time(started_at + 1),
+            outcome,
+            reason: String::new(),
+            executed: true,
+        }
+    }
+
+    /// Issue 12: the demo's PDB-guarded workload. A reboot that started before the budget let the
+    /// pods go is exactly what a held drain must prevent.
+    #[test]
+    fn a_repair_started_before_the_budget_was_relaxed_fails_the_workload_and_one_after_it_passes() {
+        let held = Some("drain of node gpu-002 blocked after 20s: pod training/trainer-0 refused by trainer-budget; holding");
+        let mut rec = NodeRecord::new("gpu-002");
+        rec.history = vec![
+            history(RemediationStep::Drain, 1_000, StepOutcome::Completed),
+            history(RemediationStep::Reboot, 5_000, StepOutcome::Recovered),
+        ];
+        assert!(judge_workload("trainer-budget", held, Some(Time(4_000)), Some(&rec), 0).is_ok());
+        let early = judge_workload("trainer-budget", held, Some(Time(6_000)), Some(&rec), 0).err().unwrap_or_default();
+        assert!(early.contains("reboot started 1s before the budget"), "{early}");
+        assert!(judge_workload("trainer-budget", None, Some(Time(4_000)), Some(&rec), 0).is_err(), "never held");
+        assert!(judge_workload("other-budget", held, Some(Time(4_000)), Some(&rec), 0).is_err(), "the Event must name the budget");
+        assert!(judge_workload("trainer-budget", held, Some(Time(4_000)), Some(&rec), 1).is_err(), "a pod left on the node");
+        rec.history.remove(0);
+        assert!(judge_workload("trainer-budget", held, Some(Time(4_000)), Some(&rec), 0).is_err(), "no completed drain");
+    }
+
+    fn ready(mut n: Node) -> Node {
+        if let Some(c) = n.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            c.push(NodeCondition { type_: "Ready".into(), status: "True".into(), ..NodeCondition::default() });
+        }
+        n
+    }
+
+    #[test]
+    fn a_replaced_node_passes_only_when_it_and_its_record_are_gone_and_its_replacement_is_healthy_now() {
+        let yaml = SCENARIO
+            .replace("fixedBy: reboot, expect: recovered}\n- {at: 60s", "fixedBy: replace, expect: replaced}\n- {at: 60s")
+            .replace("faults:", "machines: [gpu-001]\nfaults:")
+            .replace("- {at: 60s, nodes: [gpu-001], kind: gpu, message: \"Xid 79 again\", fixedBy: reboot, expect: recovered}\n", "");
+        let scenario = Scenario::parse(&yaml).unwrap_or_else(|e| panic!("{e:#}"));
+        let replaced = BTreeMap::from([("gpu-001".to_string(), "gpu-004".to_string())]);
+        let new = ready(gpu_node("gpu-004", "False", &[]));
+        assert!(judge(&scenario, &[], std::slice::from_ref(&new), false, &replaced)[0].ok);
+        // The old node still there, or its record, or a replacement still failing: not replaced.
+        let old = gpu_node("gpu-001", "True", &[]);
+        assert!(!judge(&scenario, &[], &[old, new.clone()], false, &replaced)[0].ok);
+        assert!(!judge(&scenario, &[repaired_once("gpu-001")], std::slice::from_ref(&new), false, &replaced)[0].ok);
+        let failing = ready(gpu_node("gpu-004", "True", &[]));
+        assert!(!judge(&scenario, &[], &[failing], false, &replaced)[0].ok);
+        assert!(!judge(&scenario, &[], &[new], false, &BTreeMap::new())[0].ok, "no replacement joined");
     }
 }

@@ -113,7 +113,7 @@ impl Peers {
     pub fn notifications_yaml(&self) -> String {
         format!(
             "channels:\n\
-             - name: email-infra\n  kinds: [NodeManual, LemonNode, StepTimedOut, BreakerTripped]\n  smtp:\n    host: 127.0.0.1\n    port: {}\n    security: plain\n    from: nodemedic <nodemedic@demo.local>\n    to: [infra@demo.local]\n    subjectPrefix: \"[nodemedic demo]\"\n\
+             - name: email-infra\n  kinds: [NodeManual, LemonNode, StepTimedOut, BreakerTripped, DrainBlocked]\n  smtp:\n    host: 127.0.0.1\n    port: {}\n    security: plain\n    from: nodemedic <nodemedic@demo.local>\n    to: [infra@demo.local]\n    subjectPrefix: \"[nodemedic demo]\"\n\
              - name: alertmanager\n  kinds: [NodeManual, NodeRecovered, BreakerTripped, BreakerReset]\n  alertmanager:\n    url: {}\n",
             self.smtp_port, self.alertmanager_url
         )

@@ -2,7 +2,7 @@
 
 use crate::demo::{Expect, Scenario};
 use crate::demo_chaos::Chaos;
-use crate::demo_judge::{Asks, chaos_counts, judge};
+use crate::demo_judge::{Asks, Verdict, chaos_counts, judge, judge_workload};
 use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
@@ -60,6 +60,7 @@ pub async fn summary(
     breaker_tripped_at: Option<f64>,
     peers: Option<&crate::demo_peers::Peers>,
     chaos: Option<(&Chaos, &Asks)>,
+    ends: &crate::demo::Ends,
 ) -> Result<()> {
     let client = cp.client();
     let records = Api::<NodeRemediation>::all(client.clone()).list(&ListParams::default()).await?.items;
@@ -77,20 +78,12 @@ pub async fn summary(
         );
     }
     let mut failed = 0;
-    for v in judge(scenario, &records, &nodes, breaker_tripped_at.is_some()) {
+    for v in judge(scenario, &records, &nodes, breaker_tripped_at.is_some(), &ends.replacements) {
         let f = &scenario.faults[v.fault];
         failed += usize::from(!v.ok);
-        println!(
-            "  {} {:<9} {:<8} expected {:<10} ended {:<12} failing now: {:<12} steps: {}",
-            if v.ok { "✓" } else { "✗" },
-            v.node,
-            format!("{:?}", f.kind).to_lowercase(),
-            f.expect.map(|e| format!("{e:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
-            format!("{:?}", v.phase),
-            if v.failing.is_empty() { "none".into() } else { v.failing.join(",") },
-            if v.steps.is_empty() { "none".into() } else { v.steps.join(", ") }
-        );
+        println!("{}", verdict_line(f, &v));
     }
+    failed += workloads_and_replacements(cp, scenario, &records, &nodes, &policy, ends).await?;
     if let Some((c, asks)) = chaos {
         let counts = chaos_counts(asks, &records, &nodes);
         println!(
@@ -116,20 +109,7 @@ pub async fn summary(
         for (name, node, summary) in &alerts {
             println!("  alert {name}{}: {summary}", if node.is_empty() { String::new() } else { format!(" node={node}") });
         }
-        // A node left to a person must have told people: an email naming it, with its attempts, and an alert.
-        for f in scenario.faults.iter().filter(|f| f.expect == Some(Expect::Manual)) {
-            for n in &f.nodes {
-                let mailed = mails.iter().any(|m| m.subject.contains(n.as_str()) && m.text.contains("reimage"));
-                let alerted = alerts.iter().any(|(name, node, _)| node == n && name == "NodemedicNodeManual");
-                println!(
-                    "  {} {n}: email with its attempts {}, alert NodemedicNodeManual {}",
-                    if mailed && alerted { "✓" } else { "✗" },
-                    if mailed { "received" } else { "MISSING" },
-                    if alerted { "firing" } else { "MISSING" }
-                );
-                failed += usize::from(!(mailed && alerted));
-            }
-        }
+        failed += people_told(scenario, &mails, &alerts);
     }
     match cp.kubectl(&["get", "nodehealthpolicies,noderemediations", "-o", "wide"]) {
         Ok(out) => println!("\n$ kubectl get nodehealthpolicies,noderemediations -o wide\n{}", String::from_utf8_lossy(&out.stdout)),
@@ -145,4 +125,94 @@ pub async fn summary(
     }
     println!("every node ended as the scenario expects");
     Ok(())
+}
+
+/// The scenario's PDB-guarded workloads ([`judge_workload`]) and, after a replacement, whether the
+/// policy selects every node there is now; prints a line each and returns how many failed.
+async fn workloads_and_replacements(
+    cp: &ControlPlane,
+    scenario: &Scenario,
+    records: &[NodeRemediation],
+    nodes: &[Node],
+    policy: &NodeHealthPolicy,
+    ends: &crate::demo::Ends,
+) -> Result<usize> {
+    let mut failed = 0;
+    for w in &scenario.workloads {
+        let budget = crate::demo_workloads::budget_name(w);
+        let left = crate::demo_workloads::pods_left(cp, w).await?;
+        let rec = crate::demo_judge::record(records, &w.node);
+        let verdict = judge_workload(&budget, ends.held.get(&w.node).map(String::as_str), ends.relaxed.get(&w.node).copied(), rec, left);
+        failed += usize::from(verdict.is_err());
+        let (mark, text) = match verdict {
+            Ok(t) => ("✓", t),
+            Err(t) => ("✗", t),
+        };
+        println!("  {mark} {:<9} workload {}/{} ({budget}): {text}", w.node, crate::demo_workloads::NAMESPACE, w.name);
+    }
+    if !ends.replacements.is_empty() {
+        let selected = policy.status.as_ref().map_or(0, |s| s.selected);
+        let tracked = selected as usize == nodes.len();
+        failed += usize::from(!tracked);
+        println!(
+            "  {} the policy selects {selected} of the {} nodes now, replacements included",
+            if tracked { "✓" } else { "✗" },
+            nodes.len()
+        );
+    }
+    Ok(failed)
+}
+
+/// One node's line in the summary.
+fn verdict_line(f: &crate::demo::Fault, v: &Verdict) -> String {
+    let mark = if v.ok { "✓" } else { "✗" };
+    let kind = format!("{:?}", f.kind).to_lowercase();
+    if f.expect == Some(Expect::Replaced) {
+        let new = v.replaced_by.as_deref().unwrap_or("no node");
+        let (now, gone) = if v.ok { ("Ready, every probe passing, no taint", "gone") } else { ("missing or not healthy", "?") };
+        return format!(
+            "  {mark} {:<9} {kind:<8} expected {:<10} ended {gone} (node and record); its new Machine's node {new}: {now}",
+            v.node, "replaced"
+        );
+    }
+    format!(
+        "  {mark} {:<9} {kind:<8} expected {:<10} ended {:<12} failing now: {:<12} steps: {}",
+        v.node,
+        f.expect.map(|e| format!("{e:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
+        format!("{:?}", v.phase),
+        if v.failing.is_empty() { "none".into() } else { v.failing.join(",") },
+        if v.steps.is_empty() { "none".into() } else { v.steps.join(", ") }
+    )
+}
+
+/// Whether people were told what they must be: a node left to a person by an email naming it, with
+/// its attempts, and an alert; a workload's held drain by a DrainBlocked email naming its budget.
+/// Prints a line each and returns how many are missing.
+fn people_told(scenario: &Scenario, mails: &[crate::demo_peers::Mail], alerts: &[(String, String, String)]) -> usize {
+    let mut failed = 0;
+    for f in scenario.faults.iter().filter(|f| f.expect == Some(Expect::Manual)) {
+        for n in &f.nodes {
+            let mailed = mails.iter().any(|m| m.subject.contains(n.as_str()) && m.text.contains("reimage"));
+            let alerted = alerts.iter().any(|(name, node, _)| node == n && name == "NodemedicNodeManual");
+            println!(
+                "  {} {n}: email with its attempts {}, alert NodemedicNodeManual {}",
+                if mailed && alerted { "✓" } else { "✗" },
+                if mailed { "received" } else { "MISSING" },
+                if alerted { "firing" } else { "MISSING" }
+            );
+            failed += usize::from(!(mailed && alerted));
+        }
+    }
+    for w in &scenario.workloads {
+        let budget = crate::demo_workloads::budget_name(w);
+        let node = w.node.as_str();
+        let told = mails.iter().any(|m| m.subject.contains("DrainBlocked") && m.subject.contains(node) && m.text.contains(&budget));
+        println!(
+            "  {} {node}: email DrainBlocked naming {budget} {}",
+            if told { "✓" } else { "✗" },
+            if told { "received" } else { "MISSING" }
+        );
+        failed += usize::from(!told);
+    }
+    failed
 }

@@ -20,6 +20,7 @@ mod demo_chaos;
 mod demo_judge;
 mod demo_peers;
 mod demo_summary;
+mod demo_workloads;
 mod fleet_page;
 mod medic_cmd;
 mod operator_cmd;

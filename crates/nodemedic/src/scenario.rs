@@ -27,6 +27,36 @@ pub struct Scenario {
     pub kill_leader_at: Option<Duration>,
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// Pods the demo runs on a node, guarded by a PodDisruptionBudget that lets none of them go.
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+    /// Nodes that are Cluster API Machines: the demo installs the Machine CRD, creates their
+    /// Machines and plays the MachineSet controller (a deleted Machine's node is replaced by a new
+    /// node under a new name).
+    #[serde(default)]
+    pub machines: Vec<String>,
+}
+
+/// A workload whose drain must wait for its PodDisruptionBudget: `pods` pods on `node` (namespace
+/// `training`, label `app: <name>`) and the budget `<name>-budget` with `minAvailable: <pods>`.
+/// `relaxAfterHeld` after the controller says the drain is held (its `DrainHeld` Event), the demo,
+/// as the workload's owner, relaxes the budget to `minAvailable: 0`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    pub name: String,
+    pub node: String,
+    #[serde(default = "default_workload_pods")]
+    pub pods: u32,
+    #[serde(default = "default_relax_after_held")]
+    pub relax_after_held: Duration,
+}
+
+fn default_workload_pods() -> u32 {
+    2
+}
+fn default_relax_after_held() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_nodes() -> usize {
@@ -87,6 +117,8 @@ impl FaultKind {
 pub enum FixedBy {
     Reboot,
     Reimage,
+    /// Only a new machine: the node must be one of `machines` (replaced through Cluster API).
+    Replace,
     Never,
 }
 
@@ -99,6 +131,9 @@ pub enum Expect {
     Manual,
     /// The circuit breaker tripped while it was failing, and it ended healthy.
     Breaker,
+    /// Replaced through Cluster API: the node and its record are gone, and the node that joined
+    /// for its new Machine is Ready, healthy and selected by the policy.
+    Replaced,
 }
 
 impl Scenario {
@@ -113,11 +148,34 @@ impl Scenario {
                 }
             }
             if f.fixed_by.is_none() && f.recovers_after.is_none() {
-                bail!("scenario faults[{i}]: say what ends it: fixedBy (reboot, reimage, never) or recoversAfter");
+                bail!("scenario faults[{i}]: say what ends it: fixedBy (reboot, reimage, replace, never) or recoversAfter");
             }
+            let replaced = f.fixed_by == Some(FixedBy::Replace) || f.expect == Some(Expect::Replaced);
+            if let Some(n) = f.nodes.iter().find(|n| replaced && !s.machines.contains(n)) {
+                bail!("scenario faults[{i}]: `{n}` can only be replaced if it is a Cluster API Machine: list it under machines");
+            }
+        }
+        for (i, w) in s.workloads.iter().enumerate() {
+            if !names.contains(&w.node) {
+                bail!("scenario workloads[{i}].node: no node `{}`", w.node);
+            }
+            if w.pods == 0 || !is_dns_label(&w.name) {
+                bail!("scenario workloads[{i}]: a name of lowercase letters, digits and dashes, and at least one pod");
+            }
+        }
+        if let Some(n) = s.machines.iter().find(|n| !names.contains(*n)) {
+            bail!("scenario machines: no node `{n}`");
         }
         Ok(s)
     }
+}
+
+/// A name Kubernetes accepts for the workload's pods and budget.
+fn is_dns_label(name: &str) -> bool {
+    (1..=40).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 /// The demo's node names: gpu-000, gpu-001, …
@@ -128,6 +186,37 @@ pub fn node_name(i: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BASE: &str = r#"
+name: t
+nodes: 4
+duration: 1m
+policy:
+  rules:
+  - name: gpu
+    condition: {type: GPUProblem, status: "True"}
+  ladder:
+  - {step: drain, timeout: 20s}
+  - {step: replace, timeout: 60s}
+  - {step: manual}
+"#;
+
+    fn error(extra: &str) -> String {
+        Scenario::parse(&format!("{BASE}{extra}")).err().map(|e| format!("{e:#}")).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_node_replaced_through_cluster_api_must_be_a_machine_and_a_workload_must_be_on_a_node() {
+        let fault = "faults:\n- {at: 5s, nodes: [gpu-001], kind: gpu, message: m, fixedBy: replace, expect: replaced}\n";
+        assert!(error(fault).contains("`gpu-001` can only be replaced if it is a Cluster API Machine"), "{}", error(fault));
+        assert!(Scenario::parse(&format!("{BASE}machines: [gpu-001]\n{fault}")).is_ok());
+        assert!(error("machines: [gpu-009]\n").contains("machines: no node `gpu-009`"));
+        assert!(error("workloads:\n- {name: trainer, node: gpu-007}\n").contains("workloads[0].node: no node `gpu-007`"));
+        assert!(error("workloads:\n- {name: Trainer, node: gpu-001}\n").contains("workloads[0]: a name of lowercase"));
+        let ok = Scenario::parse(&format!("{BASE}workloads:\n- {{name: trainer, node: gpu-001}}\n")).map_err(|e| format!("{e:#}"));
+        let w = ok.as_ref().map(|s| (s.workloads[0].pods, s.workloads[0].relax_after_held)).ok();
+        assert_eq!(w, Some((2, Duration::from_secs(5))), "{ok:?}");
+    }
 
     #[test]
     fn a_scenario_that_repeats_a_key_is_refused_naming_it() {

@@ -154,6 +154,23 @@ async fn monitor_only_changes_nothing_on_the_nodes_but_records_what_it_would_do(
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}: {}", a.metrics()))?;
+        // Issue 12 §3: what it would have done, with which executor, per node and on the policy.
+        let would = wait_for(Duration::from_secs(10), "the would-run log line", || async {
+            a.log()
+                .lines()
+                .find(|l| l.contains("monitor-only: would run the step with the node agent") && l.contains("gpu-000"))
+                .map(str::to_string)
+        })
+        .await?;
+        assert!(would.contains("reboot"), "{would}");
+        let policy = Api::<NodeHealthPolicy>::all(cp.client()).get("gpu-workers").await?;
+        let executors = policy.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Executors");
+        assert!(
+            executors.is_some_and(
+                |c| c.reason == "MonitorOnly" && c.message.contains("would go to reboot: the node agent; reimage: the node agent")
+            ),
+            "the policy names each step's executor"
+        );
         Ok(())
     })
     .await

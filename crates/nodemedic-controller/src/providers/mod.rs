@@ -17,7 +17,7 @@ pub use civo::{CivoConfig, CivoProvider};
 pub use cluster_api::{ClusterApiProvider, MACHINE_ANNOTATION, MACHINE_NAMESPACE_ANNOTATION};
 pub use gce::{GceInstance, GceProvider};
 
-use crate::executors::{Started, report_or_log};
+use crate::executors::{Started, report_or_resume};
 use crate::{ExecFuture, Executor, StepRequest};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -114,7 +114,8 @@ impl ProviderExecutor {
             return Err(format!("the {} provider cannot carry out step {}", self.provider.name(), request.step));
         }
         self.started.start(request, || {
-            let (client, provider, req) = (self.client.clone(), self.provider.clone(), request.clone());
+            let (client, provider, req, started) =
+                (self.client.clone(), self.provider.clone(), request.clone(), std::sync::Arc::downgrade(&self.started));
             Ok(tokio::spawn(async move {
                 let (outcome, message) = match Api::<Node>::all(client.clone()).get(&req.node).await {
                     Err(e) => (ReportedOutcome::Failed, format!("reading node {}: {e}", req.node)),
@@ -123,7 +124,7 @@ impl ProviderExecutor {
                         Err(e) => (ReportedOutcome::Failed, format!("{} provider: {e}", provider.name())),
                     },
                 };
-                report_or_log(&client, field_managers::EXECUTOR, &req, outcome, message).await;
+                report_or_resume(&client, field_managers::EXECUTOR, &req, outcome, message, &started).await;
             })
             .abort_handle())
         })?;
