@@ -66,8 +66,11 @@ async fn cluster(cp: &ControlPlane) -> anyhow::Result<()> {
         let name = format!("gpu-{i:03}");
         let patch = serde_json::json!({"metadata": {"annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"}}});
         nodes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        wait_for(Duration::from_secs(60), "kwok to make the nodes Ready", || async {
-            ready(&nodes.get(&name).await.ok()?).filter(|s| s == "True")
+        // Ready, and the node lifecycle controller's not-ready taint gone, so the scheduler may use it.
+        wait_for(Duration::from_secs(60), "kwok to make the nodes Ready and schedulable", || async {
+            let n = nodes.get(&name).await.ok()?;
+            let untainted = n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(|t| t.is_empty());
+            (ready(&n).as_deref() == Some("True") && untainted).then_some(())
         })
         .await?;
     }
@@ -337,6 +340,7 @@ async fn fencing_bench() -> anyhow::Result<()> {
                 None
             };
             let started = Instant::now();
+            let started_at = nodemedic_controller::now();
             cp.stop_heartbeat(FENCED).await?;
             let limit = if with_nodemedic { Duration::from_secs(480) } else { wait_without };
             let moved = wait_for(limit, "db-a-0 to run on another node", || async {
@@ -344,10 +348,15 @@ async fn fencing_bench() -> anyhow::Result<()> {
             })
             .await;
             let took = started.elapsed();
-            let fenced_after = match record(cp, FENCED).await.and_then(|r| r.out_of_service) {
-                Some(o) => format!("; out-of-service taint recorded at {}", o.added_at),
-                None => String::new(),
-            };
+            let since = |t: nodemedic_core::Time| (t.0 - started_at.0) as f64 / 1000.0;
+            let rec = record(cp, FENCED).await;
+            let mut fenced_after = String::new();
+            if let Some(h) = rec.as_ref().and_then(|r| r.history.first()) {
+                fenced_after += &format!("; {} started at {:.1} s, ended at {:.1} s", h.step, since(h.started_at), since(h.ended_at));
+            }
+            if let Some(o) = rec.and_then(|r| r.out_of_service) {
+                fenced_after += &format!("; out-of-service taint recorded at {:.1} s", since(o.added_at));
+            }
             match moved {
                 Ok(node) => println!(
                     "FENCING-BENCH with_nodemedic={with_nodemedic}: db-a-0 Running on {node} {:.1} s after the kubelet stopped{fenced_after}",
