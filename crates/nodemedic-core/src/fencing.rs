@@ -27,7 +27,8 @@ pub enum FencingSource {
     /// A `powerOff` or `powerCycle` step reported success: the power executor reports success only
     /// after the node's BMC read back power Off (and, for a cycle, On again).
     BmcPowerOff,
-    /// The node showed a new boot ID after a step that restarts it (reboot, reimage, powerCycle).
+    /// The node showed a new boot ID during a step that restarts it (reboot, reimage, powerCycle)
+    /// and was still not Ready when the step's time was up.
     NewBootId,
     // Self-fencing (issue 11 §2, not built) adds its variant here: the agent's
     // `safeTimeToAssumeRebooted` has elapsed since the node lost the API server and its peers.
@@ -40,10 +41,12 @@ pub struct Confirmation {
     pub detail: String,
 }
 
-/// The rule: is the node fenced, as the step in flight (`attempt` on the record) shows? Only a step
-/// that was executed can confirm anything (monitor-only runs nothing); a failed report, a timeout
-/// or a node that merely stopped answering confirms nothing.
-pub fn confirmed(active: &ActiveRemediation, attempt: u32, obs: &NodeObservation) -> Option<Confirmation> {
+/// The rule: is the node fenced, as the step in flight (`attempt` on the record) shows at `now`?
+/// Only a step that was executed can confirm anything (monitor-only runs nothing); a failed report,
+/// a timeout or a node that merely stopped answering confirms nothing. A new boot ID counts only
+/// once the step's deadline has passed: a kubelet that has just booted reports NotReady for a
+/// moment, and a node that turns Ready within the step needs nothing freed.
+pub fn confirmed(active: &ActiveRemediation, attempt: u32, obs: &NodeObservation, now: Time) -> Option<Confirmation> {
     if !active.executed {
         return None;
     }
@@ -54,10 +57,14 @@ pub fn confirmed(active: &ActiveRemediation, attempt: u32, obs: &NodeObservation
         let detail = format!("the BMC confirmed power Off ({} attempt {attempt} reported at {}: {})", active.step, r.at, r.message);
         return Some(Confirmation { source: FencingSource::BmcPowerOff, detail });
     }
-    let (Some(before), Some(now)) = (&active.boot_id_at_start, &obs.boot_id) else { return None };
-    (before != now).then(|| Confirmation {
+    let (Some(before), Some(booted)) = (&active.boot_id_at_start, &obs.boot_id) else { return None };
+    let over = active.deadline.is_some_and(|d| now >= d);
+    (before != booted && over).then(|| Confirmation {
         source: FencingSource::NewBootId,
-        detail: format!("the node came back with a new boot ID during {} attempt {attempt} ({before} → {now})", active.step),
+        detail: format!(
+            "the node came back with a new boot ID during {} attempt {attempt} ({before} → {booted}) and was not Ready by the step's deadline",
+            active.step
+        ),
     })
 }
 
@@ -118,7 +125,7 @@ pub fn update(record: &mut NodeRecord, obs: &NodeObservation, now: Time) -> Vec<
     if already {
         return events;
     }
-    let Some(c) = confirmed(active, record.attempt, obs) else { return events };
+    let Some(c) = confirmed(active, record.attempt, obs, now) else { return events };
     if back(obs, active.step_started_at, active.boot_id_at_start.as_deref()) {
         // Fenced, but already back and Ready: nothing of the old incarnation is left to free.
         return events;

@@ -163,7 +163,7 @@ monitorOnly: false
 }
 
 #[test]
-fn a_node_that_came_back_from_its_reboot_with_a_new_boot_id_but_not_ready_is_fenced() -> TestResult {
+fn a_node_back_from_its_reboot_with_a_new_boot_id_but_not_ready_by_the_steps_deadline_is_fenced() -> TestResult {
     let policy = POWER_OFF.replace("- {step: powerOff, timeout: 5m}", "- {step: reboot, timeout: 5m, settle: 0s, verifyTimeout: 5m}");
     let mut h = dead_node_powering_off(&policy)?;
     assert_eq!(h.records.nodes["gpu-1"].active.as_ref().map(|a| a.step), Some(RemediationStep::Reboot));
@@ -172,7 +172,12 @@ fn a_node_that_came_back_from_its_reboot_with_a_new_boot_id_but_not_ready_is_fen
     let now = h.now;
     set_condition(h.node("gpu-1"), "Ready", ConditionStatus::False, "ContainerRuntimeNotReady", now);
     let d = h.decide();
+    assert!(oos(&d).is_empty(), "a kubelet that has just booted is NotReady for a moment: not yet {d:?}");
+    // Still not Ready when the reboot's 5 minutes are up: the old incarnation is gone, free its pods.
+    h.advance(Duration::from_mins(4));
+    let d = h.decide();
     assert_eq!(oos(&d), [("gpu-1".to_string(), true)]);
+    assert!(kinds(&d).contains(&EventKind::StepTimedOut), "{:?}", d.events);
     assert_eq!(h.records.nodes["gpu-1"].out_of_service.as_ref().map(|o| o.source), Some(FencingSource::NewBootId));
     // The same reboot returning Ready with its new boot ID needs no taint at all.
     let mut h = dead_node_powering_off(&policy)?;
@@ -241,7 +246,8 @@ proptest! {
 
     /// Whatever happens (NotReady, reports of any outcome for any step, boot IDs, time), the taint
     /// goes on only for an attempt the test confirmed: a power step's success report, or a new boot
-    /// ID during a step that restarts the node. It never goes on in monitor-only mode.
+    /// ID during a step that restarts the node (the engine waits for that step's deadline too). It
+    /// never goes on in monitor-only mode.
     #[test]
     fn the_out_of_service_taint_never_goes_on_without_confirmed_fencing(ops in proptest::collection::vec(op(), 1..60), monitor in any::<bool>()) {
         let policy = LONG_LADDER.replace("monitorOnly: false", &format!("monitorOnly: {monitor}"));
