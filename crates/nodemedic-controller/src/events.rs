@@ -21,6 +21,7 @@ pub fn event_type(kind: EventKind) -> EventType {
         | EventKind::EscalatedToManual
         | EventKind::LemonNode
         | EventKind::BreakerTripped
+        | EventKind::OutOfServiceAdded
         | EventKind::RemediationStarted => EventType::Warning,
         _ => EventType::Normal,
     }
@@ -33,8 +34,12 @@ fn significance(kind: EventKind) -> u8 {
     match kind {
         EventKind::EscalatedToManual | EventKind::LemonNode | EventKind::BreakerTripped => 6,
         EventKind::StepFailed | EventKind::StepTimedOut | EventKind::DrainHeld => 5,
-        EventKind::RemediationStarted => 4,
-        EventKind::Recovered | EventKind::ResolvedByOperator | EventKind::NodeReleased | EventKind::NodeDeleted => 3,
+        EventKind::RemediationStarted | EventKind::OutOfServiceAdded => 4,
+        EventKind::Recovered
+        | EventKind::ResolvedByOperator
+        | EventKind::NodeReleased
+        | EventKind::NodeDeleted
+        | EventKind::OutOfServiceRemoved => 3,
         EventKind::SoftTaintAdded | EventKind::SoftTaintRemoved | EventKind::BreakerClosed => 2,
         EventKind::StepSucceeded | EventKind::StepStarted => 1,
     }

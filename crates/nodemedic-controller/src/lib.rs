@@ -9,6 +9,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use nodemedic_core::drain::step_to_resume;
 use nodemedic_core::engine::{Action, Decision, RecordChange};
+use nodemedic_core::fencing::{OUT_OF_SERVICE_TAINT, OUT_OF_SERVICE_VALUE};
 use nodemedic_core::{FleetIndex, NodeObservation, Outage, Records, RemediationStep, Time, account_for_outages, apply, decide};
 use nodemedic_k8s::{
     NodeHealthPolicy, NodeHealthPolicyStatus, NodeRemediation, NodeRemediationSpec, NodeRemediationStatus, lean, observe_node,
@@ -544,7 +545,10 @@ impl<'e> Reconciler<'e> {
         let tainted: HashSet<&str> = decision
             .actions
             .iter()
-            .filter_map(|a| if let Action::SetTaints { node, .. } = a { Some(node.as_str()) } else { None })
+            .filter_map(|a| match a {
+                Action::SetTaints { node, .. } | Action::SetOutOfService { node, .. } => Some(node.as_str()),
+                _ => None,
+            })
             .collect();
         let cached: HashMap<&str, &Node> = nodes
             .iter()
@@ -571,6 +575,12 @@ impl<'e> Reconciler<'e> {
                 Action::Notify { node, notice } => {
                     tracing::warn!(node = %node, notice = ?notice, "notification due");
                     Ok(())
+                }
+                Action::SetOutOfService { node, present, reason } => {
+                    tracing::warn!(node = %node, present, reason = %reason, "out-of-service taint");
+                    let (add, remove) =
+                        if *present { (vec![out_of_service_taint()], vec![]) } else { (vec![], vec![OUT_OF_SERVICE_TAINT.to_string()]) };
+                    self.patch_taints(node, &add, &remove, cached.get(node.as_str()).copied()).await
                 }
             };
             if let Err(e) = result {
@@ -604,6 +614,13 @@ impl<'e> Reconciler<'e> {
     /// set meanwhile (the node lifecycle controller's, a person's) are never lost. The first try
     /// starts from the watch cache's copy (no GET); a stale copy is refused (409) and read again.
     async fn set_taints(&self, node: &str, add: &[String], remove: &[String], cached: Option<&Node>) -> Result<(), ControllerError> {
+        let add: Vec<K8sTaint> =
+            add.iter().map(|key| K8sTaint { key: key.clone(), effect: "NoSchedule".into(), value: None, time_added: None }).collect();
+        self.patch_taints(node, &add, remove, cached).await
+    }
+
+    /// Adds `add` (where no taint has its key) and removes the keys in `remove`, keeping every other taint.
+    async fn patch_taints(&self, node: &str, add: &[K8sTaint], remove: &[String], cached: Option<&Node>) -> Result<(), ControllerError> {
         let api: Api<Node> = Api::all(self.client.clone());
         const ATTEMPTS: u32 = 5;
         let mut cached = cached.filter(|n| n.resource_version().is_some()).cloned();
@@ -614,9 +631,9 @@ impl<'e> Reconciler<'e> {
             };
             let mut taints: Vec<K8sTaint> = current.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
             taints.retain(|t| !remove.contains(&t.key));
-            for key in add {
-                if !taints.iter().any(|t| &t.key == key) {
-                    taints.push(K8sTaint { key: key.clone(), effect: "NoSchedule".into(), value: None, time_added: None });
+            for taint in add {
+                if !taints.iter().any(|t| t.key == taint.key) {
+                    taints.push(taint.clone());
                 }
             }
             let patch = serde_json::json!({"metadata": {"resourceVersion": current.resource_version()}, "spec": {"taints": taints}});
@@ -628,6 +645,12 @@ impl<'e> Reconciler<'e> {
         }
         Err(ControllerError::TaintConflict { node: node.to_string(), attempts: ATTEMPTS })
     }
+}
+
+/// `node.kubernetes.io/out-of-service=nodeshutdown:NoExecute`, which kube-controller-manager reads as
+/// "this node is shut down": it force-deletes the node's terminating pods and detaches their volumes.
+fn out_of_service_taint() -> K8sTaint {
+    K8sTaint { key: OUT_OF_SERVICE_TAINT.into(), value: Some(OUT_OF_SERVICE_VALUE.into()), effect: "NoExecute".into(), time_added: None }
 }
 
 /// Installs (or updates) the CRDs with server-side apply and waits until the API server serves them.

@@ -28,12 +28,18 @@ pub enum Action {
     Execute { node: String, step: RemediationStep, attempt: u32, deadline: Option<Time>, reason: String },
     /// Tell people (the Manual escalation), once.
     Notify { node: String, notice: Notice },
+    /// Put on (`present`) or take off the `node.kubernetes.io/out-of-service=nodeshutdown:NoExecute`
+    /// taint: only after confirmed fencing, off again once the node is back ([`crate::fencing`]).
+    SetOutOfService { node: String, present: bool, reason: String },
 }
 
 impl Action {
     pub fn node(&self) -> &str {
         match self {
-            Action::SetTaints { node, .. } | Action::Execute { node, .. } | Action::Notify { node, .. } => node,
+            Action::SetTaints { node, .. }
+            | Action::Execute { node, .. }
+            | Action::Notify { node, .. }
+            | Action::SetOutOfService { node, .. } => node,
         }
     }
 }
@@ -87,6 +93,10 @@ pub enum EventKind {
     NodeDeleted,
     /// A drain still blocked at its deadline holds the node cordoned (policy `drain.whenBlocked: hold`).
     DrainHeld,
+    /// Fencing was confirmed: the out-of-service taint goes on ([`crate::fencing`]).
+    OutOfServiceAdded,
+    /// The fenced node is back and Ready: the out-of-service taint comes off.
+    OutOfServiceRemoved,
 }
 
 /// A gate that kept the engine from acting on a node this time.
@@ -582,6 +592,14 @@ pub(crate) fn decide_with(
     // healthy, for the gates below as on the next decision.
     let mut waiting = Vec::new();
     let mut recovered = 0;
+    // Fencing is read off the step in flight before the ladder moves past it (crate::fencing).
+    for w in work.iter_mut() {
+        if let Some(r) = w.record.as_mut() {
+            for (kind, message) in crate::fencing::update(r, w.obs, now) {
+                out.event(&w.obs.name, kind, message);
+            }
+        }
+    }
     for (i, w) in work.iter_mut().enumerate() {
         if w.active().is_none() {
             continue;
@@ -629,6 +647,7 @@ pub(crate) fn decide_with(
     // Taints follow the records and the soft rules.
     for w in &work {
         reconcile_taints(&ctx, w, breaker_open, &mut out);
+        out.actions.extend(crate::fencing::taint_action(w.record.as_ref(), w.obs));
     }
 
     // Records to write or drop.
@@ -639,7 +658,7 @@ pub(crate) fn decide_with(
             if let Some(b) = &policy.gates.retry_budget {
                 r.remediation_starts.retain(|t| now.since(*t) < b.window);
             }
-            let idle = r.active.is_none() && r.failing_since.is_empty();
+            let idle = r.active.is_none() && r.failing_since.is_empty() && crate::fencing::settled(r);
             let last = r.history.last().map(|h| h.ended_at);
             let expired = idle && r.remediation_starts.is_empty() && last.is_none_or(|t| now.since(t) >= retention);
             if expired {
@@ -1487,8 +1506,16 @@ pub fn apply(decision: &Decision, fleet: &mut [NodeObservation], records: &mut R
     }
     let mut by_name: HashMap<&str, &Action> = HashMap::new();
     for a in &decision.actions {
-        if let Action::SetTaints { node, .. } = a {
-            by_name.insert(node.as_str(), a);
+        match a {
+            Action::SetTaints { node, .. } => {
+                by_name.insert(node.as_str(), a);
+            }
+            Action::SetOutOfService { node, present, .. } => {
+                if let Some(n) = fleet.iter_mut().find(|n| n.name == *node) {
+                    crate::fencing::apply_taint(n, *present);
+                }
+            }
+            _ => {}
         }
     }
     if by_name.is_empty() {

@@ -35,6 +35,10 @@ pub struct NodeRecord {
     /// reads in `kubectl describe` to see why the node is where it is and how the evidence evolved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<Diagnostic>,
+    /// The `node.kubernetes.io/out-of-service` taint nodemedic put on the node after confirmed
+    /// fencing, when and why, and when and why it came off again ([`crate::fencing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_service: Option<crate::fencing::OutOfService>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

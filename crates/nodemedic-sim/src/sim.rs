@@ -382,7 +382,8 @@ impl<'a> Sim<'a> {
         for a in actions {
             let Some(&n) = self.index.get(a.node()) else { continue };
             match a {
-                Action::SetTaints { .. } => {}
+                // The simulator has no pods to free: the out-of-service taint changes nothing here.
+                Action::SetTaints { .. } | Action::SetOutOfService { .. } => {}
                 Action::Execute { step, attempt, .. } => self.execute(n, *step, *attempt, now),
                 Action::Notify { .. } => {
                     self.report.escalations_to_manual += 1;

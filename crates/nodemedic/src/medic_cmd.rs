@@ -228,6 +228,8 @@ fn render_plan(policy: &str, d: &Decision, at: Time) -> String {
             Action::Execute { node, step, attempt, reason, .. } => format!("run {step} on {node} (attempt {attempt}): {reason}"),
             Action::SetTaints { node, add, remove, .. } => format!("taint {node}: add {add:?} remove {remove:?}"),
             Action::Notify { node, .. } => format!("tell people about {node}"),
+            Action::SetOutOfService { node, present: true, reason } => format!("mark {node} out of service: {reason}"),
+            Action::SetOutOfService { node, present: false, reason } => format!("lift {node}'s out-of-service taint: {reason}"),
         };
         let _ = writeln!(out, "  {line}{monitor}");
     }

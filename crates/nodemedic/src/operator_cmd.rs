@@ -294,6 +294,13 @@ pub fn render_history(rec: &NodeRemediation, policy: Option<&NodeHealthPolicy>, 
             text: format!("step {} (attempt {}) in progress{until}", a.step, r.attempt),
         });
     }
+    if let Some(o) = &r.out_of_service {
+        let taint = nodemedic_core::fencing::OUT_OF_SERVICE_TAINT;
+        rows.push(Row { at: o.added_at, what: "fencing", text: format!("{taint} added: {}", o.reason) });
+        if let Some(at) = o.removed_at {
+            rows.push(Row { at, what: "fencing", text: format!("{taint} removed: {}", o.removed_reason.clone().unwrap_or_default()) });
+        }
+    }
     if let Some(p) = policy.and_then(|p| p.status.as_ref()) {
         for c in p.conditions.iter().filter(|c| (c.type_ == "Paused" || c.type_ == "BreakerOpen") && c.status == "True") {
             rows.push(Row {
@@ -363,6 +370,27 @@ mod tests {
         assert!(text.contains("step reboot (attempt 1) timed_out: no completion report within 3s"), "{text}");
         assert!(text.contains("gpu-011/NodeManual/2 to email-infra (try 1): delivered"), "{text}");
         assert!(text.contains("resume (repaired by hand) requested by alice"), "{text}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_history_shows_when_and_why_the_node_was_marked_out_of_service_and_unmarked() -> Result<()> {
+        let rec: NodeRemediation = serde_json::from_value(serde_json::json!({
+            "apiVersion": "nodemedic.io/v1alpha1", "kind": "NodeRemediation",
+            "metadata": {"name": "gpu-000"},
+            "spec": {"node": "gpu-000", "policy": "gpu-workers"},
+            "status": {
+                "node": "gpu-000", "phase": "Manual", "attempt": 2,
+                "outOfService": {"attempt": 1, "source": "bmcPowerOff", "addedAt": "2026-11-21T10:02:00Z",
+                                 "reason": "fencing confirmed: the BMC confirmed power Off", "removedAt": "2026-11-21T11:00:00Z",
+                                 "removedReason": "node gpu-000 is back and Ready"}
+            }
+        }))?;
+        let text = render_history(&rec, None, &[]);
+        let fencing: Vec<&str> = text.lines().filter(|l| l.split_whitespace().nth(1) == Some("fencing")).collect();
+        assert_eq!(fencing.len(), 2, "{text}");
+        assert!(fencing[0].ends_with("node.kubernetes.io/out-of-service added: fencing confirmed: the BMC confirmed power Off"), "{text}");
+        assert!(fencing[1].ends_with("node.kubernetes.io/out-of-service removed: node gpu-000 is back and Ready"), "{text}");
         Ok(())
     }
 }
