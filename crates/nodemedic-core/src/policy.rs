@@ -382,7 +382,10 @@ impl ExternalTemplate {
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if self.group_version().is_none() {
-            out.push(("apiVersion", format!("`{}` must be group/version (e.g. self-node-remediation.medik8s.io/v1alpha1)", self.api_version)));
+            out.push((
+                "apiVersion",
+                format!("`{}` must be group/version (e.g. self-node-remediation.medik8s.io/v1alpha1)", self.api_version),
+            ));
         }
         if self.kind.len() <= TEMPLATE_SUFFIX.len() || !self.kind.ends_with(TEMPLATE_SUFFIX) {
             out.push(("kind", format!("`{}` must name a remediation template kind, ending in {TEMPLATE_SUFFIX}", self.kind)));

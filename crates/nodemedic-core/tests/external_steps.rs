@@ -167,7 +167,8 @@ ladder:
     for field in ["ladder[0].template.apiVersion", "ladder[0].template.kind", "ladder[0].template.name", "ladder[0].template.namespace"] {
         assert!(e.contains(field), "{field} missing from: {e}");
     }
-    let missing_key = "rules: [{name: gpu, check: {name: gpu}}]\nladder: [{step: external, template: {apiVersion: a.io/v1, kind: XTemplate, name: x}}]\n";
+    let missing_key =
+        "rules: [{name: gpu, check: {name: gpu}}]\nladder: [{step: external, template: {apiVersion: a.io/v1, kind: XTemplate, name: x}}]\n";
     assert!(refusal(missing_key).contains("namespace"), "{}", refusal(missing_key));
 }
 
