@@ -469,6 +469,13 @@ impl Executor for StepRouter {
         self.routes.get(&step).and_then(|e| e.executor_for(step))
     }
 
+    fn check_policy<'a>(&'a self, policy: &'a nodemedic_core::Policy) -> crate::CheckFuture<'a> {
+        match self.routes.get(&RemediationStep::External) {
+            Some(executor) if policy.ladder.iter().any(|ls| ls.template.is_some()) => executor.check_policy(policy),
+            _ => Box::pin(async { None }),
+        }
+    }
+
     /// The external step's executor is the one that leaves something behind (its remediation CR).
     fn release<'a>(&'a self, policy: &'a nodemedic_core::Policy, records: &'a nodemedic_core::Records) -> ExecFuture<'a> {
         match self.routes.get(&RemediationStep::External) {

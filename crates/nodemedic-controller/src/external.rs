@@ -18,7 +18,7 @@
 //!   or resolved by a person), as NodeHealthCheck does once a node is healthy.
 
 use crate::executors::{Started, report_or_log, std_duration, time_left};
-use crate::{ExecFuture, Executor, StepRequest};
+use crate::{CheckFuture, ExecFuture, Executor, StepRequest};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use nodemedic_core::observe::ReportedOutcome;
@@ -75,11 +75,16 @@ pub struct ExternalExecutor {
     client: Client,
     config: ExternalConfig,
     started: Arc<Started>,
+    /// Templates found when a policy loaded, and when.
+    found: std::sync::Mutex<std::collections::HashMap<ExternalTemplate, std::time::Instant>>,
 }
+
+/// How long a template found at load is believed to exist before it is read again.
+pub const TEMPLATE_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ExternalExecutor {
     pub fn new(client: Client, config: ExternalConfig) -> ExternalExecutor {
-        ExternalExecutor { client, config, started: Arc::default() }
+        ExternalExecutor { client, config, started: Arc::default(), found: Default::default() }
     }
 
     fn spawn(&self, request: &StepRequest) -> Result<tokio::task::AbortHandle, String> {
@@ -88,6 +93,28 @@ impl ExternalExecutor {
         };
         let (client, config, req) = (self.client.clone(), self.config.clone(), request.clone());
         Ok(tokio::spawn(async move { run_step(&client, &config, &req, &template).await }).abort_handle())
+    }
+
+    /// The ladder's templates that do not exist (or whose kind is not served), each naming its rung;
+    /// None when all exist or the API server could not say (a template found is not asked about
+    /// again for [`TEMPLATE_RECHECK`]).
+    pub async fn missing_templates(&self, policy: &Policy) -> Option<String> {
+        let mut missing = Vec::new();
+        for (i, template) in policy.ladder.iter().enumerate().filter_map(|(i, ls)| ls.template.as_ref().map(|t| (i, t))) {
+            let fresh =
+                self.found.lock().unwrap_or_else(|e| e.into_inner()).get(template).is_some_and(|at| at.elapsed() < TEMPLATE_RECHECK);
+            if fresh {
+                continue;
+            }
+            match read_template(&self.client, template).await {
+                Ok(_) => {
+                    self.found.lock().unwrap_or_else(|e| e.into_inner()).insert(template.clone(), std::time::Instant::now());
+                }
+                Err(Problem::Fatal(m)) => missing.push(format!("ladder[{i}].template: {m}")),
+                Err(Problem::Transient(m)) => tracing::warn!(template = %template, error = %m, "could not check the remediation template"),
+            }
+        }
+        (!missing.is_empty()).then(|| missing.join("; "))
     }
 
     /// Deletes the remediation CRs, made from `policy`'s templates, of the nodes `records` shows with
@@ -151,6 +178,10 @@ impl Executor for ExternalExecutor {
 
     fn release<'a>(&'a self, policy: &'a Policy, records: &'a Records) -> ExecFuture<'a> {
         Box::pin(self.release_finished(policy, records))
+    }
+
+    fn check_policy<'a>(&'a self, policy: &'a Policy) -> CheckFuture<'a> {
+        Box::pin(self.missing_templates(policy))
     }
 
     fn executor_for(&self, step: RemediationStep) -> Option<String> {
@@ -262,14 +293,7 @@ async fn ensure_cr(client: &Client, req: &StepRequest, template: &ExternalTempla
         }
         return Err(Problem::Transient(format!("{name} of attempt {attempt} is being deleted before attempt {} starts", req.attempt)));
     }
-    let template_ar = discover(client, &template.api_version, &template.kind, &format!("remediation template {template}")).await?;
-    let templates: Api<DynamicObject> = Api::namespaced_with(client.clone(), &template.namespace, &template_ar);
-    let Some(t) = templates.get_opt(&template.name).await.map_err(|e| transient(&format!("reading the template {template}"), e))? else {
-        return Err(Problem::Fatal(format!("the remediation template {template} does not exist")));
-    };
-    let Some(spec) = t.data.pointer("/spec/template/spec").cloned() else {
-        return Err(Problem::Fatal(format!("the remediation template {template} has no spec.template.spec")));
-    };
+    let spec = read_template(client, template).await?;
     let mut cr = DynamicObject::new(&req.node, &cr_ar).within(&template.namespace);
     cr.data = serde_json::json!({ "spec": spec });
     cr.labels_mut().insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
@@ -292,6 +316,19 @@ async fn ensure_cr(client: &Client, req: &StepRequest, template: &ExternalTempla
         Err(kube::Error::Api(s)) if s.code == 409 => Err(Problem::Transient(format!("{name} was created meanwhile"))),
         Err(e) => Err(transient(&format!("creating {name}"), e)),
     }
+}
+
+/// The template's `spec.template.spec`: what every remediation CR made from it gets as `spec`.
+async fn read_template(client: &Client, template: &ExternalTemplate) -> Result<serde_json::Value, Problem> {
+    let template_ar = discover(client, &template.api_version, &template.kind, &format!("remediation template {template}")).await?;
+    let templates: Api<DynamicObject> = Api::namespaced_with(client.clone(), &template.namespace, &template_ar);
+    let Some(t) = templates.get_opt(&template.name).await.map_err(|e| transient(&format!("reading the template {template}"), e))? else {
+        return Err(Problem::Fatal(format!("the remediation template {template} does not exist")));
+    };
+    t.data
+        .pointer("/spec/template/spec")
+        .cloned()
+        .ok_or_else(|| Problem::Fatal(format!("the remediation template {template} has no spec.template.spec")))
 }
 
 /// `Succeeded=True` → succeeded, `Succeeded=False` → failed, anything else → still waiting.

@@ -97,6 +97,9 @@ pub struct StepRequest {
 /// A boxed future, so executors can be chosen at run time (`&dyn Executor`).
 pub type ExecFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
 
+/// What [`Executor::check_policy`] returns: a problem in words, or None.
+pub type CheckFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + 'a>>;
+
 /// Runs a step. The record naming the step and its attempt is already persisted when this is
 /// called, and the engine asks once per attempt, so a step runs at most once per attempt even
 /// across restarts. `execute` returns once the request is accepted; long work (a drain) goes on in
@@ -123,6 +126,12 @@ pub trait Executor: Send + Sync {
     /// remediation CR). Called after every pass with the records as they are now; idempotent.
     fn release<'a>(&'a self, _policy: &'a nodemedic_core::Policy, _records: &'a Records) -> ExecFuture<'a> {
         Box::pin(async { Ok(()) })
+    }
+    /// What this executor can tell about a policy when it loads that the policy alone cannot (an
+    /// external step's template that does not exist), naming the field; None when nothing is wrong
+    /// or it cannot tell. A policy with a problem is marked `Valid=False` and not acted on.
+    fn check_policy<'a>(&'a self, _policy: &'a nodemedic_core::Policy) -> CheckFuture<'a> {
+        Box::pin(async { None })
     }
 }
 
@@ -280,7 +289,10 @@ impl<'e> Reconciler<'e> {
         let policy = policies.get(policy_name).await?;
         let invalid = match policy.validate() {
             Err(e) => Some(("InvalidPolicy", e.to_string())),
-            Ok(()) => self.missing_executors(&policy.spec.policy).map(|m| ("MissingExecutor", m)),
+            Ok(()) => match self.missing_executors(&policy.spec.policy) {
+                Some(m) => Some(("MissingExecutor", m)),
+                None => self.executor.check_policy(&policy.spec.policy).await.map(|m| ("TemplateNotFound", m)),
+            },
         };
         if let Some((reason, e)) = invalid {
             // What the schema and CEL could not catch: say so on the policy and act on nothing.

@@ -306,30 +306,65 @@ async fn a_new_leader_adopts_the_remediation_cr_and_two_replicas_never_create_a_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_missing_template_fails_the_step_naming_it_and_an_incomplete_one_is_refused_when_the_policy_loads() -> anyhow::Result<()> {
+async fn a_missing_template_invalidates_the_policy_at_load_and_fails_a_step_naming_it() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
         standard_cluster(cp, 1).await?;
-        policy(cp, &ladder("1m", "no-such-template")).await?;
+        policy(cp, &ladder("1m", "late-template")).await?;
         let executor = router(cp)?;
         cp.set_node_condition("gpu-000", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
-        let rec = reconcile_until(cp, &executor, "the SNR rung to fail", || async {
-            record(cp, "gpu-000").await.filter(|r| r.history.iter().any(|h| h.step == RemediationStep::External))
+        let policies: Api<NodeHealthPolicy> = Api::all(cp.client());
+
+        // Known at load: the template does not exist. Valid=False naming the rung and the template.
+        let err = Reconciler::new(cp.client(), &executor).reconcile("gpu-workers", now()).await.err();
+        assert_eq!(err.map(|e| e.metric_label()), Some("invalid_policy"));
+        let status = policies.get("gpu-workers").await?.status.unwrap_or_default();
+        let valid = status.conditions.iter().find(|c| c.type_ == "Valid").cloned();
+        assert!(
+            valid.as_ref().is_some_and(|c| c.status == "False"
+                && c.reason == "TemplateNotFound"
+                && c.message.contains("ladder[0].template: the remediation template SelfNodeRemediationTemplate medik8s/late-template")
+                && c.message.contains("does not exist")),
+            "{valid:?}"
+        );
+        assert!(record(cp, "gpu-000").await.is_none() && cr(cp, snr(), "gpu-000").await.is_none(), "nothing acted on");
+        // The remediator's template appears: the policy is valid and the step runs.
+        template(cp, REMEDIATORS[0].0, REMEDIATORS[0].1, "late-template", serde_json::json!({"remediationStrategy": "Automatic"})).await?;
+        reconcile_until(cp, &executor, "the SelfNodeRemediation", || cr(cp, snr(), "gpu-000")).await?;
+
+        // Not known at load: a template gone by the time a step runs fails that step, naming it.
+        let gone = nodemedic_core::policy::ExternalTemplate {
+            api_version: "fence-agents-remediation.medik8s.io/v1alpha1".into(),
+            kind: "FenceAgentsRemediationTemplate".into(),
+            name: "gone".into(),
+            namespace: NS.into(),
+        };
+        let request = nodemedic_controller::StepRequest {
+            node: "gpu-000".into(),
+            step: RemediationStep::External,
+            attempt: 7,
+            deadline: None,
+            reason: "Xid 79".into(),
+            template: Some(gone),
+        };
+        // Another replica's executor, kept alive while it works (its work dies with it).
+        let other = router(cp)?;
+        other.execute(&request).await.map_err(anyhow::Error::msg)?;
+        let report = wait_for(Duration::from_secs(30), "the report of attempt 7", || async {
+            Api::<NodeRemediation>::all(cp.client()).get("gpu-000").await.ok()?.status?.step_report.filter(|r| r.attempt == 7)
         })
         .await?;
-        let first = &rec.history[0];
-        assert_eq!(first.outcome, StepOutcome::Failed);
+        assert_eq!(report.outcome, ReportedOutcome::Failed);
         assert!(
-            first.reason.contains("SelfNodeRemediationTemplate medik8s/no-such-template") && first.reason.contains("does not exist"),
+            report.message.contains("the remediation template FenceAgentsRemediationTemplate medik8s/gone")
+                && report.message.contains("does not exist"),
             "{}",
-            first.reason
+            report.message
         );
-        assert!(cr(cp, snr(), "gpu-000").await.is_none());
-        reconcile_until(cp, &executor, "the next rung", || cr(cp, far(), "gpu-000")).await?;
+        assert!(cr(cp, far(), "gpu-000").await.is_none());
 
         // The API server refuses an external step without a template (CEL); the controller refuses
         // one whose template is incomplete, naming the field, and acts on nothing.
-        let policies: Api<NodeHealthPolicy> = Api::all(cp.client());
         let bare = Policy::from_yaml(&ladder("1m", "automatic"))?;
         let mut no_template = bare.clone();
         no_template.ladder[0].template = None;
