@@ -37,6 +37,10 @@ fn far() -> ApiResource {
     resource(REMEDIATORS[1].0, REMEDIATORS[1].1)
 }
 
+fn mdr() -> ApiResource {
+    resource(REMEDIATORS[2].0, REMEDIATORS[2].1)
+}
+
 /// The remediator's CRDs (the remediation and its template), minimal: any fields, a status subresource.
 async fn remediator_crds(cp: &ControlPlane) -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(cp.client());
@@ -83,7 +87,7 @@ fn router(cp: &ControlPlane) -> anyhow::Result<StepRouter> {
     Ok(StepRouter::from_config(cp.client(), &config)?)
 }
 
-/// SNR first (timeout `snr_timeout`), then FAR, then a person.
+/// SNR first (timeout `snr_timeout`), then FAR, then MDR, then a person.
 fn ladder(snr_timeout: &str, snr_template: &str) -> String {
     format!(
         r#"
@@ -98,6 +102,9 @@ ladder:
 - step: external
   timeout: 1m
   template: {{apiVersion: fence-agents-remediation.medik8s.io/v1alpha1, kind: FenceAgentsRemediationTemplate, name: fence-ipmilan, namespace: {NS}}}
+- step: external
+  timeout: 1m
+  template: {{apiVersion: machine-deletion-remediation.medik8s.io/v1alpha1, kind: MachineDeletionRemediationTemplate, name: delete-machine, namespace: {NS}}}
 - {{step: manual}}
 monitorOnly: false
 "#
@@ -156,6 +163,7 @@ async fn standard_cluster(cp: &ControlPlane, nodes: usize) -> anyhow::Result<()>
         serde_json::json!({"agent": "fence_ipmilan", "sharedparameters": {"--lanplus": ""}}),
     )
     .await?;
+    template(cp, REMEDIATORS[2].0, REMEDIATORS[2].1, "delete-machine", serde_json::json!({})).await?;
     Ok(())
 }
 
@@ -242,6 +250,13 @@ async fn a_remediator_that_fails_or_never_answers_moves_the_ladder_to_the_next_r
         assert!(
             failed.as_ref().is_some_and(|(o, m)| *o == StepOutcome::Failed && m.contains("Succeeded=False (RemediationFailed")),
             "{failed:?}"
+        );
+        // FAR cannot fence it either: the last automated rung, Machine Deletion Remediation.
+        remediator_says(cp, &far(), "gpu-000", serde_json::json!([condition("Succeeded", "False", "FenceAgentFailed")])).await?;
+        let mdr_000 = reconcile_until(cp, &executor, "gpu-000's MachineDeletionRemediation", || cr(cp, mdr(), "gpu-000")).await?;
+        assert_eq!(
+            (mdr_000.data["spec"].clone(), mdr_000.annotations().get(ATTEMPT_ANNOTATION).cloned()),
+            (serde_json::json!({}), Some("3".into()))
         );
 
         reconcile_until(cp, &executor, "gpu-001's FenceAgentsRemediation after the timeout", || cr(cp, far(), "gpu-001")).await?;
