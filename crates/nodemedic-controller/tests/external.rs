@@ -401,3 +401,56 @@ async fn a_missing_template_invalidates_the_policy_at_load_and_fails_a_step_nami
     })
     .await
 }
+
+/// A client authenticated as `deploy/controller.yaml`'s service account: its RBAC and nothing more.
+async fn controller_service_account(cp: &ControlPlane, dir: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/controller.yaml");
+    let out = cp.kubectl(&["apply", "--server-side", "-f", manifest])?;
+    anyhow::ensure!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cp.kubectl(&["create", "token", "nodemedic-controller", "-n", "nodemedic"])?;
+    anyhow::ensure!(out.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&out.stderr));
+    let path = dir.join("sa.kubeconfig");
+    cp.write_kubeconfig_with_token(String::from_utf8_lossy(&out.stdout).trim(), &path)?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deploy_manifests_rbac_is_enough_for_an_external_remediation_and_no_more_than_the_medik8s_groups() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        standard_cluster(cp, 1).await?;
+        policy(cp, &ladder("1m", "automatic")).await?;
+        let dir = tempfile::tempdir()?;
+        let sa = controller_service_account(cp, dir.path()).await?;
+        let config: ExecutorsConfig = serde_saphyr::from_str("external: {pollInterval: 200ms}")?;
+        let executor = StepRouter::from_config(sa.clone(), &config)?;
+        cp.set_node_condition("gpu-000", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
+        let started = std::time::Instant::now();
+        while cr(cp, snr(), "gpu-000").await.is_none() {
+            Reconciler::new(sa.clone(), &executor).reconcile("gpu-workers", now()).await?;
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "no SelfNodeRemediation made as the service account");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        remediator_says(cp, &snr(), "gpu-000", serde_json::json!([condition("Succeeded", "True", "RemediationFinished")])).await?;
+        let report = wait_for(Duration::from_secs(30), "the report, written as the service account", || async {
+            Api::<NodeRemediation>::all(cp.client()).get("gpu-000").await.ok()?.status?.step_report
+        })
+        .await?;
+        assert_eq!(report.outcome, ReportedOutcome::Succeeded, "{}", report.message);
+        cp.set_node_condition("gpu-000", "GPUProblem", "False", "GPUsHealthy", "8 of 8 GPUs healthy").await?;
+        let started = std::time::Instant::now();
+        while cr(cp, snr(), "gpu-000").await.is_some() {
+            Reconciler::new(sa.clone(), &executor).reconcile("gpu-workers", now()).await?;
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the SelfNodeRemediation was not deleted as the service account");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // Scoped: another group's remediation kind is out of reach.
+        let other = resource("example.com", "OtherRemediation");
+        let denied = Api::<DynamicObject>::namespaced_with(sa, NS, &other).list(&ListParams::default()).await;
+        assert!(matches!(&denied, Err(kube::Error::Api(s)) if s.code == 403), "{denied:?}");
+        Ok(())
+    })
+    .await
+}
