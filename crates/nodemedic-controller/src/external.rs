@@ -23,10 +23,10 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, List
 use kube::{Api, Client, ResourceExt};
 use nodemedic_core::observe::ReportedOutcome;
 use nodemedic_core::policy::ExternalTemplate;
-use nodemedic_core::{Duration, Policy, Records, RemediationStep};
+use nodemedic_core::{Duration, Policy, Records, RemediationStep, Time};
 use nodemedic_k8s::{NodeRemediation, field_managers};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Set on every remediation CR nodemedic creates; [`ExternalExecutor::release_finished`] lists by it.
@@ -77,6 +77,8 @@ pub struct ExternalExecutor {
     started: Arc<Started>,
     /// Templates found when a policy loaded, and when.
     found: std::sync::Mutex<std::collections::HashMap<ExternalTemplate, std::time::Instant>>,
+    /// Nodes whose finished remediation's CRs are gone, by the end of that remediation's last step.
+    released: std::sync::Mutex<BTreeMap<String, Time>>,
 }
 
 /// How long a template found at load is believed to exist before it is read again.
@@ -84,7 +86,7 @@ pub const TEMPLATE_RECHECK: std::time::Duration = std::time::Duration::from_secs
 
 impl ExternalExecutor {
     pub fn new(client: Client, config: ExternalConfig) -> ExternalExecutor {
-        ExternalExecutor { client, config, started: Arc::default(), found: Default::default() }
+        ExternalExecutor { client, config, started: Arc::default(), found: Default::default(), released: Default::default() }
     }
 
     fn spawn(&self, request: &StepRequest) -> Result<tokio::task::AbortHandle, String> {
@@ -120,7 +122,22 @@ impl ExternalExecutor {
     /// Deletes the remediation CRs, made from `policy`'s templates, of the nodes `records` shows with
     /// no remediation in progress. Nodes without a record under this policy are left alone (another
     /// policy's, or gone: the owner reference lets the garbage collector take their CRs).
+    /// Only nodes whose finished remediation went through an external step are looked for, and each
+    /// finished remediation once per process, so a fleet that is healthy costs no request.
     pub async fn release_finished(&self, policy: &Policy, records: &Records) -> Result<(), String> {
+        let candidates: BTreeMap<String, Time> = {
+            let released = self.released.lock().unwrap_or_else(|e| e.into_inner());
+            records
+                .nodes
+                .values()
+                .filter(|r| r.active.is_none() && r.history.iter().any(|h| h.step == RemediationStep::External))
+                .filter_map(|r| r.history.last().map(|h| (r.node.clone(), h.ended_at)))
+                .filter(|(node, ended)| released.get(node) != Some(ended))
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Ok(());
+        }
         let kinds: BTreeSet<(String, String, String)> = policy
             .ladder
             .iter()
@@ -142,8 +159,7 @@ impl ExternalExecutor {
             };
             for cr in listed.items {
                 let node = cr.name_any();
-                let over = records.nodes.get(&node).is_some_and(|r| r.active.is_none());
-                if !over || cr.metadata.deletion_timestamp.is_some() {
+                if !candidates.contains_key(&node) || cr.metadata.deletion_timestamp.is_some() {
                     continue;
                 }
                 match api.delete(&node, &DeleteParams::default()).await {
@@ -156,6 +172,9 @@ impl ExternalExecutor {
                     }
                 }
             }
+        }
+        if first_error.is_none() {
+            self.released.lock().unwrap_or_else(|e| e.into_inner()).extend(candidates);
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -363,4 +382,79 @@ async fn mark_timed_out(client: &Client, ar: &ApiResource, namespace: &str, node
 /// RFC 3339 UTC of the controller's clock.
 fn rfc3339_now() -> String {
     serde_json::to_value(crate::now()).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodemedic_core::NodeRecord;
+
+    fn snr_ladder() -> Result<Policy, Box<dyn std::error::Error>> {
+        Ok(Policy::from_yaml(
+            "rules: [{name: gpu, check: {name: gpu}}]\nladder:\n- {step: external, template: {apiVersion: self-node-remediation.medik8s.io/v1alpha1, kind: SelfNodeRemediationTemplate, name: t, namespace: medik8s}}\n- {step: manual}\n",
+        )?)
+    }
+
+    /// A client for an address where nothing answers: any request it makes fails.
+    fn nowhere() -> Result<Client, Box<dyn std::error::Error>> {
+        Ok(Client::try_from(kube::Config::new("http://127.0.0.1:9".parse()?))?)
+    }
+
+    #[tokio::test]
+    async fn a_fleet_whose_remediations_never_went_through_an_external_step_costs_no_request() -> Result<(), Box<dyn std::error::Error>> {
+        let executor = ExternalExecutor::new(nowhere()?, ExternalConfig::default());
+        let mut records = Records::default();
+        records.nodes.insert("gpu-1".into(), NodeRecord::new("gpu-1"));
+        assert_eq!(executor.release_finished(&snr_ladder()?, &records).await, Ok(()));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_finished_external_remediation_is_looked_for_and_an_unreachable_api_server_is_an_error()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let executor = ExternalExecutor::new(nowhere()?, ExternalConfig::default());
+        let mut record = NodeRecord::new("gpu-1");
+        record.history.push(nodemedic_core::record::StepHistory {
+            attempt: 1,
+            step: RemediationStep::External,
+            started_at: Time(0),
+            ended_at: Time(1),
+            outcome: nodemedic_core::record::StepOutcome::Recovered,
+            reason: "checks passed".into(),
+            executed: true,
+        });
+        let mut records = Records::default();
+        records.nodes.insert("gpu-1".into(), record);
+        let err = executor.release_finished(&snr_ladder()?, &records).await.err().unwrap_or_default();
+        assert!(err.contains("listing SelfNodeRemediation in medik8s"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn only_succeeded_decides_and_the_message_names_the_cr_and_the_condition() {
+        let template = ExternalTemplate {
+            api_version: "fence-agents-remediation.medik8s.io/v1alpha1".into(),
+            kind: "FenceAgentsRemediationTemplate".into(),
+            name: "t".into(),
+            namespace: "medik8s".into(),
+        };
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("fence-agents-remediation.medik8s.io", "v1alpha1", "FenceAgentsRemediation"));
+        let with = |conditions: serde_json::Value| {
+            let mut cr = DynamicObject::new("gpu-1", &ar).within("medik8s");
+            cr.data = serde_json::json!({"status": {"conditions": conditions}});
+            verdict(&cr, &template)
+        };
+        let processing = serde_json::json!({"type": "Processing", "status": "True", "reason": "RemediationStarted"});
+        assert!(matches!(with(serde_json::json!([])), Verdict::Waiting(m) if m.contains("no status conditions")));
+        assert!(matches!(with(serde_json::json!([processing])), Verdict::Waiting(m) if m.contains("Processing=True (RemediationStarted)")));
+        let failed = serde_json::json!([{"type": "Succeeded", "status": "False", "reason": "FenceAgentFailed", "message": "fence_ipmilan: timed out"}]);
+        assert!(
+            matches!(with(failed), Verdict::Failed(m) if m == "FenceAgentsRemediation medik8s/gpu-1: the remediator reports Succeeded=False (FenceAgentFailed: fence_ipmilan: timed out)")
+        );
+        let unknown = serde_json::json!([{"type": "Succeeded", "status": "Unknown"}]);
+        assert!(matches!(with(unknown), Verdict::Waiting(_)));
+        assert!(
+            matches!(with(serde_json::json!([{"type": "Succeeded", "status": "True"}])), Verdict::Succeeded(m) if m.contains("Succeeded=True"))
+        );
+    }
 }
