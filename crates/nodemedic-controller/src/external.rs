@@ -238,6 +238,14 @@ async fn run_step(client: &Client, config: &ExternalConfig, req: &StepRequest, t
         req.node,
         left.as_secs()
     );
+    // The engine times the step out at the same deadline and may have started the next attempt,
+    // whose report this one must not overwrite.
+    let record = Api::<NodeRemediation>::all(client.clone()).get_opt(&req.node).await;
+    let moved_on = matches!(&record, Ok(Some(r)) if r.status.as_ref().is_some_and(|s| s.record.attempt != req.attempt));
+    if moved_on {
+        tracing::info!(node = %req.node, attempt = req.attempt, %message, "the ladder moved on at the deadline; not reported");
+        return;
+    }
     report_or_log(client, field_managers::EXECUTOR, req, ReportedOutcome::Failed, message).await;
 }
 
