@@ -21,6 +21,7 @@ use crate::executors::{Started, report_or_log, std_duration, time_left};
 use crate::{CheckFuture, ExecFuture, Executor, StepRequest};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
+use nodemedic_core::external::{RemediatorCondition, RemediatorVerdict, remediator_verdict};
 use nodemedic_core::observe::ReportedOutcome;
 use nodemedic_core::policy::ExternalTemplate;
 use nodemedic_core::{Duration, Policy, Records, RemediationStep, Time};
@@ -358,21 +359,20 @@ async fn read_template(client: &Client, template: &ExternalTemplate) -> Result<s
         .ok_or_else(|| Problem::Fatal(format!("the remediation template {template} has no spec.template.spec")))
 }
 
-/// `Succeeded=True` → succeeded, `Succeeded=False` → failed, anything else → still waiting.
+/// The remediator's verdict (core's [`remediator_verdict`]: only `Succeeded` decides), naming the CR.
 fn verdict(cr: &DynamicObject, template: &ExternalTemplate) -> Verdict {
     let name = format!("{} {}/{}", template.remediation_kind(), template.namespace, cr.name_any());
-    let conditions = cr.data.pointer("/status/conditions").and_then(|c| c.as_array()).cloned().unwrap_or_default();
-    let field = |c: &serde_json::Value, f: &str| c.get(f).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let describe = |c: &serde_json::Value| {
-        let (reason, message) = (field(c, "reason"), field(c, "message"));
-        let detail = [reason, message].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(": ");
-        format!("{}={}{}", field(c, "type"), field(c, "status"), if detail.is_empty() { String::new() } else { format!(" ({detail})") })
-    };
-    match conditions.iter().find(|c| field(c, "type") == "Succeeded") {
-        Some(c) if field(c, "status") == "True" => Verdict::Succeeded(format!("{name}: {}", describe(c))),
-        Some(c) if field(c, "status") == "False" => Verdict::Failed(format!("{name}: the remediator reports {}", describe(c))),
-        _ if conditions.is_empty() => Verdict::Waiting(format!("{name}: no status conditions yet")),
-        _ => Verdict::Waiting(format!("{name}: {}", conditions.iter().map(describe).collect::<Vec<_>>().join(", "))),
+    // A condition that is not an object with string fields counts as absent.
+    let conditions: Vec<RemediatorCondition> = cr
+        .data
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .map(|list| list.iter().filter_map(|c| serde_json::from_value(c.clone()).ok()).collect())
+        .unwrap_or_default();
+    match remediator_verdict(&conditions) {
+        RemediatorVerdict::Succeeded(m) => Verdict::Succeeded(format!("{name}: {m}")),
+        RemediatorVerdict::Failed(m) => Verdict::Failed(format!("{name}: {m}")),
+        RemediatorVerdict::Waiting(m) => Verdict::Waiting(format!("{name}: {m}")),
     }
 }
 
