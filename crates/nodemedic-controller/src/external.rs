@@ -228,7 +228,9 @@ async fn run_step(client: &Client, config: &ExternalConfig, req: &StepRequest, t
                 last = m;
             }
         }
-        tokio::time::sleep(std_duration(config.poll_interval).min(until.saturating_duration_since(tokio::time::Instant::now()))).await;
+        // At least 100 ms between looks, whatever the config says.
+        let pause = std_duration(config.poll_interval).max(std::time::Duration::from_millis(100));
+        tokio::time::sleep(pause.min(until.saturating_duration_since(tokio::time::Instant::now()))).await;
     }
     if let Some((ar, namespace)) = &created {
         mark_timed_out(client, ar, namespace, &req.node).await;
