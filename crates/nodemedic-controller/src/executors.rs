@@ -71,6 +71,9 @@ pub struct ExecutorsConfig {
     /// BMCs for the power steps (`powerOff`, `powerCycle`), which go to the BMC power executor.
     #[serde(default)]
     pub power: crate::bmc::PowerConfig,
+    /// How `external` steps (medik8s External Remediation API) wait for the remediator.
+    #[serde(default)]
+    pub external: crate::external::ExternalConfig,
 }
 
 fn default_command_timeout() -> Duration {
@@ -458,6 +461,8 @@ impl StepRouter {
             .route(RemediationStep::Reimage, agent.clone());
         let power: Arc<dyn Executor> = Arc::new(crate::bmc::PowerExecutor::new(client.clone(), config.power.clone()));
         router = router.route(RemediationStep::PowerOff, power.clone()).route(RemediationStep::PowerCycle, power);
+        let external = crate::external::ExternalExecutor::new(client.clone(), config.external.clone());
+        router = router.route(RemediationStep::External, Arc::new(external));
         for (step, chosen) in &config.steps {
             let executor: Arc<dyn Executor> = match chosen {
                 StepExecutorConfig::Agent => agent.clone(),
@@ -503,6 +508,21 @@ impl Executor for StepRouter {
 
     fn executor_for(&self, step: RemediationStep) -> Option<String> {
         self.routes.get(&step).and_then(|e| e.executor_for(step))
+    }
+
+    fn check_policy<'a>(&'a self, policy: &'a nodemedic_core::Policy) -> crate::CheckFuture<'a> {
+        match self.routes.get(&RemediationStep::External) {
+            Some(executor) if policy.ladder.iter().any(|ls| ls.template.is_some()) => executor.check_policy(policy),
+            _ => Box::pin(async { None }),
+        }
+    }
+
+    /// The external step's executor is the one that leaves something behind (its remediation CR).
+    fn release<'a>(&'a self, policy: &'a nodemedic_core::Policy, records: &'a nodemedic_core::Records) -> ExecFuture<'a> {
+        match self.routes.get(&RemediationStep::External) {
+            Some(executor) if policy.ladder.iter().any(|ls| ls.template.is_some()) => executor.release(policy, records),
+            _ => Box::pin(async { Ok(()) }),
+        }
     }
 }
 
@@ -555,7 +575,14 @@ steps:
     #[tokio::test]
     async fn a_step_without_an_executor_is_an_error_naming_it() {
         let router = StepRouter::new().route(RemediationStep::Drain, Arc::new(NoopExecutor));
-        let req = StepRequest { node: "gpu-7".into(), step: RemediationStep::Replace, attempt: 2, deadline: None, reason: "r".into() };
+        let req = StepRequest {
+            node: "gpu-7".into(),
+            step: RemediationStep::Replace,
+            attempt: 2,
+            deadline: None,
+            reason: "r".into(),
+            template: None,
+        };
         let err = router.execute(&req).await.err().unwrap_or_default();
         assert!(err.contains("replace") && err.contains("gpu-7"), "{err}");
         let drain = StepRequest { step: RemediationStep::Drain, ..req };

@@ -22,6 +22,7 @@ pub mod client;
 pub mod contact;
 pub mod drain;
 pub mod events;
+pub mod external;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -91,10 +92,15 @@ pub struct StepRequest {
     /// When the engine gives up waiting for a report (the step's timeout).
     pub deadline: Option<Time>,
     pub reason: String,
+    /// The ladder step's remediation template (an `external` step's; None for the others).
+    pub template: Option<nodemedic_core::policy::ExternalTemplate>,
 }
 
 /// A boxed future, so executors can be chosen at run time (`&dyn Executor`).
 pub type ExecFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// What [`Executor::check_policy`] returns: a problem in words, or None.
+pub type CheckFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + 'a>>;
 
 /// Runs a step. The record naming the step and its attempt is already persisted when this is
 /// called, and the engine asks once per attempt, so a step runs at most once per attempt even
@@ -116,6 +122,18 @@ pub trait Executor: Send + Sync {
     /// None when this executor cannot. A policy whose ladder has a step without one is refused.
     fn executor_for(&self, _step: RemediationStep) -> Option<String> {
         Some("a custom executor".into())
+    }
+
+    /// Lets go of what steps left behind for nodes whose remediation is over (an external step's
+    /// remediation CR). Called after every pass with the records as they are now; idempotent.
+    fn release<'a>(&'a self, _policy: &'a nodemedic_core::Policy, _records: &'a Records) -> ExecFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    /// What this executor can tell about a policy when it loads that the policy alone cannot (an
+    /// external step's template that does not exist), naming the field; None when nothing is wrong
+    /// or it cannot tell. A policy with a problem is marked `Valid=False` and not acted on.
+    fn check_policy<'a>(&'a self, _policy: &'a nodemedic_core::Policy) -> CheckFuture<'a> {
+        Box::pin(async { None })
     }
 }
 
@@ -273,7 +291,10 @@ impl<'e> Reconciler<'e> {
         let policy = policies.get(policy_name).await?;
         let invalid = match policy.validate() {
             Err(e) => Some(("InvalidPolicy", e.to_string())),
-            Ok(()) => self.missing_executors(&policy.spec.policy).map(|m| ("MissingExecutor", m)),
+            Ok(()) => match self.missing_executors(&policy.spec.policy) {
+                Some(m) => Some(("MissingExecutor", m)),
+                None => self.executor.check_policy(&policy.spec.policy).await.map(|m| ("TemplateNotFound", m)),
+            },
         };
         if let Some((reason, e)) = invalid {
             // What the schema and CEL could not catch: say so on the policy and act on nothing.
@@ -380,7 +401,10 @@ impl<'e> Reconciler<'e> {
         // The records only; the nodes' taints need not be replayed.
         let mut after = records.clone();
         apply(&decision, &mut [], &mut after);
-        self.resume_in_flight(&decision, &after, &recs).await;
+        self.resume_in_flight(&policy.spec.policy, &decision, &after, &recs).await;
+        if let Err(message) = self.executor.release(&policy.spec.policy, &after).await {
+            tracing::warn!(policy = %policy_name, error = %message, "releasing what finished remediations left behind failed; tried again next pass");
+        }
         if let Some(m) = self.metrics {
             let pools = metrics::pools_of(snapshot, &p.node_pool_label, &after);
             m.observe(policy_name, &decision, &after, &pools, now);
@@ -561,10 +585,16 @@ impl<'e> Reconciler<'e> {
                     tracing::info!(node = %node, add = ?add, remove = ?remove, reason = %reason, "setting taints");
                     self.set_taints(node, add, remove, cached.get(node.as_str()).copied()).await
                 }
-                Action::Execute { node, step, attempt, deadline, reason } => {
+                Action::Execute { node, step, attempt, deadline, reason, template } => {
                     tracing::info!(node = %node, step = %step, attempt, reason = %reason, "executing step");
-                    let request =
-                        StepRequest { node: node.clone(), step: *step, attempt: *attempt, deadline: *deadline, reason: reason.clone() };
+                    let request = StepRequest {
+                        node: node.clone(),
+                        step: *step,
+                        attempt: *attempt,
+                        deadline: *deadline,
+                        reason: reason.clone(),
+                        template: template.clone(),
+                    };
                     self.executor.execute(&request).await.map_err(|message| {
                         if let Some(m) = self.metrics {
                             m.executor_error(policy_name, &step.to_string());
@@ -594,7 +624,13 @@ impl<'e> Reconciler<'e> {
     /// Hands every step the records show in flight without a report (and not just started by this
     /// pass) back to its executor, which resumes it or reads its outcome back: the process that
     /// started it may have been the previous leader. Executors make this idempotent.
-    async fn resume_in_flight(&self, decision: &Decision, after: &Records, recs: &BTreeMap<String, NodeRemediation>) {
+    async fn resume_in_flight(
+        &self,
+        policy: &nodemedic_core::Policy,
+        decision: &Decision,
+        after: &Records,
+        recs: &BTreeMap<String, NodeRemediation>,
+    ) {
         for record in after.nodes.values() {
             let report = recs.get(&record.node).and_then(|r| r.status.as_ref()).and_then(|s| s.step_report.as_ref());
             let Some(step) = step_to_resume(record, report) else { continue };
@@ -602,8 +638,20 @@ impl<'e> Reconciler<'e> {
             if just_started {
                 continue;
             }
-            let request =
-                StepRequest { node: step.node, step: step.step, attempt: step.attempt, deadline: step.deadline, reason: step.reason };
+            // The template of the rung the record names (recorded before it was executed).
+            let template = record
+                .active
+                .as_ref()
+                .and_then(|a| policy.ladder.get(a.step_index).filter(|ls| ls.step == a.step))
+                .and_then(|ls| ls.template.clone());
+            let request = StepRequest {
+                node: step.node,
+                step: step.step,
+                attempt: step.attempt,
+                deadline: step.deadline,
+                reason: step.reason,
+                template,
+            };
             if let Err(message) = self.executor.resume(&request).await {
                 tracing::error!(node = %request.node, step = %request.step, attempt = request.attempt, error = %message, "resuming the step failed; tried again next pass");
             }

@@ -155,7 +155,14 @@ mod tests {
 
     #[test]
     fn the_idempotency_key_is_node_attempt_step() {
-        let req = StepRequest { node: "gpu-7".into(), step: RemediationStep::Replace, attempt: 3, deadline: None, reason: "r".into() };
+        let req = StepRequest {
+            node: "gpu-7".into(),
+            step: RemediationStep::Replace,
+            attempt: 3,
+            deadline: None,
+            reason: "r".into(),
+            template: None,
+        };
         assert_eq!(WebhookRequest::new(&req).idempotency_key, "gpu-7/3/replace");
     }
 }

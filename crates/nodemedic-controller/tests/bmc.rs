@@ -213,6 +213,7 @@ fn power_request(step: RemediationStep, attempt: u32) -> StepRequest {
         attempt,
         deadline: Some(Time(now().as_millis() + 60_000)),
         reason: "node unreachable".into(),
+        template: None,
     }
 }
 

@@ -180,6 +180,7 @@ async fn a_webhook_receives_the_request_as_json_with_its_idempotency_key_and_tok
         attempt: 4,
         deadline: Some(Time::parse_rfc3339("2026-11-21T15:00:00Z")?),
         reason: "reimage did not fix Xid 79".into(),
+        template: None,
     };
     let accepted = webhook.execute(&req).await;
     let _ = std::fs::remove_file(&token_file);

@@ -7,7 +7,7 @@
 use crate::drain::WhenDrainBlocked;
 use crate::eval::{Reason, RuleEval, Verdict, evaluate_rule, has_gpus, policy_gpu_vendors};
 use crate::observe::{NodeObservation, OperatorAction, ReportedOutcome, is_control_plane_label};
-use crate::policy::{Completion, ConditionStatus, GpuVendor, LadderStep, Policy, RemediationStep};
+use crate::policy::{Completion, ConditionStatus, ExternalTemplate, GpuVendor, LadderStep, Policy, RemediationStep};
 use crate::record::{ActiveRemediation, Diagnostic, NodeRecord, Phase, PolicyRecord, Records, Stage, StepHistory, StepOutcome};
 use crate::selector::label;
 use crate::time::{Duration, Time};
@@ -24,8 +24,17 @@ pub enum Action {
     /// Add and remove NoSchedule taints on a node (one patch), saying why.
     SetTaints { node: String, add: Vec<String>, remove: Vec<String>, reason: String },
     /// Run a step through the executor. `(node, attempt)` identifies it: an executor that already ran
-    /// that attempt must not run it again.
-    Execute { node: String, step: RemediationStep, attempt: u32, deadline: Option<Time>, reason: String },
+    /// that attempt must not run it again. `template` is the ladder step's (an `external` step's
+    /// remediation template).
+    Execute {
+        node: String,
+        step: RemediationStep,
+        attempt: u32,
+        deadline: Option<Time>,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        template: Option<ExternalTemplate>,
+    },
     /// Tell people (the Manual escalation), once.
     Notify { node: String, notice: Notice },
     /// Put on (`present`) or take off the `node.kubernetes.io/out-of-service=nodeshutdown:NoExecute`
@@ -1082,7 +1091,8 @@ fn start_step(ctx: &Ctx, w: &mut Work, index: usize, holds_slot: bool, inflight:
                 format!("step {step} (attempt {attempt}) started, tainted {taint}, timeout {timeout} for {class} nodes"),
             );
             if step != RemediationStep::Quarantine {
-                out.actions.push(Action::Execute { node, step, attempt, deadline, reason: a.reason.clone() });
+                let template = ls.template.clone();
+                out.actions.push(Action::Execute { node, step, attempt, deadline, reason: a.reason.clone(), template });
             }
             if let Some(d) = deadline {
                 out.wake_at(d);

@@ -6,6 +6,7 @@
 pub mod drain;
 pub mod engine;
 pub mod eval;
+pub mod external;
 pub mod fencing;
 pub mod index;
 pub mod input;

@@ -229,12 +229,16 @@ pub enum RemediationStep {
     PowerCycle,
     /// Cut power through the node's BMC, confirmed by the BMC's power state: the node is off.
     PowerOff,
+    /// Hand the node to an external remediator through the medik8s External Remediation API: a
+    /// remediation CR made from the ladder step's `template`, done when the remediator's status says
+    /// `Succeeded` (docs/external-remediation.md).
+    External,
     /// A person takes over; the node keeps `repair-manual` until they resolve it.
     Manual,
 }
 
 impl RemediationStep {
-    pub const ALL: [RemediationStep; 8] = [
+    pub const ALL: [RemediationStep; 9] = [
         RemediationStep::Quarantine,
         RemediationStep::Drain,
         RemediationStep::Reboot,
@@ -242,6 +246,7 @@ impl RemediationStep {
         RemediationStep::Replace,
         RemediationStep::PowerCycle,
         RemediationStep::PowerOff,
+        RemediationStep::External,
         RemediationStep::Manual,
     ];
 
@@ -254,6 +259,7 @@ impl RemediationStep {
             RemediationStep::Replace => "replace",
             RemediationStep::PowerCycle => "powerCycle",
             RemediationStep::PowerOff => "powerOff",
+            RemediationStep::External => "external",
             RemediationStep::Manual => "manual",
         }
     }
@@ -269,12 +275,20 @@ impl RemediationStep {
                 | RemediationStep::Replace
                 | RemediationStep::PowerCycle
                 | RemediationStep::PowerOff
+                | RemediationStep::External
         )
     }
 
     /// Repair steps change the node; the checks run again after them.
     pub fn is_repair(self) -> bool {
-        matches!(self, RemediationStep::Reboot | RemediationStep::Reimage | RemediationStep::Replace | RemediationStep::PowerCycle)
+        matches!(
+            self,
+            RemediationStep::Reboot
+                | RemediationStep::Reimage
+                | RemediationStep::Replace
+                | RemediationStep::PowerCycle
+                | RemediationStep::External
+        )
     }
 
     /// Taint name (without prefix) that shows this step on the node.
@@ -287,6 +301,7 @@ impl RemediationStep {
             RemediationStep::Replace => "repair-replace",
             RemediationStep::PowerCycle => "repair-power-cycle",
             RemediationStep::PowerOff => "repair-power-off",
+            RemediationStep::External => "repair-external",
             RemediationStep::Manual => "repair-manual",
         }
     }
@@ -328,6 +343,66 @@ pub struct LadderStep {
     /// After settling, how long fresh check results may take to confirm recovery before the step counts as failed.
     #[serde(default = "default_verify_timeout")]
     pub verify_timeout: Duration,
+    /// For `external` only (and required there): the remediation template the remediation CR is made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<ExternalTemplate>,
+}
+
+/// A medik8s External Remediation API template, as NodeHealthCheck's `remediationTemplate` names it:
+/// a namespaced `*Template` object whose `spec.template.spec` becomes the `spec` of a remediation CR
+/// of the same group and version, of the kind without the `Template` suffix, named after the node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalTemplate {
+    /// `group/version`, e.g. `self-node-remediation.medik8s.io/v1alpha1`.
+    pub api_version: String,
+    /// The template's kind, ending in `Template`, e.g. `SelfNodeRemediationTemplate`.
+    pub kind: String,
+    pub name: String,
+    /// Where the template lives; the remediation CR is created there too.
+    pub namespace: String,
+}
+
+/// The suffix medik8s template kinds carry; the remediation CR's kind is the template's without it.
+pub const TEMPLATE_SUFFIX: &str = "Template";
+
+impl ExternalTemplate {
+    /// The kind of the remediation CR made from this template (`SelfNodeRemediation`).
+    pub fn remediation_kind(&self) -> &str {
+        self.kind.strip_suffix(TEMPLATE_SUFFIX).unwrap_or(&self.kind)
+    }
+
+    /// `(group, version)` of `apiVersion`; None unless it is `group/version` with both parts set.
+    pub fn group_version(&self) -> Option<(&str, &str)> {
+        let (group, version) = self.api_version.split_once('/')?;
+        (!group.is_empty() && !version.is_empty() && !version.contains('/')).then_some((group, version))
+    }
+
+    /// Every problem with the reference, as (field below `template`, reason).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.group_version().is_none() {
+            out.push((
+                "apiVersion",
+                format!("`{}` must be group/version (e.g. self-node-remediation.medik8s.io/v1alpha1)", self.api_version),
+            ));
+        }
+        if self.kind.len() <= TEMPLATE_SUFFIX.len() || !self.kind.ends_with(TEMPLATE_SUFFIX) {
+            out.push(("kind", format!("`{}` must name a remediation template kind, ending in {TEMPLATE_SUFFIX}", self.kind)));
+        }
+        for (field, value) in [("name", &self.name), ("namespace", &self.namespace)] {
+            if value.trim().is_empty() {
+                out.push((field, "must not be empty".into()));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for ExternalTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{} ({})", self.kind, self.namespace, self.name, self.api_version)
+    }
 }
 
 fn default_step_timeout() -> Duration {
@@ -346,6 +421,7 @@ impl LadderStep {
             completion: Completion::Reported,
             settle: Duration::ZERO,
             verify_timeout: default_verify_timeout(),
+            template: None,
         }
     }
     pub fn timeout_for(&self, class: &str) -> Duration {
@@ -687,6 +763,18 @@ impl Policy {
             }
             if step.step == RemediationStep::Manual && i + 1 != self.ladder.len() {
                 err(at.clone(), "manual must be the last step: nothing runs after a person takes over".into());
+            }
+            match (&step.template, step.step) {
+                (None, RemediationStep::External) => {
+                    err(format!("{at}.template"), "external needs a template: apiVersion, kind, name and namespace".into())
+                }
+                (Some(t), RemediationStep::External) => {
+                    for (f, r) in t.problems() {
+                        err(format!("{at}.template.{f}"), r);
+                    }
+                }
+                (Some(_), other) => err(format!("{at}.template"), format!("only an external step takes a template, not {other}")),
+                (None, _) => {}
             }
             if step.completion == Completion::FixedWait && !step.step.is_repair() && step.step != RemediationStep::Drain {
                 err(format!("{at}.completion"), format!("fixedWait applies to drain and repair steps, not {}", step.step));

@@ -152,6 +152,10 @@ const POLICY_RULES: &[(&str, &str)] = &[
         "self.rules.all(r, (has(r.condition) ? 1 : 0) + (has(r.gpuCount) ? 1 : 0) + (has(r.check) ? 1 : 0) == 1)",
         "each rule needs exactly one of condition, gpuCount, check",
     ),
+    (
+        "self.ladder.all(s, has(s.template) == (s.step == 'external'))",
+        "an external step needs a template (apiVersion, kind, name, namespace), and only an external step takes one",
+    ),
 ];
 
 /// Fields that take a count or a percentage; a structural schema cannot bound the percentage, CEL can.

@@ -39,6 +39,7 @@ pub fn request(node: &str, step: RemediationStep, attempt: u32, deadline_in: Dur
         attempt,
         deadline: Some(Time(now().as_millis() + ms)),
         reason: "Xid 79: GPU has fallen off the bus".into(),
+        template: None,
     }
 }
 
