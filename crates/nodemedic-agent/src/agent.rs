@@ -29,10 +29,14 @@ use tokio::sync::watch;
 
 use crate::catalog::Catalog;
 use crate::check::{ProbeMemory, configured_probes, run_probe_remembering, search_path};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ExpectedGpus};
+use crate::kernel_follow::KernelLogFollower;
 use crate::node::{FIELD_MANAGER, boot_id, condition_json, existing_condition, family_verdict, publish_conditions, rfc3339, taint_keys};
 use crate::plugin::Family;
 use crate::probe::{ProbeSchedule, ProbeState};
+
+/// The kernel-log probe's name, as [`configured_probes`] gives it.
+const KERNEL_LOG_PROBE: &str = "kernel-log";
 use crate::remediate::{
     AttemptEntry, AttemptLog, HostActions, Request, StateError, boot_outcome, boot_poll_interval, requested, verifying,
 };
@@ -140,19 +144,59 @@ impl Agent<'_> {
         }
     }
 
-    async fn probe_loop(&self, records: watch::Receiver<Option<NodeRemediation>>) -> Result<(), AgentError> {
-        let mut jitter = Jitter::new();
+    /// The probes with their schedules. The kernel-log probe publishes what its follower holds at once: a fault
+    /// line is evidence in itself (the fault history, not a failure streak, decides how long it counts), so its
+    /// threshold machine passes every result through.
+    fn scheduled_probes(&self, jitter: &mut Jitter) -> Vec<Scheduled> {
         let start = Instant::now();
-        let mut probes: Vec<Scheduled> = configured_probes(&self.config)
+        configured_probes(&self.config)
             .into_iter()
             .map(|name| {
                 let schedule = self.config.schedule_for(&name).clone();
                 let first = start + schedule.jitter.0.mul_f64(jitter.fraction());
-                Scheduled { family: self.config.family_of(&name), state: ProbeState::new(&schedule), schedule, next_at: first, name }
+                let thresholds = if name == KERNEL_LOG_PROBE {
+                    ProbeSchedule { failures_before_unhealthy: 1, passes_before_healthy: 1, ..schedule.clone() }
+                } else {
+                    schedule.clone()
+                };
+                Scheduled { family: self.config.family_of(&name), state: ProbeState::new(&thresholds), schedule, next_at: first, name }
             })
-            .collect();
+            .collect()
+    }
+
+    /// What the probes keep for the agent's lifetime: the kernel-log follower (its thread starts here) and the
+    /// NVML handle, with NVML's Xid events fed into the same fault history where NVML is present.
+    fn probe_memory(&self) -> Arc<ProbeMemory> {
+        let mut memory = ProbeMemory::default();
+        if let Some(probe) = &self.config.probes.kernel_log {
+            memory.kernel_log = Some(KernelLogFollower::start(probe, self.catalog.clone()));
+        }
+        let memory = Arc::new(memory);
+        if memory.kernel_log.is_some() {
+            match memory.nvml.get() {
+                Ok(nvml) => {
+                    let weak = Arc::downgrade(&memory);
+                    let sink = move |device: &str, key: &crate::catalog::FaultKey| {
+                        if let Some(follower) = weak.upgrade().as_ref().and_then(|m| m.kernel_log.as_ref()) {
+                            follower.record(device, key);
+                        }
+                    };
+                    match crate::nvml::follow_xid_events(nvml, sink) {
+                        Ok(()) => tracing::info!("receiving Xid events from NVML as well as from the kernel log"),
+                        Err(why) => tracing::info!(%why, "no NVML Xid events; Xids come from the kernel log only"),
+                    }
+                }
+                Err(error) => tracing::info!(%error, "NVML is not present; Xids come from the kernel log only"),
+            }
+        }
+        memory
+    }
+
+    async fn probe_loop(&self, records: watch::Receiver<Option<NodeRemediation>>) -> Result<(), AgentError> {
+        let mut jitter = Jitter::new();
+        let mut probes = self.scheduled_probes(&mut jitter);
         let search = Arc::new(search_path(&self.config));
-        let memory = Arc::new(ProbeMemory::default());
+        let memory = self.probe_memory();
         let nodes = self.nodes();
         let mut last_run: std::collections::BTreeMap<Family, jiff::Timestamp> = Default::default();
         loop {
@@ -160,7 +204,15 @@ impl Agent<'_> {
                 tracing::info!("no probes are configured; only remediation requests are served");
                 return Ok(());
             };
-            tokio::time::sleep_until(wake.into()).await;
+            match &memory.kernel_log {
+                Some(follower) => tokio::select! {
+                    () = tokio::time::sleep_until(wake.into()) => {}
+                    () = follower.fault_recorded() => {
+                        probes.iter_mut().filter(|p| p.name == KERNEL_LOG_PROBE).for_each(|p| p.next_at = Instant::now());
+                    }
+                },
+                None => tokio::time::sleep_until(wake.into()).await,
+            }
             let node = match nodes.get(&self.node).await {
                 Ok(node) => node,
                 Err(error) => {
@@ -172,6 +224,7 @@ impl Agent<'_> {
             };
             let taints = taint_keys(&node);
             let verifying = verifying(records.borrow().as_ref());
+            let expected = ExpectedGpus::resolve(self.config.expected_gpus, node.metadata.labels.as_ref().unwrap_or(&Default::default()));
             let mut ran = BTreeSet::new();
             for probe in probes.iter_mut().filter(|p| p.next_at <= Instant::now()) {
                 probe.next_at = Instant::now() + probe.schedule.next_delay(jitter.fraction());
@@ -181,31 +234,44 @@ impl Agent<'_> {
                 }
                 let (config, catalog, search, name) = (self.config.clone(), self.catalog.clone(), search.clone(), probe.name.clone());
                 let memory = memory.clone();
-                let verdict = tokio::task::spawn_blocking(move || run_probe_remembering(&config, &catalog, &search, &name, &memory))
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| Verdict::unknown(Reason::ToolFailed, "the probe did not finish"));
+                let verdict =
+                    tokio::task::spawn_blocking(move || run_probe_remembering(&config, &catalog, &search, &name, &memory, expected))
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| Verdict::unknown(Reason::ToolFailed, "the probe did not finish"));
                 tracing::debug!(probe = %probe.name, health = ?verdict.health, reason = %verdict.reason, "probe ran");
                 probe.state.record(verdict, Instant::now());
                 ran.insert(probe.family);
                 last_run.insert(probe.family, jiff::Timestamp::now());
             }
-            let now = Instant::now();
-            let mut conditions = Vec::new();
-            for family in ran {
-                let members: Vec<(String, Verdict)> =
-                    probes.iter().filter(|p| p.family == family).map(|p| (p.name.clone(), p.state.published(now))).collect();
-                let (Some(verdict), Some(heartbeat)) = (family_verdict(&members), last_run.get(&family)) else {
-                    continue;
-                };
-                conditions.push(condition_json(family, &verdict, *heartbeat, existing_condition(&node, family.condition_type())));
-            }
-            if !conditions.is_empty()
-                && let Err(error) = publish_conditions(&nodes, &self.node, conditions).await
-            {
-                tracing::warn!(%error, node = %self.node, "publishing conditions");
-            }
+            self.publish_families(&nodes, &node, &probes, ran, &last_run).await;
+        }
+    }
+
+    /// Publishes one condition per family that ran this round.
+    async fn publish_families(
+        &self,
+        nodes: &Api<Node>,
+        node: &Node,
+        probes: &[Scheduled],
+        ran: BTreeSet<Family>,
+        last_run: &std::collections::BTreeMap<Family, jiff::Timestamp>,
+    ) {
+        let now = Instant::now();
+        let mut conditions = Vec::new();
+        for family in ran {
+            let members: Vec<(String, Verdict)> =
+                probes.iter().filter(|p| p.family == family).map(|p| (p.name.clone(), p.state.published(now))).collect();
+            let (Some(verdict), Some(heartbeat)) = (family_verdict(&members), last_run.get(&family)) else {
+                continue;
+            };
+            conditions.push(condition_json(family, &verdict, *heartbeat, existing_condition(node, family.condition_type())));
+        }
+        if !conditions.is_empty()
+            && let Err(error) = publish_conditions(nodes, &self.node, conditions).await
+        {
+            tracing::warn!(%error, node = %self.node, "publishing conditions");
         }
     }
 

@@ -301,11 +301,24 @@ fn index_codes(table: &'static str, codes: &CodeTable) -> Result<HashMap<u32, us
     Ok(index)
 }
 
-/// Counts sightings per (GPU, fault) in time so repeats escalate. Time is whatever monotonic clock the caller
-/// uses (kmsg timestamps, or the agent's uptime); only differences matter.
-#[derive(Debug, Clone, Default)]
+/// Sightings of the same fault on the same GPU closer together than this are one incident reported twice (the
+/// kernel log and NVML's event set both report an Xid; a "fallen off the bus" line follows its Xid 79 line).
+pub const SAME_INCIDENT_WITHIN: Duration = Duration::from_secs(10);
+
+/// Counts sightings per (GPU, fault) in time so repeats escalate. Time is whatever clock the caller uses (the
+/// running agent uses wall-clock time, so counts survive reboots); only differences matter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultTracker {
     sightings: BTreeMap<(String, FaultKey), VecDeque<Duration>>,
+}
+
+/// One (GPU, fault) pair's sightings, as the agent's state file keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackedFault {
+    pub device: String,
+    pub key: FaultKey,
+    /// Milliseconds on the tracker's clock, oldest first.
+    pub seen_at_ms: Vec<u64>,
 }
 
 impl FaultTracker {
@@ -315,9 +328,20 @@ impl FaultTracker {
 
     /// Records a sighting of `key` on `device` at `at` and classifies it, counting earlier sightings in the window.
     pub fn observe(&mut self, catalog: &Catalog, device: &str, key: &FaultKey, at: Duration) -> Classification {
+        self.observe_counting(catalog, device, key, at, true)
+    }
+
+    /// Classifies a second report of an incident already counted (see [`SAME_INCIDENT_WITHIN`]) without counting it.
+    pub fn observe_repeat(&mut self, catalog: &Catalog, device: &str, key: &FaultKey, at: Duration) -> Classification {
+        self.observe_counting(catalog, device, key, at, false)
+    }
+
+    fn observe_counting(&mut self, catalog: &Catalog, device: &str, key: &FaultKey, at: Duration, count: bool) -> Classification {
         let horizon = catalog.longest_window();
         let times = self.sightings.entry((device.to_string(), key.clone())).or_default();
-        times.push_back(at);
+        if count || times.is_empty() {
+            times.push_back(at);
+        }
         while let Some(first) = times.front() {
             if at.saturating_sub(*first) > horizon {
                 times.pop_front();
@@ -330,6 +354,40 @@ impl FaultTracker {
             let count = snapshot.iter().filter(|t| at.saturating_sub(**t) <= window && **t <= at).count();
             u32::try_from(count).unwrap_or(u32::MAX)
         })
+    }
+
+    /// Forgets sightings older than the catalog's longest escalation window, as seen at `now`.
+    pub fn forget_before(&mut self, catalog: &Catalog, now: Duration) {
+        let horizon = catalog.longest_window();
+        for times in self.sightings.values_mut() {
+            times.retain(|t| now.saturating_sub(*t) <= horizon);
+        }
+        self.sightings.retain(|_, times| !times.is_empty());
+    }
+
+    /// The sightings as records for the state file.
+    pub fn records(&self) -> Vec<TrackedFault> {
+        self.sightings
+            .iter()
+            .map(|((device, key), times)| TrackedFault {
+                device: device.clone(),
+                key: key.clone(),
+                seen_at_ms: times.iter().map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).collect(),
+            })
+            .collect()
+    }
+
+    /// A tracker holding `records` (times are sorted; duplicates of a pair are merged).
+    pub fn from_records(records: Vec<TrackedFault>) -> Self {
+        let mut sightings: BTreeMap<(String, FaultKey), VecDeque<Duration>> = BTreeMap::new();
+        for record in records {
+            let times = sightings.entry((record.device, record.key)).or_default();
+            times.extend(record.seen_at_ms.into_iter().map(Duration::from_millis));
+        }
+        for times in sightings.values_mut() {
+            times.make_contiguous().sort();
+        }
+        FaultTracker { sightings }
     }
 }
 
@@ -385,6 +443,22 @@ mod tests {
             let c = tracker.observe(&catalog, "gpu9", &FaultKey::NvidiaXid(31), Duration::from_secs(hour * 3600 * 2));
             assert_eq!(c.action, ActionClass::RestartApplication);
         }
+    }
+
+    #[test]
+    fn the_same_incident_reported_twice_counts_once_and_a_tracker_survives_its_records() {
+        let catalog = catalog();
+        let mut tracker = FaultTracker::new();
+        let xid79 = FaultKey::NvidiaXid(79);
+        let first = tracker.observe(&catalog, "0000:3b:00", &xid79, Duration::from_secs(100));
+        let echo = tracker.observe_repeat(&catalog, "0000:3b:00", &xid79, Duration::from_secs(101));
+        assert_eq!((first.action, echo.action), (ActionClass::Reboot, ActionClass::Reboot));
+        let mut restored = FaultTracker::from_records(tracker.records());
+        assert_eq!(restored, tracker);
+        let again = restored.observe(&catalog, "0000:3b:00", &xid79, Duration::from_secs(100 + 86_400));
+        assert_eq!(again.action, ActionClass::Replace);
+        restored.forget_before(&catalog, Duration::from_secs(100 + 86_400 * 30));
+        assert!(restored.records().is_empty());
     }
 
     #[test]

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogError, FaultTracker};
-use crate::config::{AgentConfig, IbSource};
+use crate::config::{AgentConfig, ExpectedGpus, IbSource};
 use crate::exec::SearchPath;
+use crate::kernel_follow::KernelLogFollower;
+use crate::nvml::NvmlHandle;
 use crate::parse::infiniband::IbPort;
 use crate::plugin::run_plugin;
 use crate::verdict::Verdict;
-use crate::{nvml, tools};
+use crate::tools;
 
 /// One probe's result in a pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,10 +74,19 @@ pub fn search_path(config: &AgentConfig) -> SearchPath {
 }
 
 /// What probes keep between runs for the agent's lifetime: the last InfiniBand reading, so counter growth
-/// between two runs (a flapping link, errors piling up) is seen.
-#[derive(Debug, Default)]
+/// between two runs (a flapping link, errors piling up) is seen; the NVML library handle; and the kernel-log
+/// follower with its fault history.
+#[derive(Default)]
 pub struct ProbeMemory {
     infiniband: Mutex<Option<Vec<IbPort>>>,
+    pub nvml: NvmlHandle,
+    pub kernel_log: Option<KernelLogFollower>,
+}
+
+impl std::fmt::Debug for ProbeMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeMemory").field("nvml", &self.nvml).field("kernel_log", &self.kernel_log.is_some()).finish()
+    }
 }
 
 impl ProbeMemory {
@@ -91,33 +102,37 @@ impl ProbeMemory {
 }
 
 /// Runs one probe by the name [`configured_probes`] gives it, with nothing remembered from earlier runs (a
-/// one-off `check`); None when no such probe is configured.
+/// one-off `check`: the kernel log is read whole, NVML loaded for this run); None when no such probe is configured.
 pub fn run_probe(config: &AgentConfig, catalog: &Catalog, search: &SearchPath, name: &str) -> Option<Verdict> {
-    run_probe_remembering(config, catalog, search, name, &ProbeMemory::default())
+    run_probe_remembering(config, catalog, search, name, &ProbeMemory::default(), ExpectedGpus::configured(config))
 }
 
-/// [`run_probe`] comparing with, and updating, what `memory` kept from the previous run.
+/// [`run_probe`] comparing with, and updating, what `memory` kept from the previous run, with the GPU counts
+/// `expected` for this node.
 pub fn run_probe_remembering(
     config: &AgentConfig,
     catalog: &Catalog,
     search: &SearchPath,
     name: &str,
     memory: &ProbeMemory,
+    expected: ExpectedGpus,
 ) -> Option<Verdict> {
     let probes = &config.probes;
-    let expected = config.expected_gpus;
+    let (nvidia, amd) = (expected.nvidia, expected.amd);
     match name {
-        "nvml" => probes.nvml.as_ref().map(|_| nvml::probe(expected, config.max_pcie_replays)),
-        "nvidia-smi" => probes.nvidia_smi.as_ref().map(|p| tools::nvidia_smi(p, expected, config.max_pcie_replays, search)),
+        "nvml" => probes.nvml.as_ref().map(|_| memory.nvml.probe(nvidia, config.max_pcie_replays)),
+        "nvidia-smi" => probes.nvidia_smi.as_ref().map(|p| tools::nvidia_smi(p, nvidia, config.max_pcie_replays, search)),
         "nvlink" => probes.nvlink.as_ref().map(|p| tools::nvlink(&p.tool(), search)),
-        "rocm-smi" => probes.rocm_smi.as_ref().map(|p| tools::rocm_smi(p, expected, search)),
-        "amd-smi" => probes.amd_smi.as_ref().map(|p| tools::amd_smi(p, expected, search)),
-        "rocminfo" => probes.rocminfo.as_ref().map(|p| tools::rocminfo(&p.tool(), expected, search)),
+        "rocm-smi" => probes.rocm_smi.as_ref().map(|p| tools::rocm_smi(p, amd, search)),
+        "amd-smi" => probes.amd_smi.as_ref().map(|p| tools::amd_smi(p, amd, search)),
+        "rocminfo" => probes.rocminfo.as_ref().map(|p| tools::rocminfo(&p.tool(), amd, search)),
         "dcgmi" => probes.dcgmi_health.as_ref().map(|p| tools::dcgmi_health(&p.tool(), search)),
-        "kernel-log" => probes.kernel_log.as_ref().map(|p| {
-            let source: PathBuf = p.source.clone();
-            let mut tracker = FaultTracker::new();
-            tools::kernel_log(&source, catalog, &mut tracker, uptime().unwrap_or(Duration::ZERO))
+        "kernel-log" => probes.kernel_log.as_ref().map(|p| match &memory.kernel_log {
+            Some(follower) => follower.verdict(),
+            None => {
+                let source: PathBuf = p.source.clone();
+                tools::kernel_log(&source, catalog, &mut FaultTracker::new(), uptime().unwrap_or(Duration::ZERO))
+            }
         }),
         "infiniband" => probes.infiniband.as_ref().map(|p| match p.source {
             IbSource::Sysfs => memory.infiniband(|previous| tools::infiniband(&p.sysfs_root, &p.expectations(), previous)),

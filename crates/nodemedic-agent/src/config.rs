@@ -131,13 +131,25 @@ tool_probe!(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KernelLogProbe {
-    /// /dev/kmsg (read without blocking) or a saved log file.
+    /// /dev/kmsg (followed record by record), a FIFO, or a log file (followed as it grows).
     pub source: PathBuf,
+    /// The fault history (escalation counts, active faults, how far the log was read); it must survive a reboot
+    /// (a hostPath, like the remediation state file).
+    pub state_file: PathBuf,
+    /// How long a fault line keeps the probe unhealthy within the boot it was logged in.
+    pub hold: TextDuration,
+    /// Where this boot's ID is read (a new ID is a new boot: kmsg numbering restarts, active faults end).
+    pub boot_id_file: PathBuf,
 }
 
 impl Default for KernelLogProbe {
     fn default() -> Self {
-        KernelLogProbe { source: PathBuf::from("/dev/kmsg") }
+        KernelLogProbe {
+            source: PathBuf::from("/dev/kmsg"),
+            state_file: PathBuf::from("/var/lib/nodemedic/kernel-faults.json"),
+            hold: TextDuration(Duration::from_secs(30 * 60)),
+            boot_id_file: PathBuf::from("/proc/sys/kernel/random/boot_id"),
+        }
     }
 }
 
@@ -385,7 +397,8 @@ pub struct NvmlProbe {}
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// GPUs this node should have (usually from a node label); None skips the count check.
+    /// GPUs this node should have. When set it is used for every vendor; when absent the running agent reads
+    /// the node's `nvidia.com/gpu.count` / `amd.com/gpu.count` labels, and without those skips the count check.
     pub expected_gpus: Option<u32>,
     /// PCIe replays since reset above which a GPU is unhealthy.
     pub max_pcie_replays: u64,
@@ -403,6 +416,36 @@ pub struct AgentConfig {
     /// probes pause (unless the controller is verifying a repair).
     pub taint_prefix: String,
     pub remediation: RemediationConfig,
+}
+
+/// Node labels that give an NVIDIA GPU count (GPU feature discovery's), in the order they are tried.
+pub const NVIDIA_COUNT_LABELS: &[&str] = &["nvidia.com/gpu.count"];
+/// Node labels that give an AMD GPU count (the AMD GPU operator's node labeller, new and beta names).
+pub const AMD_COUNT_LABELS: &[&str] = &["amd.com/gpu.count", "beta.amd.com/gpu.count"];
+
+/// How many GPUs of each vendor the count checks expect on this node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpectedGpus {
+    pub nvidia: Option<u32>,
+    pub amd: Option<u32>,
+}
+
+impl ExpectedGpus {
+    /// `expected_gpus` from the config when it is set (an operator's explicit number wins, for every vendor);
+    /// otherwise each vendor's count from the node's own labels, so one DaemonSet config serves a mixed fleet.
+    /// No value and no label: no count check for that vendor.
+    pub fn resolve(configured: Option<u32>, labels: &BTreeMap<String, String>) -> ExpectedGpus {
+        if configured.is_some() {
+            return ExpectedGpus { nvidia: configured, amd: configured };
+        }
+        let read = |names: &[&str]| names.iter().find_map(|name| labels.get(*name).and_then(|v| v.trim().parse::<u32>().ok()));
+        ExpectedGpus { nvidia: read(NVIDIA_COUNT_LABELS), amd: read(AMD_COUNT_LABELS) }
+    }
+
+    /// From the config alone (`check --once`, which reads no node).
+    pub fn configured(config: &AgentConfig) -> ExpectedGpus {
+        ExpectedGpus::resolve(config.expected_gpus, &BTreeMap::new())
+    }
 }
 
 /// The probe names `check --once` reports, apart from `plugin/<name>`.
@@ -508,6 +551,18 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mixed_fleet_takes_each_nodes_gpu_count_from_its_labels_unless_the_config_names_one() {
+        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+        let nvidia_node = labels(&[("nvidia.com/gpu.count", "8"), ("nvidia.com/gpu.product", "H100")]);
+        assert_eq!(ExpectedGpus::resolve(None, &nvidia_node), ExpectedGpus { nvidia: Some(8), amd: None });
+        let amd_node = labels(&[("beta.amd.com/gpu.count", "4")]);
+        assert_eq!(ExpectedGpus::resolve(None, &amd_node), ExpectedGpus { nvidia: None, amd: Some(4) });
+        let cpu_node = labels(&[("nvidia.com/gpu.count", "eight")]);
+        assert_eq!(ExpectedGpus::resolve(None, &cpu_node), ExpectedGpus::default());
+        assert_eq!(ExpectedGpus::resolve(Some(2), &nvidia_node), ExpectedGpus { nvidia: Some(2), amd: Some(2) });
+    }
 
     #[test]
     fn a_full_config_reads() -> Result<(), ConfigError> {

@@ -16,6 +16,8 @@ pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod exec;
+pub mod faults;
+pub mod kernel_follow;
 pub mod node;
 pub mod nvml;
 pub mod parse;

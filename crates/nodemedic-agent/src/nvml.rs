@@ -3,13 +3,21 @@
 //! (GPUs expected; the nvidia-smi probe is the fallback) verdict, never an error.
 //!
 //! NVML is read through the safe wrapper only; row-remap state is not exposed by nvml-wrapper 0.13, so that
-//! check stays with the `nvidia-smi -q -x` parser.
+//! check stays with the `nvidia-smi -q -x` parser. The running agent keeps one library handle ([`NvmlHandle`])
+//! for its lifetime and, where NVML is present, receives critical-Xid events through NVML's event set
+//! ([`follow_xid_events`]) as well as from the kernel log.
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use nvml_wrapper::Nvml;
+use nvml_wrapper::bitmasks::event::EventTypes;
+use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError};
 use nvml_wrapper::error::NvmlError;
 
+use crate::catalog::FaultKey;
+use crate::parse::kernel::short_pci;
 use crate::verdict::{Health, Reason, Verdict, worst_of};
 
 /// The most NVLinks a GPU has (NVML_NVLINK_MAX_LINKS).
@@ -43,6 +51,98 @@ pub fn probe(expected_gpus: Option<u32>, max_pcie_replays: u64) -> Verdict {
         Ok(nvml) => probe_with(&nvml, expected_gpus, max_pcie_replays),
         Err(error) => init_failure_verdict(&error, expected_gpus),
     }
+}
+
+/// The NVML library held for the agent's lifetime: loaded on first use and kept; a load that failed (no driver
+/// yet) is tried again on the next use.
+#[derive(Default)]
+pub struct NvmlHandle {
+    nvml: Mutex<Option<Arc<Nvml>>>,
+}
+
+impl std::fmt::Debug for NvmlHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let loaded = self.nvml.lock().map(|n| n.is_some()).unwrap_or(false);
+        f.debug_struct("NvmlHandle").field("loaded", &loaded).finish()
+    }
+}
+
+impl NvmlHandle {
+    /// The loaded library, loading it if needed.
+    pub fn get(&self) -> Result<Arc<Nvml>, NvmlError> {
+        let mut slot = self.nvml.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(nvml) = slot.as_ref() {
+            return Ok(nvml.clone());
+        }
+        let nvml = Arc::new(Nvml::init()?);
+        *slot = Some(nvml.clone());
+        Ok(nvml)
+    }
+
+    /// Runs the NVML checks with the held library.
+    pub fn probe(&self, expected_gpus: Option<u32>, max_pcie_replays: u64) -> Verdict {
+        match self.get() {
+            Ok(nvml) => probe_with(&nvml, expected_gpus, max_pcie_replays),
+            Err(error) => init_failure_verdict(&error, expected_gpus),
+        }
+    }
+}
+
+/// The fault an NVML critical-Xid event reports: the GPU by its bus ID (named as the kernel log names it, so the
+/// same incident from both sources counts once) and the Xid. An event without an Xid value says nothing.
+pub fn xid_event_fault(bus_id: &str, xid: Option<&XidError>) -> Option<(String, FaultKey)> {
+    match xid {
+        Some(XidError::Value(code)) => u32::try_from(*code).ok().map(|code| (short_pci(bus_id), FaultKey::NvidiaXid(code))),
+        Some(XidError::Unknown) | None => None,
+    }
+}
+
+/// Receives NVML's critical-Xid events on a thread of its own for the process's lifetime and hands each to
+/// `sink`. Err says why there are none (then Xids come from the kernel log only).
+pub fn follow_xid_events(nvml: Arc<Nvml>, sink: impl Fn(&str, &FaultKey) + Send + 'static) -> Result<(), String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    std::thread::Builder::new()
+        .name("nvml-xid-events".into())
+        .spawn(move || {
+            let registered = (|| {
+                let mut set = nvml.create_event_set().map_err(|e| format!("creating an NVML event set: {e}"))?;
+                let count = nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
+                for index in 0..count {
+                    let device = nvml.device_by_index(index).map_err(|e| format!("NVML GPU {index}: {e}"))?;
+                    set = device
+                        .register_events(EventTypes::CRITICAL_XID_ERROR, set)
+                        .map_err(|e| format!("registering GPU {index} for Xid events: {}", e.error))?;
+                }
+                Ok(set)
+            })();
+            let set = match registered {
+                Ok(set) => {
+                    let _ = ready_tx.send(Ok(()));
+                    set
+                }
+                Err(error) => {
+                    let _ = ready_tx.send(Err(error));
+                    return;
+                }
+            };
+            loop {
+                match set.wait(1000) {
+                    Ok(event) => {
+                        let bus_id = event.device.pci_info().map(|p| p.bus_id).unwrap_or_else(|_| "nvidia".to_string());
+                        if let Some((device, key)) = xid_event_fault(&bus_id, event.event_data.as_ref()) {
+                            sink(&device, &key);
+                        }
+                    }
+                    Err(NvmlError::Timeout) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "waiting for NVML Xid events; Xids now come from the kernel log only");
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("starting the NVML event thread: {e}"))?;
+    ready_rx.recv().unwrap_or_else(|_| Err("the NVML event thread ended before registering".to_string()))
 }
 
 /// Runs the NVML checks with an already initialised library (a long-running agent keeps one).
@@ -135,6 +235,26 @@ mod tests {
             assert_eq!(verdict.health, Health::Healthy);
         } else {
             assert_ne!(verdict.reason, Reason::NvmlUnavailable, "{verdict:?}");
+        }
+    }
+
+    #[test]
+    fn an_nvml_xid_event_names_the_gpu_as_the_kernel_log_does() {
+        let found = xid_event_fault("00000000:3B:00.0", Some(&XidError::Value(79)));
+        assert_eq!(found, Some(("0000:3b:00".to_string(), FaultKey::NvidiaXid(79))));
+        assert_eq!(xid_event_fault("00000000:3B:00.0", Some(&XidError::Unknown)), None);
+        assert_eq!(xid_event_fault("00000000:3B:00.0", None), None);
+        assert_eq!(xid_event_fault("00000000:3B:00.0", Some(&XidError::Value(u64::MAX))), None);
+    }
+
+    #[test]
+    fn without_libnvidia_ml_there_is_no_event_thread_and_the_handle_says_why() {
+        // No NVIDIA driver on this machine: the handle fails to load and stays empty, so no Xid events are
+        // followed; on a GPU node the same call loads the library once and keeps it.
+        let handle = NvmlHandle::default();
+        match handle.get() {
+            Err(error) => assert_eq!(init_failure_verdict(&error, None).reason, Reason::NonGpuNode),
+            Ok(first) => assert!(handle.get().is_ok_and(|again| Arc::ptr_eq(&first, &again))),
         }
     }
 

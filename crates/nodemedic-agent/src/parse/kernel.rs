@@ -151,10 +151,18 @@ impl KmsgCursor {
     }
 }
 
-fn short_pci(device: &str) -> String {
+/// One name per GPU whichever source reported it: lower case, no `PCI:` prefix, no function number, and the
+/// 4-digit PCI domain the kernel log prints (NVML's bus IDs carry 8 digits: `00000000:3B:00.0` → `0000:3b:00`).
+pub fn short_pci(device: &str) -> String {
     let lower = device.to_ascii_lowercase();
     let trimmed = lower.trim_start_matches("pci:");
-    trimmed.split('.').next().unwrap_or(trimmed).to_string()
+    let without_function = trimmed.split('.').next().unwrap_or(trimmed);
+    match without_function.split_once(':') {
+        Some((domain, rest)) if domain.len() > 4 && domain.chars().all(|c| c.is_ascii_hexdigit()) => {
+            format!("{}:{rest}", &domain[domain.len() - 4..])
+        }
+        _ => without_function.to_string(),
+    }
 }
 
 /// Classifies events through the tracker (so repeats escalate) and folds them into one verdict. Events without a
@@ -224,6 +232,14 @@ mod tests {
         let again = format!("{first}4,12,300,-;NVRM: Xid (PCI:0000:3b:00): 13, c\n");
         assert_eq!(cursor.fresh_lines(&again), vec!["4,12,300,-;NVRM: Xid (PCI:0000:3b:00): 13, c"]);
         assert_eq!(cursor.last_sequence, Some(12));
+    }
+
+    #[test]
+    fn kernel_log_and_nvml_names_for_one_gpu_agree() {
+        assert_eq!(short_pci("00000000:3B:00.0"), "0000:3b:00");
+        assert_eq!(short_pci("PCI:0000:3b:00"), "0000:3b:00");
+        assert_eq!(short_pci("0000:3b:00.1"), "0000:3b:00");
+        assert_eq!(short_pci("amdgpu"), "amdgpu");
     }
 
     #[test]

@@ -1,0 +1,260 @@
+//! The kernel-log probe's memory: fault sightings for the catalog's escalation windows ("Xid 79 twice in 7
+//! days"), the faults that keep the node unhealthy now, and how far the kernel log has been read. The running
+//! agent keeps one for its lifetime and writes it to a state file on the node's disk (temp file, fsync, rename,
+//! directory fsync) after every new sighting, so counts survive agent restarts and reboots.
+//!
+//! A kernel-log line records an event, not a state: a fault keeps the probe Unhealthy for `hold` after it was
+//! seen, and only within the boot it was seen in (the reboot is what the reboot-class faults ask for). What
+//! persists after that (a GPU still off the bus, pages pending retirement) is for the state probes (NVML,
+//! nvidia-smi) to report.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::catalog::{ActionClass, Catalog, Classification, FaultKey, FaultTracker, SAME_INCIDENT_WITHIN, TrackedFault};
+use crate::probe::format_duration;
+use crate::verdict::{Reason, Verdict};
+
+/// The state file's format version.
+pub const STATE_FORMAT: u32 = 1;
+
+/// Where the kernel log was last read up to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogCursor {
+    /// The boot the kmsg sequence number belongs to (sequence numbers start again at each boot).
+    pub boot_id: String,
+    /// The last /dev/kmsg record consumed in that boot.
+    pub kmsg_sequence: Option<u64>,
+    /// For a regular-file source: its inode and how many bytes were consumed (a new inode or a shorter file is a
+    /// rotated log, read from its start).
+    pub file_inode: Option<u64>,
+    pub file_offset: u64,
+}
+
+/// A fault that keeps the probe Unhealthy until it is `hold` old or the node has booted again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveFault {
+    pub device: String,
+    pub key: FaultKey,
+    pub action: ActionClass,
+    /// The catalog's words for it (code, meaning, action, escalation count).
+    pub reason: String,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub seen_at_ms: u64,
+    pub boot_id: String,
+}
+
+/// The state file's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultState {
+    pub format: u32,
+    pub cursor: LogCursor,
+    pub sightings: Vec<TrackedFault>,
+    pub active: Vec<ActiveFault>,
+}
+
+#[derive(Debug, Error)]
+pub enum FaultStateError {
+    #[error("writing fault history {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+/// What was found at the state file's path.
+#[derive(Debug)]
+pub enum LoadedState {
+    /// No file: the first start on this node.
+    Missing,
+    Restored(FaultState),
+    /// Unreadable, truncated, not this format: reported, and the agent starts with an empty history.
+    Corrupt(String),
+}
+
+/// Reads the state file. Never fails: a file that cannot be used is [`LoadedState::Corrupt`].
+pub fn load_state(path: &Path) -> LoadedState {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => LoadedState::Missing,
+        Err(e) => LoadedState::Corrupt(format!("reading {}: {e}", path.display())),
+        Ok(bytes) => match serde_json::from_slice::<FaultState>(&bytes) {
+            Ok(state) if state.format == STATE_FORMAT => LoadedState::Restored(state),
+            Ok(state) => LoadedState::Corrupt(format!("{} has format {}, expected {STATE_FORMAT}", path.display(), state.format)),
+            Err(e) => LoadedState::Corrupt(format!("{} is not a fault history: {e}", path.display())),
+        },
+    }
+}
+
+/// Writes the state durably: a temp file beside it, fsynced, renamed over it, and the directory fsynced.
+pub fn save_state(path: &Path, state: &FaultState) -> Result<(), FaultStateError> {
+    let failed = |source| FaultStateError::Write { path: path.display().to_string(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let text = serde_json::to_vec(state).map_err(|e| failed(std::io::Error::other(e)))?;
+    let mut temp = PathBuf::from(path);
+    temp.set_extension("json.tmp");
+    let mut file = std::fs::File::create(&temp).map_err(failed)?;
+    file.write_all(&text).map_err(failed)?;
+    file.sync_all().map_err(failed)?;
+    drop(file);
+    std::fs::rename(&temp, path).map_err(failed)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
+    Ok(())
+}
+
+/// The fault history in memory.
+#[derive(Debug, Clone)]
+pub struct FaultMemory {
+    tracker: FaultTracker,
+    /// When each (GPU, fault) was last reported in this agent's run, to count an incident reported by two sources
+    /// (kmsg and NVML, or an Xid 79 line and its "fallen off the bus" line) once.
+    last_report_ms: BTreeMap<(String, FaultKey), u64>,
+    active: Vec<ActiveFault>,
+    pub cursor: LogCursor,
+    boot_id: String,
+    hold: Duration,
+}
+
+impl FaultMemory {
+    /// The memory for boot `boot_id`, from a saved state or empty. From an earlier boot, the kmsg cursor is
+    /// dropped (the new boot's records are all new) and that boot's active faults end; sightings stay.
+    pub fn restore(saved: Option<FaultState>, boot_id: &str, hold: Duration) -> FaultMemory {
+        let saved = saved.unwrap_or_default();
+        let mut cursor = saved.cursor;
+        if cursor.boot_id != boot_id {
+            cursor.boot_id = boot_id.to_string();
+            cursor.kmsg_sequence = None;
+        }
+        let active = saved.active.into_iter().filter(|a| a.boot_id == boot_id).collect();
+        FaultMemory {
+            tracker: FaultTracker::from_records(saved.sightings),
+            last_report_ms: BTreeMap::new(),
+            active,
+            cursor,
+            boot_id: boot_id.to_string(),
+            hold,
+        }
+    }
+
+    /// Counts one sighting at `at_ms` (wall clock) and classifies it; a class that makes the node unhealthy
+    /// becomes an active fault. A report within [`SAME_INCIDENT_WITHIN`] of the previous one for the same GPU and
+    /// fault in this run is the same incident and is not counted again.
+    pub fn observe(&mut self, catalog: &Catalog, device: &str, key: &FaultKey, at_ms: u64) -> Classification {
+        let pair = (device.to_string(), key.clone());
+        let gap_ms = u64::try_from(SAME_INCIDENT_WITHIN.as_millis()).unwrap_or(u64::MAX);
+        let repeat = self.last_report_ms.get(&pair).is_some_and(|last| at_ms.abs_diff(*last) < gap_ms);
+        self.last_report_ms.insert(pair, at_ms);
+        let at = Duration::from_millis(at_ms);
+        let classification = if repeat {
+            self.tracker.observe_repeat(catalog, device, key, at)
+        } else {
+            self.tracker.observe(catalog, device, key, at)
+        };
+        if classification.action.kernel_reason().is_some() {
+            let fault = ActiveFault {
+                device: device.to_string(),
+                key: key.clone(),
+                action: classification.action,
+                reason: classification.reason.clone(),
+                seen_at_ms: at_ms,
+                boot_id: self.boot_id.clone(),
+            };
+            match self.active.iter_mut().find(|a| a.device == device && &a.key == key) {
+                // A stronger (escalated) or newer sighting replaces the older one.
+                Some(old) if (fault.action, fault.seen_at_ms) >= (old.action, old.seen_at_ms) => *old = fault,
+                Some(_) => {}
+                None => self.active.push(fault),
+            }
+        }
+        classification
+    }
+
+    /// Drops active faults older than `hold` and sightings older than every escalation window.
+    pub fn expire(&mut self, catalog: &Catalog, now_ms: u64) {
+        let hold_ms = u64::try_from(self.hold.as_millis()).unwrap_or(u64::MAX);
+        self.active.retain(|a| now_ms.saturating_sub(a.seen_at_ms) <= hold_ms);
+        self.tracker.forget_before(catalog, Duration::from_millis(now_ms));
+    }
+
+    /// The probe's verdict at `now_ms`: the strongest active fault, or healthy.
+    pub fn verdict(&self, now_ms: u64) -> Verdict {
+        let hold_ms = u64::try_from(self.hold.as_millis()).unwrap_or(u64::MAX);
+        let live: Vec<&ActiveFault> = self.active.iter().filter(|a| now_ms.saturating_sub(a.seen_at_ms) <= hold_ms).collect();
+        let Some(worst) = live.iter().max_by_key(|a| (a.action, a.seen_at_ms)) else {
+            return Verdict::healthy(format!("no GPU faults in the kernel log within the last {}", format_duration(self.hold)));
+        };
+        let reason = worst.action.kernel_reason().unwrap_or(Reason::KernelFaultReboot);
+        let others = live.len() - 1;
+        let tail = if others == 0 { String::new() } else { format!(" ({others} more active GPU faults)") };
+        let age = format_duration(Duration::from_millis(now_ms.saturating_sub(worst.seen_at_ms) / 1000 * 1000));
+        Verdict::unhealthy(reason, format!("{} on {}, {age} ago{tail}", worst.reason, worst.device))
+    }
+
+    /// What the state file holds.
+    pub fn state(&self) -> FaultState {
+        FaultState { format: STATE_FORMAT, cursor: self.cursor.clone(), sightings: self.tracker.records(), active: self.active.clone() }
+    }
+
+    pub fn active(&self) -> &[ActiveFault] {
+        &self.active
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::Health;
+
+    const HOUR_MS: u64 = 3_600_000;
+    const T0: u64 = 1_790_000_000_000;
+
+    fn catalog() -> Catalog {
+        Catalog::embedded().expect("the embedded catalog is valid")
+    }
+
+    #[test]
+    fn a_fault_stops_making_the_node_unhealthy_after_the_hold_or_a_new_boot() {
+        let catalog = catalog();
+        let mut memory = FaultMemory::restore(None, "boot-a", Duration::from_secs(1800));
+        memory.observe(&catalog, "0000:3b:00", &FaultKey::NvidiaXid(48), T0);
+        assert_eq!(memory.verdict(T0 + 1000).reason, Reason::KernelFaultResetGpu);
+        assert_eq!(memory.verdict(T0 + HOUR_MS).health, Health::Healthy);
+        let rebooted = FaultMemory::restore(Some(memory.state()), "boot-b", Duration::from_secs(1800));
+        assert_eq!(rebooted.verdict(T0 + 1000).health, Health::Healthy);
+        assert_eq!(rebooted.cursor.boot_id, "boot-b");
+    }
+
+    #[test]
+    fn application_faults_are_counted_but_never_make_the_node_unhealthy() {
+        let catalog = catalog();
+        let mut memory = FaultMemory::restore(None, "boot-a", Duration::from_secs(1800));
+        let classification = memory.observe(&catalog, "0000:3b:00", &FaultKey::NvidiaXid(13), T0);
+        assert_eq!(classification.action, ActionClass::RestartApplication);
+        assert!(memory.active().is_empty());
+        assert_eq!(memory.verdict(T0).health, Health::Healthy);
+        assert_eq!(memory.state().sightings.len(), 1);
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_state_file_is_reported_not_trusted() -> Result<(), FaultStateError> {
+        let dir = tempfile::tempdir().map_err(|source| FaultStateError::Write { path: "tempdir".into(), source })?;
+        let path = dir.path().join("kernel-faults.json");
+        assert!(matches!(load_state(&path), LoadedState::Missing));
+        let mut memory = FaultMemory::restore(None, "boot-a", Duration::from_secs(60));
+        memory.observe(&catalog(), "0000:3b:00", &FaultKey::NvidiaXid(79), T0);
+        save_state(&path, &memory.state())?;
+        assert!(matches!(load_state(&path), LoadedState::Restored(s) if s == memory.state()));
+        let whole = std::fs::read(&path).map_err(|source| FaultStateError::Write { path: "read".into(), source })?;
+        std::fs::write(&path, &whole[..whole.len() / 2]).map_err(|source| FaultStateError::Write { path: "cut".into(), source })?;
+        assert!(matches!(load_state(&path), LoadedState::Corrupt(m) if m.contains("not a fault history")));
+        std::fs::write(&path, b"{\"format\":99,\"cursor\":{\"boot_id\":\"x\",\"kmsg_sequence\":null,\"file_inode\":null,\"file_offset\":0},\"sightings\":[],\"active\":[]}")
+            .map_err(|source| FaultStateError::Write { path: "foreign".into(), source })?;
+        assert!(matches!(load_state(&path), LoadedState::Corrupt(m) if m.contains("format 99")));
+        Ok(())
+    }
+}
