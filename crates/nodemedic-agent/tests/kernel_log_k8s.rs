@@ -1,0 +1,200 @@
+//! The kernel-log follower and stale conditions against a real control plane: a log file the test appends to
+//! stands for /dev/kmsg, the agent publishes `GPUProblem` on its kwok node, and the controller runs in-process.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use kube::api::{Api, PostParams};
+use nodemedic_agent::agent::Agent;
+use nodemedic_agent::config::KernelLogProbe;
+use nodemedic_agent::probe::{ProbeSchedule, TextDuration};
+use nodemedic_agent::remediate::{HostActions, HostFuture};
+use nodemedic_agent::{AgentConfig, Catalog};
+use nodemedic_controller::{AgentExecutor, Reconciler, install_crds, now};
+use nodemedic_core::record::Phase;
+use nodemedic_core::{Policy, RemediationStep};
+use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation};
+use nodemedic_testenv::{ControlPlane, FakeNode, Options, wait_for};
+
+const XID_79: &str = "[ 8012.000001] NVRM: Xid (PCI:0000:3b:00): 79, pid=0, GPU has fallen off the bus.\n";
+
+/// A host that must never be asked to do anything.
+struct NoActions;
+
+impl HostActions for NoActions {
+    fn perform<'a>(&'a self, step: RemediationStep) -> HostFuture<'a> {
+        Box::pin(async move { Err(format!("unexpected {} request", step.as_str())) })
+    }
+}
+
+/// The node's disk: a kernel log the test appends to, a boot ID, the agent's state files.
+struct FakeKernel {
+    dir: tempfile::TempDir,
+}
+
+impl FakeKernel {
+    fn new() -> anyhow::Result<FakeKernel> {
+        let kernel = FakeKernel { dir: tempfile::tempdir()? };
+        std::fs::write(kernel.log(), "[    0.000000] Linux version 6.8.0\n")?;
+        std::fs::write(kernel.dir.path().join("boot_id"), "boot-1\n")?;
+        Ok(kernel)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("kmsg")
+    }
+
+    fn append(&self, line: &str) -> anyhow::Result<()> {
+        let mut log = std::fs::OpenOptions::new().append(true).open(self.log())?;
+        log.write_all(line.as_bytes())?;
+        Ok(())
+    }
+
+    /// Only the kernel-log probe, on the default 30 s interval and three-strike schedule: a fault must be
+    /// published by the follower, not by the next poll.
+    fn config(&self) -> AgentConfig {
+        let mut config = AgentConfig { schedule: ProbeSchedule { jitter: TextDuration(Duration::ZERO), ..ProbeSchedule::default() }, ..AgentConfig::default() };
+        config.probes.kernel_log = Some(KernelLogProbe {
+            source: self.log(),
+            state_file: self.dir.path().join("var/lib/nodemedic/kernel-faults.json"),
+            hold: TextDuration(Duration::from_secs(1800)),
+            boot_id_file: self.dir.path().join("boot_id"),
+        });
+        config.remediation.state_file = self.dir.path().join("var/lib/nodemedic/attempts.json");
+        config
+    }
+}
+
+fn agent<'h>(cp: &ControlPlane, node: &str, config: AgentConfig, host: &'h dyn HostActions) -> anyhow::Result<Agent<'h>> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("nodemedic_agent=debug"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    Ok(Agent { client: cp.client(), node: node.to_string(), config: Arc::new(config), catalog: Arc::new(Catalog::embedded()?), host })
+}
+
+/// Runs `body` while `agent` runs; the agent stops (is dropped) when the body ends, as a killed process would.
+async fn while_running<T>(agent: &Agent<'_>, body: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::select! {
+        stopped = agent.run() => Err(anyhow::anyhow!("the agent stopped: {stopped:?}")),
+        result = body => result,
+    }
+}
+
+async fn condition(nodes: &Api<Node>, node: &str, type_: &str) -> Option<NodeCondition> {
+    let node = nodes.get(node).await.ok()?;
+    node.status?.conditions?.into_iter().find(|c| c.type_ == type_)
+}
+
+/// `count` kwok GPU nodes; the name of the first.
+async fn gpu_nodes(cp: &ControlPlane, count: usize) -> anyhow::Result<String> {
+    install_crds(&cp.client()).await?;
+    let names = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 8), count).await?;
+    names.into_iter().next().context("a node")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fatal_kernel_log_line_is_published_within_two_seconds_not_after_three_polls() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        let node = gpu_nodes(cp, 1).await?;
+        let nodes: Api<Node> = Api::all(cp.client());
+        let kernel = FakeKernel::new()?;
+        let agent = agent(cp, &node, kernel.config(), &NoActions)?;
+        while_running(&agent, async {
+            wait_for(Duration::from_secs(30), "the first GPUProblem=False", || async {
+                condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "False")
+            })
+            .await?;
+            let appended = Instant::now();
+            kernel.append(XID_79)?;
+            let published = loop {
+                if let Some(c) = condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "True") {
+                    break c;
+                }
+                anyhow::ensure!(appended.elapsed() < Duration::from_secs(10), "GPUProblem still not True 10 s after the Xid 79 line");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            let latency = appended.elapsed();
+            println!("kernel-log line to GPUProblem=True: {} ms", latency.as_millis());
+            assert_eq!(published.reason.as_deref(), Some("KernelFaultReboot"), "{published:?}");
+            // Target 2 s; the bound leaves room for a loaded test machine.
+            assert!(latency < Duration::from_secs(5), "published {latency:?} after the line appeared");
+            Ok(())
+        })
+        .await
+    })
+    .await
+}
+
+const STALE_POLICY: &str = r#"
+rules:
+- name: gpu
+  check: {name: gpu}
+  staleAfter: 3s
+ladder:
+- {step: reboot, timeout: 10m}
+- {step: manual}
+monitorOnly: false
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conditions_left_by_a_stopped_agent_go_stale_and_start_no_repair() -> anyhow::Result<()> {
+    let recommended = nodemedic_core::presets::recommended();
+    let checks = recommended.rules.iter().filter(|r| r.check.is_some());
+    assert!(checks.clone().count() > 0 && checks.clone().all(|r| r.stale_after.is_some()), "the recommended preset sets staleAfter");
+
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        let node = gpu_nodes(cp, 3).await?;
+        let policy = NodeHealthPolicy::new("gpu-workers", NodeHealthPolicySpec { policy: Policy::from_yaml(STALE_POLICY)? });
+        Api::<NodeHealthPolicy>::all(cp.client()).create(&PostParams::default(), &policy).await?;
+        let nodes: Api<Node> = Api::all(cp.client());
+        let kernel = FakeKernel::new()?;
+        kernel.append(XID_79)?;
+        let first = agent(cp, &node, kernel.config(), &NoActions)?;
+        let published = while_running(&first, async {
+            Ok(wait_for(Duration::from_secs(30), "GPUProblem=True", || async {
+                condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "True")
+            })
+            .await?)
+        })
+        .await?;
+        drop(first);
+        let heartbeat = published.last_heartbeat_time.as_ref().map(|t| t.0).context("the condition carries the agent's heartbeat")?;
+
+        // The agent is gone; its True condition ages past staleAfter before the controller looks.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let controller = Reconciler::new(cp.client(), &AgentExecutor);
+        for _ in 0..3 {
+            controller.reconcile("gpu-workers", now()).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let still = condition(&nodes, &node, "GPUProblem").await.context("GPUProblem")?;
+        assert_eq!(still.last_heartbeat_time.map(|t| t.0), Some(heartbeat), "nothing published after the agent stopped");
+        let taints: Vec<String> = nodes.get(&node).await?.spec.and_then(|s| s.taints).unwrap_or_default().into_iter().map(|t| t.key).collect();
+        assert!(!taints.iter().any(|t| t.starts_with("nodemedic.io/repair-")), "no repair taint: {taints:?}");
+        let record = Api::<NodeRemediation>::all(cp.client()).get_opt(&node).await?.and_then(|r| r.status).map(|s| s.record);
+        assert!(record.as_ref().is_none_or(|r| r.phase == Phase::Healthy && r.history.is_empty()), "no step started: {record:?}");
+
+        // The control: the agent starts again (same boot, so the fault is still active in its saved history), the
+        // evidence is fresh, and the same controller starts the repair.
+        let restarted = agent(cp, &node, kernel.config(), &NoActions)?;
+        while_running(&restarted, async {
+            wait_for(Duration::from_secs(30), "a repair taint once the evidence is fresh", || async {
+                controller.reconcile("gpu-workers", now()).await.ok()?;
+                let node = nodes.get(&node).await.ok()?;
+                let taints = node.spec?.taints?;
+                taints.iter().any(|t| t.key == "nodemedic.io/repair-reboot").then_some(())
+            })
+            .await?;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}
