@@ -104,6 +104,7 @@ const CASES: &[(&str, Expect)] = &[
     ("handmade/nvidia-smi-text/table_gpu_err.txt", Is(Unhealthy, Reason::GpuLost)),
     ("handmade/nvidia-smi-text/query_d_memory_remap_failure.txt", Is(Unhealthy, Reason::RowRemapFailure)),
     ("handmade/nvidia-smi-csv/query_gpu_requires_reset.csv.txt", Is(Unhealthy, Reason::GpuLost)),
+    ("handmade/nvidia-smi-csv/query_gpu_8x_one_requires_reset.csv.txt", Is(Unhealthy, Reason::GpuLost)),
     ("handmade/kmsg/xid79_fallen_off_bus.kmsg", Is(Unhealthy, Reason::KernelFaultReboot)),
     ("handmade/kmsg/xid13_repeating_on_one_gpu.kmsg", Is(Unhealthy, Reason::KernelFaultResetGpu)),
     ("handmade/kmsg/xid13_once.kmsg", Is(Healthy, Reason::AllChecksPassed)),

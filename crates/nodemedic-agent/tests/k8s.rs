@@ -26,7 +26,8 @@ use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation};
 use nodemedic_testenv::{ControlPlane, FakeNode, Options, wait_for};
 
 const HEALTHY: &str = "nvidia-smi-csv/query-gpu-8xH100.csv.txt";
-const GPU_LOST: &str = "handmade/nvidia-smi-csv/query_gpu_requires_reset.csv.txt";
+// Eight GPUs, as the kwok nodes' `nvidia.com/gpu.count` label says, one of them lost.
+const GPU_LOST: &str = "handmade/nvidia-smi-csv/query_gpu_8x_one_requires_reset.csv.txt";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -88,7 +89,7 @@ impl FakeHost {
             passes_before_healthy: 2,
             stale_after: None,
         };
-        // No expected count: the fault the captures show is the lost GPU, not the short list of GPUs.
+        // No configured count: each node's `nvidia.com/gpu.count` label gives it.
         let mut config = AgentConfig { expected_gpus: None, schedule: fast, ..AgentConfig::default() };
         config.probes.nvidia_smi = Some(NvidiaSmiProbe {
             path: self.dir.path().join("nvidia-smi").display().to_string(),
@@ -294,6 +295,34 @@ async fn gpu_probes_pause_while_a_repair_taint_is_on_the_node_and_the_network_pr
             Ok(())
         })
         .await
+    })
+    .await
+}
+
+/// Two GPUs, one of them lost.
+const TWO_GPUS_ONE_LOST: &str = "handmade/nvidia-smi-csv/query_gpu_requires_reset.csv.txt";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_agent_config_takes_each_nodes_gpu_count_from_its_own_label() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        install_crds(&cp.client()).await?;
+        let big = cp.create_nodes(&FakeNode::gpu("big", "pool-a", 8), 1).await?;
+        let small = cp.create_nodes(&FakeNode::gpu("small", "pool-b", 2), 1).await?;
+        let nodes: Api<Node> = Api::all(cp.client());
+        let host = FakeHost::new(TWO_GPUS_ONE_LOST)?;
+        for (node, want) in [(&big[0], "GpuCountMismatch"), (&small[0], "GpuLost")] {
+            let agent = agent(cp, node, host.config(), &NoActions)?;
+            let published = while_running(&agent, async {
+                Ok(wait_for(Duration::from_secs(30), &format!("GPUProblem=True on {node}"), || async {
+                    condition(&nodes, node, "GPUProblem").await.filter(|c| c.status == "True")
+                })
+                .await?)
+            })
+            .await?;
+            assert_eq!(published.reason.as_deref(), Some(want), "{node}: {published:?}");
+        }
+        Ok(())
     })
     .await
 }
