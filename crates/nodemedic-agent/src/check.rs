@@ -13,8 +13,8 @@ use crate::kernel_follow::KernelLogFollower;
 use crate::nvml::NvmlHandle;
 use crate::parse::infiniband::IbPort;
 use crate::plugin::run_plugin;
-use crate::verdict::Verdict;
 use crate::tools;
+use crate::verdict::Verdict;
 
 /// One probe's result in a pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

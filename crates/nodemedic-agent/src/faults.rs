@@ -150,11 +150,8 @@ impl FaultMemory {
         let repeat = self.last_report_ms.get(&pair).is_some_and(|last| at_ms.abs_diff(*last) < gap_ms);
         self.last_report_ms.insert(pair, at_ms);
         let at = Duration::from_millis(at_ms);
-        let classification = if repeat {
-            self.tracker.observe_repeat(catalog, device, key, at)
-        } else {
-            self.tracker.observe(catalog, device, key, at)
-        };
+        let classification =
+            if repeat { self.tracker.observe_repeat(catalog, device, key, at) } else { self.tracker.observe(catalog, device, key, at) };
         if classification.action.kernel_reason().is_some() {
             let fault = ActiveFault {
                 device: device.to_string(),

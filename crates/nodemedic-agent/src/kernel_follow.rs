@@ -128,7 +128,8 @@ impl Shared {
     }
 
     fn sighting(&self, device: &str, key: &FaultKey, at_ms: u64) {
-        let classification = self.memory.lock().unwrap_or_else(PoisonError::into_inner).observe(&self.catalog, &short_pci(device), key, at_ms);
+        let classification =
+            self.memory.lock().unwrap_or_else(PoisonError::into_inner).observe(&self.catalog, &short_pci(device), key, at_ms);
         tracing::info!(device, fault = %key, action = ?classification.action, reason = %classification.reason, "GPU fault seen");
     }
 

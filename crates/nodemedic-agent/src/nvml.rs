@@ -10,10 +10,10 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use nvml_wrapper::Nvml;
-use nvml_wrapper::bitmasks::event::EventTypes;
-use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
+use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError};
+use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 
 use crate::catalog::FaultKey;

@@ -202,7 +202,16 @@ fn the_infiniband_probe_compares_counters_with_its_previous_reading() -> anyhow:
     let catalog = Catalog::embedded()?;
     let search = SearchPath::prepend(root.path());
     let memory = nodemedic_agent::check::ProbeMemory::default();
-    let run = || nodemedic_agent::check::run_probe_remembering(&config, &catalog, &search, "infiniband", &memory, nodemedic_agent::config::ExpectedGpus::default());
+    let run = || {
+        nodemedic_agent::check::run_probe_remembering(
+            &config,
+            &catalog,
+            &search,
+            "infiniband",
+            &memory,
+            nodemedic_agent::config::ExpectedGpus::default(),
+        )
+    };
     assert!(run().is_some_and(|v| v.is_healthy()), "the recorded H100 node is healthy");
 
     let counters = root.path().join("mlx5_0/ports/1/counters");

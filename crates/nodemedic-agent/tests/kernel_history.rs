@@ -153,9 +153,8 @@ fn application_xids_repeating_on_one_gpu_across_a_restart_escalate_to_a_reset() 
     let uptime = nodemedic_agent::check::uptime().context("/proc/uptime")?;
     anyhow::ensure!(uptime > Duration::from_secs(61), "the test dates records in the last minute of this boot");
     let first_us = (uptime - Duration::from_secs(60)).as_micros();
-    let xid13 = |n: u128| {
-        format!("3,{},{},-;NVRM: Xid (PCI:0000:86:00): 13, Graphics SM Warp Exception\n", 100 + n, first_us + n * 11_000_000)
-    };
+    let xid13 =
+        |n: u128| format!("3,{},{},-;NVRM: Xid (PCI:0000:86:00): 13, Graphics SM Warp Exception\n", 100 + n, first_us + n * 11_000_000);
     let agent = node.agent(hold)?;
     for n in 0..3 {
         node.append(&xid13(n))?;

@@ -57,7 +57,10 @@ impl FakeKernel {
     /// Only the kernel-log probe, on the default 30 s interval and three-strike schedule: a fault must be
     /// published by the follower, not by the next poll.
     fn config(&self) -> AgentConfig {
-        let mut config = AgentConfig { schedule: ProbeSchedule { jitter: TextDuration(Duration::ZERO), ..ProbeSchedule::default() }, ..AgentConfig::default() };
+        let mut config = AgentConfig {
+            schedule: ProbeSchedule { jitter: TextDuration(Duration::ZERO), ..ProbeSchedule::default() },
+            ..AgentConfig::default()
+        };
         config.probes.kernel_log = Some(KernelLogProbe {
             source: self.log(),
             state_file: self.dir.path().join("var/lib/nodemedic/kernel-faults.json"),
@@ -175,7 +178,8 @@ async fn conditions_left_by_a_stopped_agent_go_stale_and_start_no_repair() -> an
         }
         let still = condition(&nodes, &node, "GPUProblem").await.context("GPUProblem")?;
         assert_eq!(still.last_heartbeat_time.map(|t| t.0), Some(heartbeat), "nothing published after the agent stopped");
-        let taints: Vec<String> = nodes.get(&node).await?.spec.and_then(|s| s.taints).unwrap_or_default().into_iter().map(|t| t.key).collect();
+        let taints: Vec<String> =
+            nodes.get(&node).await?.spec.and_then(|s| s.taints).unwrap_or_default().into_iter().map(|t| t.key).collect();
         assert!(!taints.iter().any(|t| t.starts_with("nodemedic.io/repair-")), "no repair taint: {taints:?}");
         let record = Api::<NodeRemediation>::all(cp.client()).get_opt(&node).await?.and_then(|r| r.status).map(|s| s.record);
         assert!(record.as_ref().is_none_or(|r| r.phase == Phase::Healthy && r.history.is_empty()), "no step started: {record:?}");
