@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::catalog::{Catalog, FaultKey};
 use crate::config::KernelLogProbe;
 use crate::faults::{FaultMemory, LoadedState, load_state, save_state};
-use crate::parse::kernel::{classify_message, short_pci, split_line};
+use crate::parse::kernel::{KmsgCursor, classify_message, short_pci, split_line};
 use crate::verdict::{Reason, Verdict};
 
 /// How often a regular-file source is checked for new lines.
@@ -145,10 +145,11 @@ impl Shared {
         let Some(parsed) = split_line(line) else { return false };
         let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sequence) = parsed.sequence {
-            if memory.cursor.kmsg_sequence.is_some_and(|last| sequence <= last) {
+            let mut cursor = KmsgCursor { last_sequence: memory.cursor.kmsg_sequence };
+            if !cursor.admits(sequence) {
                 return false;
             }
-            memory.cursor.kmsg_sequence = Some(sequence);
+            memory.cursor.kmsg_sequence = cursor.last_sequence;
         }
         drop(memory);
         let Some((device, key)) = classify_message(parsed.message, &self.catalog) else { return false };

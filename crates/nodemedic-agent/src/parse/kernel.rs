@@ -134,20 +134,18 @@ pub struct KmsgCursor {
 }
 
 impl KmsgCursor {
+    /// True when record `sequence` was not seen before; the cursor moves past it.
+    pub fn admits(&mut self, sequence: u64) -> bool {
+        if self.last_sequence.is_some_and(|last| sequence <= last) {
+            return false;
+        }
+        self.last_sequence = Some(sequence);
+        true
+    }
+
     /// The lines of `text` not seen before, in order; the cursor moves past them.
     pub fn fresh_lines<'a>(&mut self, text: &'a str) -> Vec<&'a str> {
-        let mut fresh = Vec::new();
-        for line in text.lines() {
-            match split_line(line).and_then(|l| l.sequence) {
-                Some(sequence) if self.last_sequence.is_some_and(|last| sequence <= last) => {}
-                Some(sequence) => {
-                    self.last_sequence = Some(sequence);
-                    fresh.push(line);
-                }
-                None => fresh.push(line),
-            }
-        }
-        fresh
+        text.lines().filter(|line| split_line(line).and_then(|l| l.sequence).is_none_or(|sequence| self.admits(sequence))).collect()
     }
 }
 
