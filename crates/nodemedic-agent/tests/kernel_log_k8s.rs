@@ -202,3 +202,72 @@ async fn conditions_left_by_a_stopped_agent_go_stale_and_start_no_repair() -> an
     })
     .await
 }
+
+/// Peak and current resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok();
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// The binary with the example DaemonSet's probes (nvml, kernel-log, infiniband, disk) on a fast schedule, on a
+/// node without GPU labels: a line
+/// appended to the followed log is published by the process. It prints the process's memory after the run
+/// (`NODEMEDIC_RUN_SECONDS`, default 3) for docs/benchmarks.md; `NODEMEDIC_AGENT_BIN` measures another build.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_follows_the_kernel_log_with_the_default_probes() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        // No GPU label: NVML, absent on a test machine, then reports a node without GPUs instead of Unknown.
+        install_crds(&cp.client()).await?;
+        let node = cp.create_nodes(&FakeNode::cpu("cpu", "pool-a"), 1).await?.into_iter().next().context("a node")?;
+        let nodes: Api<Node> = Api::all(cp.client());
+        let kernel = FakeKernel::new()?;
+        let dir = kernel.dir.path().display().to_string();
+        let sysfs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/infiniband-sysfs/h100_node_ndr");
+        let yaml = format!(
+            "schedule: {{ interval: 1s, timeout: 1s, jitter: 100ms, failures_before_unhealthy: 3, passes_before_healthy: 2 }}\n\
+             probes:\n  nvml: {{}}\n  \
+             kernel_log: {{ source: {dir}/kmsg, state_file: {dir}/state/kernel-faults.json, boot_id_file: {dir}/boot_id }}\n  \
+             infiniband: {{ sysfs_root: {}, min_rate_gbps: 200 }}\n  \
+             disk: {{ mounts: [\"/\"] }}\n\
+             remediation:\n  state_file: {dir}/state/attempts.json\n",
+            sysfs.display()
+        );
+        let config = kernel.dir.path().join("agent.yaml");
+        std::fs::write(&config, yaml)?;
+        let bin = std::env::var("NODEMEDIC_AGENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_nodemedic-agent").to_string());
+        let seconds: u64 = std::env::var("NODEMEDIC_RUN_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+        let mut agent = tokio::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NODE_NAME", &node)
+            .env("KUBECONFIG", cp.kubeconfig())
+            .env("RUST_LOG", "warn")
+            .env("MALLOC_ARENA_MAX", "1")
+            .kill_on_drop(true)
+            .spawn()?;
+        let healthy = wait_for(Duration::from_secs(30), "GPUProblem=False", || async {
+            condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "False")
+        })
+        .await;
+        let appended = Instant::now();
+        kernel.append(XID_79)?;
+        let published = wait_for(Duration::from_secs(30), "GPUProblem=True", || async {
+            condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "True")
+        })
+        .await;
+        let latency = appended.elapsed();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let memory = agent.id().and_then(rss_kib);
+        println!("nodemedic-agent run, {seconds} s after the fault: (peak, current) RSS {memory:?} KiB; published after {latency:?}");
+        agent.start_kill()?;
+        healthy?;
+        let published = published?;
+        assert_eq!(published.reason.as_deref(), Some("KernelFaultReboot"), "{published:?}");
+        let network = condition(&nodes, &node, "NetworkProblem").await.context("NetworkProblem")?;
+        assert_eq!(network.status, "False", "{network:?}");
+        Ok(())
+    })
+    .await
+}
