@@ -203,11 +203,18 @@ async fn conditions_left_by_a_stopped_agent_go_stale_and_start_no_repair() -> an
     .await
 }
 
-/// Peak and current resident memory of a process, KiB.
-fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+/// A process's memory from /proc: peak, current, anonymous and file-backed resident KiB.
+fn rss_kib(pid: u32) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok();
-    Some((field("VmHWM:")?, field("VmRSS:")?))
+    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?");
+    Some(format!(
+        "VmHWM {} KiB, VmRSS {} KiB (anonymous {}, file {}), threads {}",
+        field("VmHWM:"),
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("RssFile:"),
+        field("Threads:")
+    ))
 }
 
 /// The binary with the example DaemonSet's probes (nvml, kernel-log, infiniband, disk) on a fast schedule, on a
@@ -260,7 +267,7 @@ async fn the_binary_follows_the_kernel_log_with_the_default_probes() -> anyhow::
         let latency = appended.elapsed();
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let memory = agent.id().and_then(rss_kib);
-        println!("nodemedic-agent run, {seconds} s after the fault: (peak, current) RSS {memory:?} KiB; published after {latency:?}");
+        println!("nodemedic-agent run, {seconds} s after the fault: {}; published after {latency:?}", memory.unwrap_or_default());
         agent.start_kill()?;
         healthy?;
         let published = published?;
