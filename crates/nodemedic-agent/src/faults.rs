@@ -237,6 +237,16 @@ mod tests {
         assert_eq!(memory.state().sightings.len(), 1);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_in_the_state_file_load_as_a_history_or_as_corrupt_never_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let dir = tempfile::tempdir().map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let path = dir.path().join("kernel-faults.json");
+            std::fs::write(&path, &bytes).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert!(!matches!(load_state(&path), LoadedState::Missing));
+        }
+    }
+
     #[test]
     fn a_truncated_or_foreign_state_file_is_reported_not_trusted() -> Result<(), FaultStateError> {
         let dir = tempfile::tempdir().map_err(|source| FaultStateError::Write { path: "tempdir".into(), source })?;

@@ -189,6 +189,19 @@ fn a_corrupt_history_is_reported_and_starts_empty_without_reading_old_lines_as_n
     Ok(())
 }
 
+#[test]
+fn an_xid_reported_by_the_kernel_log_and_by_nvml_counts_once() -> anyhow::Result<()> {
+    let node = Node::new()?;
+    let agent = node.agent(Duration::from_secs(1800))?;
+    node.append(XID_79)?;
+    verdict_within(&agent, Duration::from_secs(2), |v| v.reason == Reason::KernelFaultReboot)?;
+    // NVML names the GPU by its 8-digit-domain bus ID; it is the same GPU and the same incident.
+    agent.record("00000000:3B:00.0", &FaultKey::NvidiaXid(79));
+    assert_eq!(xid79_sightings(&agent), 1, "{:?}", agent.state());
+    assert_eq!(agent.verdict().reason, Reason::KernelFaultReboot, "not escalated to replace by the echo");
+    Ok(())
+}
+
 fn saved_state_is_valid(path: &Path) -> bool {
     matches!(nodemedic_agent::faults::load_state(path), nodemedic_agent::faults::LoadedState::Restored(_))
 }
