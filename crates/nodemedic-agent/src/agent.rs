@@ -29,7 +29,8 @@ use tokio::sync::watch;
 
 use crate::catalog::Catalog;
 use crate::check::{ProbeMemory, configured_probes, run_probe_remembering, search_path};
-use crate::config::{AgentConfig, ExpectedGpus};
+use crate::config::AgentConfig;
+use crate::gpu_count::ExpectedGpus;
 use crate::kernel_follow::KernelLogFollower;
 use crate::node::{FIELD_MANAGER, boot_id, condition_json, existing_condition, family_verdict, publish_conditions, rfc3339, taint_keys};
 use crate::plugin::Family;

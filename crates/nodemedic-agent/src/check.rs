@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogError, FaultTracker};
-use crate::config::{AgentConfig, ExpectedGpus, IbSource};
+use crate::config::{AgentConfig, IbSource};
 use crate::exec::SearchPath;
+use crate::gpu_count::ExpectedGpus;
 use crate::kernel_follow::KernelLogFollower;
 use crate::nvml::NvmlHandle;
 use crate::parse::infiniband::IbPort;

@@ -17,6 +17,7 @@ pub mod check;
 pub mod config;
 pub mod exec;
 pub mod faults;
+pub mod gpu_count;
 pub mod kernel_follow;
 pub mod node;
 pub mod nvml;

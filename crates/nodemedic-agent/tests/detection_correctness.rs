@@ -209,7 +209,7 @@ fn the_infiniband_probe_compares_counters_with_its_previous_reading() -> anyhow:
             &search,
             "infiniband",
             &memory,
-            nodemedic_agent::config::ExpectedGpus::default(),
+            nodemedic_agent::gpu_count::ExpectedGpus::default(),
         )
     };
     assert!(run().is_some_and(|v| v.is_healthy()), "the recorded H100 node is healthy");
