@@ -202,6 +202,29 @@ fn an_xid_reported_by_the_kernel_log_and_by_nvml_counts_once() -> anyhow::Result
     Ok(())
 }
 
+#[test]
+fn a_fifo_is_followed_with_blocking_reads_like_dev_kmsg() -> anyhow::Result<()> {
+    let node = Node::new()?;
+    let fifo = node.dir.path().join("kmsg.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().context("running mkfifo")?;
+    anyhow::ensure!(made.success(), "mkfifo failed: {made}");
+    let probe = KernelLogProbe { source: fifo.clone(), ..node.probe(Duration::from_secs(1800)) };
+    let agent = KernelLogFollower::start(&probe, Arc::new(Catalog::embedded()?));
+    // The reader opens the FIFO and blocks in read(); records arrive in kmsg format, one per write.
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo)?;
+    let uptime = nodemedic_agent::check::uptime().context("/proc/uptime")?;
+    writer.write_all(format!("6,7,{},-;nvidia: loading out-of-tree module\n", uptime.as_micros()).as_bytes())?;
+    writer.write_all(
+        format!("3,8,{},-;NVRM: Xid (PCI:0000:3b:00): 79, pid=0, GPU has fallen off the bus.\n", uptime.as_micros()).as_bytes(),
+    )?;
+    writer.flush()?;
+    let verdict = verdict_within(&agent, Duration::from_secs(2), |v| v.health == Health::Unhealthy)?;
+    assert_eq!(verdict.reason, Reason::KernelFaultReboot, "{verdict:?}");
+    assert_eq!(agent.state().cursor.kmsg_sequence, Some(8));
+    drop(writer);
+    Ok(())
+}
+
 fn saved_state_is_valid(path: &Path) -> bool {
     matches!(nodemedic_agent::faults::load_state(path), nodemedic_agent::faults::LoadedState::Restored(_))
 }
