@@ -97,7 +97,9 @@ fn run() -> anyhow::Result<ExitCode> {
             anyhow::ensure!(!node.trim().is_empty(), "the node name is empty (set NODE_NAME or --node)");
             init_logging(json_logs);
             let catalog = load_catalog(&config).context("loading the fault catalog")?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(4).enable_all().build()?;
+            // One thread runs the async loops (API calls, the watch); probes and the kernel-log follower have threads of
+            // their own, so no worker pool is needed.
+            let runtime = tokio::runtime::Builder::new_current_thread().max_blocking_threads(4).enable_all().build()?;
             runtime.block_on(run_agent(config, catalog, node))?;
             Ok(ExitCode::SUCCESS)
         }
