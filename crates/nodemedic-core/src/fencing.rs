@@ -30,8 +30,10 @@ pub enum FencingSource {
     /// The node showed a new boot ID during a step that restarts it (reboot, reimage, powerCycle)
     /// and was still not Ready when the step's time was up.
     NewBootId,
-    // Self-fencing (issue 11 §2, not built) adds its variant here: the agent's
-    // `safeTimeToAssumeRebooted` has elapsed since the node lost the API server and its peers.
+    /// The node's agent promised to fence itself (a watchdog armed, peers known) and
+    /// `safeTimeToAssumeRebooted` has passed since its last contact and the step's start, the node
+    /// not Ready ([`crate::selffence::self_fenced`]).
+    SelfFenced,
 }
 
 /// Fencing confirmed by the step in flight, with what confirmed it, in words.
@@ -42,6 +44,8 @@ pub struct Confirmation {
 }
 
 /// The rule: is the node fenced, as the step in flight (`attempt` on the record) shows at `now`?
+/// Three proofs count: the BMC confirmed power Off, the agent's self-fencing time passed
+/// ([`crate::selffence::self_fenced`]), or the node came back with a new boot ID.
 /// Only a step that was executed can confirm anything (monitor-only runs nothing); a failed report,
 /// a timeout or a node that merely stopped answering confirms nothing. A new boot ID counts only
 /// once the step's deadline has passed: a kubelet that has just booted reports NotReady for a
@@ -56,6 +60,9 @@ pub fn confirmed(active: &ActiveRemediation, attempt: u32, obs: &NodeObservation
     {
         let detail = format!("the BMC confirmed power Off ({} attempt {attempt} reported at {}: {})", active.step, r.at, r.message);
         return Some(Confirmation { source: FencingSource::BmcPowerOff, detail });
+    }
+    if let Some(detail) = crate::selffence::self_fenced(active, obs, now) {
+        return Some(Confirmation { source: FencingSource::SelfFenced, detail });
     }
     let (Some(before), Some(booted)) = (&active.boot_id_at_start, &obs.boot_id) else { return None };
     let over = active.deadline.is_some_and(|d| now >= d);
@@ -174,6 +181,7 @@ fn source_words(source: FencingSource) -> &'static str {
     match source {
         FencingSource::BmcPowerOff => "a BMC power-off",
         FencingSource::NewBootId => "a new boot ID",
+        FencingSource::SelfFenced => "the agent's self-fencing",
     }
 }
 
