@@ -50,7 +50,9 @@ pub struct Confirmation {
 /// a timeout or a node that merely stopped answering confirms nothing. A new boot ID counts only
 /// once the step's deadline has passed: a kubelet that has just booted reports NotReady for a
 /// moment, and a node that turns Ready within the step needs nothing freed.
-pub fn confirmed(active: &ActiveRemediation, attempt: u32, obs: &NodeObservation, now: Time) -> Option<Confirmation> {
+/// `ready_majority`: more than half of the fleet's nodes are Ready (the self-fencing proof needs it,
+/// see [`crate::selffence::self_fenced`]).
+pub fn confirmed(active: &ActiveRemediation, attempt: u32, obs: &NodeObservation, now: Time, ready_majority: bool) -> Option<Confirmation> {
     if !active.executed {
         return None;
     }
@@ -61,7 +63,7 @@ pub fn confirmed(active: &ActiveRemediation, attempt: u32, obs: &NodeObservation
         let detail = format!("the BMC confirmed power Off ({} attempt {attempt} reported at {}: {})", active.step, r.at, r.message);
         return Some(Confirmation { source: FencingSource::BmcPowerOff, detail });
     }
-    if let Some(detail) = crate::selffence::self_fenced(active, obs, now) {
+    if let Some(detail) = crate::selffence::self_fenced(active, obs, now, ready_majority) {
         return Some(Confirmation { source: FencingSource::SelfFenced, detail });
     }
     let (Some(before), Some(booted)) = (&active.boot_id_at_start, &obs.boot_id) else { return None };
@@ -113,9 +115,9 @@ impl OutOfService {
 
 /// Moves the record's out-of-service state on for what is observed now: adds it when the step in
 /// flight confirms fencing and the node is not back yet, removes it when the node is back, marks it
-/// lifted once the taint is gone. Returns the events to publish. Call it before the ladder moves
+/// lifted once the taint is gone (`ready_majority` as for [`confirmed`]). Returns the events to publish. Call it before the ladder moves
 /// past the step (the confirmation is that step's report).
-pub fn update(record: &mut NodeRecord, obs: &NodeObservation, now: Time) -> Vec<(EventKind, String)> {
+pub fn update(record: &mut NodeRecord, obs: &NodeObservation, now: Time, ready_majority: bool) -> Vec<(EventKind, String)> {
     let mut events = Vec::new();
     if let Some(oos) = record.out_of_service.as_mut() {
         if oos.wanted() && back(obs, oos.added_at, oos.boot_id.as_deref()) {
@@ -132,7 +134,7 @@ pub fn update(record: &mut NodeRecord, obs: &NodeObservation, now: Time) -> Vec<
     if already {
         return events;
     }
-    let Some(c) = confirmed(active, record.attempt, obs, now) else { return events };
+    let Some(c) = confirmed(active, record.attempt, obs, now, ready_majority) else { return events };
     if back(obs, active.step_started_at, active.boot_id_at_start.as_deref()) {
         // Fenced, but already back and Ready: nothing of the old incarnation is left to free.
         return events;

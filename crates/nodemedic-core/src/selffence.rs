@@ -33,17 +33,18 @@ pub struct SelfFenceTimings {
 }
 
 impl SelfFenceTimings {
-    /// The least `safeTimeToAssumeRebooted` these timeouts allow: the API loss window, one more
-    /// check interval (the loss is noticed at a check), the peer question's deadline, the watchdog's
+    /// The least `safeTimeToAssumeRebooted` these timeouts allow: the API loss window, two check
+    /// intervals (the loss is noticed at the next check, whose API call may take up to its deadline,
+    /// half an interval, rounded up to a whole one), the peer question's deadline, the watchdog's
     /// timeout and the reboot. Before this much time after its last contact, the agent may still be
     /// deciding, or its node still be running.
     pub fn floor(&self) -> Duration {
-        self.api_loss_window + self.check_interval + self.peer_timeout + self.watchdog_timeout + self.reboot_time
+        self.api_loss_window + self.check_interval + self.check_interval + self.peer_timeout + self.watchdog_timeout + self.reboot_time
     }
 
     fn words(&self) -> String {
         format!(
-            "API loss window {} + check interval {} + peer timeout {} + watchdog timeout {} + reboot time {}",
+            "API loss window {} + 2 × check interval {} + peer timeout {} + watchdog timeout {} + reboot time {}",
             self.api_loss_window, self.check_interval, self.peer_timeout, self.watchdog_timeout, self.reboot_time
         )
     }
@@ -108,7 +109,7 @@ impl SelfFenceDecision {
 /// - A peer that reaches the API server and sees nodemedic remediating this node wins: reboot.
 /// - A peer that reaches the API server and sees this node healthy: the API server is up and only
 ///   this node's path to it is broken; the controller sees the node and decides. Stay.
-/// - Otherwise no answering peer reaches the API server. If this node and the peers that answered
+/// - Otherwise no answering peer vouches for this node. If this node and the peers that answered
 ///   are a majority of the nodes it knows, that is an API-server outage (an outage must not reboot
 ///   the fleet): stay. If they are a minority — no peer answered, or only a few — this node is on the
 ///   cut-off side: reboot. Two sides of a partition cannot both be majorities.
@@ -130,10 +131,10 @@ pub fn decide(api_lost_for: Option<Duration>, peers: &[PeerAnswer], timings: &Se
             "the API server has been out of reach for {lost}, and a peer that reaches it says nodemedic is remediating this node"
         ));
     }
-    if reaching().next().is_some() {
+    let vouching = reaching().filter(|(_, v)| *v == PeerVerdict::Healthy).count();
+    if vouching > 0 {
         return SelfFenceDecision::Stay(format!(
-            "the API server has been out of reach for {lost}, but {} peer(s) reach it and see this node healthy",
-            reaching().count()
+            "the API server has been out of reach for {lost}, but {vouching} peer(s) reach it and see this node healthy"
         ));
     }
     let (known, heard) = (peers.len(), answered.len());
@@ -191,9 +192,13 @@ pub fn promise_flaw(promise: &SelfFencingPromise) -> Option<String> {
 /// agent promised to (with a watchdog, knowing peers, with a safe time at or above the floor), it is
 /// not Ready, and `safeTimeToAssumeRebooted` has passed since both its agent's last contact with the
 /// API server and the start of the step (from then on its peers tell it that it is being remediated).
-pub fn self_fenced(active: &ActiveRemediation, obs: &NodeObservation, now: Time) -> Option<String> {
+///
+/// `ready_majority`: more than half of the fleet is Ready. A group of nodes cut off together, seeing
+/// each other, stays up when it is a majority of the peer set ([`decide`] takes that for an API-server
+/// outage); with a Ready majority on the controller's side, no cut-off group can be one.
+pub fn self_fenced(active: &ActiveRemediation, obs: &NodeObservation, now: Time, ready_majority: bool) -> Option<String> {
     let sf = obs.self_fencing.as_ref()?;
-    if !active.executed || promise_flaw(&sf.promise).is_some() {
+    if !active.executed || !ready_majority || promise_flaw(&sf.promise).is_some() {
         return None;
     }
     let ready = obs.condition("Ready").is_some_and(|c| c.status == ConditionStatus::True);
@@ -271,10 +276,10 @@ mod tests {
 
     #[test]
     fn the_safe_time_defaults_to_the_floor_and_a_value_below_it_is_refused_naming_the_floor() {
-        assert_eq!(safe_time(&timings(), None), Ok(Duration::from_secs(150)));
+        assert_eq!(safe_time(&timings(), None), Ok(Duration::from_secs(160)));
         assert_eq!(safe_time(&timings(), Some(Duration::from_mins(5))), Ok(Duration::from_mins(5)));
         let refused = safe_time(&timings(), Some(Duration::from_mins(2))).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(refused.contains("below the floor 2m30s"), "{refused}");
+        assert!(refused.contains("below the floor 2m40s"), "{refused}");
         assert!(refused.contains("watchdog timeout 1m"), "{refused}");
     }
 }

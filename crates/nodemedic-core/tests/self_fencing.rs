@@ -43,7 +43,7 @@ fn tainted(d: &Decision) -> bool {
 
 /// gpu-1's agent last renewed its Lease at `contact`; the node goes Unknown and the reboot starts.
 fn cut_off_node(p: SelfFencingPromise) -> Result<(Harness, Time), Box<dyn std::error::Error>> {
-    let mut h = Harness::new(Policy::from_yaml(REBOOT)?, vec![gpu_node("gpu-1", "a", 8, EPOCH), gpu_node("gpu-2", "a", 8, EPOCH)]);
+    let mut h = Harness::new(Policy::from_yaml(REBOOT)?, vec![gpu_node("gpu-1", "a", 8, EPOCH), gpu_node("gpu-2", "a", 8, EPOCH), gpu_node("gpu-3", "a", 8, EPOCH)]);
     h.advance(Duration::from_mins(10));
     let contact = h.now;
     h.node("gpu-1").self_fencing = Some(SelfFencingObservation { promise: p, last_contact: contact });
@@ -57,7 +57,7 @@ fn cut_off_node(p: SelfFencingPromise) -> Result<(Harness, Time), Box<dyn std::e
 fn a_self_fencing_node_counts_as_fenced_only_once_the_safe_time_has_passed() -> TestResult {
     let (mut h, _) = cut_off_node(promise(true, 2))?;
     let started = h.records.nodes["gpu-1"].active.as_ref().map(|a| (a.step, a.step_started_at)).ok_or("no remediation")?;
-    assert_eq!(started.0, RemediationStep::Reboot);
+    assert_eq!(started.0, RemediationStep::Reboot, "{:?}", h.records.nodes["gpu-1"]);
     // The step started after the last contact: the safe time counts from the step's start.
     h.advance(Duration::from_secs(179));
     assert!(!tainted(&h.decide()), "before safeTimeToAssumeRebooted the node may still run");
@@ -96,6 +96,15 @@ fn a_node_whose_agent_still_reached_the_api_server_later_waits_from_that_contact
     assert!(!tainted(&h.decide()));
     h.advance(Duration::from_secs(1));
     assert!(tainted(&h.decide()));
+    Ok(())
+}
+
+#[test]
+fn without_a_ready_majority_a_cut_off_group_may_be_up_and_is_never_taken_for_self_fenced() -> TestResult {
+    let (mut h, contact) = cut_off_node(promise(true, 2))?;
+    set_condition(h.node("gpu-2"), "Ready", ConditionStatus::Unknown, "NodeStatusUnknown", contact);
+    h.advance(Duration::from_mins(20));
+    assert!(!tainted(&h.decide()), "gpu-1 and gpu-2 may be a majority that sees each other and stays up");
     Ok(())
 }
 
@@ -161,7 +170,7 @@ proptest! {
         t in any_timings(),
         configured in prop::option::of((0i64..20_000_000).prop_map(Duration::from_millis)),
     ) {
-        let floor = t.api_loss_window + t.check_interval + t.peer_timeout + t.watchdog_timeout + t.reboot_time;
+        let floor = t.api_loss_window + t.check_interval + t.check_interval + t.peer_timeout + t.watchdog_timeout + t.reboot_time;
         match safe_time(&t, configured) {
             Ok(safe) => prop_assert!(safe >= floor && configured.is_none_or(|c| c == safe)),
             Err(e) => {
