@@ -403,6 +403,8 @@ pub struct AgentConfig {
     /// probes pause (unless the controller is verifying a repair).
     pub taint_prefix: String,
     pub remediation: RemediationConfig,
+    /// Self-fencing (off when absent): see [`crate::selffence`].
+    pub self_fencing: Option<crate::selffence::SelfFencingConfig>,
 }
 
 /// The probe names `check --once` reports, apart from `plugin/<name>`.
@@ -434,6 +436,7 @@ impl Default for AgentConfig {
             probes: ProbesConfig::default(),
             taint_prefix: "nodemedic.io/".to_string(),
             remediation: RemediationConfig::default(),
+            self_fencing: None,
         }
     }
 }
@@ -486,6 +489,9 @@ impl AgentConfig {
         }
         if self.remediation.reimage.as_ref().is_some_and(|r| r.argv.is_empty()) {
             return Err(ConfigError::Invalid("remediation.reimage.argv must name a command".to_string()));
+        }
+        if let Some(sf) = &self.self_fencing {
+            sf.validate().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

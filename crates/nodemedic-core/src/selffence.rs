@@ -156,6 +156,10 @@ pub fn verdict_from_record(record: Option<&NodeRecord>) -> PeerVerdict {
     if record.and_then(|r| r.active.as_ref()).is_some_and(|a| a.executed) { PeerVerdict::Unhealthy } else { PeerVerdict::Healthy }
 }
 
+/// The annotation on the agent's Lease (named after its node) that carries its [`SelfFencingPromise`]
+/// as JSON; the Lease's `renewTime` is its last contact with the API server.
+pub const PROMISE_ANNOTATION: &str = "nodemedic.io/self-fencing";
+
 /// What the agent publishes while it reaches the API server (on its Lease): its timeouts, the safe
 /// time it computed from them, whether a watchdog is armed and how many peers it knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
