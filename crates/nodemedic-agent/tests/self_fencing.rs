@@ -310,3 +310,55 @@ async fn an_api_server_outage_reboots_no_agent() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// What the controller writes when it acts on a node: a NodeRemediation with an executed step.
+async fn remediate(cp: &ControlPlane, node: &str) -> anyhow::Result<()> {
+    use nodemedic_core::record::{ActiveRemediation, NodeRecord, Phase, Stage};
+    use nodemedic_k8s::{NodeRemediation, NodeRemediationSpec, NodeRemediationStatus};
+    let now = nodemedic_core::Time(jiff::Timestamp::now().as_millisecond());
+    let records: Api<NodeRemediation> = Api::all(cp.client());
+    let spec = NodeRemediationSpec { node: node.into(), policy: "default".into() };
+    records.create(&PostParams::default(), &NodeRemediation::new(node, spec)).await?;
+    let active = ActiveRemediation {
+        trigger: "ready-unknown".into(),
+        reason: "Ready=Unknown".into(),
+        started_at: now,
+        unhealthy_since: now,
+        step_index: 0,
+        step: nodemedic_core::RemediationStep::Reboot,
+        step_started_at: now,
+        deadline: None,
+        stage: Stage::Executing,
+        executed: true,
+        boot_id_at_start: None,
+        notified_at: None,
+        unobserved: nodemedic_core::Duration::ZERO,
+        unobserved_until: None,
+        drain_held_at: None,
+    };
+    let record = NodeRecord { node: node.into(), phase: Phase::Remediating, active: Some(active), attempt: 1, ..NodeRecord::default() };
+    let status = serde_json::json!({"status": NodeRemediationStatus { record, ..NodeRemediationStatus::default() }});
+    records.patch_status(node, &PatchParams::default(), &Patch::Merge(&status)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cut_off_from_the_api_server_only_reboots_once_its_peers_see_nodemedic_remediating_it() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options::default()).await?;
+    cp.run(|cp| async move {
+        let (net, agents) = fleet(cp, 4).await?;
+        net.cut_api_only(0)?;
+        let vouched = "peer(s) reach it and see this node healthy";
+        let stayed = wait_for(WINDOW + DECIDE, "agent 0 asking its peers", || async { agents.log(0).contains(vouched).then_some(()) }).await;
+        ensure!(stayed.is_ok() && agents.rebooted().is_empty(), "agent 0 should stay up while vouched for\n{}", logs(&agents));
+        // The controller starts remediating the node it cannot hear from: the peers say so.
+        remediate(cp, &Agents::node(0)).await?;
+        let recorded = wait_for(DECIDE, "agent 0 recording its reboot", || async { agents.reboots(0).exists().then_some(()) }).await;
+        ensure!(recorded.is_ok(), "agent 0 did not fence itself\n{}", logs(&agents));
+        let line = std::fs::read_to_string(agents.reboots(0))?;
+        ensure!(line.contains("says nodemedic is remediating this node"), "{line}");
+        ensure!(agents.rebooted() == [0], "{:?}", agents.rebooted());
+        Ok(())
+    })
+    .await
+}
