@@ -575,6 +575,8 @@ probes:
         assert!(config.probes.nvml.is_some());
         assert_eq!(config.remediation.reboot.argv.first().map(String::as_str), Some("nsenter"));
         assert_eq!(config.family_of("kernel-log"), Family::Gpu);
+        let safe = config.self_fencing.as_ref().map(|s| s.safe_time(true).map(|d| d.to_string()));
+        assert_eq!(safe, Some(Ok("2m55s".to_string())), "the manifest's comment gives this figure");
         Ok(())
     }
 

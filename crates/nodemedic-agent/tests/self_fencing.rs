@@ -15,7 +15,7 @@ use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use nodemedic_core::selffence::{PROMISE_ANNOTATION, SelfFencingPromise};
+use nodemedic_core::selffence::{PROMISE_ANNOTATION, SelfFencingPromise, lease_name};
 use nodemedic_testenv::{ControlPlane, Options, wait_for};
 
 const AGENTS: usize = 3;
@@ -218,7 +218,7 @@ async fn wait_until_armed(cp: &ControlPlane, agents: &Agents) -> anyhow::Result<
         let leases = leases.clone();
         async move {
             for i in 0..AGENTS {
-                let Some(lease) = leases.get_opt(&Agents::node(i)).await.ok().flatten() else { return None };
+                let Some(lease) = leases.get_opt(&lease_name(&Agents::node(i))).await.ok().flatten() else { return None };
                 let promise = lease.metadata.annotations.as_ref().and_then(|a| a.get(PROMISE_ANNOTATION))?;
                 let promise: SelfFencingPromise = serde_json::from_str(promise).ok()?;
                 if promise.peers != 2 {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::Api;
-use nodemedic_core::selffence::SelfFencingObservation;
+use nodemedic_core::selffence::{SelfFencingObservation, lease_name};
 use nodemedic_k8s::NodeRemediation;
 
 /// Where the agents renew their Leases unless configured otherwise (the agent's `lease_namespace`).
@@ -20,7 +20,7 @@ pub async fn promises(client: &Client, namespace: &str, recs: &BTreeMap<String, 
     let mut found = HashMap::new();
     let active = recs.iter().filter(|(_, r)| r.status.as_ref().is_some_and(|s| s.record.active.is_some()));
     for (node, _) in active {
-        match tokio::time::timeout(std::time::Duration::from_secs(10), leases.get_opt(node)).await {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), leases.get_opt(&lease_name(node))).await {
             Ok(Ok(Some(lease))) => {
                 if let Some(sf) = nodemedic_k8s::self_fencing(&lease) {
                     found.insert(node.clone(), sf);

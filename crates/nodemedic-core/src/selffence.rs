@@ -156,9 +156,14 @@ pub fn verdict_from_record(record: Option<&NodeRecord>) -> PeerVerdict {
     if record.and_then(|r| r.active.as_ref()).is_some_and(|a| a.executed) { PeerVerdict::Unhealthy } else { PeerVerdict::Healthy }
 }
 
-/// The annotation on the agent's Lease (named after its node) that carries its [`SelfFencingPromise`]
+/// The annotation on the agent's Lease ([`lease_name`]) that carries its [`SelfFencingPromise`]
 /// as JSON; the Lease's `renewTime` is its last contact with the API server.
 pub const PROMISE_ANNOTATION: &str = "nodemedic.io/self-fencing";
+
+/// The name of a node's self-fencing Lease (in the namespace the agent and the controller share).
+pub fn lease_name(node: &str) -> String {
+    format!("self-fencing-{node}")
+}
 
 /// What the agent publishes while it reaches the API server (on its Lease): its timeouts, the safe
 /// time it computed from them, whether a watchdog is armed and how many peers it knows.

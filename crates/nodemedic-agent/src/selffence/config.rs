@@ -20,7 +20,8 @@ pub struct SelfFencingConfig {
     pub peer_port: Option<u16>,
     /// A file holding the shared peer token (mounted from a Secret); peers refuse a question without it.
     pub token_file: PathBuf,
-    /// The namespace of the agent's Lease (named after the node), renewed at every check.
+    /// The namespace of the agent's Lease (`self-fencing-<node>`), renewed at every check: the
+    /// controller's namespace, where it reads them.
     pub lease_namespace: String,
     /// Only nodes with these labels are peers (a label selector); all nodes when empty.
     pub peer_selector: String,

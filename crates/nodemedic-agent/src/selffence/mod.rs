@@ -17,7 +17,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use nodemedic_core::selffence::{PROMISE_ANNOTATION, SelfFenceDecision, SelfFencingPromise, decide};
+use nodemedic_core::selffence::{PROMISE_ANNOTATION, SelfFenceDecision, SelfFencingPromise, decide, lease_name};
 use thiserror::Error;
 
 pub use config::SelfFencingConfig;
@@ -144,7 +144,7 @@ impl SelfFencer {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.config.lease_namespace);
         let lease = Lease {
             metadata: ObjectMeta {
-                name: Some(self.node.clone()),
+                name: Some(lease_name(&self.node)),
                 annotations: Some([(PROMISE_ANNOTATION.to_string(), serde_json::to_string(promise).unwrap_or_default())].into()),
                 ..ObjectMeta::default()
             },
@@ -156,7 +156,7 @@ impl SelfFencer {
             }),
         };
         let params = PatchParams::apply(crate::node::FIELD_MANAGER).force();
-        match tokio::time::timeout(self.config.check_interval.0 / 2, api.patch(&self.node, &params, &Patch::Apply(&lease))).await {
+        match tokio::time::timeout(self.config.check_interval.0 / 2, api.patch(&lease_name(&self.node), &params, &Patch::Apply(&lease))).await {
             Ok(Ok(_)) => true,
             Ok(Err(error)) => {
                 tracing::debug!(%error, "renewing the self-fencing Lease");
