@@ -218,7 +218,7 @@ async fn wait_until_armed(cp: &ControlPlane, agents: &Agents) -> anyhow::Result<
         let leases = leases.clone();
         async move {
             for i in 0..AGENTS {
-                let Some(lease) = leases.get_opt(&lease_name(&Agents::node(i))).await.ok().flatten() else { return None };
+                let lease = leases.get_opt(&lease_name(&Agents::node(i))).await.ok().flatten()?;
                 let promise = lease.metadata.annotations.as_ref().and_then(|a| a.get(PROMISE_ANNOTATION))?;
                 let promise: SelfFencingPromise = serde_json::from_str(promise).ok()?;
                 if promise.peers != 2 {
@@ -248,7 +248,9 @@ async fn fleet(cp: &ControlPlane, n: u8) -> anyhow::Result<(Net, Agents)> {
 }
 
 fn nix_is_root() -> bool {
-    Path::new("/proc/self/status").exists() && std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+    Path::new("/proc/self/status").exists()
+        && std::fs::read_to_string("/proc/self/status")
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
 }
 
 /// Long enough for the loss window, a peer round and the decision, with room for a loaded machine.
@@ -264,7 +266,8 @@ async fn an_agent_cut_off_from_the_api_server_and_its_peers_reboots_itself() -> 
     cp.run(|cp| async move {
         let (net, agents) = fleet(cp, 1).await?;
         net.isolate(0)?;
-        let recorded = wait_for(WINDOW + DECIDE, "agent 0 recording its reboot", || async { agents.reboots(0).exists().then_some(()) }).await;
+        let recorded =
+            wait_for(WINDOW + DECIDE, "agent 0 recording its reboot", || async { agents.reboots(0).exists().then_some(()) }).await;
         ensure!(recorded.is_ok(), "the isolated agent did not fence itself\n{}", logs(&agents));
         let line = std::fs::read_to_string(agents.reboots(0))?;
         ensure!(line.contains("sf-node-0 reboot") && line.contains("only 0 of 2 peer(s) answered"), "{line}");
@@ -283,7 +286,8 @@ async fn an_agent_cut_off_from_the_api_server_only_stays_up_while_its_peers_vouc
         let (net, agents) = fleet(cp, 2).await?;
         net.cut_api_only(0)?;
         let vouched = "2 peer(s) reach it and see this node healthy";
-        let stayed = wait_for(WINDOW + DECIDE, "agent 0 asking its peers", || async { agents.log(0).contains(vouched).then_some(()) }).await;
+        let stayed =
+            wait_for(WINDOW + DECIDE, "agent 0 asking its peers", || async { agents.log(0).contains(vouched).then_some(()) }).await;
         ensure!(stayed.is_ok(), "agent 0 never consulted its peers\n{}", logs(&agents));
         tokio::time::sleep(WINDOW).await;
         ensure!(agents.rebooted().is_empty(), "nobody reboots: {:?}\n{}", agents.rebooted(), logs(&agents));
@@ -349,7 +353,8 @@ async fn an_agent_cut_off_from_the_api_server_only_reboots_once_its_peers_see_no
         let (net, agents) = fleet(cp, 4).await?;
         net.cut_api_only(0)?;
         let vouched = "peer(s) reach it and see this node healthy";
-        let stayed = wait_for(WINDOW + DECIDE, "agent 0 asking its peers", || async { agents.log(0).contains(vouched).then_some(()) }).await;
+        let stayed =
+            wait_for(WINDOW + DECIDE, "agent 0 asking its peers", || async { agents.log(0).contains(vouched).then_some(()) }).await;
         ensure!(stayed.is_ok() && agents.rebooted().is_empty(), "agent 0 should stay up while vouched for\n{}", logs(&agents));
         // The controller starts remediating the node it cannot hear from: the peers say so.
         remediate(cp, &Agents::node(0)).await?;

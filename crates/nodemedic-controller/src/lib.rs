@@ -152,6 +152,14 @@ impl Executor for AgentExecutor {
     }
 }
 
+/// What one pass read: the Nodes, their NodeRemediations, and the self-fencing promises of the
+/// nodes in remediation.
+struct Observed<'a> {
+    snapshot: &'a [Arc<Node>],
+    recs: &'a BTreeMap<String, NodeRemediation>,
+    promises: &'a HashMap<String, nodemedic_core::selffence::SelfFencingObservation>,
+}
+
 /// The engine's incremental index of each policy's fleet, kept between passes by a long-running
 /// controller: a pass re-reads only the nodes whose Node or NodeRemediation changed (by
 /// resourceVersion) and the engine re-evaluates only those, the nodes with records, and the nodes
@@ -182,17 +190,16 @@ impl FleetCache {
         }
     }
 
-    /// Brings the policy's index up to date with `snapshot` and decides over it.
+    /// Brings the policy's index up to date with `observed` and decides over it.
     fn decide(
         &self,
         policy_name: &str,
         policy: &nodemedic_core::Policy,
-        snapshot: &[Arc<Node>],
-        recs: &BTreeMap<String, NodeRemediation>,
-        promises: &HashMap<String, nodemedic_core::selffence::SelfFencingObservation>,
+        observed: Observed<'_>,
         records: &Records,
         now: Time,
     ) -> Result<Decision, ControllerError> {
+        let Observed { snapshot, recs, promises } = observed;
         let mut all = self.policies.lock().map_err(|_| ControllerError::Cache("the fleet cache lock was poisoned".into()))?;
         let fleet = all.entry(policy_name.to_string()).or_default();
         let mut seen = HashSet::with_capacity(snapshot.len());
@@ -355,7 +362,9 @@ impl<'e> Reconciler<'e> {
         self.account_for_outages(policy_name, &mut records, &recs).await?;
         let promises = selffence::promises(&self.client, self.agent_lease_namespace, &recs).await;
         let decision = match self.fleet_cache {
-            Some(cache) => cache.decide(policy_name, &policy.spec.policy, snapshot, &recs, &promises, &records, now)?,
+            Some(cache) => {
+                cache.decide(policy_name, &policy.spec.policy, Observed { snapshot, recs: &recs, promises: &promises }, &records, now)?
+            }
             None => {
                 let mut fleet = Vec::with_capacity(snapshot.len());
                 for n in snapshot {

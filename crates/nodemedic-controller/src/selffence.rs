@@ -15,7 +15,11 @@ pub const DEFAULT_AGENT_LEASE_NAMESPACE: &str = "nodemedic";
 
 /// The promise of every node with a remediation in flight whose agent publishes one. A Lease that
 /// cannot be read gives no promise: nothing is taken for fenced on data that could not be read.
-pub async fn promises(client: &Client, namespace: &str, recs: &BTreeMap<String, NodeRemediation>) -> HashMap<String, SelfFencingObservation> {
+pub async fn promises(
+    client: &Client,
+    namespace: &str,
+    recs: &BTreeMap<String, NodeRemediation>,
+) -> HashMap<String, SelfFencingObservation> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let mut found = HashMap::new();
     let active = recs.iter().filter(|(_, r)| r.status.as_ref().is_some_and(|s| s.record.active.is_some()));

@@ -71,7 +71,8 @@ async fn a_self_fencing_node_gets_the_out_of_service_taint_only_after_its_safe_t
             cp.set_node_condition(node, "Ready", "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.").await?;
         }
         let cache = FleetCache::new();
-        let controller = Reconciler { agent_lease_namespace: "default", ..Reconciler::new(cp.client(), &Accepting) }.with_fleet_cache(&cache);
+        let controller =
+            Reconciler { agent_lease_namespace: "default", ..Reconciler::new(cp.client(), &Accepting) }.with_fleet_cache(&cache);
         let nodes: Api<Node> = Api::all(cp.client());
         let started = std::time::Instant::now();
         controller.reconcile("workers", now()).await?;

@@ -86,7 +86,10 @@ pub enum PeerVerdict {
 pub enum PeerAnswer {
     /// No answer by the deadline, refused, or an answer that failed authentication.
     Silent,
-    Answered { api_server_reachable: bool, verdict: PeerVerdict },
+    Answered {
+        api_server_reachable: bool,
+        verdict: PeerVerdict,
+    },
 }
 
 /// What the agent does at one check.
@@ -116,7 +119,10 @@ impl SelfFenceDecision {
 pub fn decide(api_lost_for: Option<Duration>, peers: &[PeerAnswer], timings: &SelfFenceTimings) -> SelfFenceDecision {
     let Some(lost) = api_lost_for else { return SelfFenceDecision::Stay("the API server answers".into()) };
     if lost < timings.api_loss_window {
-        return SelfFenceDecision::Stay(format!("the API server has been out of reach for {lost}, within the {} window", timings.api_loss_window));
+        return SelfFenceDecision::Stay(format!(
+            "the API server has been out of reach for {lost}, within the {} window",
+            timings.api_loss_window
+        ));
     }
     let answered: Vec<(bool, PeerVerdict)> = peers
         .iter()

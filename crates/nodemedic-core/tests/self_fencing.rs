@@ -4,9 +4,7 @@
 use nodemedic_core::engine::Action;
 use nodemedic_core::fencing::FencingSource;
 use nodemedic_core::policy::{ConditionStatus, Policy};
-use nodemedic_core::selffence::{
-    PeerAnswer, PeerVerdict, SelfFenceTimings, SelfFencingObservation, SelfFencingPromise, decide, safe_time,
-};
+use nodemedic_core::selffence::{PeerAnswer, PeerVerdict, SelfFenceTimings, SelfFencingObservation, SelfFencingPromise, decide, safe_time};
 use nodemedic_core::testkit::{EPOCH, Harness, gpu_node, set_condition};
 use nodemedic_core::{Decision, Duration, RemediationStep, Time};
 use proptest::prelude::*;
@@ -43,7 +41,10 @@ fn tainted(d: &Decision) -> bool {
 
 /// gpu-1's agent last renewed its Lease at `contact`; the node goes Unknown and the reboot starts.
 fn cut_off_node(p: SelfFencingPromise) -> Result<(Harness, Time), Box<dyn std::error::Error>> {
-    let mut h = Harness::new(Policy::from_yaml(REBOOT)?, vec![gpu_node("gpu-1", "a", 8, EPOCH), gpu_node("gpu-2", "a", 8, EPOCH), gpu_node("gpu-3", "a", 8, EPOCH)]);
+    let mut h = Harness::new(
+        Policy::from_yaml(REBOOT)?,
+        vec![gpu_node("gpu-1", "a", 8, EPOCH), gpu_node("gpu-2", "a", 8, EPOCH), gpu_node("gpu-3", "a", 8, EPOCH)],
+    );
     h.advance(Duration::from_mins(10));
     let contact = h.now;
     h.node("gpu-1").self_fencing = Some(SelfFencingObservation { promise: p, last_contact: contact });
@@ -127,8 +128,12 @@ fn answer() -> impl Strategy<Value = PeerAnswer> {
 
 fn any_timings() -> impl Strategy<Value = SelfFenceTimings> {
     let d = || (0i64..3_600_000).prop_map(Duration::from_millis);
-    (d(), d(), d(), d(), d()).prop_map(|(api_loss_window, check_interval, peer_timeout, watchdog_timeout, reboot_time)| {
-        SelfFenceTimings { api_loss_window, check_interval, peer_timeout, watchdog_timeout, reboot_time }
+    (d(), d(), d(), d(), d()).prop_map(|(api_loss_window, check_interval, peer_timeout, watchdog_timeout, reboot_time)| SelfFenceTimings {
+        api_loss_window,
+        check_interval,
+        peer_timeout,
+        watchdog_timeout,
+        reboot_time,
     })
 }
 

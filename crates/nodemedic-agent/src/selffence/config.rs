@@ -129,10 +129,8 @@ mod tests {
 
     #[test]
     fn a_safe_time_below_the_floor_is_refused_naming_the_floor() {
-        let config = SelfFencingConfig {
-            safe_time_to_assume_rebooted: Some(TextDuration(Duration::from_secs(60))),
-            ..SelfFencingConfig::default()
-        };
+        let config =
+            SelfFencingConfig { safe_time_to_assume_rebooted: Some(TextDuration(Duration::from_secs(60))), ..SelfFencingConfig::default() };
         let error = config.validate().err().unwrap_or_default();
         // 60s + 2 × 10s + 5s + 60s + 30s.
         assert!(error.contains("below the floor 2m55s"), "{error}");

@@ -84,7 +84,8 @@ impl SelfFencer {
             client: self.client.clone(),
             lookup_timeout: cfg.peer_timeout.0 / 2,
         };
-        let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|source| SelfFenceError::Listen { listen: cfg.listen, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(cfg.listen).await.map_err(|source| SelfFenceError::Listen { listen: cfg.listen, source })?;
         let server = tokio::spawn(peer::serve(listener, Arc::new(answerer)));
         let asker = peer::Asker::new(&self.node, &token, cfg.peer_timeout.0)?;
         tracing::info!(node = %self.node, watchdog = armed, %safe, listen = %cfg.listen, "self-fencing armed");
@@ -156,7 +157,9 @@ impl SelfFencer {
             }),
         };
         let params = PatchParams::apply(crate::node::FIELD_MANAGER).force();
-        match tokio::time::timeout(self.config.check_interval.0 / 2, api.patch(&lease_name(&self.node), &params, &Patch::Apply(&lease))).await {
+        match tokio::time::timeout(self.config.check_interval.0 / 2, api.patch(&lease_name(&self.node), &params, &Patch::Apply(&lease)))
+            .await
+        {
             Ok(Ok(_)) => true,
             Ok(Err(error)) => {
                 tracing::debug!(%error, "renewing the self-fencing Lease");

@@ -103,7 +103,8 @@ impl Asker {
     }
 
     async fn ask(&self, peer: SocketAddr) -> PeerAnswer {
-        let sent = self.http.post(format!("http://{peer}{PATH}")).bearer_auth(&self.token).json(&Question { node: self.node.clone() }).send();
+        let sent =
+            self.http.post(format!("http://{peer}{PATH}")).bearer_auth(&self.token).json(&Question { node: self.node.clone() }).send();
         let reply = match sent.await.and_then(|r| r.error_for_status()) {
             Ok(response) => response.json::<Reply>().await,
             Err(error) => Err(error),

@@ -55,6 +55,7 @@ fn read_timeout(device: &Path) -> std::io::Result<Duration> {
     let name = device.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let name = if name == "watchdog" { "watchdog0" } else { name };
     let text = std::fs::read_to_string(Path::new("/sys/class/watchdog").join(name).join("timeout"))?;
-    let seconds: u64 = text.trim().parse().map_err(|e| std::io::Error::other(format!("{:?} is not a number of seconds: {e}", text.trim())))?;
+    let seconds: u64 =
+        text.trim().parse().map_err(|e| std::io::Error::other(format!("{:?} is not a number of seconds: {e}", text.trim())))?;
     Ok(Duration::from_secs(seconds))
 }
