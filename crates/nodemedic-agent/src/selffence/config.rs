@@ -112,6 +112,14 @@ impl SelfFencingConfig {
         if self.watchdog.timeout.0.as_secs() == 0 {
             return Err("self_fencing.watchdog.timeout must be at least 1s".into());
         }
+        // The watchdog is fed once a check, and a check may run late by its API call and a peer round.
+        if 2 * self.check_interval.0 + self.peer_timeout.0 >= self.watchdog.timeout.0 {
+            return Err(format!(
+                "self_fencing.watchdog.timeout {:?} must exceed 2 × check_interval + peer_timeout ({:?}), or the watchdog resets a healthy node",
+                self.watchdog.timeout.0,
+                2 * self.check_interval.0 + self.peer_timeout.0
+            ));
+        }
         if self.lease_namespace.trim().is_empty() {
             return Err("self_fencing.lease_namespace is empty".into());
         }
@@ -135,6 +143,17 @@ mod tests {
         // 60s + 2 × 10s + 5s + 60s + 30s.
         assert!(error.contains("below the floor 2m55s"), "{error}");
         assert_eq!(SelfFencingConfig::default().safe_time(true).map(|d| d.to_string()), Ok("2m55s".to_string()));
+    }
+
+    #[test]
+    fn a_watchdog_timeout_shorter_than_the_feeding_gap_is_refused() {
+        let config = SelfFencingConfig {
+            check_interval: TextDuration(Duration::from_secs(30)),
+            watchdog: WatchdogConfig { timeout: TextDuration(Duration::from_secs(60)), ..WatchdogConfig::default() },
+            ..SelfFencingConfig::default()
+        };
+        let error = config.validate().err().unwrap_or_default();
+        assert!(error.contains("must exceed 2 × check_interval + peer_timeout (65s)"), "{error}");
     }
 
     #[test]
