@@ -416,6 +416,8 @@ pub struct AgentConfig {
     /// probes pause (unless the controller is verifying a repair).
     pub taint_prefix: String,
     pub remediation: RemediationConfig,
+    /// Self-fencing (off when absent): see [`crate::selffence`].
+    pub self_fencing: Option<crate::selffence::SelfFencingConfig>,
 }
 
 /// The probe names `check --once` reports, apart from `plugin/<name>`.
@@ -447,6 +449,7 @@ impl Default for AgentConfig {
             probes: ProbesConfig::default(),
             taint_prefix: "nodemedic.io/".to_string(),
             remediation: RemediationConfig::default(),
+            self_fencing: None,
         }
     }
 }
@@ -499,6 +502,9 @@ impl AgentConfig {
         }
         if self.remediation.reimage.as_ref().is_some_and(|r| r.argv.is_empty()) {
             return Err(ConfigError::Invalid("remediation.reimage.argv must name a command".to_string()));
+        }
+        if let Some(sf) = &self.self_fencing {
+            sf.validate().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }
@@ -582,6 +588,8 @@ probes:
         assert!(config.probes.nvml.is_some());
         assert_eq!(config.remediation.reboot.argv.first().map(String::as_str), Some("nsenter"));
         assert_eq!(config.family_of("kernel-log"), Family::Gpu);
+        let safe = config.self_fencing.as_ref().map(|s| s.safe_time(true).map(|d| d.to_string()));
+        assert_eq!(safe, Some(Ok("2m55s".to_string())), "the manifest's comment gives this figure");
         Ok(())
     }
 

@@ -25,6 +25,7 @@ pub mod parse;
 pub mod plugin;
 pub mod probe;
 pub mod remediate;
+pub mod selffence;
 pub mod tools;
 pub mod verdict;
 

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use nodemedic_agent::agent::Agent;
 use nodemedic_agent::check::{load_catalog, render_table, run_once};
 use nodemedic_agent::remediate::CommandHost;
+use nodemedic_agent::selffence::{self, SelfFencer};
 use nodemedic_agent::{AgentConfig, Health};
 use std::sync::Arc;
 
@@ -150,13 +151,29 @@ fn init_logging(json: bool) {
 async fn run_agent(config: AgentConfig, catalog: nodemedic_agent::Catalog, node: String) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     let host = CommandHost { config: config.remediation.clone() };
+    let fencer = config.self_fencing.clone().map(|config| SelfFencer { client: client.clone(), node: node.clone(), config });
+    let slot = match &fencer {
+        Some(f) => f.open_watchdog().context("self-fencing")?,
+        None => Default::default(),
+    };
+    let self_fencing = async {
+        match fencer {
+            Some(f) => f.run(slot.clone()).await.context("self-fencing stopped"),
+            None => std::future::pending().await,
+        }
+    };
     let agent = Agent { client, node, config: Arc::new(config), catalog: Arc::new(catalog), host: &host };
     tracing::info!(node = %agent.node, probes = ?nodemedic_agent::check::configured_probes(&agent.config), "nodemedic-agent running");
-    tokio::select! {
+    let ended = tokio::select! {
         result = agent.run() => result.context("the agent stopped"),
+        result = self_fencing => result,
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = terminated() => Ok(()),
-    }
+    };
+    // A deliberate stop (or an error) disarms the watchdog; once self-fencing started, it holds the
+    // watchdog and nothing disarms it.
+    selffence::disarm(&slot);
+    ended
 }
 
 async fn terminated() {

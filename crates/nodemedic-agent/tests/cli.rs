@@ -132,3 +132,16 @@ fn the_catalog_subcommand_prints_the_embedded_catalog() -> anyhow::Result<()> {
     assert!(text.contains("nvidia_xid:") && text.contains("codes: [79]"), "{text}");
     Ok(())
 }
+
+#[test]
+fn run_refuses_a_safe_time_below_the_floor_and_names_the_floor() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(&config, "self_fencing:\n  api_loss_window: 30s\n  safe_time_to_assume_rebooted: 1m\n")?;
+    let output = agent(&["run", "--node", "gpu-001", "--config", &config.display().to_string()])?;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // 30s + 2 × 10s + 5s + 60s + 30s.
+    assert!(stderr.contains("safeTimeToAssumeRebooted 1m is below the floor 2m25s"), "{stderr}");
+    Ok(())
+}

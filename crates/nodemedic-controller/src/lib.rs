@@ -30,6 +30,7 @@ pub mod notify;
 pub mod providers;
 pub mod records;
 pub mod run;
+pub mod selffence;
 pub mod webhook;
 
 use events::publish_events;
@@ -151,6 +152,14 @@ impl Executor for AgentExecutor {
     }
 }
 
+/// What one pass read: the Nodes, their NodeRemediations, and the self-fencing promises of the
+/// nodes in remediation.
+struct Observed<'a> {
+    snapshot: &'a [Arc<Node>],
+    recs: &'a BTreeMap<String, NodeRemediation>,
+    promises: &'a HashMap<String, nodemedic_core::selffence::SelfFencingObservation>,
+}
+
 /// The engine's incremental index of each policy's fleet, kept between passes by a long-running
 /// controller: a pass re-reads only the nodes whose Node or NodeRemediation changed (by
 /// resourceVersion) and the engine re-evaluates only those, the nodes with records, and the nodes
@@ -181,16 +190,16 @@ impl FleetCache {
         }
     }
 
-    /// Brings the policy's index up to date with `snapshot` and decides over it.
+    /// Brings the policy's index up to date with `observed` and decides over it.
     fn decide(
         &self,
         policy_name: &str,
         policy: &nodemedic_core::Policy,
-        snapshot: &[Arc<Node>],
-        recs: &BTreeMap<String, NodeRemediation>,
+        observed: Observed<'_>,
         records: &Records,
         now: Time,
     ) -> Result<Decision, ControllerError> {
+        let Observed { snapshot, recs, promises } = observed;
         let mut all = self.policies.lock().map_err(|_| ControllerError::Cache("the fleet cache lock was poisoned".into()))?;
         let fleet = all.entry(policy_name.to_string()).or_default();
         let mut seen = HashSet::with_capacity(snapshot.len());
@@ -198,12 +207,17 @@ impl FleetCache {
             let name = n.name_any();
             let rec = recs.get(&name);
             let version = n.resource_version().map(|v| (v, rec.and_then(|r| r.resource_version())));
-            let unchanged = version.is_some() && fleet.versions.get(&name) == version.as_ref() && fleet.index.get(&name).is_some();
+            // A self-fencing promise renews with its Lease, not with the Node: compared here.
+            let promise = promises.get(&name).copied();
+            let unchanged = version.is_some()
+                && fleet.versions.get(&name) == version.as_ref()
+                && fleet.index.get(&name).is_some_and(|o| o.self_fencing == promise);
             if !unchanged {
                 // An unreadable node fails the pass before anything is decided (never remediate
                 // on data that could not be read); its version is not kept, so it is read again.
                 fleet.versions.remove(&name);
-                let obs: NodeObservation = observe_node(n, rec)?;
+                let mut obs: NodeObservation = observe_node(n, rec)?;
+                obs.self_fencing = promise;
                 fleet.index.upsert(obs);
                 if let Some(v) = version {
                     fleet.versions.insert(name.clone(), v);
@@ -243,6 +257,8 @@ pub struct Reconciler<'e> {
     /// The records from the watch cache with this process's writes laid over it; without it every
     /// pass lists them from the API server.
     pub records: Option<&'e RecordCache>,
+    /// The namespace of the node agents' self-fencing Leases.
+    pub agent_lease_namespace: &'e str,
 }
 
 impl<'e> Reconciler<'e> {
@@ -257,6 +273,7 @@ impl<'e> Reconciler<'e> {
             outages: &[],
             reconnect_grace: DEFAULT_RECONNECT_GRACE,
             records: None,
+            agent_lease_namespace: selffence::DEFAULT_AGENT_LEASE_NAMESPACE,
         }
     }
 
@@ -343,12 +360,17 @@ impl<'e> Reconciler<'e> {
             records.policy = st.record.clone();
         }
         self.account_for_outages(policy_name, &mut records, &recs).await?;
+        let promises = selffence::promises(&self.client, self.agent_lease_namespace, &recs).await;
         let decision = match self.fleet_cache {
-            Some(cache) => cache.decide(policy_name, &policy.spec.policy, snapshot, &recs, &records, now)?,
+            Some(cache) => {
+                cache.decide(policy_name, &policy.spec.policy, Observed { snapshot, recs: &recs, promises: &promises }, &records, now)?
+            }
             None => {
                 let mut fleet = Vec::with_capacity(snapshot.len());
                 for n in snapshot {
-                    fleet.push(observe_node(n, recs.get(&n.name_any()))?);
+                    let mut obs = observe_node(n, recs.get(&n.name_any()))?;
+                    obs.self_fencing = promises.get(&obs.name).copied();
+                    fleet.push(obs);
                 }
                 decide(&policy.spec.policy, &fleet, &records, now)
             }

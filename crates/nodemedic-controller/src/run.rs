@@ -235,6 +235,8 @@ pub async fn run(
             outages: &outages,
             reconnect_grace: nodemedic_core::Duration::from_millis(config.reconnect_grace.as_millis() as i64),
             records: Some(&record_cache),
+            // The agents renew their self-fencing Leases beside the controller's own.
+            agent_lease_namespace: &config.lease.namespace,
         };
         if let Some(n) = notifier.as_mut()
             && let Err(e) = n.ensure_started().await

@@ -602,9 +602,14 @@ pub(crate) fn decide_with(
     let mut waiting = Vec::new();
     let mut recovered = 0;
     // Fencing is read off the step in flight before the ladder moves past it (crate::fencing).
+    // The Ready count is a scan of the fleet: done only when a node in remediation promises self-fencing.
+    let ready_majority = work.iter().any(|w| w.obs.self_fencing.is_some()) && {
+        let ready = fleet.iter().filter(|o| o.condition("Ready").is_some_and(|c| c.status == ConditionStatus::True)).count();
+        2 * ready > fleet.len()
+    };
     for w in work.iter_mut() {
         if let Some(r) = w.record.as_mut() {
-            for (kind, message) in crate::fencing::update(r, w.obs, now) {
+            for (kind, message) in crate::fencing::update(r, w.obs, now, ready_majority) {
                 out.event(&w.obs.name, kind, message);
             }
         }

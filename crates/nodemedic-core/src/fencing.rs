@@ -30,8 +30,10 @@ pub enum FencingSource {
     /// The node showed a new boot ID during a step that restarts it (reboot, reimage, powerCycle)
     /// and was still not Ready when the step's time was up.
     NewBootId,
-    // Self-fencing (issue 11 §2, not built) adds its variant here: the agent's
-    // `safeTimeToAssumeRebooted` has elapsed since the node lost the API server and its peers.
+    /// The node's agent promised to fence itself (a watchdog armed, peers known) and
+    /// `safeTimeToAssumeRebooted` has passed since its last contact and the step's start, the node
+    /// not Ready ([`crate::selffence::self_fenced`]).
+    SelfFenced,
 }
 
 /// Fencing confirmed by the step in flight, with what confirmed it, in words.
@@ -42,11 +44,15 @@ pub struct Confirmation {
 }
 
 /// The rule: is the node fenced, as the step in flight (`attempt` on the record) shows at `now`?
+/// Three proofs count: the BMC confirmed power Off, the agent's self-fencing time passed
+/// ([`crate::selffence::self_fenced`]), or the node came back with a new boot ID.
 /// Only a step that was executed can confirm anything (monitor-only runs nothing); a failed report,
 /// a timeout or a node that merely stopped answering confirms nothing. A new boot ID counts only
 /// once the step's deadline has passed: a kubelet that has just booted reports NotReady for a
 /// moment, and a node that turns Ready within the step needs nothing freed.
-pub fn confirmed(active: &ActiveRemediation, attempt: u32, obs: &NodeObservation, now: Time) -> Option<Confirmation> {
+/// `ready_majority`: more than half of the fleet's nodes are Ready (the self-fencing proof needs it,
+/// see [`crate::selffence::self_fenced`]).
+pub fn confirmed(active: &ActiveRemediation, attempt: u32, obs: &NodeObservation, now: Time, ready_majority: bool) -> Option<Confirmation> {
     if !active.executed {
         return None;
     }
@@ -56,6 +62,9 @@ pub fn confirmed(active: &ActiveRemediation, attempt: u32, obs: &NodeObservation
     {
         let detail = format!("the BMC confirmed power Off ({} attempt {attempt} reported at {}: {})", active.step, r.at, r.message);
         return Some(Confirmation { source: FencingSource::BmcPowerOff, detail });
+    }
+    if let Some(detail) = crate::selffence::self_fenced(active, obs, now, ready_majority) {
+        return Some(Confirmation { source: FencingSource::SelfFenced, detail });
     }
     let (Some(before), Some(booted)) = (&active.boot_id_at_start, &obs.boot_id) else { return None };
     let over = active.deadline.is_some_and(|d| now >= d);
@@ -106,9 +115,9 @@ impl OutOfService {
 
 /// Moves the record's out-of-service state on for what is observed now: adds it when the step in
 /// flight confirms fencing and the node is not back yet, removes it when the node is back, marks it
-/// lifted once the taint is gone. Returns the events to publish. Call it before the ladder moves
+/// lifted once the taint is gone (`ready_majority` as for [`confirmed`]). Returns the events to publish. Call it before the ladder moves
 /// past the step (the confirmation is that step's report).
-pub fn update(record: &mut NodeRecord, obs: &NodeObservation, now: Time) -> Vec<(EventKind, String)> {
+pub fn update(record: &mut NodeRecord, obs: &NodeObservation, now: Time, ready_majority: bool) -> Vec<(EventKind, String)> {
     let mut events = Vec::new();
     if let Some(oos) = record.out_of_service.as_mut() {
         if oos.wanted() && back(obs, oos.added_at, oos.boot_id.as_deref()) {
@@ -125,7 +134,7 @@ pub fn update(record: &mut NodeRecord, obs: &NodeObservation, now: Time) -> Vec<
     if already {
         return events;
     }
-    let Some(c) = confirmed(active, record.attempt, obs, now) else { return events };
+    let Some(c) = confirmed(active, record.attempt, obs, now, ready_majority) else { return events };
     if back(obs, active.step_started_at, active.boot_id_at_start.as_deref()) {
         // Fenced, but already back and Ready: nothing of the old incarnation is left to free.
         return events;
@@ -174,6 +183,7 @@ fn source_words(source: FencingSource) -> &'static str {
     match source {
         FencingSource::BmcPowerOff => "a BMC power-off",
         FencingSource::NewBootId => "a new boot ID",
+        FencingSource::SelfFenced => "the agent's self-fencing",
     }
 }
 

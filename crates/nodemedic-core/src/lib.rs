@@ -17,6 +17,7 @@ pub mod policy;
 pub mod presets;
 pub mod record;
 pub mod selector;
+pub mod selffence;
 pub mod testkit;
 pub mod time;
 

@@ -34,6 +34,10 @@ pub struct NodeObservation {
     /// `status.nodeInfo.bootID`: a reboot or reimage is done only once it has changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// The node agent's self-fencing promise and its last contact with the API server (its Lease),
+    /// when it publishes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_fencing: Option<crate::selffence::SelfFencingObservation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

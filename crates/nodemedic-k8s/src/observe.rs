@@ -158,6 +158,15 @@ pub fn lean_record(record: &mut NodeRemediation) {
     record.metadata.managed_fields = None;
 }
 
+/// The node agent's self-fencing promise on its Lease (`nodemedic.io/self-fencing`) with the Lease's
+/// `renewTime` as its last contact; None when either is missing or the promise does not read.
+pub fn self_fencing(lease: &k8s_openapi::api::coordination::v1::Lease) -> Option<nodemedic_core::selffence::SelfFencingObservation> {
+    let text = lease.metadata.annotations.as_ref()?.get(nodemedic_core::selffence::PROMISE_ANNOTATION)?;
+    let promise = serde_json::from_str(text).ok()?;
+    let renewed = lease.spec.as_ref()?.renew_time.as_ref()?;
+    Some(nodemedic_core::selffence::SelfFencingObservation { promise, last_contact: Time(renewed.0.as_millisecond()) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

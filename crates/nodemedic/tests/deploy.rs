@@ -84,8 +84,8 @@ async fn the_agent_manifest_applies_and_its_admission_policy_keeps_the_agent_off
         // A token of the agent's service account that is not bound to a pod on a node.
         let out = cp.kubectl(&["create", "token", "nodemedic-agent", "-n", "nodemedic-system"])?;
         anyhow::ensure!(out.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&out.stderr));
-        let agent = cp.client_with_token(String::from_utf8_lossy(&out.stdout).trim()).await?;
-        let nodes: Api<Node> = Api::all(agent);
+        let agent_client = cp.client_with_token(String::from_utf8_lossy(&out.stdout).trim()).await?;
+        let nodes: Api<Node> = Api::all(agent_client.clone());
         // RBAC lets it read nodes…
         nodes.get("gpu-000").await?;
         // …but the admission policy refuses a status write from a token that names no node (or another one),
@@ -100,6 +100,20 @@ async fn the_agent_manifest_applies_and_its_admission_policy_keeps_the_agent_off
         })
         .await?;
         assert!(refused.contains("nodemedic-agent-own-node-only") || refused.contains("ValidatingAdmissionPolicy"), "{refused}");
+        // Self-fencing: RBAC lets it list its peers and write Leases beside the controller's, but a token that
+        // names no node cannot write a node's self-fencing Lease (a forged promise).
+        nodes.list(&Default::default()).await?;
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(agent_client.clone(), "nodemedic");
+        let lease: k8s_openapi::api::coordination::v1::Lease =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "self-fencing-gpu-000"}, "spec": {"holderIdentity": "gpu-000"}}))?;
+        let refused = wait_for(Duration::from_secs(30), "the admission policy to refuse the Lease", || async {
+            match leases.create(&Default::default(), &lease).await {
+                Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => Some(s.message),
+                _ => None,
+            }
+        })
+        .await?;
+        assert!(refused.contains("nodemedic-agent-own-lease-only"), "{refused}");
         Ok(())
     })
     .await

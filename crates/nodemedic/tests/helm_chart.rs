@@ -76,7 +76,7 @@ fn value_sets() -> Vec<(&'static str, Vec<&'static str>)> {
             "everything on",
             vec![
                 "--set",
-                "metrics.serviceMonitor.enabled=true,prometheusRule.enabled=true,dashboard.enabled=true",
+                "metrics.serviceMonitor.enabled=true,prometheusRule.enabled=true,dashboard.enabled=true,agent.selfFencing.enabled=true",
                 "--set",
                 "api.tls.secretName=my-tls,api.repairProvider=recreate-node,controller.replicas=3",
                 "--set",
