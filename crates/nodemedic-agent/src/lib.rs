@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod exec;
+pub mod metrics;
 pub mod node;
 pub mod nvml;
 pub mod parse;

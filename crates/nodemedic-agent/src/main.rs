@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use nodemedic_agent::agent::Agent;
 use nodemedic_agent::check::{load_catalog, render_table, run_once};
+use nodemedic_agent::metrics::AgentMetrics;
 use nodemedic_agent::remediate::CommandHost;
 use nodemedic_agent::{AgentConfig, Health};
 use std::sync::Arc;
@@ -54,6 +55,10 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
+        /// Serve Prometheus metrics (`/metrics`) and `/healthz` on this address, e.g. 0.0.0.0:9465.
+        /// Off when not given.
+        #[arg(long, env = "NODEMEDIC_AGENT_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Run every configured probe for a number of cycles and print peak RSS and CPU per cycle.
     Bench {
@@ -83,7 +88,7 @@ fn run() -> anyhow::Result<ExitCode> {
             print!("{}", nodemedic_agent::catalog::DEFAULT_CATALOG_YAML);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, node, state_file, taint_prefix, json_logs } => {
+        Command::Run { config, node, state_file, taint_prefix, json_logs, metrics_listen } => {
             let mut config = match config {
                 Some(path) => AgentConfig::load(&path).with_context(|| format!("loading {}", path.display()))?,
                 None => AgentConfig::default(),
@@ -98,7 +103,7 @@ fn run() -> anyhow::Result<ExitCode> {
             init_logging(json_logs);
             let catalog = load_catalog(&config).context("loading the fault catalog")?;
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(4).enable_all().build()?;
-            runtime.block_on(run_agent(config, catalog, node))?;
+            runtime.block_on(run_agent(config, catalog, node, metrics_listen))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { config, cycles, json } => {
@@ -145,13 +150,30 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn run_agent(config: AgentConfig, catalog: nodemedic_agent::Catalog, node: String) -> anyhow::Result<()> {
+async fn run_agent(
+    config: AgentConfig,
+    catalog: nodemedic_agent::Catalog,
+    node: String,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(AgentMetrics::new(&node));
+    if let Some(address) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("listening on {address}"))?;
+        let bound = listener.local_addr().context("reading the metrics address")?;
+        tracing::info!(address = %bound, "serving /metrics");
+        let served = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(error) = nodemedic_agent::metrics::serve(listener, served, std::future::pending()).await {
+                tracing::error!(%error, "the metrics listener stopped");
+            }
+        });
+    }
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     let host = CommandHost { config: config.remediation.clone() };
     let agent = Agent { client, node, config: Arc::new(config), catalog: Arc::new(catalog), host: &host };
     tracing::info!(node = %agent.node, probes = ?nodemedic_agent::check::configured_probes(&agent.config), "nodemedic-agent running");
     tokio::select! {
-        result = agent.run() => result.context("the agent stopped"),
+        result = agent.run_measured(&metrics) => result.context("the agent stopped"),
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = terminated() => Ok(()),
     }
