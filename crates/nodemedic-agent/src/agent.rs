@@ -215,13 +215,13 @@ impl Agent<'_> {
                     continue;
                 };
                 conditions.push(condition_json(family, &verdict, *heartbeat, existing_condition(&node, family.condition_type())));
-                written.push(family);
+                written.push((family, *heartbeat));
             }
             if conditions.is_empty() {
                 continue;
             }
             match publish_conditions(&nodes, &self.node, conditions).await {
-                Ok(_) => metrics.conditions_written(&written, jiff::Timestamp::now()),
+                Ok(_) => metrics.conditions_written(&written),
                 Err(error) => {
                     metrics.condition_write_failed();
                     tracing::warn!(%error, node = %self.node, "publishing conditions");

@@ -153,10 +153,10 @@ impl AgentMetrics {
         self.probes_paused.get_or_create(&self.probe(probe, family)).inc();
     }
 
-    /// The conditions of `families` were written at `at`.
-    pub fn conditions_written(&self, families: &[Family], at: jiff::Timestamp) {
-        let seconds = at.as_millisecond() as f64 / 1000.0;
-        for family in families {
+    /// The conditions of these families were written with these heartbeat times.
+    pub fn conditions_written(&self, heartbeats: &[(Family, jiff::Timestamp)]) {
+        for (family, at) in heartbeats {
+            let seconds = at.as_millisecond() as f64 / 1000.0;
             let labels = ConditionLabels { node: self.node.clone(), condition: family.condition_type().to_string() };
             self.heartbeat.get_or_create(&labels).set(seconds);
         }
