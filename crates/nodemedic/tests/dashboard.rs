@@ -1,15 +1,22 @@
 //! The Grafana dashboard (`deploy/helm/nodemedic/files/dashboard.json`) reads real series: a
-//! Prometheus (Debian's, installed by scripts/ship-peers/setup) scrapes a controller while it
-//! quarantines, reboots and recovers one node and holds another back behind a gate, and every panel's
-//! query then returns series over the scenario's time range.
+//! Prometheus (Debian's, installed by scripts/ship-peers/setup) scrapes a controller and a node agent
+//! on each node while the controller quarantines one node, its agent reboots it and it recovers, and a
+//! gate holds another back; every panel's query then returns series over the scenario's time range.
 
 mod common;
 
-use common::{Replica, agent_reboots, record, setup};
+use common::{Replica, record, setup};
+use nodemedic_agent::agent::Agent;
+use nodemedic_agent::metrics::AgentMetrics;
+use nodemedic_agent::remediate::{HostActions, HostFuture};
+use nodemedic_agent::{AgentConfig, Catalog};
+use nodemedic_core::RemediationStep;
 use nodemedic_core::record::Phase;
 use nodemedic_testenv::{ControlPlane, Options, wait_for};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 // One node at a time in a disruptive step: the second failing node is held by the gate.
@@ -38,13 +45,17 @@ impl Drop for Prometheus {
     }
 }
 
-fn start_prometheus(target_port: u16) -> anyhow::Result<Prometheus> {
+fn start_prometheus(controller_port: u16, agent_ports: &[u16]) -> anyhow::Result<Prometheus> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("prometheus.yml");
+    let agents: Vec<String> = agent_ports.iter().map(|port| format!("'127.0.0.1:{port}'")).collect();
     std::fs::write(
         &config,
         format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: nodemedic-controller\n  static_configs:\n  - targets: ['127.0.0.1:{target_port}']\n"
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n\
+             - job_name: nodemedic-controller\n  static_configs:\n  - targets: ['127.0.0.1:{controller_port}']\n\
+             - job_name: nodemedic-agent\n  static_configs:\n  - targets: [{}]\n",
+            agents.join(", ")
         ),
     )?;
     // Prometheus cannot report a port it picked itself; a port free a moment ago is taken instead.
@@ -68,11 +79,90 @@ fn panel_queries() -> anyhow::Result<Vec<(String, String)>> {
     for panel in dashboard["panels"].as_array().into_iter().flatten() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().unwrap_or_default();
-            let filled = expr.replace("$policy", ".*").replace("$node", ".*").replace("$__rate_interval", "10s");
+            let filled = expr
+                .replace("$policy", ".*")
+                .replace("$agent_node", ".*")
+                .replace("$node", ".*")
+                .replace("$__rate_interval", "10s");
+            assert!(!filled.contains('$'), "a dashboard variable the test does not fill: {filled}");
             queries.push((panel["title"].as_str().unwrap_or_default().to_string(), filled));
         }
     }
     Ok(queries)
+}
+
+/// The node's reboot as the test host performs it: it takes a few seconds (long enough for scrapes to
+/// see the gate hold the other node), the node comes back with a new boot ID, and its GPUs are fine.
+struct TestHost<'a> {
+    cp: &'a ControlPlane,
+    node: String,
+}
+
+impl HostActions for TestHost<'_> {
+    fn perform<'a>(&'a self, step: RemediationStep) -> HostFuture<'a> {
+        Box::pin(async move {
+            if step != RemediationStep::Reboot {
+                return Err(format!("the test only reboots, not {}", step.as_str()));
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            self.cp.simulate_reboot(&self.node).await.map_err(|e| e.to_string())?;
+            self.cp.set_node_condition(&self.node, "GPUProblem", "False", "GPUsHealthy", "8 of 8 GPUs healthy").await.map_err(|e| e.to_string())?;
+            Ok("rebooted by the test host".to_string())
+        })
+    }
+}
+
+/// An agent's configuration: a network check that passes (the GPU condition is the test's to set), fast.
+fn agent_config(dir: &Path) -> anyhow::Result<AgentConfig> {
+    let check = dir.join("check_fabric.sh");
+    std::fs::write(&check, "#!/bin/sh\necho 'fabric reachable'\nexit 0\n")?;
+    std::fs::set_permissions(&check, std::fs::Permissions::from_mode(0o755))?;
+    let yaml = format!(
+        "schedule: {{interval: 700ms, timeout: 700ms, jitter: 100ms, failures_before_unhealthy: 2, passes_before_healthy: 2}}\n\
+         probes:\n  plugins:\n    - {{name: fabric, path: {}, family: network}}\n\
+         remediation:\n  state_file: {}\n  boot_id_wait: 5s\n  reboot_grace: 30s\n",
+        check.display(),
+        dir.join("attempts.json").display()
+    );
+    Ok(AgentConfig::from_yaml(&yaml)?)
+}
+
+/// Until the node shows a boot ID three reads in a row (kwok may write its own status over a new node's).
+async fn settle_boot_id(cp: &ControlPlane, node: &str) -> anyhow::Result<()> {
+    use kube::api::{Api, Patch, PatchParams};
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cp.client());
+    let mut steady = 0;
+    while steady < 3 {
+        if nodemedic_agent::node::boot_id(&nodes.get(node).await?).is_some() {
+            steady += 1;
+        } else {
+            steady = 0;
+            let patch = serde_json::json!({"status": {"nodeInfo": {"bootID": format!("{node}-first-boot")}}});
+            nodes.patch_status(node, &PatchParams::default(), &Patch::Strategic(patch)).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(())
+}
+
+/// A node's agent with its metrics served on a free loopback port.
+struct NodeAgent<'a> {
+    agent: Agent<'a>,
+    metrics: Arc<AgentMetrics>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+async fn node_agent<'a>(cp: &ControlPlane, node: &str, host: &'a TestHost<'a>) -> anyhow::Result<NodeAgent<'a>> {
+    settle_boot_id(cp, node).await?;
+    let dir = tempfile::tempdir()?;
+    let config = agent_config(dir.path())?;
+    let agent = Agent { client: cp.client(), node: node.to_string(), config: Arc::new(config), catalog: Arc::new(Catalog::embedded()?), host };
+    let metrics = Arc::new(AgentMetrics::new(node));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(nodemedic_agent::metrics::serve(listener, metrics.clone(), std::future::pending()));
+    Ok(NodeAgent { agent, metrics, port, _dir: dir })
 }
 
 async fn range_query(http: &reqwest::Client, port: u16, expr: &str, start: f64, end: f64) -> anyhow::Result<serde_json::Value> {
@@ -93,39 +183,51 @@ async fn every_dashboard_panel_returns_series_from_a_prometheus_that_scraped_a_r
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
         setup(cp, 3, POLICY).await?;
+        let hosts: Vec<TestHost> = (0..3).map(|i| TestHost { cp, node: format!("gpu-{i:03}") }).collect();
+        let mut agents = Vec::new();
+        for host in &hosts {
+            agents.push(node_agent(cp, &host.node, host).await?);
+        }
         let replica = Replica::start(cp, "dashboard-replica")?;
-        let prometheus = start_prometheus(replica.port)?;
+        let agent_ports: Vec<u16> = agents.iter().map(|a| a.port).collect();
+        let prometheus = start_prometheus(replica.port, &agent_ports)?;
         let start = now_secs();
-        wait_for(Duration::from_secs(30), "the leader", || async { replica.is_leader().then_some(()) }).await?;
-        cp.set_node_condition("gpu-001", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
-        cp.set_node_condition("gpu-002", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
-        let (rebooting, held) = wait_for(Duration::from_secs(30), "one node rebooting and the other held by the gate", || async {
-            let metrics = replica.metrics();
-            let held = metrics.contains("nodemedic_gate_holds{");
-            let first = record(cp, "gpu-001").await.filter(|r| r.phase == Phase::Remediating);
-            let second = record(cp, "gpu-002").await.filter(|r| r.phase == Phase::Remediating);
-            match (held, first, second) {
-                (true, Some(r), None) => Some((r, "gpu-002")),
-                (true, None, Some(r)) => Some((r, "gpu-001")),
-                _ => None,
-            }
-        })
-        .await?;
-        // Scrapes are a second apart: let a few see the hold.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        agent_reboots(cp, &rebooting.node, rebooting.attempt).await?;
-        wait_for(Duration::from_secs(30), "the first node to recover and the held one to start", || async {
-            let first = record(cp, &rebooting.node).await.filter(|r| r.phase == Phase::Healthy);
-            let second = record(cp, held).await.filter(|r| r.phase == Phase::Remediating);
-            (first.is_some() && second.is_some()).then_some(())
-        })
-        .await?;
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        let scenario = async {
+            wait_for(Duration::from_secs(30), "the leader", || async { replica.is_leader().then_some(()) }).await?;
+            cp.set_node_condition("gpu-001", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
+            cp.set_node_condition("gpu-002", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
+            let (rebooting, held) = wait_for(Duration::from_secs(30), "one node rebooting and the other held by the gate", || async {
+                let held = replica.metrics().contains("nodemedic_gate_holds{");
+                let first = record(cp, "gpu-001").await.filter(|r| r.phase == Phase::Remediating);
+                let second = record(cp, "gpu-002").await.filter(|r| r.phase == Phase::Remediating);
+                match (held, first, second) {
+                    (true, Some(_), None) => Some(("gpu-001", "gpu-002")),
+                    (true, None, Some(_)) => Some(("gpu-002", "gpu-001")),
+                    _ => None,
+                }
+            })
+            .await?;
+            // The rebooting node's agent reboots it (the test host takes a few seconds, so scrapes see
+            // the hold); the controller then verifies it and lets the held one start.
+            wait_for(Duration::from_secs(60), "the first node to recover and the held one to start", || async {
+                let first = record(cp, rebooting).await.filter(|r| r.phase == Phase::Healthy);
+                let second = record(cp, held).await.filter(|r| r.phase == Phase::Remediating);
+                (first.is_some() && second.is_some()).then_some(())
+            })
+            .await?;
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            anyhow::Ok(())
+        };
+        let running = futures::future::join_all(agents.iter().map(|a| a.agent.run_measured(&a.metrics)));
+        tokio::select! {
+            stopped = running => anyhow::bail!("the agents stopped: {stopped:?}"),
+            done = scenario => done?,
+        }
 
         let http = reqwest::Client::new();
         let end = now_secs();
         let queries = panel_queries()?;
-        assert!(queries.len() >= 15, "{} queries", queries.len());
+        assert!(queries.len() >= 22, "{} queries", queries.len());
         let mut empty = Vec::new();
         for (title, expr) in &queries {
             let result = range_query(&http, prometheus.port, expr, start, end).await?;
@@ -134,6 +236,13 @@ async fn every_dashboard_panel_returns_series_from_a_prometheus_that_scraped_a_r
             }
         }
         assert!(empty.is_empty(), "panels without series:\n{}\n--- controller log\n{}", empty.join("\n"), replica.log());
+        // Every agent was scraped, and the rebooting node's agent counted its reboot.
+        let agents_up = range_query(&http, prometheus.port, "count(up{job=\"nodemedic-agent\"} == 1)", end - 2.0, end).await?;
+        assert_eq!(agents_up[0]["values"].as_array().and_then(|v| v.last()).and_then(|v| v[1].as_str()), Some("3"), "{agents_up}");
+        let reboots =
+            range_query(&http, prometheus.port, "sum(nodemedic_agent_remediations_total{step=\"reboot\", outcome=\"succeeded\"})", end - 2.0, end).await?;
+        let counted = reboots[0]["values"].as_array().and_then(|v| v.last()).and_then(|v| v[1].as_str()).and_then(|v| v.parse::<f64>().ok());
+        assert!(counted.is_some_and(|n| n >= 1.0), "the agents' reboots: {reboots}");
         // The repair figure is a real duration, not NaN from an empty histogram.
         let repair = range_query(
             &http,
