@@ -3,7 +3,9 @@
 //! by the real API server (server-side dry run, the Prometheus Operator's CRDs installed for the
 //! optional ServiceMonitor and PrometheusRule), and after `helm install` a controller authenticated as
 //! the chart's ServiceAccount (nothing more than the chart's RBAC) drains, reboots and recovers a node
-//! that runs pods. `helm` is v4, built from its Go module by scripts/helm/build.
+//! that runs pods; deleting the chart's generated certificate and upgrading rotates it under a running
+//! controller, which serves the new one without a restart. `helm` is v4, built from its Go module by
+//! scripts/helm/build.
 
 mod common;
 
@@ -372,6 +374,92 @@ async fn the_charts_pods_are_admitted_the_controller_replicas_run_on_different_n
         assert!(before.len() > 100, "no certificate: {before}");
         ok("helm upgrade", helm(&["upgrade", "nodemedic", chart, "--namespace", "nodemedic", "--wait=false"], Some(cp.kubeconfig()))?)?;
         assert_eq!(certificate()?, before, "helm upgrade replaced the API certificate");
+        Ok(())
+    })
+    .await
+}
+
+/// The chart's TLS Secret as kubelet projects it into the pod: a new directory per version, then the
+/// `..data` link swapped to it in one rename; `tls.crt` and `tls.key` link through `..data`.
+async fn project_tls_secret(cp: &ControlPlane, volume: &Path, version: u32) -> anyhow::Result<Vec<u8>> {
+    let generation = volume.join(format!("..version-{version}"));
+    std::fs::create_dir_all(&generation)?;
+    let (_, _, cert_pem) = chart_tls_files(cp, &generation).await?;
+    let link = volume.join("..data_tmp");
+    std::os::unix::fs::symlink(generation.file_name().unwrap_or_default(), &link)?;
+    std::fs::rename(&link, volume.join("..data"))?;
+    for file in ["tls.crt", "tls.key"] {
+        if !volume.join(file).exists() {
+            std::os::unix::fs::symlink(Path::new("..data").join(file), volume.join(file))?;
+        }
+    }
+    Ok(cert_pem)
+}
+
+/// Whether a fresh TLS connection that trusts only `cert_pem` for the API Service's name gets
+/// `/openapi.json` from `address`.
+async fn openapi_trusted_by(address: &str, cert_pem: &[u8]) -> anyhow::Result<bool> {
+    let host = "nodemedic-api.nodemedic.svc";
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem)?)
+        .resolve(host, address.parse()?)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let port = address.rsplit(':').next().unwrap_or_default();
+    Ok(http.get(format!("https://{host}:{port}/openapi.json")).send().await.is_ok_and(|r| r.status().is_success()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_charts_certificate_and_upgrading_rotates_it_under_a_running_controller_without_a_restart() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        let chart = chart();
+        let chart = chart.to_str().unwrap_or_default();
+        kubectl_ok(cp, "applying the chart's CRDs", &["apply", "--server-side", "-f", &format!("{chart}/crds")])?;
+        setup(cp, 1, POLICY).await?;
+        let install = ["install", "nodemedic", chart, "--namespace", "nodemedic", "--create-namespace", "--wait=false"];
+        ok("helm install", helm(&install, Some(cp.kubeconfig()))?)?;
+        let volume = tempfile::tempdir()?;
+        let first = project_tls_secret(cp, volume.path(), 1).await?;
+        let log_path = volume.path().join("controller.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
+            .args(["controller", "--identity", "rotating-replica", "--lease-namespace", "nodemedic", "--listen", "127.0.0.1:0"])
+            .args(["--api-listen", "127.0.0.1:0", "--repair-provider", "recreate-node", "--api-tls-reload-interval", "1"])
+            .arg(format!("--api-tls-cert={}", volume.path().join("tls.crt").display()))
+            .arg(format!("--api-tls-key={}", volume.path().join("tls.key").display()))
+            .env("KUBECONFIG", cp.kubeconfig())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()?;
+        let api = common::bound_address(&mut child, &log_path, "serving the actions API", "rotating-replica")?;
+        let result = async {
+            wait_for(Duration::from_secs(20), "the API over the installed certificate", || async {
+                openapi_trusted_by(&api, &first).await.ok().filter(|trusted| *trusted)
+            })
+            .await?;
+            // The rotation docs/shipping.md gives: delete the Secret, upgrade (a new one is generated).
+            kubectl_ok(cp, "deleting the TLS Secret", &["delete", "secret", "nodemedic-api-tls", "-n", "nodemedic"])?;
+            ok("helm upgrade", helm(&["upgrade", "nodemedic", chart, "--namespace", "nodemedic", "--wait=false"], Some(cp.kubeconfig()))?)?;
+            let second = project_tls_secret(cp, volume.path(), 2).await?;
+            anyhow::ensure!(second != first, "helm upgrade after deleting the Secret made the same certificate");
+            wait_for(Duration::from_secs(20), "the controller to serve the new certificate", || async {
+                openapi_trusted_by(&api, &second).await.ok().filter(|trusted| *trusted)
+            })
+            .await?;
+            anyhow::ensure!(!openapi_trusted_by(&api, &first).await?, "the old certificate still serves new connections");
+            Ok(())
+        }
+        .await;
+        let still_running = matches!(child.try_wait(), Ok(None));
+        let _ = child.kill();
+        let _ = child.wait();
+        let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+        result.map_err(|e| anyhow::anyhow!("{e}\n--- controller log\n{logs}"))?;
+        assert!(still_running, "the controller restarted or stopped:\n{logs}");
+        assert!(logs.contains("changed on disk"), "no rotation in the log:\n{logs}");
         Ok(())
     })
     .await
