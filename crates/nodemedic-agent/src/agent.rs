@@ -230,7 +230,11 @@ impl Agent<'_> {
         }
     }
 
-    async fn remediation_loop(&self, mut records: watch::Receiver<Option<NodeRemediation>>, metrics: &AgentMetrics) -> Result<(), AgentError> {
+    async fn remediation_loop(
+        &self,
+        mut records: watch::Receiver<Option<NodeRemediation>>,
+        metrics: &AgentMetrics,
+    ) -> Result<(), AgentError> {
         loop {
             let record = records.borrow_and_update().clone();
             let request = record.as_ref().and_then(|r| requested(r, &self.node).map(|q| (r, q)));

@@ -222,7 +222,12 @@ mod tests {
         assert!(text.contains(&line("healthy", "1")), "{text}");
         assert!(text.contains(&line("unhealthy", "0")), "{text}");
         assert!(text.contains(&line("unknown", "0")), "{text}");
-        assert!(text.contains("nodemedic_agent_probe_runs_total{node=\"gpu-007\",probe=\"nvml\",condition=\"GPUProblem\",health=\"unhealthy\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "nodemedic_agent_probe_runs_total{node=\"gpu-007\",probe=\"nvml\",condition=\"GPUProblem\",health=\"unhealthy\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("nodemedic_agent_info{node=\"gpu-007\",version=\""), "{text}");
         assert!(text.contains("nodemedic_agent_condition_write_failures_total{node=\"gpu-007\"} 0"), "{text}");
     }

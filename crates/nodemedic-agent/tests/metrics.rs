@@ -120,7 +120,8 @@ async fn the_agents_metrics_show_its_probe_results_and_the_heartbeats_it_wrote_o
             let written = wait_for(Duration::from_secs(10), "a heartbeat the node and the metrics agree on", || async {
                 let on_node = condition(&nodes, "gpu-000", type_).await?.last_heartbeat_time?.0.as_second() as f64;
                 let label = format!("condition=\"{type_}\"");
-                let exported = sample(&scrape(&address).await?, "nodemedic_agent_condition_heartbeat_timestamp_seconds", &[label.as_str()])?;
+                let exported =
+                    sample(&scrape(&address).await?, "nodemedic_agent_condition_heartbeat_timestamp_seconds", &[label.as_str()])?;
                 ((exported - on_node).abs() < 1.0).then_some(exported)
             })
             .await?;

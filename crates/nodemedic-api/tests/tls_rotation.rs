@@ -159,11 +159,9 @@ async fn a_rotation_that_does_not_load_keeps_the_old_certificate_serving_and_log
     for (round, (what, cert, key)) in bad.into_iter().enumerate() {
         volume.publish(cert, key)?;
         assert!(certificate.reload().is_err(), "{what} loaded");
-        wait_for(Duration::from_secs(10), "the error in the log", || async {
-            (logs.count("does not load") == round + 1).then_some(())
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{what}: {e}\n{}", logs.text()))?;
+        wait_for(Duration::from_secs(10), "the error in the log", || async { (logs.count("does not load") == round + 1).then_some(()) })
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: {e}\n{}", logs.text()))?;
         // Several polls see the same bad files; the error is logged once.
         tokio::time::sleep(POLL * 5).await;
         assert_eq!(logs.count("does not load"), round + 1, "{what} logged more than once:\n{}", logs.text());

@@ -79,11 +79,8 @@ fn panel_queries() -> anyhow::Result<Vec<(String, String)>> {
     for panel in dashboard["panels"].as_array().into_iter().flatten() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().unwrap_or_default();
-            let filled = expr
-                .replace("$policy", ".*")
-                .replace("$agent_node", ".*")
-                .replace("$node", ".*")
-                .replace("$__rate_interval", "10s");
+            let filled =
+                expr.replace("$policy", ".*").replace("$agent_node", ".*").replace("$node", ".*").replace("$__rate_interval", "10s");
             assert!(!filled.contains('$'), "a dashboard variable the test does not fill: {filled}");
             queries.push((panel["title"].as_str().unwrap_or_default().to_string(), filled));
         }
@@ -106,7 +103,10 @@ impl HostActions for TestHost<'_> {
             }
             tokio::time::sleep(Duration::from_secs(3)).await;
             self.cp.simulate_reboot(&self.node).await.map_err(|e| e.to_string())?;
-            self.cp.set_node_condition(&self.node, "GPUProblem", "False", "GPUsHealthy", "8 of 8 GPUs healthy").await.map_err(|e| e.to_string())?;
+            self.cp
+                .set_node_condition(&self.node, "GPUProblem", "False", "GPUsHealthy", "8 of 8 GPUs healthy")
+                .await
+                .map_err(|e| e.to_string())?;
             Ok("rebooted by the test host".to_string())
         })
     }
@@ -157,7 +157,8 @@ async fn node_agent<'a>(cp: &ControlPlane, node: &str, host: &'a TestHost<'a>) -
     settle_boot_id(cp, node).await?;
     let dir = tempfile::tempdir()?;
     let config = agent_config(dir.path())?;
-    let agent = Agent { client: cp.client(), node: node.to_string(), config: Arc::new(config), catalog: Arc::new(Catalog::embedded()?), host };
+    let agent =
+        Agent { client: cp.client(), node: node.to_string(), config: Arc::new(config), catalog: Arc::new(Catalog::embedded()?), host };
     let metrics = Arc::new(AgentMetrics::new(node));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -239,9 +240,16 @@ async fn every_dashboard_panel_returns_series_from_a_prometheus_that_scraped_a_r
         // Every agent was scraped, and the rebooting node's agent counted its reboot.
         let agents_up = range_query(&http, prometheus.port, "count(up{job=\"nodemedic-agent\"} == 1)", end - 2.0, end).await?;
         assert_eq!(agents_up[0]["values"].as_array().and_then(|v| v.last()).and_then(|v| v[1].as_str()), Some("3"), "{agents_up}");
-        let reboots =
-            range_query(&http, prometheus.port, "sum(nodemedic_agent_remediations_total{step=\"reboot\", outcome=\"succeeded\"})", end - 2.0, end).await?;
-        let counted = reboots[0]["values"].as_array().and_then(|v| v.last()).and_then(|v| v[1].as_str()).and_then(|v| v.parse::<f64>().ok());
+        let reboots = range_query(
+            &http,
+            prometheus.port,
+            "sum(nodemedic_agent_remediations_total{step=\"reboot\", outcome=\"succeeded\"})",
+            end - 2.0,
+            end,
+        )
+        .await?;
+        let counted =
+            reboots[0]["values"].as_array().and_then(|v| v.last()).and_then(|v| v[1].as_str()).and_then(|v| v.parse::<f64>().ok());
         assert!(counted.is_some_and(|n| n >= 1.0), "the agents' reboots: {reboots}");
         // The repair figure is a real duration, not NaN from an empty histogram.
         let repair = range_query(
