@@ -165,6 +165,10 @@ async fn every_object_the_chart_renders_is_accepted_by_the_api_server() -> anyho
             let rendered = ok(&format!("helm template ({name})"), helm(&all, None)?)?;
             let kinds = rendered.lines().filter(|l| l.starts_with("kind: ")).count();
             assert!(kinds >= 8, "{name}: only {kinds} objects rendered");
+            // A strict reader (duplicate keys refused) reads every object as the API server does.
+            for document in rendered.split("\n---") {
+                serde_saphyr::from_str::<serde_json::Value>(document).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            }
             let file = dir.path().join("rendered.yaml");
             std::fs::write(&file, &rendered)?;
             let file = file.to_str().unwrap_or_default();
@@ -460,6 +464,57 @@ async fn deleting_the_charts_certificate_and_upgrading_rotates_it_under_a_runnin
         result.map_err(|e| anyhow::anyhow!("{e}\n--- controller log\n{logs}"))?;
         assert!(still_running, "the controller restarted or stopped:\n{logs}");
         assert!(logs.contains("changed on disk"), "no rotation in the log:\n{logs}");
+        Ok(())
+    })
+    .await
+}
+
+/// The pod templates the chart renders (Deployment and DaemonSet), each as a Pod in `namespace`.
+fn chart_pods(namespace: &str) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let chart = chart();
+    let chart = chart.to_str().unwrap_or_default();
+    let rendered = ok("helm template", helm(&["template", "nodemedic", chart, "--namespace", namespace], None)?)?;
+    let mut pods = Vec::new();
+    for document in rendered.split("\n---") {
+        let object: serde_json::Value = serde_saphyr::from_str(document)?;
+        if !matches!(object["kind"].as_str(), Some("Deployment" | "DaemonSet")) {
+            continue;
+        }
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{name}-pod"), "namespace": namespace},
+            "spec": object["spec"]["template"]["spec"],
+        });
+        pods.push((name, pod));
+    }
+    Ok(pods)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_controller_pod_meets_the_restricted_pod_security_standard_and_the_privileged_agent_does_not() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options::default()).await?;
+    cp.run(|cp| async move {
+        let namespace = "restricted";
+        kubectl_ok(cp, "creating the namespace", &["create", "namespace", namespace])?;
+        let label = "pod-security.kubernetes.io/enforce=restricted";
+        kubectl_ok(cp, "enforcing the restricted standard", &["label", "namespace", namespace, label])?;
+        let dir = tempfile::tempdir()?;
+        let pods = chart_pods(namespace)?;
+        let verdict = |name: &str, pod: &serde_json::Value| -> anyhow::Result<(bool, String)> {
+            let account = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+            let _ = cp.kubectl(&["create", "serviceaccount", account, "-n", namespace])?;
+            let file = dir.path().join(format!("{name}.json"));
+            std::fs::write(&file, pod.to_string())?;
+            let out = cp.kubectl(&["create", "--dry-run=server", "-f", file.to_str().unwrap_or_default()])?;
+            Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+        };
+        let find = |name: &str| pods.iter().find(|(n, _)| n == name).map(|(_, p)| p.clone()).ok_or_else(|| anyhow::anyhow!("no {name}"));
+        let (admitted, out) = verdict("nodemedic-controller", &find("nodemedic-controller")?)?;
+        assert!(admitted, "the controller's pod is refused under restricted:\n{out}");
+        // The same namespace refuses the agent (hostPID, privileged): the standard is really enforced.
+        let (admitted, out) = verdict("nodemedic-agent", &find("nodemedic-agent")?)?;
+        assert!(!admitted && out.contains("violates PodSecurity"), "the privileged agent was admitted under restricted:\n{out}");
         Ok(())
     })
     .await
