@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::helm::{chart, helm, kubectl_ok, ok, repo};
 use common::{agent_reboots, record, setup, taints};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
@@ -16,7 +17,7 @@ use nodemedic_core::RemediationStep;
 use nodemedic_core::record::{Phase, StepOutcome};
 use nodemedic_testenv::{ControlPlane, Options, wait_for};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const POLICY: &str = r#"
@@ -29,45 +30,6 @@ ladder:
 - {step: manual}
 monitorOnly: false
 "#;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn chart() -> PathBuf {
-    repo().join("deploy/helm/nodemedic")
-}
-
-/// `NODEMEDIC_HELM` (scripts/test sets it), else whatever scripts/helm/build prints (it builds once).
-fn helm_binary() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("NODEMEDIC_HELM") {
-        return Ok(PathBuf::from(path));
-    }
-    let out = Command::new(repo().join("scripts/helm/build")).stderr(Stdio::inherit()).output()?;
-    anyhow::ensure!(out.status.success(), "scripts/helm/build failed");
-    let text = String::from_utf8(out.stdout)?;
-    let last = text.lines().last().ok_or_else(|| anyhow::anyhow!("scripts/helm/build printed nothing"))?;
-    Ok(PathBuf::from(last.trim()))
-}
-
-fn helm(args: &[&str], kubeconfig: Option<&Path>) -> anyhow::Result<Output> {
-    let home = std::env::temp_dir().join(format!("nodemedic-helm-home-{}", std::process::id()));
-    let mut cmd = Command::new(helm_binary()?);
-    cmd.args(args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    if let Some(k) = kubeconfig {
-        cmd.env("KUBECONFIG", k);
-    }
-    Ok(cmd.output()?)
-}
-
-fn ok(what: &str, out: Output) -> anyhow::Result<String> {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    anyhow::ensure!(out.status.success(), "{what} failed:\n{text}");
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Value sets an operator would use: the defaults, the smallest install, and everything on.
 fn value_sets() -> Vec<(&'static str, Vec<&'static str>)> {
@@ -132,11 +94,6 @@ fn the_chart_names_only_images_the_repository_builds() -> anyhow::Result<()> {
         assert!(built.contains(&image), "the chart names {image}; scripts/images/build builds {built:?}");
     }
     Ok(())
-}
-
-fn kubectl_ok(cp: &ControlPlane, what: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = cp.kubectl(args)?;
-    ok(what, out)
 }
 
 fn prometheus_operator_crds() -> anyhow::Result<PathBuf> {
