@@ -7,6 +7,8 @@
 //! A changed pair is parsed and checked (the key must belong to the certificate) before it replaces
 //! the served one; a pair that does not load (half written, corrupt, mismatched) is logged as an error
 //! once and the previous certificate keeps serving, so a bad rotation never takes the API down.
+//! A certificate within [`EXPIRY_WARNING`] of its end (or past it) is logged as a warning when it
+//! loads and once a day after, so a renewal that never comes is noticed before clients refuse it.
 
 use crate::tls::TlsError;
 use rustls::crypto::CryptoProvider;
@@ -23,6 +25,16 @@ use std::time::Duration;
 struct PemFiles {
     cert: Vec<u8>,
     key: Vec<u8>,
+}
+
+/// How long before the certificate's end the watch starts warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// The end of the leaf certificate's validity (`notAfter`), when it parses as X.509.
+pub fn not_after(key: &CertifiedKey) -> Option<jiff::Timestamp> {
+    let leaf = key.end_entity_cert().ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    jiff::Timestamp::from_second(parsed.validity().not_after.timestamp()).ok()
 }
 
 /// What [`ReloadingCertificate::reload`] did.
@@ -89,31 +101,53 @@ impl ReloadingCertificate {
         Ok(Reload::Replaced)
     }
 
-    /// Calls [`Self::reload`] every `every`, forever, logging each rotation and each new failure.
+    /// When the served certificate ends (`notAfter`).
+    pub fn expires_at(&self) -> Option<jiff::Timestamp> {
+        self.current().as_deref().and_then(not_after)
+    }
+
+    /// Calls [`Self::reload`] every `every`, forever, logging each rotation and each new failure,
+    /// and warning about a certificate near its end when it loads and once a day.
     pub async fn watch(self: Arc<Self>, every: Duration) {
+        const DAY: Duration = Duration::from_secs(86_400);
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
+        self.warn_if_ending();
+        let mut warned = tokio::time::Instant::now();
         loop {
             ticks.tick().await;
-            self.reload_and_log();
+            if self.reload_and_log() == Some(Reload::Replaced) || warned.elapsed() >= DAY {
+                self.warn_if_ending();
+                warned = tokio::time::Instant::now();
+            }
         }
     }
 
-    fn reload_and_log(&self) {
+    fn warn_if_ending(&self) {
+        let Some(end) = self.expires_at() else { return };
+        let left = end.duration_since(jiff::Timestamp::now());
+        if left < jiff::SignedDuration::try_from(EXPIRY_WARNING).unwrap_or(jiff::SignedDuration::MAX) {
+            tracing::warn!(cert = %self.cert_path.display(), not_after = %end, "the API's TLS certificate ends within 30 days (or has ended); renew it");
+        }
+    }
+
+    fn reload_and_log(&self) -> Option<Reload> {
         let outcome = self.reload();
         let error = outcome.as_ref().err().map(ToString::to_string);
         let repeated = self.rejected.lock().map(|mut last| std::mem::replace(&mut *last, error.clone()) == error).unwrap_or(false);
-        match outcome {
+        match &outcome {
             Ok(Reload::Unchanged) => {}
             Ok(Reload::Replaced) => {
-                tracing::info!(cert = %self.cert_path.display(), "the API's TLS certificate changed on disk; new connections get the new one");
+                let not_after = self.expires_at().map(|t| t.to_string()).unwrap_or_default();
+                tracing::info!(cert = %self.cert_path.display(), %not_after, "the API's TLS certificate changed on disk; new connections get the new one");
             }
             Err(error) if !repeated => {
                 tracing::error!(%error, "the API's TLS certificate on disk does not load; the previous certificate keeps serving");
             }
             Err(_) => {}
         }
+        outcome.ok()
     }
 
     fn current(&self) -> Option<Arc<CertifiedKey>> {

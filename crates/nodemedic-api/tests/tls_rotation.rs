@@ -183,3 +183,37 @@ async fn a_server_does_not_start_without_a_certificate_that_loads() -> anyhow::R
     assert!(missing.is_err_and(|e| e.to_string().contains("tls.crt")), "a missing file names itself");
     Ok(())
 }
+
+/// A self-signed pair valid until `days` from now.
+fn pair_ending_in(days: i64) -> anyhow::Result<(Pair, jiff::civil::Date)> {
+    let end = (jiff::Zoned::now() + jiff::Span::new().days(days)).date();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    params.not_after = rcgen::date_time_ymd(i32::from(end.year()), end.month() as u8, end.day() as u8);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((Pair { cert: cert.pem(), key: key.serialize_pem() }, end))
+}
+
+#[tokio::test]
+async fn a_certificate_near_its_end_is_warned_about_when_it_loads_and_a_renewed_one_is_not() -> anyhow::Result<()> {
+    let (logs, _guard) = capture_logs();
+    let (ending, end) = pair_ending_in(10)?;
+    let (renewed, renewed_end) = pair_ending_in(365)?;
+    let mut volume = SecretVolume::new()?;
+    volume.publish(ending.cert.as_bytes(), ending.key.as_bytes())?;
+    let certificate = ReloadingCertificate::load(&volume.cert(), &volume.key())?;
+    assert_eq!(certificate.expires_at().map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date()), Some(end));
+    tokio::spawn(certificate.clone().watch(POLL));
+    wait_for(Duration::from_secs(5), "the expiry warning", || async { (logs.count("ends within 30 days") == 1).then_some(()) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs.text()))?;
+
+    volume.publish(renewed.cert.as_bytes(), renewed.key.as_bytes())?;
+    wait_for(Duration::from_secs(5), "the renewal to load", || async {
+        (certificate.expires_at().map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date()) == Some(renewed_end)).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(POLL * 5).await;
+    assert_eq!(logs.count("ends within 30 days"), 1, "a renewed certificate is not warned about:\n{}", logs.text());
+    Ok(())
+}
