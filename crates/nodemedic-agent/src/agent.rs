@@ -32,6 +32,7 @@ use crate::check::{ProbeMemory, configured_probes, run_probe_remembering, search
 use crate::config::AgentConfig;
 use crate::gpu_count::ExpectedGpus;
 use crate::kernel_follow::KernelLogFollower;
+use crate::metrics::AgentMetrics;
 use crate::node::{FIELD_MANAGER, boot_id, condition_json, existing_condition, family_verdict, publish_conditions, rfc3339, taint_keys};
 use crate::plugin::Family;
 use crate::probe::{ProbeSchedule, ProbeState};
@@ -111,8 +112,17 @@ pub fn family_may_run(family: Family, taints: &[String], prefix: &str, verifying
 impl Agent<'_> {
     /// Runs until an unrecoverable error (a broken state file); API errors are logged and retried.
     pub async fn run(&self) -> Result<(), AgentError> {
+        self.run_measured(&AgentMetrics::new(&self.node)).await
+    }
+
+    /// [`Agent::run`], recording what it does in `metrics` (served by `run --metrics-listen`).
+    pub async fn run_measured(&self, metrics: &AgentMetrics) -> Result<(), AgentError> {
         let (records_tx, records_rx) = watch::channel(None::<NodeRemediation>);
-        tokio::try_join!(self.watch_record(records_tx), self.probe_loop(records_rx.clone()), self.remediation_loop(records_rx))?;
+        tokio::try_join!(
+            self.watch_record(records_tx),
+            self.probe_loop(records_rx.clone(), metrics),
+            self.remediation_loop(records_rx, metrics)
+        )?;
         Ok(())
     }
 
@@ -193,7 +203,7 @@ impl Agent<'_> {
         memory
     }
 
-    async fn probe_loop(&self, records: watch::Receiver<Option<NodeRemediation>>) -> Result<(), AgentError> {
+    async fn probe_loop(&self, records: watch::Receiver<Option<NodeRemediation>>, metrics: &AgentMetrics) -> Result<(), AgentError> {
         let mut jitter = Jitter::new();
         let mut probes = self.scheduled_probes(&mut jitter);
         let search = Arc::new(search_path(&self.config));
@@ -231,10 +241,12 @@ impl Agent<'_> {
                 probe.next_at = Instant::now() + probe.schedule.next_delay(jitter.fraction());
                 if !family_may_run(probe.family, &taints, &self.config.taint_prefix, verifying) {
                     tracing::debug!(probe = %probe.name, "skipped: a repair is in progress on this node");
+                    metrics.probe_paused(&probe.name, probe.family);
                     continue;
                 }
                 let (config, catalog, search, name) = (self.config.clone(), self.catalog.clone(), search.clone(), probe.name.clone());
                 let memory = memory.clone();
+                let started = Instant::now();
                 let verdict =
                     tokio::task::spawn_blocking(move || run_probe_remembering(&config, &catalog, &search, &name, &memory, expected))
                         .await
@@ -242,11 +254,13 @@ impl Agent<'_> {
                         .flatten()
                         .unwrap_or_else(|| Verdict::unknown(Reason::ToolFailed, "the probe did not finish"));
                 tracing::debug!(probe = %probe.name, health = ?verdict.health, reason = %verdict.reason, "probe ran");
+                let raw = verdict.clone();
                 probe.state.record(verdict, Instant::now());
+                metrics.probe_ran(&probe.name, probe.family, &raw, started.elapsed(), &probe.state.published(Instant::now()));
                 ran.insert(probe.family);
                 last_run.insert(probe.family, jiff::Timestamp::now());
             }
-            self.publish_families(&nodes, &node, &probes, ran, &last_run).await;
+            self.publish_families(&nodes, &node, &probes, ran, &last_run, metrics).await;
         }
     }
 
@@ -258,9 +272,11 @@ impl Agent<'_> {
         probes: &[Scheduled],
         ran: BTreeSet<Family>,
         last_run: &std::collections::BTreeMap<Family, jiff::Timestamp>,
+        metrics: &AgentMetrics,
     ) {
         let now = Instant::now();
         let mut conditions = Vec::new();
+        let mut written = Vec::new();
         for family in ran {
             let members: Vec<(String, Verdict)> =
                 probes.iter().filter(|p| p.family == family).map(|p| (p.name.clone(), p.state.published(now))).collect();
@@ -268,21 +284,31 @@ impl Agent<'_> {
                 continue;
             };
             conditions.push(condition_json(family, &verdict, *heartbeat, existing_condition(node, family.condition_type())));
+            written.push((family, *heartbeat));
         }
-        if !conditions.is_empty()
-            && let Err(error) = publish_conditions(nodes, &self.node, conditions).await
-        {
-            tracing::warn!(%error, node = %self.node, "publishing conditions");
+        if conditions.is_empty() {
+            return;
+        }
+        match publish_conditions(nodes, &self.node, conditions).await {
+            Ok(_) => metrics.conditions_written(&written),
+            Err(error) => {
+                metrics.condition_write_failed();
+                tracing::warn!(%error, node = %self.node, "publishing conditions");
+            }
         }
     }
 
-    async fn remediation_loop(&self, mut records: watch::Receiver<Option<NodeRemediation>>) -> Result<(), AgentError> {
+    async fn remediation_loop(
+        &self,
+        mut records: watch::Receiver<Option<NodeRemediation>>,
+        metrics: &AgentMetrics,
+    ) -> Result<(), AgentError> {
         loop {
             let record = records.borrow_and_update().clone();
             let request = record.as_ref().and_then(|r| requested(r, &self.node).map(|q| (r, q)));
             if let Some((record, request)) = request {
                 match self.serve(record, &request).await {
-                    Ok(()) => {}
+                    Ok(outcome) => metrics.remediation_done(request.step, outcome),
                     Err(AgentError::State(error)) => return Err(AgentError::State(error)),
                     Err(error) => {
                         tracing::warn!(%error, attempt = request.attempt, "serving the remediation request; retrying");
@@ -319,7 +345,7 @@ impl Agent<'_> {
     }
 
     /// One request: act once per attempt, then report.
-    async fn serve(&self, record: &NodeRemediation, request: &Request) -> Result<(), AgentError> {
+    async fn serve(&self, record: &NodeRemediation, request: &Request) -> Result<ReportedOutcome, AgentError> {
         let path = &self.config.remediation.state_file;
         let mut log = AttemptLog::load(path)?;
         let (outcome, message) = match log.find(&request.record_uid, request.attempt) {
@@ -365,7 +391,7 @@ impl Agent<'_> {
         let report = StepReport { attempt: request.attempt, outcome, at, message: message.clone() };
         nodemedic_k8s::report_step(&self.client, crate::node::FIELD_MANAGER, &self.node, &report).await?;
         tracing::info!(node = %self.node, attempt = request.attempt, outcome = ?outcome, %message, "remediation reported");
-        Ok(())
+        Ok(outcome)
     }
 
     /// A Kubernetes Event on the record saying the step started (the step report only carries the outcome).

@@ -19,6 +19,7 @@ pub mod exec;
 pub mod faults;
 pub mod gpu_count;
 pub mod kernel_follow;
+pub mod metrics;
 pub mod node;
 pub mod nvml;
 pub mod parse;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use nodemedic_agent::agent::Agent;
 use nodemedic_agent::check::{load_catalog, render_table, run_once};
+use nodemedic_agent::metrics::AgentMetrics;
 use nodemedic_agent::remediate::CommandHost;
 use nodemedic_agent::selffence::{self, SelfFencer};
 use nodemedic_agent::{AgentConfig, Health};
@@ -55,6 +56,10 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
+        /// Serve Prometheus metrics (`/metrics`) and `/healthz` on this address, e.g. 0.0.0.0:9465.
+        /// Off when not given.
+        #[arg(long, env = "NODEMEDIC_AGENT_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Run every configured probe for a number of cycles and print peak RSS and CPU per cycle.
     Bench {
@@ -84,7 +89,7 @@ fn run() -> anyhow::Result<ExitCode> {
             print!("{}", nodemedic_agent::catalog::DEFAULT_CATALOG_YAML);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, node, state_file, taint_prefix, json_logs } => {
+        Command::Run { config, node, state_file, taint_prefix, json_logs, metrics_listen } => {
             let mut config = match config {
                 Some(path) => AgentConfig::load(&path).with_context(|| format!("loading {}", path.display()))?,
                 None => AgentConfig::default(),
@@ -101,7 +106,7 @@ fn run() -> anyhow::Result<ExitCode> {
             // One thread runs the async loops (API calls, the watch); probes and the kernel-log follower have threads of
             // their own, so no worker pool is needed.
             let runtime = tokio::runtime::Builder::new_current_thread().max_blocking_threads(4).enable_all().build()?;
-            runtime.block_on(run_agent(config, catalog, node))?;
+            runtime.block_on(run_agent(config, catalog, node, metrics_listen))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { config, cycles, json } => {
@@ -148,7 +153,24 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn run_agent(config: AgentConfig, catalog: nodemedic_agent::Catalog, node: String) -> anyhow::Result<()> {
+async fn run_agent(
+    config: AgentConfig,
+    catalog: nodemedic_agent::Catalog,
+    node: String,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(AgentMetrics::new(&node));
+    if let Some(address) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("listening on {address}"))?;
+        let bound = listener.local_addr().context("reading the metrics address")?;
+        tracing::info!(address = %bound, "serving /metrics");
+        let served = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(error) = nodemedic_agent::metrics::serve(listener, served, std::future::pending()).await {
+                tracing::error!(%error, "the metrics listener stopped");
+            }
+        });
+    }
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     let host = CommandHost { config: config.remediation.clone() };
     let fencer = config.self_fencing.clone().map(|config| SelfFencer { client: client.clone(), node: node.clone(), config });
@@ -165,7 +187,7 @@ async fn run_agent(config: AgentConfig, catalog: nodemedic_agent::Catalog, node:
     let agent = Agent { client, node, config: Arc::new(config), catalog: Arc::new(catalog), host: &host };
     tracing::info!(node = %agent.node, probes = ?nodemedic_agent::check::configured_probes(&agent.config), "nodemedic-agent running");
     let ended = tokio::select! {
-        result = agent.run() => result.context("the agent stopped"),
+        result = agent.run_measured(&metrics) => result.context("the agent stopped"),
         result = self_fencing => result,
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = terminated() => Ok(()),

@@ -12,6 +12,7 @@
 
 pub mod actions;
 pub mod auth;
+pub mod cert_reload;
 pub mod nodes;
 pub mod openapi;
 pub mod preflight;

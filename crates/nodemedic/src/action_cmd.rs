@@ -2,6 +2,7 @@
 //! auth, node-pool label, repair provider) and `nodemedic action`, which calls it.
 
 use anyhow::{Context, Result, bail};
+use nodemedic_api::cert_reload::ReloadingCertificate;
 use nodemedic_api::provider::ClusterApiProvider;
 use nodemedic_api::{ApiConfig, ApiState, GceProvider, LeaderLease, Provider, RecreateNodeProvider};
 use std::path::PathBuf;
@@ -36,12 +37,17 @@ pub struct ApiArgs {
     /// /healthz, /readyz, /metrics) on this address, e.g. 0.0.0.0:8080. Off when not given.
     #[arg(long)]
     pub api_listen: Option<std::net::SocketAddr>,
-    /// PEM certificate chain for the API's TLS.
+    /// PEM certificate chain for the API's TLS. Re-read while serving (see
+    /// `--api-tls-reload-interval`): a rotated Secret is picked up without a restart.
     #[arg(long, requires = "api_tls_key")]
     pub api_tls_cert: Option<PathBuf>,
     /// PEM private key for the API's TLS.
     #[arg(long, requires = "api_tls_cert")]
     pub api_tls_key: Option<PathBuf>,
+    /// Seconds between checks of the certificate and key files for a new pair. A pair that does not
+    /// load is logged and the one already served stays.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub api_tls_reload_interval: u64,
     /// Serve the API over plain HTTP (local use only).
     #[arg(long, conflicts_with_all = ["api_tls_cert", "api_tls_key"])]
     pub insecure_no_tls: bool,
@@ -112,7 +118,12 @@ pub async fn start_api(
 ) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
     let Some(addr) = args.api_listen else { return Ok(None) };
     let tls = match (&args.api_tls_cert, &args.api_tls_key) {
-        (Some(cert), Some(key)) => Some(nodemedic_api::tls::server_config(cert, key).context("loading the API's TLS certificate")?),
+        (Some(cert), Some(key)) => {
+            let certificate = ReloadingCertificate::load(cert, key).context("loading the API's TLS certificate")?;
+            let config = certificate.server_config().context("configuring the API's TLS")?;
+            tokio::spawn(certificate.watch(std::time::Duration::from_secs(args.api_tls_reload_interval)));
+            Some(config)
+        }
         _ if args.insecure_no_tls => None,
         _ => bail!("the actions API needs --api-tls-cert and --api-tls-key, or --insecure-no-tls for local use"),
     };

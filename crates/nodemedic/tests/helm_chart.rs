@@ -3,10 +3,13 @@
 //! by the real API server (server-side dry run, the Prometheus Operator's CRDs installed for the
 //! optional ServiceMonitor and PrometheusRule), and after `helm install` a controller authenticated as
 //! the chart's ServiceAccount (nothing more than the chart's RBAC) drains, reboots and recovers a node
-//! that runs pods. `helm` is v4, built from its Go module by scripts/helm/build.
+//! that runs pods; deleting the chart's generated certificate and upgrading rotates it under a running
+//! controller, which serves the new one without a restart. `helm` is v4, built from its Go module by
+//! scripts/helm/build.
 
 mod common;
 
+use common::helm::{chart, helm, kubectl_ok, ok, repo};
 use common::{agent_reboots, record, setup, taints};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
@@ -14,7 +17,7 @@ use nodemedic_core::RemediationStep;
 use nodemedic_core::record::{Phase, StepOutcome};
 use nodemedic_testenv::{ControlPlane, Options, wait_for};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const POLICY: &str = r#"
@@ -27,45 +30,6 @@ ladder:
 - {step: manual}
 monitorOnly: false
 "#;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn chart() -> PathBuf {
-    repo().join("deploy/helm/nodemedic")
-}
-
-/// `NODEMEDIC_HELM` (scripts/test sets it), else whatever scripts/helm/build prints (it builds once).
-fn helm_binary() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("NODEMEDIC_HELM") {
-        return Ok(PathBuf::from(path));
-    }
-    let out = Command::new(repo().join("scripts/helm/build")).stderr(Stdio::inherit()).output()?;
-    anyhow::ensure!(out.status.success(), "scripts/helm/build failed");
-    let text = String::from_utf8(out.stdout)?;
-    let last = text.lines().last().ok_or_else(|| anyhow::anyhow!("scripts/helm/build printed nothing"))?;
-    Ok(PathBuf::from(last.trim()))
-}
-
-fn helm(args: &[&str], kubeconfig: Option<&Path>) -> anyhow::Result<Output> {
-    let home = std::env::temp_dir().join(format!("nodemedic-helm-home-{}", std::process::id()));
-    let mut cmd = Command::new(helm_binary()?);
-    cmd.args(args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    if let Some(k) = kubeconfig {
-        cmd.env("KUBECONFIG", k);
-    }
-    Ok(cmd.output()?)
-}
-
-fn ok(what: &str, out: Output) -> anyhow::Result<String> {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    anyhow::ensure!(out.status.success(), "{what} failed:\n{text}");
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Value sets an operator would use: the defaults, the smallest install, and everything on.
 fn value_sets() -> Vec<(&'static str, Vec<&'static str>)> {
@@ -132,11 +96,6 @@ fn the_chart_names_only_images_the_repository_builds() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn kubectl_ok(cp: &ControlPlane, what: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = cp.kubectl(args)?;
-    ok(what, out)
-}
-
 fn prometheus_operator_crds() -> anyhow::Result<PathBuf> {
     let out = Command::new(repo().join("scripts/prometheus-operator-crds")).stderr(Stdio::inherit()).output()?;
     anyhow::ensure!(out.status.success(), "scripts/prometheus-operator-crds failed");
@@ -163,6 +122,10 @@ async fn every_object_the_chart_renders_is_accepted_by_the_api_server() -> anyho
             let rendered = ok(&format!("helm template ({name})"), helm(&all, None)?)?;
             let kinds = rendered.lines().filter(|l| l.starts_with("kind: ")).count();
             assert!(kinds >= 8, "{name}: only {kinds} objects rendered");
+            // A strict reader (duplicate keys refused) reads every object as the API server does.
+            for document in rendered.split("\n---") {
+                serde_saphyr::from_str::<serde_json::Value>(document).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            }
             let file = dir.path().join("rendered.yaml");
             std::fs::write(&file, &rendered)?;
             let file = file.to_str().unwrap_or_default();
@@ -372,6 +335,143 @@ async fn the_charts_pods_are_admitted_the_controller_replicas_run_on_different_n
         assert!(before.len() > 100, "no certificate: {before}");
         ok("helm upgrade", helm(&["upgrade", "nodemedic", chart, "--namespace", "nodemedic", "--wait=false"], Some(cp.kubeconfig()))?)?;
         assert_eq!(certificate()?, before, "helm upgrade replaced the API certificate");
+        Ok(())
+    })
+    .await
+}
+
+/// The chart's TLS Secret as kubelet projects it into the pod: a new directory per version, then the
+/// `..data` link swapped to it in one rename; `tls.crt` and `tls.key` link through `..data`.
+async fn project_tls_secret(cp: &ControlPlane, volume: &Path, version: u32) -> anyhow::Result<Vec<u8>> {
+    let generation = volume.join(format!("..version-{version}"));
+    std::fs::create_dir_all(&generation)?;
+    let (_, _, cert_pem) = chart_tls_files(cp, &generation).await?;
+    let link = volume.join("..data_tmp");
+    std::os::unix::fs::symlink(generation.file_name().unwrap_or_default(), &link)?;
+    std::fs::rename(&link, volume.join("..data"))?;
+    for file in ["tls.crt", "tls.key"] {
+        if !volume.join(file).exists() {
+            std::os::unix::fs::symlink(Path::new("..data").join(file), volume.join(file))?;
+        }
+    }
+    Ok(cert_pem)
+}
+
+/// Whether a fresh TLS connection that trusts only `cert_pem` for the API Service's name gets
+/// `/openapi.json` from `address`.
+async fn openapi_trusted_by(address: &str, cert_pem: &[u8]) -> anyhow::Result<bool> {
+    let host = "nodemedic-api.nodemedic.svc";
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem)?)
+        .resolve(host, address.parse()?)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let port = address.rsplit(':').next().unwrap_or_default();
+    Ok(http.get(format!("https://{host}:{port}/openapi.json")).send().await.is_ok_and(|r| r.status().is_success()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_charts_certificate_and_upgrading_rotates_it_under_a_running_controller_without_a_restart() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        let chart = chart();
+        let chart = chart.to_str().unwrap_or_default();
+        kubectl_ok(cp, "applying the chart's CRDs", &["apply", "--server-side", "-f", &format!("{chart}/crds")])?;
+        setup(cp, 1, POLICY).await?;
+        let install = ["install", "nodemedic", chart, "--namespace", "nodemedic", "--create-namespace", "--wait=false"];
+        ok("helm install", helm(&install, Some(cp.kubeconfig()))?)?;
+        let volume = tempfile::tempdir()?;
+        let first = project_tls_secret(cp, volume.path(), 1).await?;
+        let log_path = volume.path().join("controller.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nodemedic"))
+            .args(["controller", "--identity", "rotating-replica", "--lease-namespace", "nodemedic", "--listen", "127.0.0.1:0"])
+            .args(["--api-listen", "127.0.0.1:0", "--repair-provider", "recreate-node", "--api-tls-reload-interval", "1"])
+            .arg(format!("--api-tls-cert={}", volume.path().join("tls.crt").display()))
+            .arg(format!("--api-tls-key={}", volume.path().join("tls.key").display()))
+            .env("KUBECONFIG", cp.kubeconfig())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()?;
+        let api = common::bound_address(&mut child, &log_path, "serving the actions API", "rotating-replica")?;
+        let result = async {
+            wait_for(Duration::from_secs(20), "the API over the installed certificate", || async {
+                openapi_trusted_by(&api, &first).await.ok().filter(|trusted| *trusted)
+            })
+            .await?;
+            // The rotation docs/shipping.md gives: delete the Secret, upgrade (a new one is generated).
+            kubectl_ok(cp, "deleting the TLS Secret", &["delete", "secret", "nodemedic-api-tls", "-n", "nodemedic"])?;
+            ok("helm upgrade", helm(&["upgrade", "nodemedic", chart, "--namespace", "nodemedic", "--wait=false"], Some(cp.kubeconfig()))?)?;
+            let second = project_tls_secret(cp, volume.path(), 2).await?;
+            anyhow::ensure!(second != first, "helm upgrade after deleting the Secret made the same certificate");
+            wait_for(Duration::from_secs(20), "the controller to serve the new certificate", || async {
+                openapi_trusted_by(&api, &second).await.ok().filter(|trusted| *trusted)
+            })
+            .await?;
+            anyhow::ensure!(!openapi_trusted_by(&api, &first).await?, "the old certificate still serves new connections");
+            Ok(())
+        }
+        .await;
+        let still_running = matches!(child.try_wait(), Ok(None));
+        let _ = child.kill();
+        let _ = child.wait();
+        let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+        result.map_err(|e| anyhow::anyhow!("{e}\n--- controller log\n{logs}"))?;
+        assert!(still_running, "the controller restarted or stopped:\n{logs}");
+        assert!(logs.contains("changed on disk"), "no rotation in the log:\n{logs}");
+        Ok(())
+    })
+    .await
+}
+
+/// The pod templates the chart renders (Deployment and DaemonSet), each as a Pod in `namespace`.
+fn chart_pods(namespace: &str) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let chart = chart();
+    let chart = chart.to_str().unwrap_or_default();
+    let rendered = ok("helm template", helm(&["template", "nodemedic", chart, "--namespace", namespace], None)?)?;
+    let mut pods = Vec::new();
+    for document in rendered.split("\n---") {
+        let object: serde_json::Value = serde_saphyr::from_str(document)?;
+        if !matches!(object["kind"].as_str(), Some("Deployment" | "DaemonSet")) {
+            continue;
+        }
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{name}-pod"), "namespace": namespace},
+            "spec": object["spec"]["template"]["spec"],
+        });
+        pods.push((name, pod));
+    }
+    Ok(pods)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_controller_pod_meets_the_restricted_pod_security_standard_and_the_privileged_agent_does_not() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options::default()).await?;
+    cp.run(|cp| async move {
+        let namespace = "restricted";
+        kubectl_ok(cp, "creating the namespace", &["create", "namespace", namespace])?;
+        let label = "pod-security.kubernetes.io/enforce=restricted";
+        kubectl_ok(cp, "enforcing the restricted standard", &["label", "namespace", namespace, label])?;
+        let dir = tempfile::tempdir()?;
+        let pods = chart_pods(namespace)?;
+        let verdict = |name: &str, pod: &serde_json::Value| -> anyhow::Result<(bool, String)> {
+            let account = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+            let _ = cp.kubectl(&["create", "serviceaccount", account, "-n", namespace])?;
+            let file = dir.path().join(format!("{name}.json"));
+            std::fs::write(&file, pod.to_string())?;
+            let out = cp.kubectl(&["create", "--dry-run=server", "-f", file.to_str().unwrap_or_default()])?;
+            Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+        };
+        let find = |name: &str| pods.iter().find(|(n, _)| n == name).map(|(_, p)| p.clone()).ok_or_else(|| anyhow::anyhow!("no {name}"));
+        let (admitted, out) = verdict("nodemedic-controller", &find("nodemedic-controller")?)?;
+        assert!(admitted, "the controller's pod is refused under restricted:\n{out}");
+        // The same namespace refuses the agent (hostPID, privileged): the standard is really enforced.
+        let (admitted, out) = verdict("nodemedic-agent", &find("nodemedic-agent")?)?;
+        assert!(!admitted && out.contains("violates PodSecurity"), "the privileged agent was admitted under restricted:\n{out}");
         Ok(())
     })
     .await

@@ -97,6 +97,19 @@ async fn kubectl_medic_shows_the_fleet_plans_ahead_and_takes_requests_on_a_live_
         assert!(status.contains("paused: bob"), "{status}");
         let history = kubectl_medic(cp, plugins, &["history", "gpu-001"])?;
         assert!(history.contains("reboot"), "{history}");
+
+        // Repaired by hand: `resume`, and once the check passes on newer data the node is back.
+        let resumed = kubectl_medic(cp, plugins, &["resume", "gpu-001", "--as", "carol"])?;
+        assert!(resumed.contains("resume requested by carol"), "{resumed}");
+        let unpaused = kubectl_medic(cp, plugins, &["unpause", "gpu-workers", "--as", "bob"])?;
+        assert!(unpaused.contains("unpaused by bob"), "{unpaused}");
+        cp.set_node_condition("gpu-001", "GPUProblem", "False", "GPUsHealthy", "8 of 8 GPUs healthy").await?;
+        wait_for(Duration::from_secs(60), "the resumed node to be healthy again", || async {
+            record(cp, "gpu-001").await.filter(|r| r.phase == Phase::Healthy)
+        })
+        .await?;
+        let status = kubectl_medic(cp, plugins, &["status"])?;
+        assert!(!status.contains("NEEDS A PERSON") && !status.contains("paused: bob"), "{status}");
         Ok(())
     })
     .await

@@ -2,6 +2,9 @@
 //! holder, records, and the node agent's half of a reboot.
 #![allow(dead_code)]
 
+pub mod agents;
+pub mod helm;
+
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};

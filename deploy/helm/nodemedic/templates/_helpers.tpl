@@ -1,7 +1,13 @@
 {{/* Names and labels shared by the chart's objects. */}}
 {{- define "nodemedic.labels" -}}
-app.kubernetes.io/part-of: nodemedic
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "nodemedic.labels.shared" . }}
+{{- end }}
+
+{{- /* For objects that add a selector (which carries the instance label) to their labels: a key
+       given twice is invalid YAML to strict readers. */}}
+{{- define "nodemedic.labels.shared" -}}
+app.kubernetes.io/part-of: nodemedic
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end }}
