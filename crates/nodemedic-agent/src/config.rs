@@ -472,6 +472,12 @@ impl AgentConfig {
             if !names.insert(plugin.name.as_str()) {
                 return Err(ConfigError::Invalid(format!("two plugins are named {:?}", plugin.name)));
             }
+            // Without a family the plugin's name is the condition type it publishes.
+            if plugin.family.is_none()
+                && let Err(error) = nodemedic_core::probe::validate_plugin_name(&plugin.name)
+            {
+                return Err(ConfigError::Invalid(format!("plugin {:?}: {error}", plugin.name)));
+            }
         }
         if let Some(iperf) = &self.probes.iperf3
             && !(iperf.min_gbits_per_second.is_finite() && iperf.min_gbits_per_second >= 0.0)
@@ -490,18 +496,26 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// The family a probe (by its `check --once` name) reports into.
+    /// The family whose run rules apply to a probe (by its `check --once` name).
     pub fn family_of(&self, probe: &str) -> Family {
         match probe {
             "nvml" | "nvidia-smi" | "nvlink" | "rocm-smi" | "amd-smi" | "rocminfo" | "dcgmi" | "kernel-log" => Family::Gpu,
             "infiniband" | "ethtool" | "ping" | "iperf3" | "speedtest" => Family::Network,
             "disk" => Family::Disk,
-            other => other
-                .strip_prefix("plugin/")
-                .and_then(|name| self.probes.plugins.iter().find(|p| p.name == name))
-                .map(|p| p.family)
-                .unwrap_or(Family::Custom),
+            other => self.plugin(other).map_or(Family::Custom, PluginSpec::run_family),
         }
+    }
+
+    /// The Node condition a probe's verdict is published in: its family's, or a plugin's own.
+    pub fn condition_of(&self, probe: &str) -> String {
+        match self.plugin(probe) {
+            Some(plugin) => plugin.condition_type().to_string(),
+            None => self.family_of(probe).condition_type().to_string(),
+        }
+    }
+
+    fn plugin(&self, probe: &str) -> Option<&PluginSpec> {
+        probe.strip_prefix("plugin/").and_then(|name| self.probes.plugins.iter().find(|p| p.name == name))
     }
 }
 

@@ -101,7 +101,7 @@ impl FakeHost {
             args: vec![],
             timeout: TextDuration(Duration::from_millis(500)),
             max_output_bytes: 80,
-            family: Family::Network,
+            family: Some(Family::Network),
         });
         config.remediation.state_file = self.state_file();
         config.remediation.boot_id_wait = TextDuration(Duration::from_secs(2));

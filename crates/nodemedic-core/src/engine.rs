@@ -4,6 +4,7 @@
 //! `actions`, so every step is recorded before it runs; deciding again on the applied result yields
 //! no new action.
 
+use crate::probe::ProbeEvidence;
 use crate::drain::WhenDrainBlocked;
 use crate::eval::{Reason, RuleEval, Verdict, evaluate_rule, has_gpus, policy_gpu_vendors};
 use crate::observe::{NodeObservation, OperatorAction, ReportedOutcome, is_control_plane_label};
@@ -335,12 +336,8 @@ impl Work<'_> {
     /// Some remediating rule is bad on evidence produced at or after `since`.
     fn failing_since(&self, policy: &Policy, since: Time) -> Option<usize> {
         self.evals.iter().enumerate().filter(|(i, _)| !policy.rules[*i].is_soft()).find_map(|(i, e)| {
-            let bad = match e.verdict {
-                Verdict::Firing { .. } => true,
-                // Counted checks must reach their failure count; a bad condition or GPU count is bad now.
-                Verdict::Pending { .. } => policy.rules[i].check.is_none(),
-                _ => false,
-            };
+            // A published check failure, a bad condition or GPU count is bad now, whatever the rule's duration.
+            let bad = matches!(e.verdict, Verdict::Firing { .. } | Verdict::Pending { .. });
             (bad && e.fresh_since(since)).then_some(i)
         })
     }
@@ -856,12 +853,12 @@ fn describe(ctx: &Ctx, w: &Work, rule: usize) -> String {
             }
         }
     } else if let Some(c) = &r.check {
-        if let Some(chk) = w.obs.check(&c.name) {
-            // The agent's conditions carry no run counts: its own thresholds were met (u32::MAX).
-            s += &match (chk.consecutive_failures, chk.consecutive_passes, chk.failing_since) {
-                (u32::MAX, _, Some(since)) => format!(": check `{}` failing since {} (the agent's threshold met)", chk.name, since),
-                (_, u32::MAX, _) => format!(": check `{}` passing", chk.name),
-                (f, _, _) => format!(": check `{}` failed {} time(s) in a row (threshold {})", chk.name, f, c.failures),
+        if let Some(chk) = crate::probe::check_evidence(w.obs, c) {
+            // The agent's conditions carry no run counts: its own thresholds were met.
+            s += &match chk.evidence {
+                ProbeEvidence::Failing { since } => format!(": check `{}` failing since {since} (the agent's threshold met)", c.name),
+                ProbeEvidence::Passing { .. } => format!(": check `{}` passing", c.name),
+                ProbeEvidence::Unknown => format!(": check `{}` unknown (the agent's probes cannot tell)", c.name),
             };
             if !chk.message.is_empty() {
                 s += &format!(", \"{}\"", chk.message);

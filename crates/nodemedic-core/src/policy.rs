@@ -175,25 +175,25 @@ pub fn default_gpu_vendors() -> Vec<GpuVendor> {
     ]
 }
 
-/// A probe result reported by the node agent, with consecutive-failure counting (seed 000: "fails three times").
+/// A check the node agent publishes: a probe family (`gpu`, `network`, `disk`, `custom`) read from the
+/// family's condition, or a custom plugin's own condition (`plugin: true`). How many runs make a failure
+/// or a pass is the agent's probe schedule (see [`crate::probe`]); the rule's `duration` says how long
+/// a published failure must last.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckMatch {
-    /// Check name as the agent reports it (`gpu`, `network`, `disk`, or a custom plugin's name).
+    /// `gpu`, `network`, `disk` or `custom`; with `plugin: true`, the custom plugin's name.
     pub name: String,
-    /// Consecutive failures before the rule fires.
-    #[serde(default = "default_failures")]
-    pub failures: u32,
-    /// Consecutive passes before a fired soft rule clears (seed 000: the first pass clears slow-network).
-    #[serde(default = "default_passes")]
-    pub passes: u32,
+    /// The check is a custom plugin of this name, which publishes a condition of its own name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plugin: bool,
 }
 
-fn default_failures() -> u32 {
-    3
-}
-fn default_passes() -> u32 {
-    1
+impl CheckMatch {
+    /// A probe family's check.
+    pub fn family(family: crate::probe::ProbeFamily) -> Self {
+        CheckMatch { name: family.check_name().into(), plugin: false }
+    }
 }
 
 /// What a firing rule does.
@@ -703,14 +703,8 @@ impl Policy {
                 err(format!("{at}.condition.type"), "must not be empty".into());
             }
             if let Some(c) = &rule.check {
-                if c.name.trim().is_empty() {
-                    err(format!("{at}.check.name"), "must not be empty".into());
-                }
-                if c.failures == 0 {
-                    err(format!("{at}.check.failures"), "must be at least 1".into());
-                }
-                if c.passes == 0 {
-                    err(format!("{at}.check.passes"), "must be at least 1".into());
+                if let Err(e) = crate::probe::check_condition_type(c) {
+                    err(format!("{at}.check.name"), e.to_string());
                 }
             }
             if let Some(g) = &rule.gpu_count

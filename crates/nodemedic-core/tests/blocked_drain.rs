@@ -13,7 +13,7 @@ fn policy(when_blocked: &str) -> Policy {
         r#"
 rules:
 - name: gpu
-  check: {{name: gpu, failures: 1}}
+  check: {{name: gpu}}
 ladder:
 - {{step: drain, timeout: 10m}}
 - {{step: reboot, timeout: 10m}}

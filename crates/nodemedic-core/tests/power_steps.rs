@@ -12,7 +12,7 @@ use nodemedic_core::{Decision, Duration, RemediationStep};
 const POWER_LADDER: &str = r#"
 rules:
 - name: gpu
-  check: {name: gpu, failures: 1}
+  check: {name: gpu}
 ladder:
 - {step: powerCycle, timeout: 10m, settle: 0s, verifyTimeout: 5m}
 - {step: powerOff, timeout: 5m}

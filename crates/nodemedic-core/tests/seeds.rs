@@ -5,7 +5,7 @@ use nodemedic_core::observe::{OperatorAction, OperatorRequest, ReportedOutcome};
 use nodemedic_core::policy::{CircuitBreaker, ConditionStatus, IntOrPercent, MaintenanceWindow, Policy, RetryBudget, Weekday};
 use nodemedic_core::record::{Phase, Stage, StepOutcome};
 use nodemedic_core::testkit::{EPOCH, Harness, gpu_node, node, set_condition};
-use nodemedic_core::{Decision, Duration, RemediationStep, presets, probe_may_run};
+use nodemedic_core::{Decision, Duration, RemediationStep, presets, probes_may_run};
 
 fn selector(yaml: &str) -> nodemedic_core::selector::LabelSelector {
     serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("test selector {yaml:?}: {e}"))
@@ -45,8 +45,8 @@ fn holds(d: &Decision) -> Vec<(String, Gate)> {
 /// and the executor reports the step done.
 fn rebooted(h: &mut Harness, name: &str) {
     let now = h.now;
+    h.restart_agent(name);
     let n = h.node(name);
-    n.checks.clear();
     set_condition(n, "Ready", ConditionStatus::True, "KubeletReady", now);
     h.report(name, ReportedOutcome::Succeeded);
 }
@@ -74,7 +74,7 @@ fn three_gpu_failures_taint_node_for_reboot() {
     assert_eq!(executes(&d), [("gpu-1".to_string(), RemediationStep::Reboot, 1)]);
     assert!(h.taints("gpu-2").is_empty());
     let started = d.events.iter().find(|e| e.kind == EventKind::RemediationStarted).unwrap();
-    assert!(started.message.contains("check `gpu` failed 3 time(s) in a row"), "{}", started.message);
+    assert!(started.message.contains("check `gpu` failing since") && started.message.contains("the agent's threshold met"), "{}", started.message);
 }
 
 #[test]
@@ -185,18 +185,21 @@ fn slow_network_comes_and_goes_with_the_network_check() {
     }
     assert!(!h.records.nodes.contains_key("gpu-1"), "a soft condition starts no remediation");
     h.probe("gpu-1", "network", true);
+    assert_eq!(h.taints("gpu-1"), ["slow-network"]);
+    assert!(h.decide().events.is_empty(), "one pass is below the agent's pass threshold");
+    h.probe("gpu-1", "network", true);
     let d = h.decide();
-    assert!(h.taints("gpu-1").is_empty(), "removed as soon as the network check passes");
+    assert!(h.taints("gpu-1").is_empty(), "removed as soon as the agent publishes the network check passing");
     assert!(d.events.iter().any(|e| e.kind == EventKind::SoftTaintRemoved));
 }
 
 #[test]
 fn a_repair_tainted_node_is_not_rechecked_for_gpu_health() {
-    assert!(!probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], "", false));
-    assert!(!probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["nodemedic.io/repair-manual"], "nodemedic.io/", false));
-    assert!(probe_may_run(nodemedic_core::ProbeFamily::Network, &["slow-network", "repair-reboot"], "", false));
-    assert!(probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["slow-network"], "", false));
-    assert!(probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], "", true), "the re-check after the reboot runs them");
+    assert!(!probes_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], "", false));
+    assert!(!probes_may_run(nodemedic_core::ProbeFamily::Gpu, &["nodemedic.io/repair-manual"], "nodemedic.io/", false));
+    assert!(probes_may_run(nodemedic_core::ProbeFamily::Network, &["slow-network", "repair-reboot"], "", false));
+    assert!(probes_may_run(nodemedic_core::ProbeFamily::Gpu, &["slow-network"], "", false));
+    assert!(probes_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], "", true), "the re-check after the reboot runs them");
 
     let mut h = seed000_harness();
     fail_gpu_three_times(&mut h, "gpu-1");
@@ -501,7 +504,8 @@ fn a_person_resolves_a_manual_node_and_it_returns_once_the_checks_pass() {
     let d = h.decide();
     assert_eq!(holds(&d), [("gpu-1".to_string(), Gate::AwaitingOperator)], "checks have not run since");
     h.advance(Duration::from_secs(30));
-    h.node("gpu-1").checks.clear();
+    // The GPU probes run again (the resolve asks for a re-check) and pass the agent's two runs.
+    h.probe("gpu-1", "gpu", true);
     h.probe("gpu-1", "gpu", true);
     let d = h.decide();
     assert!(h.taints("gpu-1").is_empty());
@@ -666,7 +670,7 @@ fn a_node_that_recovers_counts_as_healthy_for_the_gates_in_the_same_decision() {
     h.advance(Duration::from_mins(1));
     let now = h.now;
     h.node("gpu-1").operator_request = Some(OperatorRequest { action: OperatorAction::Resolve, by: "alice".into(), at: now });
-    h.node("gpu-1").checks.clear();
+    h.probe("gpu-1", "gpu", true);
     h.probe("gpu-1", "gpu", true);
     let d = h.decide();
     assert!(d.events.iter().any(|e| e.kind == EventKind::ResolvedByOperator));
@@ -706,7 +710,7 @@ fn every_taint_change_says_why() {
 const REPORTED_REBOOT: &str = r#"
 rules:
 - name: gpu
-  check: {name: gpu, failures: 1}
+  check: {name: gpu}
 ladder:
 - {step: reboot, timeout: 10m, settle: 0s, verifyTimeout: 5m}
 - {step: reimage, timeout: 30m}
@@ -1009,7 +1013,7 @@ fn a_quarantined_node_that_recovers_while_waiting_for_a_drain_slot_is_released_n
             h.probe(n, "network", true);
             if failing.contains(&n.as_str()) {
                 h.probe(n, "gpu", false);
-            } else if h.fleet.iter().any(|o| o.name == *n && o.check("gpu").is_none_or(|c| c.consecutive_failures == 0)) {
+            } else if h.agents.get(&(n.clone(), "gpu".to_string())).is_none_or(|m| m.failure_streak() == 0) {
                 h.probe(n, "gpu", true);
             }
         }
