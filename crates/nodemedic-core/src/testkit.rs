@@ -111,6 +111,11 @@ impl Harness {
     pub fn new(policy: Policy, fleet: Vec<NodeObservation>) -> Self {
         Harness { policy, fleet, records: Records::default(), now: EPOCH, thresholds: Thresholds::AGENT_DEFAULT, agents: BTreeMap::new() }
     }
+    /// The same harness with agents that publish after these thresholds (their probe schedules').
+    pub fn with_thresholds(mut self, failures_before_unhealthy: u32, passes_before_healthy: u32) -> Self {
+        self.thresholds = Thresholds::new(failures_before_unhealthy, passes_before_healthy);
+        self
+    }
     pub fn node(&mut self, name: &str) -> &mut NodeObservation {
         match self.fleet.iter().position(|n| n.name == name) {
             Some(i) => &mut self.fleet[i],
