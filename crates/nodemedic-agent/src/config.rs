@@ -587,6 +587,27 @@ probes:
     }
 
     #[test]
+    fn a_plugin_without_a_family_publishes_a_condition_of_its_own_name() -> Result<(), ConfigError> {
+        let yaml = "probes:\n  plugins:\n    - { name: nccl-allreduce, path: /bin/true }\n    - { name: fabric, path: /bin/true, family: network }\n";
+        let config = AgentConfig::from_yaml(yaml)?;
+        assert_eq!(config.condition_of("plugin/nccl-allreduce"), "nccl-allreduce");
+        assert_eq!(config.family_of("plugin/nccl-allreduce"), Family::Custom, "it runs by the custom family's rule");
+        assert_eq!(config.condition_of("plugin/fabric"), "NetworkProblem");
+        assert_eq!(config.condition_of("nvidia-smi"), "GPUProblem");
+        Ok(())
+    }
+
+    #[test]
+    fn a_plugin_named_like_a_kubelet_or_family_condition_is_refused() {
+        for name in ["Ready", "GPUProblem", "gpu", "bad name"] {
+            let yaml = format!("probes:\n  plugins:\n    - {{ name: \"{name}\", path: /bin/true }}\n");
+            assert!(AgentConfig::from_yaml(&yaml).is_err(), "{name}");
+        }
+        let fed = "probes:\n  plugins:\n    - { name: Ready, path: /bin/true, family: gpu }\n";
+        assert!(AgentConfig::from_yaml(fed).is_ok(), "a plugin that feeds a family publishes no condition of its own");
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_name() {
         let error = AgentConfig::from_yaml("probes:\n  nvidia_smy: {}\n").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("nvidia_smy"), "{error}");
