@@ -4,6 +4,7 @@
 //! `actions`, so every step is recorded before it runs; deciding again on the applied result yields
 //! no new action.
 
+use crate::class::{self, ClassRung, FaultClass};
 use crate::probe::ProbeEvidence;
 use crate::drain::WhenDrainBlocked;
 use crate::eval::{Reason, RuleEval, Verdict, evaluate_rule, has_gpus, policy_gpu_vendors};
@@ -130,6 +131,8 @@ pub enum Gate {
     MaintenanceWindow,
     /// Waiting for a person or for the checks after one acted.
     AwaitingOperator,
+    /// The fault's class starts no remediation (policy `faultClasses`: `events`).
+    FaultClass,
 }
 
 impl Gate {
@@ -143,6 +146,7 @@ impl Gate {
             Gate::MaxConcurrentPerPool => "max_concurrent_per_pool",
             Gate::MaintenanceWindow => "maintenance_window",
             Gate::AwaitingOperator => "awaiting_operator",
+            Gate::FaultClass => "fault_class",
         }
     }
 }
@@ -929,6 +933,13 @@ fn try_start(
             return;
         }
     }
+    let fault_class = crate::probe::rule_fault_class(w.obs, &p.rules[rule]);
+    let rung = p.fault_classes.rung(fault_class);
+    if rung == ClassRung::Events {
+        let class = fault_class.map_or("none", FaultClass::as_str);
+        out.hold(&node, Gate::FaultClass, format!("{why}; fault class {class}: events only, no remediation (policy faultClasses)"));
+        return;
+    }
     let record = w.record.get_or_insert_with(|| NodeRecord::new(&node));
     let lemon = p.gates.retry_budget.as_ref().and_then(|b| {
         let recent = record.remediation_starts.iter().filter(|t| ctx.now.since(**t) < b.window).count();
@@ -936,7 +947,7 @@ fn try_start(
             format!("remediated {recent} times within {} (budget {}): a lemon node goes straight to manual", b.window, b.max_remediations)
         })
     });
-    let first = if lemon.is_some() { ctx.ladder.len() - 1 } else { 0 };
+    let first = if lemon.is_some() { ctx.ladder.len() - 1 } else { class::next_index(&ctx.ladder, 0, rung) };
     let step = ctx.ladder[first].step;
     if step.is_disruptive()
         && let Err((gate, msg)) = disruptive_gate(ctx, w.obs, false, gates, inflight, out)
@@ -963,8 +974,13 @@ fn try_start(
         unobserved: Duration::ZERO,
         unobserved_until: None,
         drain_held_at: None,
+        fault_class,
     });
-    out.event(&node, EventKind::RemediationStarted, format!("node unhealthy: {why}"));
+    let skipped = match fault_class {
+        Some(c) if lemon.is_none() => format!("; fault class {c}: repairs start at rung {}", rung.as_str()),
+        _ => String::new(),
+    };
+    out.event(&node, EventKind::RemediationStarted, format!("node unhealthy: {why}{skipped}"));
     if let Some(l) = lemon {
         out.event(&node, EventKind::LemonNode, l);
     }
@@ -1290,7 +1306,7 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                 return false;
             }
             Stage::AwaitingNext { ended_at } => {
-                let next = (a.step_index + 1).min(ctx.ladder.len() - 1);
+                let next = class::next_index(&ctx.ladder, a.step_index + 1, p.fault_classes.rung(a.fault_class));
                 let step = ctx.ladder[next].step;
                 // A quarantined node held back from its first disruptive step (a gate, a busy slot)
                 // may heal meanwhile (a power blip): checks that pass on evidence newer than the

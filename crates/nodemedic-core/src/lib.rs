@@ -3,6 +3,7 @@
 //! everything. It is pure: it must not depend on tokio, kube, a clock, the file system or the
 //! network, so the controller, the simulator and `nodemedic plan` all run exactly this code.
 
+pub mod class;
 pub mod drain;
 pub mod engine;
 pub mod eval;

@@ -5,6 +5,7 @@
 //! GPU-count rule with monitor-only on by default, and seed 004's selector, `unhealthyConditions`,
 //! `minHealthy` and `pauseRequests`. Field names are camelCase so the same type can back a CRD.
 
+use crate::class::FaultClassRungs;
 use crate::drain::DrainPolicy;
 use crate::selector::{LabelSelector, Labels};
 use crate::time::Duration;
@@ -46,6 +47,10 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// The remediation ladder, tried in order.
     pub ladder: Vec<LadderStep>,
+    /// The rung a remediation starts at for each fault class the agent's catalog reports (`replace:
+    /// replace`, `restartApplication: events`…); unset classes take the defaults ([`crate::class`]).
+    #[serde(default, skip_serializing_if = "FaultClassRungs::is_default")]
+    pub fault_classes: FaultClassRungs,
     /// Taint keys are `<taintPrefix><name>`: `nodemedic.io/repair-reboot` by default, bare `repair-reboot`
     /// with an empty prefix (seed 000's keys).
     #[serde(default = "default_taint_prefix")]

@@ -62,6 +62,8 @@ fn base(rules: Vec<Rule>, ladder: Vec<LadderStep>) -> Policy {
         node_classes: vec![],
         rules,
         ladder,
+        // The seeds' designs know nothing of fault classes; `recommended` takes the defaults.
+        fault_classes: crate::class::FaultClassRungs::class_blind(),
         taint_prefix: DEFAULT_TAINT_PREFIX.into(),
         gates: Gates::default(),
         monitor_only: true,
@@ -190,6 +192,8 @@ pub fn recommended() -> Policy {
         retry_budget: Some(RetryBudget { max_remediations: 3, window: Duration::from_days(7) }),
         maintenance_windows: vec![],
     };
+    // The fault class chooses the rung (crate::class's defaults).
+    p.fault_classes = Default::default();
     p
 }
 

@@ -9,6 +9,7 @@
 //! `False` once its pass threshold is met; a policy's `check` rule says how long a published failure
 //! must last (`duration`) and what to do, never how many runs make one.
 
+use crate::class::FaultClass;
 use crate::observe::{NodeCondition, NodeObservation, OperatorAction, OperatorRequest};
 use crate::policy::{CheckMatch, ConditionStatus, RemediationStep};
 use crate::record::{ActiveRemediation, Stage};
@@ -269,6 +270,8 @@ pub struct CheckEvidence {
     /// The agent's last run: the condition's heartbeat (or its transition when it has none).
     pub last_run: Time,
     pub message: String,
+    /// The fault class the condition's reason carries (the agent's catalog), if any.
+    pub fault_class: Option<FaultClass>,
 }
 
 /// Reads an agent-published condition: `True` is failing since the transition, `False` passing,
@@ -280,7 +283,22 @@ pub fn evidence_from_condition(c: &NodeCondition) -> CheckEvidence {
         ConditionStatus::False => ProbeEvidence::Passing { since },
         ConditionStatus::Unknown => ProbeEvidence::Unknown,
     };
-    CheckEvidence { evidence, last_run: c.last_heartbeat_time.map_or(since, |h| h.max(since)), message: c.message.clone() }
+    CheckEvidence {
+        evidence,
+        last_run: c.last_heartbeat_time.map_or(since, |h| h.max(since)),
+        message: c.message.clone(),
+        fault_class: FaultClass::from_condition_reason(&c.reason),
+    }
+}
+
+/// The fault class the condition a rule reads carries while it is bad (a check's or a condition rule's).
+pub fn rule_fault_class(node: &NodeObservation, rule: &crate::policy::Rule) -> Option<FaultClass> {
+    let type_ = match (&rule.check, &rule.condition) {
+        (Some(check), _) => check_condition_type(check).ok()?,
+        (None, Some(condition)) => condition.type_.as_str(),
+        (None, None) => return None,
+    };
+    node.condition(type_).and_then(|c| FaultClass::from_condition_reason(&c.reason))
 }
 
 /// The evidence for a policy's check on `node`: None when the agent has published nothing for it (or

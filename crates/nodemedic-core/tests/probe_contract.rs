@@ -156,6 +156,7 @@ fn active(step: RemediationStep, stage: Stage, started: Time) -> ActiveRemediati
         unobserved: Duration::ZERO,
         unobserved_until: None,
         drain_held_at: None,
+        fault_class: None,
     }
 }
 
