@@ -30,8 +30,9 @@ pub fn rfc3339(at: jiff::Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// One family's verdict from its probes' published verdicts (probe name, verdict): the first unhealthy probe
-/// gives the reason (the others are listed after "also:"), then the first unknown one; all healthy is healthy.
+/// One family's verdict from its probes' published verdicts (probe name, verdict): the unhealthy probe whose
+/// reason carries the most severe fault class (else the first unhealthy one) gives the reason (the others are
+/// listed after "also:"), then the first unknown one; all healthy is healthy.
 /// None when no probe has published anything yet (the condition is then left as it is).
 pub fn family_verdict(probes: &[(String, Verdict)]) -> Option<Verdict> {
     let evidence: Vec<&(String, Verdict)> = probes.iter().filter(|(_, v)| v.reason != Reason::NotYetRun).collect();
@@ -40,7 +41,10 @@ pub fn family_verdict(probes: &[(String, Verdict)]) -> Option<Verdict> {
         return Some(first.1.clone());
     }
     let described = |(name, verdict): &&(String, Verdict)| format!("{name}: {}", verdict.message);
-    let unhealthy: Vec<&&(String, Verdict)> = evidence.iter().filter(|(_, v)| v.is_unhealthy()).collect();
+    let mut unhealthy: Vec<&&(String, Verdict)> = evidence.iter().filter(|(_, v)| v.is_unhealthy()).collect();
+    // The most severe fault class leads (its reason carries the class the controller starts from); a stable
+    // sort keeps probe order otherwise.
+    unhealthy.sort_by_key(|(_, v)| std::cmp::Reverse(nodemedic_core::class::FaultClass::from_condition_reason(v.reason.as_str())));
     if let Some(worst) = unhealthy.first() {
         let mut message = described(worst);
         if unhealthy.len() > 1 {
@@ -147,5 +151,17 @@ mod tests {
         assert!(verdict.is_some_and(|v| v.message.starts_with("nvidia-smi: row remap")));
         let unknown = vec![("nvml".to_string(), Verdict::healthy("ok")), ("dcgmi".to_string(), Verdict::unknown(Reason::ToolMissing, "x"))];
         assert_eq!(family_verdict(&unknown).map(|v| v.health), Some(Health::Unknown));
+    }
+
+    #[test]
+    fn the_most_severe_fault_class_gives_the_family_its_reason() {
+        let probes = vec![
+            ("nvidia-smi".to_string(), Verdict::unhealthy(Reason::GpuLost, "GPU 0 lost")),
+            ("kernel-log".to_string(), Verdict::unhealthy(Reason::KernelFaultReboot, "Xid 79: reboot")),
+            ("dcgmi".to_string(), Verdict::unhealthy(Reason::KernelFaultReplace, "row remap failure: RMA")),
+        ];
+        let verdict = family_verdict(&probes);
+        assert_eq!(verdict.as_ref().map(|v| v.reason), Some(Reason::KernelFaultReplace));
+        assert!(verdict.is_some_and(|v| v.message.starts_with("dcgmi: row remap") && v.message.contains("also: kernel-log")));
     }
 }
