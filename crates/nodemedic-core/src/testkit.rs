@@ -2,6 +2,7 @@
 //! the simulator so they all drive the engine the same way.
 
 use crate::engine::{Decision, apply, decide};
+use crate::class::FaultClass;
 use crate::observe::{NodeCondition, NodeObservation, ReportedOutcome, StepReport};
 use crate::probe::{ProbeFamily, Published, RunOutcome, ThresholdMachine, Thresholds};
 use std::collections::BTreeMap;
@@ -68,11 +69,17 @@ pub fn check_condition_type(check: &str) -> &str {
 /// agent writes its condition: the transition moves (to when the machine's verdict began) only when the
 /// status changes, the heartbeat always. Nothing is written before the machine's first verdict.
 pub fn publish(n: &mut NodeObservation, check: &str, published: Published, at: Time) {
+    publish_with_class(n, check, published, at, None);
+}
+
+/// [`publish`], with a failure's reason carrying the fault class the agent's catalog gave it.
+pub fn publish_with_class(n: &mut NodeObservation, check: &str, published: Published, at: Time, class: Option<FaultClass>) {
     let (Some(status), Some(since)) = (published.condition_status(), published.since()) else {
         return;
     };
+    let failed = class.and_then(FaultClass::condition_reason).unwrap_or("ProbeFailed");
     let (reason, message) = match published {
-        Published::Unhealthy { .. } => ("ProbeFailed", format!("{check} failed")),
+        Published::Unhealthy { .. } => (failed, format!("{check} failed")),
         Published::Healthy { .. } => ("ProbePassed", format!("{check} ok")),
         Published::Unknown { .. } | Published::NotYetRun => ("ProbeUnknown", format!("{check} unknown")),
     };

@@ -4,7 +4,8 @@
 //! the machine's verdict is published as the family's condition (`GPUProblem`, `NetworkProblem`), and the
 //! GPU probes run only when `probes_may_run` says so.
 
-use crate::faults::Symptom;
+use crate::faults::{Fix, Symptom};
+use nodemedic_core::class::FaultClass;
 use crate::sim::{KUBELET_STATUS_REPORT, ProbeState, Sim};
 use nodemedic_core::Time;
 use nodemedic_core::observe::NodeCondition;
@@ -33,6 +34,18 @@ impl Sim<'_> {
             }
         }
         (gpu, net)
+    }
+
+    /// The fault class the agent's catalog gives node `n`'s GPU failure: `replace` when a probe-visible GPU
+    /// fault on it needs a part (the catalog's RMA codes: Xid 79 repeating, row-remap failure), else none
+    /// (the ladder from its first rung). Generous to the catalog: every such fault is named right, and no
+    /// other fault is named `replace` (see docs/fault-model.md).
+    fn gpu_fault_class(&self, n: u32) -> Option<FaultClass> {
+        let replace = self.nodes[n as usize].faults.iter().any(|f| {
+            let fault = &self.faults[*f as usize];
+            self.draws[*f as usize].probe_visible && fault.symptom == Symptom::Gpu && fault.fix == Fix::Replace
+        });
+        replace.then_some(FaultClass::Replace)
     }
 
     /// GPU probes run unless a repair or a drain is in progress; they run again while the repair is verified
@@ -204,6 +217,7 @@ impl Sim<'_> {
             return;
         }
         let gpu_allowed = self.gpu_probe_allowed(n);
+        let gpu_class = self.gpu_fault_class(n);
         let (phase, iv) = (self.probe_phase(n), self.cfg.probe_interval.0.max(1));
         for (family, allowed) in [(ProbeFamily::Gpu, gpu_allowed), (ProbeFamily::Network, true)] {
             if !self.agent_publishes(n, family) {
@@ -218,7 +232,7 @@ impl Sim<'_> {
             if unchanged && !allowed {
                 continue;
             }
-            testkit::publish(o, family.check_name(), published, last);
+            testkit::publish_with_class(o, family.check_name(), published, last, if family == ProbeFamily::Gpu { gpu_class } else { None });
             if let Some(c) = o.conditions.iter_mut().find(|c| c.type_ == family.condition_type()) {
                 c.last_heartbeat_time = Some(last_run);
             }
