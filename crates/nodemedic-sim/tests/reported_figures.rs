@@ -252,3 +252,19 @@ fn the_fault_models_rack_power_events_trip_the_recommended_policys_circuit_break
     assert!(r.timeline.iter().any(|l| l.contains("BreakerTripped")), "the breaker tripped");
     assert!(r.gate_holds.get("circuit_breaker").is_some_and(|n| *n > 0), "{:?}", r.gate_holds);
 }
+
+#[test]
+fn a_part_needing_gpu_fault_goes_straight_to_replace_under_nodemedic_and_climbs_the_ladder_class_blind() {
+    // Twenty nodes: the recommended policy's minHealthy 80 % holds a four-node fleet.
+    let cfg = fleet(20, 3);
+    let faults = [fault(0, Cause::FaultyGpu, Symptom::Gpu, Fix::Replace, None)];
+    let classed = run(&cfg, &presets::recommended(), &faults);
+    assert_eq!(classed.remediations_by_step.get("reboot"), None, "{:?}", classed.remediations_by_step);
+    assert_eq!(classed.remediations_by_step.get("reimage"), None);
+    assert_eq!(classed.remediations_by_step.get("replace"), Some(&1), "{:?} {:?}", classed.remediations_by_step, classed.gate_holds);
+    assert_close(classed.gpu_hours_lost.ineffective_repairs, 0.0, "no repair that could not fix");
+    let blind = run(&cfg, &nodemedic_sim::baselines::nodemedic_class_blind(), &faults);
+    assert_eq!(blind.remediations_by_step.get("reboot"), Some(&1), "{:?}", blind.remediations_by_step);
+    assert!(blind.gpu_hours_lost.ineffective_repairs > 0.0);
+    assert!(classed.gpu_hours_lost.policy_controlled < blind.gpu_hours_lost.policy_controlled);
+}
