@@ -48,7 +48,8 @@ pub struct Policy {
     /// The remediation ladder, tried in order.
     pub ladder: Vec<LadderStep>,
     /// The rung a remediation starts at for each fault class the agent's catalog reports (`replace:
-    /// replace`, `restartApplication: events`…); unset classes take the defaults ([`crate::class`]).
+    /// replace`, `restartApplication: events`…); unset classes take the defaults (docs/controller.md,
+    /// "Fault classes").
     #[serde(default, skip_serializing_if = "FaultClassRungs::is_default")]
     pub fault_classes: FaultClassRungs,
     /// Taint keys are `<taintPrefix><name>`: `nodemedic.io/repair-reboot` by default, bare `repair-reboot`
@@ -182,7 +183,7 @@ pub fn default_gpu_vendors() -> Vec<GpuVendor> {
 
 /// A check the node agent publishes: a probe family (`gpu`, `network`, `disk`, `custom`) read from the
 /// family's condition, or a custom plugin's own condition (`plugin: true`). How many runs make a failure
-/// or a pass is the agent's probe schedule (see [`crate::probe`]); the rule's `duration` says how long
+/// or a pass is the agent's probe schedule (docs/agent-probes.md); the rule's `duration` says how long
 /// a published failure must last.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
