@@ -139,7 +139,14 @@ impl Agent<'_> {
             .map(|name| {
                 let schedule = self.config.schedule_for(&name).clone();
                 let first = start + schedule.jitter.0.mul_f64(jitter.fraction());
-                Scheduled { family: self.config.family_of(&name), condition: self.config.condition_of(&name), state: ProbeState::new(&schedule), schedule, next_at: first, name }
+                Scheduled {
+                    family: self.config.family_of(&name),
+                    condition: self.config.condition_of(&name),
+                    state: ProbeState::new(&schedule),
+                    schedule,
+                    next_at: first,
+                    name,
+                }
             })
             .collect();
         let search = Arc::new(search_path(&self.config));

@@ -62,12 +62,7 @@ pub fn family_verdict(probes: &[(String, Verdict)]) -> Option<Verdict> {
 
 /// The condition of type `type_` (a family's, or a plugin's own; see [`nodemedic_core::probe`]) to write: the
 /// transition time of `existing` is kept while the status is the same.
-pub fn condition_json(
-    type_: &str,
-    verdict: &Verdict,
-    heartbeat: jiff::Timestamp,
-    existing: Option<&NodeCondition>,
-) -> serde_json::Value {
+pub fn condition_json(type_: &str, verdict: &Verdict, heartbeat: jiff::Timestamp, existing: Option<&NodeCondition>) -> serde_json::Value {
     let status = condition_status(verdict.health);
     let kept = existing.filter(|c| c.status == status).and_then(|c| c.last_transition_time.as_ref()).map(|t| rfc3339(t.0));
     serde_json::json!({

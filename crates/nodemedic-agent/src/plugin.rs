@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-
 use crate::exec::{ExecError, SearchPath, run_with_timeout};
 use crate::probe::TextDuration;
 use crate::verdict::{Reason, Verdict};

@@ -323,7 +323,10 @@ fn probes(node: Option<&Node>, record: Option<&NodeRemediation>, notice: Option<
                 continue;
             };
             let passed = !matches!(c.evidence, nodemedic_core::probe::ProbeEvidence::Failing { .. });
-            out.push(ProbeHistory { probe: family.check_name().to_string(), results: vec![ProbeResult { at: c.last_run, passed, message: c.message }] });
+            out.push(ProbeHistory {
+                probe: family.check_name().to_string(),
+                results: vec![ProbeResult { at: c.last_run, passed, message: c.message }],
+            });
         }
     }
     let passed = |reason: &str| matches!(reason, "Healthy" | "GPUCountMatch" | "NotApplicable" | "NonGPUNode");

@@ -5,11 +5,11 @@
 //! no new action.
 
 use crate::class::{self, ClassRung, FaultClass};
-use crate::probe::ProbeEvidence;
 use crate::drain::WhenDrainBlocked;
 use crate::eval::{Reason, RuleEval, Verdict, evaluate_rule, has_gpus, policy_gpu_vendors};
 use crate::observe::{NodeObservation, OperatorAction, ReportedOutcome, is_control_plane_label};
 use crate::policy::{Completion, ConditionStatus, ExternalTemplate, GpuVendor, LadderStep, Policy, RemediationStep};
+use crate::probe::ProbeEvidence;
 use crate::record::{ActiveRemediation, Diagnostic, NodeRecord, Phase, PolicyRecord, Records, Stage, StepHistory, StepOutcome};
 use crate::selector::label;
 use crate::time::{Duration, Time};

@@ -1,8 +1,8 @@
 //! Rule evaluation: one node, one rule, one instant → a verdict with an enumerable reason.
 
 use crate::observe::NodeObservation;
-use crate::probe::ProbeEvidence;
 use crate::policy::{GpuCountMatch, GpuVendor, Policy, Rule};
+use crate::probe::ProbeEvidence;
 use crate::selector::label;
 use crate::time::Time;
 

@@ -30,4 +30,3 @@ pub use policy::{Policy, PolicyError, RemediationStep};
 pub use probe::{ProbeFamily, probes_may_run};
 pub use record::{NodeRecord, Phase, Records};
 pub use time::{Duration, Time};
-

@@ -708,10 +708,10 @@ impl Policy {
             {
                 err(format!("{at}.condition.type"), "must not be empty".into());
             }
-            if let Some(c) = &rule.check {
-                if let Err(e) = crate::probe::check_condition_type(c) {
-                    err(format!("{at}.check.name"), e.to_string());
-                }
+            if let Some(c) = &rule.check
+                && let Err(e) = crate::probe::check_condition_type(c)
+            {
+                err(format!("{at}.check.name"), e.to_string());
             }
             if let Some(g) = &rule.gpu_count
                 && g.vendors.is_empty()

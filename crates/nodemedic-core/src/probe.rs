@@ -83,8 +83,8 @@ pub fn validate_plugin_name(name: &str) -> Result<(), PluginNameError> {
     if !body_ok || !edge_ok(name.chars().next()) || !edge_ok(name.chars().last()) {
         return Err(PluginNameError::Characters);
     }
-    let reserved = ProbeFamily::ALL.iter().any(|f| f.check_name() == name || f.condition_type() == name)
-        || KUBELET_CONDITIONS.contains(&name);
+    let reserved =
+        ProbeFamily::ALL.iter().any(|f| f.check_name() == name || f.condition_type() == name) || KUBELET_CONDITIONS.contains(&name);
     if reserved {
         return Err(PluginNameError::Reserved(name.to_string()));
     }
@@ -330,7 +330,8 @@ pub fn probes_may_run(family: ProbeFamily, taint_keys: &[&str], taint_prefix: &s
         ProbeFamily::Gpu => {
             verifying
                 || !taint_keys.iter().any(|k| {
-                    k.strip_prefix(taint_prefix).is_some_and(|name| name.starts_with("repair-") || name == RemediationStep::Drain.taint_name())
+                    k.strip_prefix(taint_prefix)
+                        .is_some_and(|name| name.starts_with("repair-") || name == RemediationStep::Drain.taint_name())
                 })
         }
         ProbeFamily::Network | ProbeFamily::Disk | ProbeFamily::Custom => true,

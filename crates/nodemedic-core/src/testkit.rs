@@ -1,14 +1,14 @@
 //! Builders for observed nodes and a decide-then-apply harness. Pure; used by tests, benchmarks and
 //! the simulator so they all drive the engine the same way.
 
-use crate::engine::{Decision, apply, decide};
 use crate::class::FaultClass;
+use crate::engine::{Decision, apply, decide};
 use crate::observe::{NodeCondition, NodeObservation, ReportedOutcome, StepReport};
-use crate::probe::{ProbeFamily, Published, RunOutcome, ThresholdMachine, Thresholds};
-use std::collections::BTreeMap;
 use crate::policy::{ConditionStatus, Policy};
+use crate::probe::{ProbeFamily, Published, RunOutcome, ThresholdMachine, Thresholds};
 use crate::record::Records;
 use crate::time::{Duration, Time};
+use std::collections::BTreeMap;
 
 /// 2026-11-16T00:00:00Z, a Monday: a fixed origin so tests read the same every day.
 pub const EPOCH: Time = Time(1_794_787_200_000);

@@ -4,8 +4,8 @@ use nodemedic_core::engine::Action;
 use nodemedic_core::observe::{OperatorAction, OperatorRequest};
 use nodemedic_core::policy::{CheckMatch, ConditionStatus, Policy};
 use nodemedic_core::probe::{
-    CheckNameError, ProbeEvidence, ProbeFamily, Published, RunOutcome, ThresholdMachine, Thresholds, check_condition_type,
-    check_evidence, probes_may_run, validate_plugin_name, verifying,
+    CheckNameError, ProbeEvidence, ProbeFamily, Published, RunOutcome, ThresholdMachine, Thresholds, check_condition_type, check_evidence,
+    probes_may_run, validate_plugin_name, verifying,
 };
 use nodemedic_core::record::{ActiveRemediation, Stage};
 use nodemedic_core::testkit::{EPOCH, Harness, gpu_node, set_condition};

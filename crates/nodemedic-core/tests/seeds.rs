@@ -80,7 +80,11 @@ fn three_gpu_failures_taint_node_for_reboot() {
     assert_eq!(executes(&d), [("gpu-1".to_string(), RemediationStep::Reboot, 1)]);
     assert!(h.taints("gpu-2").is_empty());
     let started = d.events.iter().find(|e| e.kind == EventKind::RemediationStarted).unwrap();
-    assert!(started.message.contains("check `gpu` failing since") && started.message.contains("the agent's threshold met"), "{}", started.message);
+    assert!(
+        started.message.contains("check `gpu` failing since") && started.message.contains("the agent's threshold met"),
+        "{}",
+        started.message
+    );
 }
 
 #[test]
@@ -691,8 +695,7 @@ fn every_taint_change_says_why() {
         d.actions.iter().filter_map(|a| if let Action::SetTaints { reason, .. } = a { Some(reason.as_str()) } else { None }).collect();
     assert_eq!(reasons.len(), 1);
     assert!(
-        reasons[0].contains("repair-reboot shows remediation step reboot (attempt 1)")
-            && reasons[0].contains("check `gpu` failing since"),
+        reasons[0].contains("repair-reboot shows remediation step reboot (attempt 1)") && reasons[0].contains("check `gpu` failing since"),
         "{reasons:?}"
     );
     h.advance(Duration::from_mins(1));

@@ -5,14 +5,14 @@
 //! GPU probes run only when `probes_may_run` says so.
 
 use crate::faults::{Fix, Symptom};
-use nodemedic_core::class::FaultClass;
 use crate::sim::{KUBELET_STATUS_REPORT, ProbeState, Sim};
+use nodemedic_core::Duration;
 use nodemedic_core::Time;
+use nodemedic_core::class::FaultClass;
 use nodemedic_core::observe::NodeCondition;
 use nodemedic_core::policy::ConditionStatus;
 use nodemedic_core::probe::{self, ProbeFamily, Published, RunOutcome};
 use nodemedic_core::testkit::{self, set_condition};
-use nodemedic_core::Duration;
 
 /// The condition a node-problem-detector custom plugin running the DCGM health check sets.
 pub const NPD_GPU_CONDITION: &str = "GpuUnhealthy";

@@ -237,7 +237,8 @@ impl<'a> Sim<'a> {
             })
             .collect();
         let index = obs.iter().enumerate().map(|(i, n)| (n.name.clone(), i as u32)).collect();
-        let reads_check = |family: ProbeFamily| policy.rules.iter().filter_map(|r| r.check.as_ref()).any(|c| *c == CheckMatch::family(family));
+        let reads_check =
+            |family: ProbeFamily| policy.rules.iter().filter_map(|r| r.check.as_ref()).any(|c| *c == CheckMatch::family(family));
         let class = cfg.fleet.node_class();
         let draws: Vec<FaultDraws> = faults.iter().map(|f| FaultDraws::for_fault(&cfg.model, f, class, cfg.seed)).collect();
         let fstate = faults.iter().map(|_| FaultState { quarantined_at: None, cleared_at: None }).collect();
