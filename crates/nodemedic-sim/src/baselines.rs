@@ -43,7 +43,7 @@ pub fn seed004_npd() -> Policy {
 
 /// nodemedic's recommended policy with the fault class ignored: every fault climbs the whole ladder, as it
 /// did before the class chose the rung. Side by side with `nodemedic` it shows what the class is worth.
-pub fn nodemedic_class_blind() -> Policy {
+pub fn nodemedic_noclass() -> Policy {
     let mut p = presets::recommended();
     p.fault_classes = FaultClassRungs::class_blind();
     p
@@ -54,7 +54,7 @@ pub fn nodemedic_class_blind() -> Policy {
 pub fn all() -> Vec<(&'static str, Policy)> {
     let mut all = presets::all();
     all.push(("seed004-npd", seed004_npd()));
-    all.push(("nodemedic-class-blind", nodemedic_class_blind()));
+    all.push(("nodemedic-noclass", nodemedic_noclass()));
     all
 }
 

@@ -263,7 +263,7 @@ fn a_part_needing_gpu_fault_goes_straight_to_replace_under_nodemedic_and_climbs_
     assert_eq!(classed.remediations_by_step.get("reimage"), None);
     assert_eq!(classed.remediations_by_step.get("replace"), Some(&1), "{:?} {:?}", classed.remediations_by_step, classed.gate_holds);
     assert_close(classed.gpu_hours_lost.ineffective_repairs, 0.0, "no repair that could not fix");
-    let blind = run(&cfg, &nodemedic_sim::baselines::nodemedic_class_blind(), &faults);
+    let blind = run(&cfg, &nodemedic_sim::baselines::nodemedic_noclass(), &faults);
     assert_eq!(blind.remediations_by_step.get("reboot"), Some(&1), "{:?}", blind.remediations_by_step);
     assert!(blind.gpu_hours_lost.ineffective_repairs > 0.0);
     assert!(classed.gpu_hours_lost.policy_controlled < blind.gpu_hours_lost.policy_controlled);
