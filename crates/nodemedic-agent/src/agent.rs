@@ -1,10 +1,12 @@
 //! `nodemedic-agent run`: the continuous agent on one node.
 //!
 //! Three loops share one record watch:
-//! - the probe loop runs each probe on its own interval plus jitter, feeds its threshold machine and publishes
-//!   one condition per family that ran ([`crate::node`]). GPU probes (and the GPU kernel-log probe) pause while
-//!   the node carries `<prefix>repair-*` or `<prefix>draining`, unless the record is verifying a repair (or a
-//!   person marked a Manual node resolved): nothing
+//! - the probe loop runs each probe on its own interval plus jitter, feeds its threshold machine
+//!   (nodemedic-core's [`nodemedic_core::probe::ThresholdMachine`]) and publishes one condition per family
+//!   that ran, and one per own-condition plugin ([`crate::node`]). GPU probes (and the GPU kernel-log probe)
+//!   pause while the node carries `<prefix>repair-*` or `<prefix>draining`, unless the record is verifying a
+//!   repair (or a person marked a Manual node resolved after the Manual step began), the rule being
+//!   [`nodemedic_core::probes_may_run`]: nothing
 //!   new is published for the GPU family then, so its heartbeat ages and the controller reads it as unknown,
 //!   never as broken. The network probe keeps running on `slow-network` nodes.
 //! - the record watch follows this node's NodeRemediation (a field selector on its name);
@@ -67,6 +69,8 @@ pub struct Agent<'h> {
 struct Scheduled {
     name: String,
     family: Family,
+    /// The Node condition its verdict is published in.
+    condition: String,
     schedule: ProbeSchedule,
     state: ProbeState,
     next_at: Instant,
@@ -90,23 +94,10 @@ impl Jitter {
     }
 }
 
-/// True when the GPU family may run on a node with these taints (see the module docs).
-pub fn gpu_probes_may_run(taints: &[String], prefix: &str, verifying: bool) -> bool {
-    let keys: Vec<&str> = taints.iter().map(String::as_str).collect();
-    let draining = format!("{prefix}draining");
-    nodemedic_core::probe_may_run(nodemedic_core::ProbeFamily::Gpu, &keys, prefix, verifying)
-        && (verifying || !keys.contains(&draining.as_str()))
-}
-
-/// Whether `family` may run now.
+/// Whether `family` may run now: nodemedic-core's rule ([`nodemedic_core::probes_may_run`]).
 pub fn family_may_run(family: Family, taints: &[String], prefix: &str, verifying: bool) -> bool {
-    match family {
-        Family::Gpu => gpu_probes_may_run(taints, prefix, verifying),
-        other => {
-            let keys: Vec<&str> = taints.iter().map(String::as_str).collect();
-            nodemedic_core::probe_may_run(other.core(), &keys, prefix, verifying)
-        }
-    }
+    let keys: Vec<&str> = taints.iter().map(String::as_str).collect();
+    nodemedic_core::probes_may_run(family, &keys, prefix, verifying)
 }
 
 impl Agent<'_> {
@@ -170,7 +161,14 @@ impl Agent<'_> {
                 } else {
                     schedule.clone()
                 };
-                Scheduled { family: self.config.family_of(&name), state: ProbeState::new(&thresholds), schedule, next_at: first, name }
+                Scheduled {
+                    family: self.config.family_of(&name),
+                    condition: self.config.condition_of(&name),
+                    state: ProbeState::new(&thresholds),
+                    schedule,
+                    next_at: first,
+                    name,
+                }
             })
             .collect()
     }
@@ -209,7 +207,7 @@ impl Agent<'_> {
         let search = Arc::new(search_path(&self.config));
         let memory = self.probe_memory();
         let nodes = self.nodes();
-        let mut last_run: std::collections::BTreeMap<Family, jiff::Timestamp> = Default::default();
+        let mut last_run: std::collections::BTreeMap<String, jiff::Timestamp> = Default::default();
         loop {
             let Some(wake) = probes.iter().map(|p| p.next_at).min() else {
                 tracing::info!("no probes are configured; only remediation requests are served");
@@ -257,34 +255,34 @@ impl Agent<'_> {
                 let raw = verdict.clone();
                 probe.state.record(verdict, Instant::now());
                 metrics.probe_ran(&probe.name, probe.family, &raw, started.elapsed(), &probe.state.published(Instant::now()));
-                ran.insert(probe.family);
-                last_run.insert(probe.family, jiff::Timestamp::now());
+                ran.insert(probe.condition.clone());
+                last_run.insert(probe.condition.clone(), jiff::Timestamp::now());
             }
-            self.publish_families(&nodes, &node, &probes, ran, &last_run, metrics).await;
+            self.publish_round(&nodes, &node, &probes, ran, &last_run, metrics).await;
         }
     }
 
-    /// Publishes one condition per family that ran this round.
-    async fn publish_families(
+    /// Publishes one condition per condition type whose probes ran this round.
+    async fn publish_round(
         &self,
         nodes: &Api<Node>,
         node: &Node,
         probes: &[Scheduled],
-        ran: BTreeSet<Family>,
-        last_run: &std::collections::BTreeMap<Family, jiff::Timestamp>,
+        ran: BTreeSet<String>,
+        last_run: &std::collections::BTreeMap<String, jiff::Timestamp>,
         metrics: &AgentMetrics,
     ) {
         let now = Instant::now();
         let mut conditions = Vec::new();
         let mut written = Vec::new();
-        for family in ran {
+        for condition in ran {
             let members: Vec<(String, Verdict)> =
-                probes.iter().filter(|p| p.family == family).map(|p| (p.name.clone(), p.state.published(now))).collect();
-            let (Some(verdict), Some(heartbeat)) = (family_verdict(&members), last_run.get(&family)) else {
+                probes.iter().filter(|p| p.condition == condition).map(|p| (p.name.clone(), p.state.published(now))).collect();
+            let (Some(verdict), Some(heartbeat)) = (family_verdict(&members), last_run.get(&condition)) else {
                 continue;
             };
-            conditions.push(condition_json(family, &verdict, *heartbeat, existing_condition(node, family.condition_type())));
-            written.push((family, *heartbeat));
+            conditions.push(condition_json(&condition, &verdict, *heartbeat, existing_condition(node, &condition)));
+            written.push((condition, *heartbeat));
         }
         if conditions.is_empty() {
             return;

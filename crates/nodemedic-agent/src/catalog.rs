@@ -16,21 +16,21 @@ use crate::verdict::Reason;
 /// The embedded default catalog text.
 pub const DEFAULT_CATALOG_YAML: &str = include_str!("../catalog/default.yaml");
 
-/// What to do about a fault, weakest first (the derived order is the severity order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ActionClass {
-    Ignore,
-    RestartApplication,
-    ResetGpu,
-    Reboot,
-    Replace,
-    ContactSupport,
+/// What to do about a fault, weakest first: nodemedic-core's [`nodemedic_core::class::FaultClass`], so the
+/// class the catalog writes is the type the engine chooses a rung with (it travels in the condition reason,
+/// `KernelFault<Class>`).
+pub use nodemedic_core::class::FaultClass as ActionClass;
+
+/// The agent's words and verdict reasons for an action class.
+pub trait ActionClassExt {
+    /// The action in words, for messages.
+    fn describe(self) -> &'static str;
+    /// The verdict reason for a kernel fault with this action, or None when the node stays healthy.
+    fn kernel_reason(self) -> Option<Reason>;
 }
 
-impl ActionClass {
-    /// The action in words, for messages.
-    pub fn describe(self) -> &'static str {
+impl ActionClassExt for ActionClass {
+    fn describe(self) -> &'static str {
         match self {
             ActionClass::Ignore => "no action needed",
             ActionClass::RestartApplication => "restart the application",
@@ -41,8 +41,7 @@ impl ActionClass {
         }
     }
 
-    /// The verdict reason for a kernel fault with this action, or None when the node stays healthy.
-    pub fn kernel_reason(self) -> Option<Reason> {
+    fn kernel_reason(self) -> Option<Reason> {
         match self {
             ActionClass::Ignore => None,
             ActionClass::RestartApplication => None,
@@ -397,6 +396,16 @@ mod tests {
 
     fn catalog() -> Catalog {
         Catalog::embedded().expect("the embedded catalog is valid")
+    }
+
+    #[test]
+    fn the_kernel_fault_reason_carries_the_class_the_engine_reads() {
+        for class in ActionClass::ALL {
+            if let Some(reason) = class.kernel_reason() {
+                assert_eq!(ActionClass::from_condition_reason(reason.as_str()), Some(class), "{reason:?}");
+            }
+        }
+        assert_eq!(ActionClass::RestartApplication.kernel_reason(), None, "an application's fault leaves the node healthy");
     }
 
     #[test]

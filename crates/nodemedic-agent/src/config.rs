@@ -488,6 +488,12 @@ impl AgentConfig {
             if !names.insert(plugin.name.as_str()) {
                 return Err(ConfigError::Invalid(format!("two plugins are named {:?}", plugin.name)));
             }
+            // Without a family the plugin's name is the condition type it publishes.
+            if plugin.family.is_none()
+                && let Err(error) = nodemedic_core::probe::validate_plugin_name(&plugin.name)
+            {
+                return Err(ConfigError::Invalid(format!("plugin {:?}: {error}", plugin.name)));
+            }
         }
         if let Some(iperf) = &self.probes.iperf3
             && !(iperf.min_gbits_per_second.is_finite() && iperf.min_gbits_per_second >= 0.0)
@@ -509,18 +515,26 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// The family a probe (by its `check --once` name) reports into.
+    /// The family whose run rules apply to a probe (by its `check --once` name).
     pub fn family_of(&self, probe: &str) -> Family {
         match probe {
             "nvml" | "nvidia-smi" | "nvlink" | "rocm-smi" | "amd-smi" | "rocminfo" | "dcgmi" | "kernel-log" => Family::Gpu,
             "infiniband" | "ethtool" | "ping" | "iperf3" | "speedtest" => Family::Network,
             "disk" => Family::Disk,
-            other => other
-                .strip_prefix("plugin/")
-                .and_then(|name| self.probes.plugins.iter().find(|p| p.name == name))
-                .map(|p| p.family)
-                .unwrap_or(Family::Custom),
+            other => self.plugin(other).map_or(Family::Custom, PluginSpec::run_family),
         }
+    }
+
+    /// The Node condition a probe's verdict is published in: its family's, or a plugin's own.
+    pub fn condition_of(&self, probe: &str) -> String {
+        match self.plugin(probe) {
+            Some(plugin) => plugin.condition_type().to_string(),
+            None => self.family_of(probe).condition_type().to_string(),
+        }
+    }
+
+    fn plugin(&self, probe: &str) -> Option<&PluginSpec> {
+        probe.strip_prefix("plugin/").and_then(|name| self.probes.plugins.iter().find(|p| p.name == name))
     }
 }
 
@@ -591,6 +605,27 @@ probes:
         let safe = config.self_fencing.as_ref().map(|s| s.safe_time(true).map(|d| d.to_string()));
         assert_eq!(safe, Some(Ok("2m55s".to_string())), "the manifest's comment gives this figure");
         Ok(())
+    }
+
+    #[test]
+    fn a_plugin_without_a_family_publishes_a_condition_of_its_own_name() -> Result<(), ConfigError> {
+        let yaml = "probes:\n  plugins:\n    - { name: nccl-allreduce, path: /bin/true }\n    - { name: fabric, path: /bin/true, family: network }\n";
+        let config = AgentConfig::from_yaml(yaml)?;
+        assert_eq!(config.condition_of("plugin/nccl-allreduce"), "nccl-allreduce");
+        assert_eq!(config.family_of("plugin/nccl-allreduce"), Family::Custom, "it runs by the custom family's rule");
+        assert_eq!(config.condition_of("plugin/fabric"), "NetworkProblem");
+        assert_eq!(config.condition_of("nvidia-smi"), "GPUProblem");
+        Ok(())
+    }
+
+    #[test]
+    fn a_plugin_named_like_a_kubelet_or_family_condition_is_refused() {
+        for name in ["Ready", "GPUProblem", "gpu", "bad name"] {
+            let yaml = format!("probes:\n  plugins:\n    - {{ name: \"{name}\", path: /bin/true }}\n");
+            assert!(AgentConfig::from_yaml(&yaml).is_err(), "{name}");
+        }
+        let fed = "probes:\n  plugins:\n    - { name: Ready, path: /bin/true, family: gpu }\n";
+        assert!(AgentConfig::from_yaml(fed).is_ok(), "a plugin that feeds a family publishes no condition of its own");
     }
 
     #[test]

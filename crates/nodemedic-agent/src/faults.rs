@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::catalog::{ActionClass, Catalog, Classification, FaultKey, FaultTracker, SAME_INCIDENT_WITHIN, TrackedFault};
+use crate::catalog::{ActionClass, ActionClassExt, Catalog, Classification, FaultKey, FaultTracker, SAME_INCIDENT_WITHIN, TrackedFault};
 use crate::probe::format_duration;
 use crate::verdict::{Reason, Verdict};
 

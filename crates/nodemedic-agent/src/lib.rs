@@ -30,7 +30,7 @@ pub mod selffence;
 pub mod tools;
 pub mod verdict;
 
-pub use catalog::{ActionClass, Catalog, Classification, FaultKey, FaultTracker};
+pub use catalog::{ActionClass, ActionClassExt, Catalog, Classification, FaultKey, FaultTracker};
 pub use config::AgentConfig;
 pub use probe::{ProbeSchedule, ProbeState};
 pub use verdict::{Health, Reason, Verdict};

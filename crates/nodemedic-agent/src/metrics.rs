@@ -153,11 +153,11 @@ impl AgentMetrics {
         self.probes_paused.get_or_create(&self.probe(probe, family)).inc();
     }
 
-    /// The conditions of these families were written with these heartbeat times.
-    pub fn conditions_written(&self, heartbeats: &[(Family, jiff::Timestamp)]) {
-        for (family, at) in heartbeats {
+    /// These conditions (by type) were written with these heartbeat times.
+    pub fn conditions_written(&self, heartbeats: &[(String, jiff::Timestamp)]) {
+        for (condition, at) in heartbeats {
             let seconds = at.as_millisecond() as f64 / 1000.0;
-            let labels = ConditionLabels { node: self.node.clone(), condition: family.condition_type().to_string() };
+            let labels = ConditionLabels { node: self.node.clone(), condition: condition.clone() };
             self.heartbeat.get_or_create(&labels).set(seconds);
         }
     }

@@ -1,7 +1,8 @@
 //! Probe-family verdicts as Node conditions, written through this node's status subresource.
 //!
 //! One condition per family, node-problem-detector style: `GPUProblem`, `NetworkProblem`, `DiskProblem`,
-//! `CustomProblem`. Status `True` means a problem (after the probe's own failure threshold), `False` means the
+//! `CustomProblem` (the names are nodemedic-core's [`nodemedic_core::ProbeFamily`]), and one per custom plugin
+//! without a family, named after the plugin. Status `True` means a problem (after the probe's own failure threshold), `False` means the
 //! family passes (after its pass threshold), `Unknown` means the probes could not tell. `lastHeartbeatTime` is
 //! the family's last probe run and `lastTransitionTime` only moves when the status flips. The patch is a
 //! strategic merge keyed on the condition type, so the kubelet's and other writers' conditions are untouched,
@@ -10,7 +11,6 @@
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use kube::api::{Api, Patch, PatchParams};
 
-use crate::plugin::Family;
 use crate::verdict::{Health, Reason, Verdict};
 
 /// The field manager the agent writes under (conditions and step reports).
@@ -30,8 +30,9 @@ pub fn rfc3339(at: jiff::Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// One family's verdict from its probes' published verdicts (probe name, verdict): the first unhealthy probe
-/// gives the reason (the others are listed after "also:"), then the first unknown one; all healthy is healthy.
+/// One family's verdict from its probes' published verdicts (probe name, verdict): the unhealthy probe whose
+/// reason carries the most severe fault class (else the first unhealthy one) gives the reason (the others are
+/// listed after "also:"), then the first unknown one; all healthy is healthy.
 /// None when no probe has published anything yet (the condition is then left as it is).
 pub fn family_verdict(probes: &[(String, Verdict)]) -> Option<Verdict> {
     let evidence: Vec<&(String, Verdict)> = probes.iter().filter(|(_, v)| v.reason != Reason::NotYetRun).collect();
@@ -40,7 +41,10 @@ pub fn family_verdict(probes: &[(String, Verdict)]) -> Option<Verdict> {
         return Some(first.1.clone());
     }
     let described = |(name, verdict): &&(String, Verdict)| format!("{name}: {}", verdict.message);
-    let unhealthy: Vec<&&(String, Verdict)> = evidence.iter().filter(|(_, v)| v.is_unhealthy()).collect();
+    let mut unhealthy: Vec<&&(String, Verdict)> = evidence.iter().filter(|(_, v)| v.is_unhealthy()).collect();
+    // The most severe fault class leads (its reason carries the class the controller starts from); a stable
+    // sort keeps probe order otherwise.
+    unhealthy.sort_by_key(|(_, v)| std::cmp::Reverse(nodemedic_core::class::FaultClass::from_condition_reason(v.reason.as_str())));
     if let Some(worst) = unhealthy.first() {
         let mut message = described(worst);
         if unhealthy.len() > 1 {
@@ -56,17 +60,13 @@ pub fn family_verdict(probes: &[(String, Verdict)]) -> Option<Verdict> {
     Some(Verdict::healthy(all.join("; ")))
 }
 
-/// The condition to write for `family`: the transition time of `existing` is kept while the status is the same.
-pub fn condition_json(
-    family: Family,
-    verdict: &Verdict,
-    heartbeat: jiff::Timestamp,
-    existing: Option<&NodeCondition>,
-) -> serde_json::Value {
+/// The condition of type `type_` (a family's, or a plugin's own; see [`nodemedic_core::probe`]) to write: the
+/// transition time of `existing` is kept while the status is the same.
+pub fn condition_json(type_: &str, verdict: &Verdict, heartbeat: jiff::Timestamp, existing: Option<&NodeCondition>) -> serde_json::Value {
     let status = condition_status(verdict.health);
     let kept = existing.filter(|c| c.status == status).and_then(|c| c.last_transition_time.as_ref()).map(|t| rfc3339(t.0));
     serde_json::json!({
-        "type": family.condition_type(),
+        "type": type_,
         "status": status,
         "reason": verdict.reason.as_str(),
         "message": verdict.message,
@@ -100,6 +100,7 @@ pub async fn publish_conditions(nodes: &Api<Node>, node: &str, conditions: Vec<s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::Family;
 
     fn at(second: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_second(second).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
@@ -117,7 +118,7 @@ mod tests {
     #[test]
     fn an_unchanged_status_keeps_its_transition_time_and_moves_its_heartbeat() {
         let failing = Verdict::unhealthy(Reason::GpuLost, "GPU 0000:3b:00.0 is lost");
-        let c = condition_json(Family::Gpu, &failing, at(2000), Some(&existing("True", 1000)));
+        let c = condition_json(Family::Gpu.condition_type(), &failing, at(2000), Some(&existing("True", 1000)));
         assert_eq!(c["status"], "True");
         assert_eq!(c["reason"], "GpuLost");
         assert_eq!(c["lastTransitionTime"], rfc3339(at(1000)));
@@ -127,7 +128,7 @@ mod tests {
     #[test]
     fn a_flipped_status_transitions_now() {
         let passing = Verdict::healthy("8 of 8 GPUs healthy");
-        let c = condition_json(Family::Gpu, &passing, at(2000), Some(&existing("True", 1000)));
+        let c = condition_json(Family::Gpu.condition_type(), &passing, at(2000), Some(&existing("True", 1000)));
         assert_eq!((c["status"].as_str(), c["lastTransitionTime"].as_str()), (Some("False"), Some(rfc3339(at(2000)).as_str())));
     }
 
@@ -145,5 +146,17 @@ mod tests {
         assert!(verdict.is_some_and(|v| v.message.starts_with("nvidia-smi: row remap")));
         let unknown = vec![("nvml".to_string(), Verdict::healthy("ok")), ("dcgmi".to_string(), Verdict::unknown(Reason::ToolMissing, "x"))];
         assert_eq!(family_verdict(&unknown).map(|v| v.health), Some(Health::Unknown));
+    }
+
+    #[test]
+    fn the_most_severe_fault_class_gives_the_family_its_reason() {
+        let probes = vec![
+            ("nvidia-smi".to_string(), Verdict::unhealthy(Reason::GpuLost, "GPU 0 lost")),
+            ("kernel-log".to_string(), Verdict::unhealthy(Reason::KernelFaultReboot, "Xid 79: reboot")),
+            ("dcgmi".to_string(), Verdict::unhealthy(Reason::KernelFaultReplace, "row remap failure: RMA")),
+        ];
+        let verdict = family_verdict(&probes);
+        assert_eq!(verdict.as_ref().map(|v| v.reason), Some(Reason::KernelFaultReplace));
+        assert!(verdict.is_some_and(|v| v.message.starts_with("dcgmi: row remap") && v.message.contains("also: kernel-log")));
     }
 }

@@ -27,44 +27,29 @@ pub struct PluginSpec {
     /// Bytes of stdout kept as the message.
     #[serde(default = "default_message_limit")]
     pub max_output_bytes: usize,
-    /// The condition family the plugin reports into (`custom` → `CustomProblem` unless set, so an existing GPU
-    /// plugin can feed `GPUProblem`).
-    #[serde(default)]
-    pub family: Family,
+    /// The probe family the plugin reports into (its verdict joins that family's condition, so an existing GPU
+    /// plugin can feed `GPUProblem`). Unset, the plugin publishes a condition of its own name, which a policy
+    /// names with `check: {name: <plugin name>, plugin: true}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<Family>,
 }
 
-/// A probe family: one Node condition, `<Family>Problem`, per family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Gpu,
-    Network,
-    Disk,
-    #[default]
-    Custom,
-}
+/// A probe family: the contract's, owned by nodemedic-core.
+pub use nodemedic_core::ProbeFamily as Family;
 
-impl Family {
-    pub const ALL: [Family; 4] = [Family::Gpu, Family::Network, Family::Disk, Family::Custom];
-
-    /// The Node condition type the family publishes (node-problem-detector style: True means a problem).
-    pub fn condition_type(self) -> &'static str {
-        match self {
-            Family::Gpu => "GPUProblem",
-            Family::Network => "NetworkProblem",
-            Family::Disk => "DiskProblem",
-            Family::Custom => "CustomProblem",
+impl PluginSpec {
+    /// The Node condition the plugin's verdict is published in.
+    pub fn condition_type(&self) -> &str {
+        match self.family {
+            Some(family) => family.condition_type(),
+            None => &self.name,
         }
     }
 
-    /// The family as the controller's probe rules know it.
-    pub fn core(self) -> nodemedic_core::ProbeFamily {
-        match self {
-            Family::Gpu => nodemedic_core::ProbeFamily::Gpu,
-            Family::Network => nodemedic_core::ProbeFamily::Network,
-            Family::Disk => nodemedic_core::ProbeFamily::Disk,
-            Family::Custom => nodemedic_core::ProbeFamily::Custom,
-        }
+    /// The family whose run rules apply to the plugin ([`nodemedic_core::probes_may_run`]); a plugin with
+    /// its own condition runs like the custom family.
+    pub fn run_family(&self) -> Family {
+        self.family.unwrap_or(Family::Custom)
     }
 }
 

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
+use nodemedic_core::probe::{Published, RunOutcome, ThresholdMachine, Thresholds};
+
 use crate::verdict::{Health, Reason, Verdict};
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -156,6 +158,11 @@ impl ProbeSchedule {
         Ok(())
     }
 
+    /// The schedule's thresholds: the one place a check's run counts are set (see [`nodemedic_core::probe`]).
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds::new(self.failures_before_unhealthy, self.passes_before_healthy)
+    }
+
     /// The age after which a result is stale.
     pub fn stale_after(&self) -> Duration {
         self.stale_after.map(|d| d.0).unwrap_or_else(|| self.interval.0.saturating_mul(3))
@@ -168,34 +175,29 @@ impl ProbeSchedule {
     }
 }
 
-/// The threshold machine for one probe. Raw results go in with [`ProbeState::record`]; the verdict that may be
-/// published comes out of [`ProbeState::published`]. A run of failures must reach `failures_before_unhealthy`
-/// before the published verdict turns unhealthy, and a run of passes must reach `passes_before_healthy` before it
-/// turns healthy, so an input that alternates never changes what is published (with both thresholds above one).
+/// One probe's threshold machine: nodemedic-core's [`ThresholdMachine`] (the simulator drives the same one)
+/// plus the verdict text to publish and the staleness of the last result. Raw results go in with
+/// [`ProbeState::record`]; the verdict that may be published comes out of [`ProbeState::published`]. A run of
+/// failures must reach `failures_before_unhealthy` before the published verdict turns unhealthy, and a run of
+/// passes must reach `passes_before_healthy` before it turns healthy, so an input that alternates never changes
+/// what is published (with both thresholds above one).
 #[derive(Debug, Clone)]
 pub struct ProbeState {
-    failures_before_unhealthy: u32,
-    passes_before_healthy: u32,
-    unknowns_before_unknown: u32,
+    machine: ThresholdMachine,
     stale_after: Duration,
-    failure_streak: u32,
-    pass_streak: u32,
-    unknown_streak: u32,
     published: Verdict,
+    /// The machine runs on core time; this process's runs are placed on it relative to `origin`.
+    origin: Instant,
     last_result_at: Option<Instant>,
 }
 
 impl ProbeState {
     pub fn new(schedule: &ProbeSchedule) -> Self {
         ProbeState {
-            failures_before_unhealthy: schedule.failures_before_unhealthy.max(1),
-            passes_before_healthy: schedule.passes_before_healthy.max(1),
-            unknowns_before_unknown: schedule.failures_before_unhealthy.max(1),
+            machine: ThresholdMachine::new(schedule.thresholds()),
             stale_after: schedule.stale_after(),
-            failure_streak: 0,
-            pass_streak: 0,
-            unknown_streak: 0,
             published: Verdict::unknown(Reason::NotYetRun, "the probe has not run yet"),
+            origin: Instant::now(),
             last_result_at: None,
         }
     }
@@ -203,34 +205,22 @@ impl ProbeState {
     /// Feeds one raw result, observed at `now`.
     pub fn record(&mut self, raw: Verdict, now: Instant) {
         self.last_result_at = Some(now);
-        match raw.health {
-            Health::Unhealthy => {
-                self.failure_streak = self.failure_streak.saturating_add(1);
-                self.pass_streak = 0;
-                self.unknown_streak = 0;
-                if self.failure_streak >= self.failures_before_unhealthy {
-                    self.published = raw;
-                } else if self.published.is_unhealthy() {
-                    // Still unhealthy: keep the newest description of what is wrong.
-                    self.published = raw;
-                }
-            }
-            Health::Healthy => {
-                self.pass_streak = self.pass_streak.saturating_add(1);
-                self.failure_streak = 0;
-                self.unknown_streak = 0;
-                if self.pass_streak >= self.passes_before_healthy || self.published.is_healthy() {
-                    self.published = raw;
-                }
-            }
-            Health::Unknown => {
-                self.unknown_streak = self.unknown_streak.saturating_add(1);
-                self.failure_streak = 0;
-                self.pass_streak = 0;
-                if self.unknown_streak >= self.unknowns_before_unknown || self.published.health == Health::Unknown {
-                    self.published = raw;
-                }
-            }
+        let outcome = match raw.health {
+            Health::Unhealthy => RunOutcome::Failed,
+            Health::Healthy => RunOutcome::Passed,
+            Health::Unknown => RunOutcome::Unknown,
+        };
+        let at = nodemedic_core::Time(i64::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(i64::MAX));
+        self.machine.record(outcome, at);
+        // While the machine publishes this run's kind of result, the newest description of it is published.
+        let current = match self.machine.published() {
+            Published::NotYetRun => None,
+            Published::Unhealthy { .. } => Some(Health::Unhealthy),
+            Published::Healthy { .. } => Some(Health::Healthy),
+            Published::Unknown { .. } => Some(Health::Unknown),
+        };
+        if current == Some(raw.health) {
+            self.published = raw;
         }
     }
 
@@ -254,7 +244,7 @@ impl ProbeState {
 
     /// Consecutive failed results so far.
     pub fn failure_streak(&self) -> u32 {
-        self.failure_streak
+        self.machine.failure_streak()
     }
 }
 

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use nodemedic_core::RemediationStep;
-use nodemedic_core::observe::{OperatorAction, ReportedOutcome};
+use nodemedic_core::observe::ReportedOutcome;
 use nodemedic_core::record::Stage;
 use nodemedic_k8s::NodeRemediation;
 use serde::{Deserialize, Serialize};
@@ -65,19 +65,13 @@ pub fn requested(record: &NodeRemediation, node: &str) -> Option<Request> {
     Some(Request { record_uid: record.metadata.uid.clone().unwrap_or_default(), attempt, step: active.step })
 }
 
-/// True while the controller wants fresh GPU results despite the repair taint: the record is verifying a
-/// finished step, or a person marked a Manual node resolved (after the Manual step began) and the checks must
-/// confirm it.
+/// True while the controller wants fresh GPU results despite the repair taint: nodemedic-core's rule
+/// ([`nodemedic_core::probe::verifying`]) on this node's record.
 pub fn verifying(record: Option<&NodeRemediation>) -> bool {
     let Some(status) = record.and_then(|r| r.status.as_ref()) else {
         return false;
     };
-    let Some(active) = status.record.active.as_ref() else {
-        return false;
-    };
-    let resolved = active.step == RemediationStep::Manual
-        && status.operator_request.as_ref().is_some_and(|r| r.action == OperatorAction::Resolve && r.at >= active.step_started_at);
-    matches!(active.stage, Stage::Verifying { .. }) || resolved
+    nodemedic_core::probe::verifying(status.record.active.as_ref(), status.operator_request.as_ref())
 }
 
 /// One attempt as the state file remembers it.

@@ -102,7 +102,7 @@ impl FakeHost {
             args: vec![],
             timeout: TextDuration(Duration::from_millis(500)),
             max_output_bytes: 80,
-            family: Family::Network,
+            family: Some(Family::Network),
         });
         config.remediation.state_file = self.state_file();
         config.remediation.boot_id_wait = TextDuration(Duration::from_secs(2));
@@ -479,6 +479,43 @@ async fn the_binary_takes_its_node_from_node_name_and_publishes_conditions_throu
         assert!(condition(&nodes, "gpu-000", "GPUProblem").await.is_none(), "no other node is touched");
         assert!(condition(&nodes, "gpu-001", "NetworkProblem").await.is_some_and(|c| c.status == "False"));
         Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_without_a_family_publishes_a_condition_of_its_own_name_that_a_policy_check_reads() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        gpu_cluster(cp, 1).await?;
+        let nodes: Api<Node> = Api::all(cp.client());
+        let host = FakeHost::new(HEALTHY)?;
+        let mut config = host.config();
+        config.probes.plugins.push(PluginSpec {
+            name: "nccl-allreduce".to_string(),
+            path: host.dir.path().join("check_fabric.sh").display().to_string(),
+            args: vec![],
+            timeout: TextDuration(Duration::from_millis(500)),
+            max_output_bytes: 80,
+            family: None,
+        });
+        let agent = agent(cp, "gpu-000", config, &NoActions)?;
+        while_running(&agent, async {
+            let own = wait_for(Duration::from_secs(30), "the plugin's own condition on gpu-000", || async {
+                condition(&nodes, "gpu-000", "nccl-allreduce").await
+            })
+            .await?;
+            assert_eq!(own.status, "False", "{own:?}");
+            // The controller's reading of it: the node as the engine observes it, a policy check on the plugin.
+            let node = nodes.get("gpu-000").await?;
+            let obs = nodemedic_k8s::observe_node(&node, None)?;
+            let check = nodemedic_core::policy::CheckMatch { name: "nccl-allreduce".into(), plugin: true };
+            let evidence = nodemedic_core::probe::check_evidence(&obs, &check).context("evidence for the plugin check")?;
+            assert!(matches!(evidence.evidence, nodemedic_core::probe::ProbeEvidence::Passing { .. }), "{evidence:?}");
+            assert!(condition(&nodes, "gpu-000", "CustomProblem").await.is_none(), "nothing folds it into a family");
+            Ok(())
+        })
+        .await
     })
     .await
 }

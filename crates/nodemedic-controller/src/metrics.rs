@@ -481,6 +481,7 @@ mod tests {
             unobserved: nodemedic_core::Duration::ZERO,
             unobserved_until: None,
             drain_held_at: None,
+            fault_class: None,
         };
         NodeRecord { node: "gpu-001".into(), phase: Phase::Remediating, active: Some(active), ..NodeRecord::default() }
     }

@@ -318,10 +318,14 @@ pub fn node_details(node: &Node) -> NodeDetails {
 fn probes(node: Option<&Node>, record: Option<&NodeRemediation>, notice: Option<&Notice>, at: Time) -> Vec<ProbeHistory> {
     let mut out: Vec<ProbeHistory> = Vec::new();
     if let Some(obs) = node.and_then(|n| observe_node(n, record).ok()) {
-        for c in &obs.checks {
+        for family in nodemedic_core::ProbeFamily::ALL {
+            let Some(c) = obs.condition(family.condition_type()).map(nodemedic_core::probe::evidence_from_condition) else {
+                continue;
+            };
+            let passed = !matches!(c.evidence, nodemedic_core::probe::ProbeEvidence::Failing { .. });
             out.push(ProbeHistory {
-                probe: c.name.clone(),
-                results: vec![ProbeResult { at: c.last_run, passed: c.consecutive_failures == 0, message: c.message.clone() }],
+                probe: family.check_name().to_string(),
+                results: vec![ProbeResult { at: c.last_run, passed, message: c.message }],
             });
         }
     }

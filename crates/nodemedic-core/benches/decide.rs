@@ -123,7 +123,6 @@ fn touch(fleet: &[NodeObservation]) -> usize {
             }
         }
         acc += n.conditions.iter().map(|c| first(&c.type_)).sum::<usize>();
-        acc += n.checks.iter().map(|c| first(&c.name) + c.consecutive_failures as usize).sum::<usize>();
         acc += n.allocatable.iter().map(|(k, v)| first(k) + *v as usize).sum::<usize>();
         acc += n.taints.iter().map(|t| first(&t.key)).sum::<usize>();
     }

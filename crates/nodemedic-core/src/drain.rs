@@ -225,6 +225,7 @@ mod tests {
                 unobserved: Duration::ZERO,
                 unobserved_until: None,
                 drain_held_at: None,
+                fault_class: None,
             }),
             ..NodeRecord::default()
         }

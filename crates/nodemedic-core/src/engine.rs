@@ -4,10 +4,12 @@
 //! `actions`, so every step is recorded before it runs; deciding again on the applied result yields
 //! no new action.
 
+use crate::class::{self, ClassRung, FaultClass};
 use crate::drain::WhenDrainBlocked;
 use crate::eval::{Reason, RuleEval, Verdict, evaluate_rule, has_gpus, policy_gpu_vendors};
 use crate::observe::{NodeObservation, OperatorAction, ReportedOutcome, is_control_plane_label};
 use crate::policy::{Completion, ConditionStatus, ExternalTemplate, GpuVendor, LadderStep, Policy, RemediationStep};
+use crate::probe::ProbeEvidence;
 use crate::record::{ActiveRemediation, Diagnostic, NodeRecord, Phase, PolicyRecord, Records, Stage, StepHistory, StepOutcome};
 use crate::selector::label;
 use crate::time::{Duration, Time};
@@ -129,6 +131,8 @@ pub enum Gate {
     MaintenanceWindow,
     /// Waiting for a person or for the checks after one acted.
     AwaitingOperator,
+    /// The fault's class starts no remediation (policy `faultClasses`: `events`).
+    FaultClass,
 }
 
 impl Gate {
@@ -142,6 +146,7 @@ impl Gate {
             Gate::MaxConcurrentPerPool => "max_concurrent_per_pool",
             Gate::MaintenanceWindow => "maintenance_window",
             Gate::AwaitingOperator => "awaiting_operator",
+            Gate::FaultClass => "fault_class",
         }
     }
 }
@@ -335,12 +340,8 @@ impl Work<'_> {
     /// Some remediating rule is bad on evidence produced at or after `since`.
     fn failing_since(&self, policy: &Policy, since: Time) -> Option<usize> {
         self.evals.iter().enumerate().filter(|(i, _)| !policy.rules[*i].is_soft()).find_map(|(i, e)| {
-            let bad = match e.verdict {
-                Verdict::Firing { .. } => true,
-                // Counted checks must reach their failure count; a bad condition or GPU count is bad now.
-                Verdict::Pending { .. } => policy.rules[i].check.is_none(),
-                _ => false,
-            };
+            // A published check failure, a bad condition or GPU count is bad now, whatever the rule's duration.
+            let bad = matches!(e.verdict, Verdict::Firing { .. } | Verdict::Pending { .. });
             (bad && e.fresh_since(since)).then_some(i)
         })
     }
@@ -861,12 +862,12 @@ fn describe(ctx: &Ctx, w: &Work, rule: usize) -> String {
             }
         }
     } else if let Some(c) = &r.check {
-        if let Some(chk) = w.obs.check(&c.name) {
-            // The agent's conditions carry no run counts: its own thresholds were met (u32::MAX).
-            s += &match (chk.consecutive_failures, chk.consecutive_passes, chk.failing_since) {
-                (u32::MAX, _, Some(since)) => format!(": check `{}` failing since {} (the agent's threshold met)", chk.name, since),
-                (_, u32::MAX, _) => format!(": check `{}` passing", chk.name),
-                (f, _, _) => format!(": check `{}` failed {} time(s) in a row (threshold {})", chk.name, f, c.failures),
+        if let Some(chk) = crate::probe::check_evidence(w.obs, c) {
+            // The agent's conditions carry no run counts: its own thresholds were met.
+            s += &match chk.evidence {
+                ProbeEvidence::Failing { since } => format!(": check `{}` failing since {since} (the agent's threshold met)", c.name),
+                ProbeEvidence::Passing { .. } => format!(": check `{}` passing", c.name),
+                ProbeEvidence::Unknown => format!(": check `{}` unknown (the agent's probes cannot tell)", c.name),
             };
             if !chk.message.is_empty() {
                 s += &format!(", \"{}\"", chk.message);
@@ -937,6 +938,13 @@ fn try_start(
             return;
         }
     }
+    let fault_class = crate::probe::rule_fault_class(w.obs, &p.rules[rule]);
+    let rung = p.fault_classes.rung(fault_class);
+    if rung == ClassRung::Events {
+        let class = fault_class.map_or("none", FaultClass::as_str);
+        out.hold(&node, Gate::FaultClass, format!("{why}; fault class {class}: events only, no remediation (policy faultClasses)"));
+        return;
+    }
     let record = w.record.get_or_insert_with(|| NodeRecord::new(&node));
     let lemon = p.gates.retry_budget.as_ref().and_then(|b| {
         let recent = record.remediation_starts.iter().filter(|t| ctx.now.since(**t) < b.window).count();
@@ -944,7 +952,7 @@ fn try_start(
             format!("remediated {recent} times within {} (budget {}): a lemon node goes straight to manual", b.window, b.max_remediations)
         })
     });
-    let first = if lemon.is_some() { ctx.ladder.len() - 1 } else { 0 };
+    let first = if lemon.is_some() { ctx.ladder.len() - 1 } else { class::next_index(&ctx.ladder, 0, rung) };
     let step = ctx.ladder[first].step;
     if step.is_disruptive()
         && let Err((gate, msg)) = disruptive_gate(ctx, w.obs, false, gates, inflight, out)
@@ -971,8 +979,13 @@ fn try_start(
         unobserved: Duration::ZERO,
         unobserved_until: None,
         drain_held_at: None,
+        fault_class,
     });
-    out.event(&node, EventKind::RemediationStarted, format!("node unhealthy: {why}"));
+    let skipped = match fault_class {
+        Some(c) if lemon.is_none() => format!("; fault class {c}: repairs start at rung {}", rung.as_str()),
+        _ => String::new(),
+    };
+    out.event(&node, EventKind::RemediationStarted, format!("node unhealthy: {why}{skipped}"));
     if let Some(l) = lemon {
         out.event(&node, EventKind::LemonNode, l);
     }
@@ -1298,7 +1311,7 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                 return false;
             }
             Stage::AwaitingNext { ended_at } => {
-                let next = (a.step_index + 1).min(ctx.ladder.len() - 1);
+                let next = class::next_index(&ctx.ladder, a.step_index + 1, p.fault_classes.rung(a.fault_class));
                 let step = ctx.ladder[next].step;
                 // A quarantined node held back from its first disruptive step (a gate, a busy slot)
                 // may heal meanwhile (a power blip): checks that pass on evidence newer than the

@@ -2,6 +2,7 @@
 
 use crate::observe::NodeObservation;
 use crate::policy::{GpuCountMatch, GpuVendor, Policy, Rule};
+use crate::probe::ProbeEvidence;
 use crate::selector::label;
 use crate::time::Time;
 
@@ -10,7 +11,7 @@ use crate::time::Time;
 pub enum Reason {
     /// The condition or check is in its good state.
     Healthy,
-    /// Bad, but not yet for the rule's duration or failure count.
+    /// Bad, but not yet for the rule's duration.
     Failing,
     /// Bad for long enough: the rule fires.
     Unhealthy,
@@ -20,8 +21,6 @@ pub enum Reason {
     /// The condition's reason shows another owner (seed 003: a non-Cilium CNI).
     NotApplicable,
     CheckAbsent,
-    /// Passing again, but not yet for the rule's `passes`.
-    Recovering,
     /// The node is in a repair step; its checks are not re-run until the step ends (seed 000).
     RepairInProgress,
     GpuCountMatch,
@@ -33,7 +32,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Healthy,
         Reason::Failing,
         Reason::Unhealthy,
@@ -41,7 +40,6 @@ impl Reason {
         Reason::ConditionAbsent,
         Reason::NotApplicable,
         Reason::CheckAbsent,
-        Reason::Recovering,
         Reason::RepairInProgress,
         Reason::GpuCountMatch,
         Reason::GpuCountMismatch,
@@ -59,7 +57,6 @@ impl Reason {
             Reason::ConditionAbsent => "ConditionAbsent",
             Reason::NotApplicable => "NotApplicable",
             Reason::CheckAbsent => "CheckAbsent",
-            Reason::Recovering => "Recovering",
             Reason::RepairInProgress => "RepairInProgress",
             Reason::GpuCountMatch => "GPUCountMatch",
             Reason::GpuCountMismatch => "GPUCountMismatch",
@@ -85,8 +82,6 @@ pub enum Verdict {
     Firing { since: Time },
     /// Cannot tell.
     Unknown,
-    /// Passing again but not enough times to clear a soft rule.
-    Recovering,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +133,8 @@ pub fn evaluate_rule(rule: &Rule, node: &NodeObservation, failing_since: Option<
         return held(rule, since, now, Some(evidence));
     }
     if let Some(m) = &rule.check {
-        let Some(c) = node.check(&m.name) else {
+        // The agent's published condition, read once for every caller (see `crate::probe`).
+        let Some(c) = crate::probe::check_evidence(node, m) else {
             return RuleEval::new(Verdict::Ok, Reason::CheckAbsent, None);
         };
         if let Some(stale) = rule.stale_after
@@ -146,16 +142,12 @@ pub fn evaluate_rule(rule: &Rule, node: &NodeObservation, failing_since: Option<
         {
             return RuleEval::new(Verdict::Unknown, Reason::Stale, Some(c.last_run));
         }
-        if c.consecutive_failures == 0 {
-            let verdict = if c.consecutive_passes >= m.passes { Verdict::Ok } else { Verdict::Recovering };
-            let reason = if verdict == Verdict::Ok { Reason::Healthy } else { Reason::Recovering };
-            return RuleEval::new(verdict, reason, Some(c.last_run));
-        }
-        let since = c.failing_since.unwrap_or(c.last_run);
-        if c.consecutive_failures < m.failures {
-            return RuleEval::new(Verdict::Pending { since, fires_at: None }, Reason::Failing, Some(c.last_run));
-        }
-        return held(rule, since, now, Some(c.last_run));
+        return match c.evidence {
+            ProbeEvidence::Passing { .. } => RuleEval::new(Verdict::Ok, Reason::Healthy, Some(c.last_run)),
+            ProbeEvidence::Failing { since } => held(rule, since, now, Some(c.last_run)),
+            // The probes could not tell: as if nothing were published, never a repair.
+            ProbeEvidence::Unknown => RuleEval::new(Verdict::Ok, Reason::CheckAbsent, None),
+        };
     }
     if let Some(m) = &rule.gpu_count {
         let reason = gpu_count_reason(m, node);

@@ -3,6 +3,7 @@
 //! everything. It is pure: it must not depend on tokio, kube, a clock, the file system or the
 //! network, so the controller, the simulator and `nodemedic plan` all run exactly this code.
 
+pub mod class;
 pub mod drain;
 pub mod engine;
 pub mod eval;
@@ -15,6 +16,7 @@ pub mod observe;
 pub mod outage;
 pub mod policy;
 pub mod presets;
+pub mod probe;
 pub mod record;
 pub mod selector;
 pub mod selffence;
@@ -26,27 +28,6 @@ pub use index::FleetIndex;
 pub use observe::NodeObservation;
 pub use outage::{Outage, account_for_outages};
 pub use policy::{Policy, PolicyError, RemediationStep};
+pub use probe::{ProbeFamily, probes_may_run};
 pub use record::{NodeRecord, Phase, Records};
 pub use time::{Duration, Time};
-
-/// Which probes the node agent may run on a node with these taints: GPU probes pause while a repair
-/// taint is on the node (the repair is in progress, seed 000) and run again when the controller wants a
-/// re-check — `verifying`: the record is verifying a repair (seed 000's reboot service re-runs the GPU
-/// tests), or a person marked a Manual node resolved; the network probe keeps
-/// running on `slow-network` nodes so recovery is seen.
-pub fn probe_may_run(family: ProbeFamily, taint_keys: &[&str], taint_prefix: &str, verifying: bool) -> bool {
-    match family {
-        ProbeFamily::Gpu => {
-            verifying || !taint_keys.iter().any(|k| k.strip_prefix(taint_prefix).is_some_and(|name| name.starts_with("repair-")))
-        }
-        ProbeFamily::Network | ProbeFamily::Disk | ProbeFamily::Custom => true,
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeFamily {
-    Gpu,
-    Network,
-    Disk,
-    Custom,
-}

@@ -213,6 +213,7 @@ mod tests {
                 unobserved: crate::time::Duration::ZERO,
                 unobserved_until: None,
                 drain_held_at: None,
+                fault_class: None,
             }),
             attempt: 1,
             ..NodeRecord::new(node)

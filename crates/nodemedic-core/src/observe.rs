@@ -20,8 +20,6 @@ pub struct NodeObservation {
     /// Allocatable extended resources as whole counts (e.g. `nvidia.com/gpu: 8`).
     #[serde(default)]
     pub allocatable: BTreeMap<String, i64>,
-    #[serde(default)]
-    pub checks: Vec<CheckObservation>,
     /// The executor's report on the step in flight, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_report: Option<StepReport>,
@@ -72,23 +70,6 @@ pub struct NodeCondition {
     pub last_heartbeat_time: Option<Time>,
 }
 
-/// A probe's recent run history as the node agent counts it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckObservation {
-    pub name: String,
-    /// Consecutive failed runs up to `lastRun` (0 if the last run passed).
-    pub consecutive_failures: u32,
-    /// Consecutive passed runs up to `lastRun` (0 if the last run failed).
-    pub consecutive_passes: u32,
-    pub last_run: Time,
-    /// First failure of the current failing streak.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failing_since: Option<Time>,
-    #[serde(default)]
-    pub message: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepReport {
@@ -134,9 +115,6 @@ impl NodeObservation {
     }
     pub fn condition(&self, type_: &str) -> Option<&NodeCondition> {
         self.conditions.iter().find(|c| c.type_ == type_)
-    }
-    pub fn check(&self, name: &str) -> Option<&CheckObservation> {
-        self.checks.iter().find(|c| c.name == name)
     }
     pub fn is_control_plane(&self) -> bool {
         self.labels.keys().any(|k| is_control_plane_label(k))

@@ -98,6 +98,7 @@ mod tests {
             boot_id_at_start: Some("boot-1".into()),
             notified_at: None,
             drain_held_at: None,
+            fault_class: None,
             unobserved: Duration::ZERO,
             unobserved_until: None,
         };

@@ -5,6 +5,7 @@
 //! GPU-count rule with monitor-only on by default, and seed 004's selector, `unhealthyConditions`,
 //! `minHealthy` and `pauseRequests`. Field names are camelCase so the same type can back a CRD.
 
+use crate::class::FaultClassRungs;
 use crate::drain::DrainPolicy;
 use crate::selector::{LabelSelector, Labels};
 use crate::time::Duration;
@@ -46,6 +47,11 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// The remediation ladder, tried in order.
     pub ladder: Vec<LadderStep>,
+    /// The rung a remediation starts at for each fault class the agent's catalog reports (`replace:
+    /// replace`, `restartApplication: events`…); unset classes take the defaults (docs/controller.md,
+    /// "Fault classes").
+    #[serde(default, skip_serializing_if = "FaultClassRungs::is_default")]
+    pub fault_classes: FaultClassRungs,
     /// Taint keys are `<taintPrefix><name>`: `nodemedic.io/repair-reboot` by default, bare `repair-reboot`
     /// with an empty prefix (seed 000's keys).
     #[serde(default = "default_taint_prefix")]
@@ -175,25 +181,25 @@ pub fn default_gpu_vendors() -> Vec<GpuVendor> {
     ]
 }
 
-/// A probe result reported by the node agent, with consecutive-failure counting (seed 000: "fails three times").
+/// A check the node agent publishes: a probe family (`gpu`, `network`, `disk`, `custom`) read from the
+/// family's condition, or a custom plugin's own condition (`plugin: true`). How many runs make a failure
+/// or a pass is the agent's probe schedule (docs/agent-probes.md); the rule's `duration` says how long
+/// a published failure must last.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckMatch {
-    /// Check name as the agent reports it (`gpu`, `network`, `disk`, or a custom plugin's name).
+    /// `gpu`, `network`, `disk` or `custom`; with `plugin: true`, the custom plugin's name.
     pub name: String,
-    /// Consecutive failures before the rule fires.
-    #[serde(default = "default_failures")]
-    pub failures: u32,
-    /// Consecutive passes before a fired soft rule clears (seed 000: the first pass clears slow-network).
-    #[serde(default = "default_passes")]
-    pub passes: u32,
+    /// The check is a custom plugin of this name, which publishes a condition of its own name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plugin: bool,
 }
 
-fn default_failures() -> u32 {
-    3
-}
-fn default_passes() -> u32 {
-    1
+impl CheckMatch {
+    /// A probe family's check.
+    pub fn family(family: crate::probe::ProbeFamily) -> Self {
+        CheckMatch { name: family.check_name().into(), plugin: false }
+    }
 }
 
 /// What a firing rule does.
@@ -702,16 +708,10 @@ impl Policy {
             {
                 err(format!("{at}.condition.type"), "must not be empty".into());
             }
-            if let Some(c) = &rule.check {
-                if c.name.trim().is_empty() {
-                    err(format!("{at}.check.name"), "must not be empty".into());
-                }
-                if c.failures == 0 {
-                    err(format!("{at}.check.failures"), "must be at least 1".into());
-                }
-                if c.passes == 0 {
-                    err(format!("{at}.check.passes"), "must be at least 1".into());
-                }
+            if let Some(c) = &rule.check
+                && let Err(e) = crate::probe::check_condition_type(c)
+            {
+                err(format!("{at}.check.name"), e.to_string());
             }
             if let Some(g) = &rule.gpu_count
                 && g.vendors.is_empty()

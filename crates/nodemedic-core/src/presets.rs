@@ -2,6 +2,7 @@
 //! as starting points), and nodemedic's recommended policy.
 
 use crate::policy::*;
+use crate::probe::ProbeFamily;
 use crate::selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
 use crate::time::Duration;
 use std::collections::BTreeMap;
@@ -18,12 +19,12 @@ fn rule_condition(name: &str, type_: &str, status: ConditionStatus, duration: Du
     }
 }
 
-fn rule_check(name: &str, check: &str, failures: u32, stale_after: Option<Duration>) -> Rule {
+fn rule_check(name: &str, family: crate::probe::ProbeFamily, stale_after: Option<Duration>) -> Rule {
     Rule {
         name: name.into(),
         condition: None,
         gpu_count: None,
-        check: Some(CheckMatch { name: check.into(), failures, passes: 1 }),
+        check: Some(CheckMatch::family(family)),
         duration: Duration::ZERO,
         stale_after,
         effect: RuleEffect::default(),
@@ -61,6 +62,8 @@ fn base(rules: Vec<Rule>, ladder: Vec<LadderStep>) -> Policy {
         node_classes: vec![],
         rules,
         ladder,
+        // The seeds' designs know nothing of fault classes; `recommended` takes the defaults.
+        fault_classes: crate::class::FaultClassRungs::class_blind(),
         taint_prefix: DEFAULT_TAINT_PREFIX.into(),
         gates: Gates::default(),
         monitor_only: true,
@@ -72,7 +75,8 @@ fn base(rules: Vec<Rule>, ladder: Vec<LadderStep>) -> Policy {
 /// Seed 000 (AMD OSSCI): GPU and network checks every 30 s; three GPU failures taint `repair-reboot`;
 /// reboot and wait 5 minutes, re-check; fail → `repair-reimage`, reimage, reboot, wait 5 minutes,
 /// re-check; fail → `repair-manual` and an email. Three network failures taint `slow-network` until the
-/// first pass. Bare taint keys, no gates.
+/// network passes again. The run counts are the agent's thresholds (see [`crate::probe`]). Bare taint
+/// keys, no gates.
 pub fn seed000() -> Policy {
     let mut reboot = step(RemediationStep::Reboot, Duration::from_mins(30));
     reboot.settle = Duration::from_mins(5);
@@ -81,7 +85,7 @@ pub fn seed000() -> Policy {
     reimage.settle = Duration::from_mins(5);
     reimage.verify_timeout = Duration::from_mins(2);
     let mut p = base(
-        vec![rule_check("gpu", "gpu", 3, None), soft(rule_check("network", "network", 3, None), "slow-network")],
+        vec![rule_check("gpu", ProbeFamily::Gpu, None), soft(rule_check("network", ProbeFamily::Network, None), "slow-network")],
         vec![reboot, reimage, step(RemediationStep::Manual, Duration::ZERO)],
     );
     p.taint_prefix = String::new();
@@ -160,10 +164,10 @@ pub fn recommended() -> Policy {
         vec![
             rule_condition("ready-false", "Ready", ConditionStatus::False, Duration::from_mins(5)),
             rule_condition("ready-unknown", "Ready", ConditionStatus::Unknown, Duration::from_mins(5)),
-            rule_check("gpu", "gpu", 3, stale),
+            rule_check("gpu", ProbeFamily::Gpu, stale),
             rule_gpu_count(Duration::from_mins(2)),
             rule_condition("disk-pressure", "DiskPressure", ConditionStatus::True, Duration::from_mins(30)),
-            soft(rule_check("network", "network", 3, stale), "slow-network"),
+            soft(rule_check("network", ProbeFamily::Network, stale), "slow-network"),
         ],
         vec![
             step(RemediationStep::Quarantine, Duration::ZERO),
@@ -188,6 +192,8 @@ pub fn recommended() -> Policy {
         retry_budget: Some(RetryBudget { max_remediations: 3, window: Duration::from_days(7) }),
         maintenance_windows: vec![],
     };
+    // The fault class chooses the rung (crate::class's defaults).
+    p.fault_classes = Default::default();
     p
 }
 

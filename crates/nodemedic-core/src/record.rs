@@ -109,6 +109,10 @@ pub struct ActiveRemediation {
     /// people were told then, once; the step stays until the pods have left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_held_at: Option<Time>,
+    /// The fault class the trigger's condition carried when the remediation started: it chose the
+    /// rung, and keeps repair steps below that rung skipped for the rest of the ladder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_class: Option<crate::class::FaultClass>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

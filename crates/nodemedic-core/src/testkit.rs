@@ -1,11 +1,14 @@
 //! Builders for observed nodes and a decide-then-apply harness. Pure; used by tests, benchmarks and
 //! the simulator so they all drive the engine the same way.
 
+use crate::class::FaultClass;
 use crate::engine::{Decision, apply, decide};
-use crate::observe::{CheckObservation, NodeCondition, NodeObservation, ReportedOutcome, StepReport};
+use crate::observe::{NodeCondition, NodeObservation, ReportedOutcome, StepReport};
 use crate::policy::{ConditionStatus, Policy};
+use crate::probe::{ProbeFamily, Published, RunOutcome, ThresholdMachine, Thresholds};
 use crate::record::Records;
 use crate::time::{Duration, Time};
+use std::collections::BTreeMap;
 
 /// 2026-11-16T00:00:00Z, a Monday: a fixed origin so tests read the same every day.
 pub const EPOCH: Time = Time(1_794_787_200_000);
@@ -54,37 +57,45 @@ pub fn set_condition(n: &mut NodeObservation, type_: &str, status: ConditionStat
     }
 }
 
-/// Records one probe run the way the agent counts them.
-pub fn probe(n: &mut NodeObservation, check: &str, passed: bool, at: Time) {
-    let c = match n.checks.iter_mut().position(|c| c.name == check) {
-        Some(i) => &mut n.checks[i],
-        None => {
-            n.checks.push(CheckObservation {
-                name: check.into(),
-                consecutive_failures: 0,
-                consecutive_passes: 0,
-                last_run: at,
-                failing_since: None,
-                message: String::new(),
-            });
-            let last = n.checks.len() - 1;
-            &mut n.checks[last]
-        }
-    };
-    c.last_run = at;
-    if passed {
-        c.consecutive_passes += 1;
-        c.consecutive_failures = 0;
-        c.failing_since = None;
-        c.message = format!("{check} ok");
-    } else {
-        if c.consecutive_failures == 0 {
-            c.failing_since = Some(at);
-        }
-        c.consecutive_failures += 1;
-        c.consecutive_passes = 0;
-        c.message = format!("{check} failed");
+/// The condition type a test's check name is published under: a probe family's, else a plugin's own.
+pub fn check_condition_type(check: &str) -> &str {
+    match ProbeFamily::from_check_name(check) {
+        Some(family) => family.condition_type(),
+        None => check,
     }
+}
+
+/// Publishes what the agent's threshold machine lets it publish for `check` after a run at `at`, as the
+/// agent writes its condition: the transition moves (to when the machine's verdict began) only when the
+/// status changes, the heartbeat always. Nothing is written before the machine's first verdict.
+pub fn publish(n: &mut NodeObservation, check: &str, published: Published, at: Time) {
+    publish_with_class(n, check, published, at, None);
+}
+
+/// [`publish`], with a failure's reason carrying the fault class the agent's catalog gave it.
+pub fn publish_with_class(n: &mut NodeObservation, check: &str, published: Published, at: Time, class: Option<FaultClass>) {
+    let (Some(status), Some(since)) = (published.condition_status(), published.since()) else {
+        return;
+    };
+    let failed = class.and_then(FaultClass::condition_reason).unwrap_or("ProbeFailed");
+    let (reason, message) = match published {
+        Published::Unhealthy { .. } => (failed, format!("{check} failed")),
+        Published::Healthy { .. } => ("ProbePassed", format!("{check} ok")),
+        Published::Unknown { .. } | Published::NotYetRun => ("ProbeUnknown", format!("{check} unknown")),
+    };
+    let type_ = check_condition_type(check).to_string();
+    set_condition(n, &type_, status, reason, since);
+    if let Some(c) = n.conditions.iter_mut().find(|c| c.type_ == type_) {
+        c.message = message;
+        c.last_heartbeat_time = Some(at);
+    }
+}
+
+/// One probe run published at once, as an agent with thresholds of one run publishes it.
+pub fn probe(n: &mut NodeObservation, check: &str, passed: bool, at: Time) {
+    let mut machine = ThresholdMachine::new(Thresholds::new(1, 1));
+    machine.record(if passed { RunOutcome::Passed } else { RunOutcome::Failed }, at);
+    publish(n, check, machine.published(), at);
 }
 
 pub fn report(n: &mut NodeObservation, attempt: u32, outcome: ReportedOutcome, at: Time) {
@@ -97,11 +108,20 @@ pub struct Harness {
     pub fleet: Vec<NodeObservation>,
     pub records: Records,
     pub now: Time,
+    /// The simulated agents' thresholds for every check (the agent's defaults unless a test sets them).
+    pub thresholds: Thresholds,
+    /// One threshold machine per (node, check), as each node's agent keeps them.
+    pub agents: BTreeMap<(String, String), ThresholdMachine>,
 }
 
 impl Harness {
     pub fn new(policy: Policy, fleet: Vec<NodeObservation>) -> Self {
-        Harness { policy, fleet, records: Records::default(), now: EPOCH }
+        Harness { policy, fleet, records: Records::default(), now: EPOCH, thresholds: Thresholds::AGENT_DEFAULT, agents: BTreeMap::new() }
+    }
+    /// The same harness with agents that publish after these thresholds (their probe schedules').
+    pub fn with_thresholds(mut self, failures_before_unhealthy: u32, passes_before_healthy: u32) -> Self {
+        self.thresholds = Thresholds::new(failures_before_unhealthy, passes_before_healthy);
+        self
     }
     pub fn node(&mut self, name: &str) -> &mut NodeObservation {
         match self.fleet.iter().position(|n| n.name == name) {
@@ -118,9 +138,18 @@ impl Harness {
         apply(&d, &mut self.fleet, &mut self.records);
         d
     }
+    /// One probe run on `name`'s agent: its threshold machine decides what is published.
     pub fn probe(&mut self, name: &str, check: &str, passed: bool) {
         let now = self.now;
-        probe(self.node(name), check, passed, now);
+        let thresholds = self.thresholds;
+        let machine = self.agents.entry((name.to_string(), check.to_string())).or_insert_with(|| ThresholdMachine::new(thresholds));
+        machine.record(if passed { RunOutcome::Passed } else { RunOutcome::Failed }, now);
+        let published = machine.published();
+        publish(self.node(name), check, published, now);
+    }
+    /// The agent on `name` restarted (a reboot): its machines start again from nothing.
+    pub fn restart_agent(&mut self, name: &str) {
+        self.agents.retain(|(node, _), _| node != name);
     }
     pub fn attempt(&self, name: &str) -> u32 {
         self.records.nodes.get(name).map_or(0, |r| r.attempt)

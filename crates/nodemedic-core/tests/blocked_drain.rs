@@ -13,7 +13,7 @@ fn policy(when_blocked: &str) -> Policy {
         r#"
 rules:
 - name: gpu
-  check: {{name: gpu, failures: 1}}
+  check: {{name: gpu}}
 ladder:
 - {{step: drain, timeout: 10m}}
 - {{step: reboot, timeout: 10m}}
@@ -30,7 +30,7 @@ monitorOnly: false
 
 /// A node whose drain started, with one pod a budget refuses.
 fn draining(when_blocked: &str) -> Harness {
-    let mut h = Harness::new(policy(when_blocked), vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = Harness::new(policy(when_blocked), vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
     h.probe("gpu-1", "gpu", false);
     let d = h.decide();
     assert!(d.actions.iter().any(|a| matches!(a, Action::Execute { step: RemediationStep::Drain, .. })), "{d:?}");
@@ -146,7 +146,7 @@ fn escalate_needs_a_manual_step_and_delete_after_needs_its_mode() {
 fn monitor_only_drains_are_not_held() {
     let mut p = policy("hold");
     p.monitor_only = true;
-    let mut h = Harness::new(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = Harness::new(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
     h.probe("gpu-1", "gpu", false);
     h.decide();
     h.advance(Duration::from_mins(11));

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 const EXTERNAL_LADDER: &str = r#"
 rules:
 - name: gpu
-  check: {name: gpu, failures: 1, passes: 1}
+  check: {name: gpu}
 ladder:
 - step: external
   timeout: 10m
@@ -57,7 +57,7 @@ fn stage(h: &Harness, name: &str) -> Option<Stage> {
 }
 
 fn unhealthy_node() -> Result<Harness, Box<dyn std::error::Error>> {
-    let mut h = Harness::new(Policy::from_yaml(EXTERNAL_LADDER)?, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = Harness::new(Policy::from_yaml(EXTERNAL_LADDER)?, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
     h.node("gpu-1").boot_id = Some("boot-1".into());
     h.probe("gpu-1", "gpu", false);
     Ok(h)
@@ -121,7 +121,8 @@ fn a_remediator_that_never_answers_times_out_to_the_next_rung() -> Result<(), Bo
 #[test]
 fn an_external_step_is_disruptive_so_the_concurrency_gate_holds_a_second_node() -> Result<(), Box<dyn std::error::Error>> {
     let yaml = EXTERNAL_LADDER.replace("monitorOnly: false", "monitorOnly: false\ngates: {maxConcurrent: 1}");
-    let mut h = Harness::new(Policy::from_yaml(&yaml)?, vec![gpu_node("gpu-1", "a", 8, EPOCH), gpu_node("gpu-2", "a", 8, EPOCH)]);
+    let mut h = Harness::new(Policy::from_yaml(&yaml)?, vec![gpu_node("gpu-1", "a", 8, EPOCH), gpu_node("gpu-2", "a", 8, EPOCH)])
+        .with_thresholds(1, 1);
     h.probe("gpu-1", "gpu", false);
     h.probe("gpu-2", "gpu", false);
     let d = h.decide();

@@ -12,7 +12,7 @@ use nodemedic_core::{Decision, Duration, RemediationStep};
 const POWER_LADDER: &str = r#"
 rules:
 - name: gpu
-  check: {name: gpu, failures: 1}
+  check: {name: gpu}
 ladder:
 - {step: powerCycle, timeout: 10m, settle: 0s, verifyTimeout: 5m}
 - {step: powerOff, timeout: 5m}
@@ -35,7 +35,7 @@ fn stage(h: &Harness, name: &str) -> Option<Stage> {
 }
 
 fn unhealthy_node() -> Result<Harness, Box<dyn std::error::Error>> {
-    let mut h = Harness::new(Policy::from_yaml(POWER_LADDER)?, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = Harness::new(Policy::from_yaml(POWER_LADDER)?, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
     h.node("gpu-1").boot_id = Some("boot-1".into());
     h.probe("gpu-1", "gpu", false);
     Ok(h)

@@ -377,7 +377,6 @@ impl Sim {
                 if let Some(k) = self.pick(pick) {
                     let attempt = self.attempt(k);
                     let n = &mut self.fleet[k];
-                    n.checks.clear();
                     set_condition(n, "Ready", ConditionStatus::True, "KubeletReady", now);
                     report(n, attempt, ReportedOutcome::Succeeded, now);
                 }

@@ -5,7 +5,7 @@ use nodemedic_core::observe::{OperatorAction, OperatorRequest, ReportedOutcome};
 use nodemedic_core::policy::{CircuitBreaker, ConditionStatus, IntOrPercent, MaintenanceWindow, Policy, RetryBudget, Weekday};
 use nodemedic_core::record::{Phase, Stage, StepOutcome};
 use nodemedic_core::testkit::{EPOCH, Harness, gpu_node, node, set_condition};
-use nodemedic_core::{Decision, Duration, RemediationStep, presets, probe_may_run};
+use nodemedic_core::{Decision, Duration, RemediationStep, presets, probes_may_run};
 
 fn selector(yaml: &str) -> nodemedic_core::selector::LabelSelector {
     serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("test selector {yaml:?}: {e}"))
@@ -45,8 +45,8 @@ fn holds(d: &Decision) -> Vec<(String, Gate)> {
 /// and the executor reports the step done.
 fn rebooted(h: &mut Harness, name: &str) {
     let now = h.now;
+    h.restart_agent(name);
     let n = h.node(name);
-    n.checks.clear();
     set_condition(n, "Ready", ConditionStatus::True, "KubeletReady", now);
     h.report(name, ReportedOutcome::Succeeded);
 }
@@ -62,8 +62,14 @@ fn fail_gpu_three_times(h: &mut Harness, name: &str) -> Decision {
     h.decide()
 }
 
+/// The seeds' agents: three failed runs publish a failure and the first pass clears it (seed 000's
+/// words; thresholds are the agent's probe schedule, see nodemedic_core::probe).
+fn harness(policy: Policy, fleet: Vec<nodemedic_core::NodeObservation>) -> Harness {
+    Harness::new(policy, fleet).with_thresholds(3, 1)
+}
+
 fn seed000_harness() -> Harness {
-    Harness::new(live(presets::seed000()), vec![gpu_node("gpu-1", "a", 8, EPOCH), gpu_node("gpu-2", "a", 8, EPOCH)])
+    harness(live(presets::seed000()), vec![gpu_node("gpu-1", "a", 8, EPOCH), gpu_node("gpu-2", "a", 8, EPOCH)])
 }
 
 #[test]
@@ -74,7 +80,11 @@ fn three_gpu_failures_taint_node_for_reboot() {
     assert_eq!(executes(&d), [("gpu-1".to_string(), RemediationStep::Reboot, 1)]);
     assert!(h.taints("gpu-2").is_empty());
     let started = d.events.iter().find(|e| e.kind == EventKind::RemediationStarted).unwrap();
-    assert!(started.message.contains("check `gpu` failed 3 time(s) in a row"), "{}", started.message);
+    assert!(
+        started.message.contains("check `gpu` failing since") && started.message.contains("the agent's threshold met"),
+        "{}",
+        started.message
+    );
 }
 
 #[test]
@@ -186,17 +196,17 @@ fn slow_network_comes_and_goes_with_the_network_check() {
     assert!(!h.records.nodes.contains_key("gpu-1"), "a soft condition starts no remediation");
     h.probe("gpu-1", "network", true);
     let d = h.decide();
-    assert!(h.taints("gpu-1").is_empty(), "removed as soon as the network check passes");
+    assert!(h.taints("gpu-1").is_empty(), "removed as soon as the agent publishes the network check passing");
     assert!(d.events.iter().any(|e| e.kind == EventKind::SoftTaintRemoved));
 }
 
 #[test]
 fn a_repair_tainted_node_is_not_rechecked_for_gpu_health() {
-    assert!(!probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], "", false));
-    assert!(!probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["nodemedic.io/repair-manual"], "nodemedic.io/", false));
-    assert!(probe_may_run(nodemedic_core::ProbeFamily::Network, &["slow-network", "repair-reboot"], "", false));
-    assert!(probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["slow-network"], "", false));
-    assert!(probe_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], "", true), "the re-check after the reboot runs them");
+    assert!(!probes_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], "", false));
+    assert!(!probes_may_run(nodemedic_core::ProbeFamily::Gpu, &["nodemedic.io/repair-manual"], "nodemedic.io/", false));
+    assert!(probes_may_run(nodemedic_core::ProbeFamily::Network, &["slow-network", "repair-reboot"], "", false));
+    assert!(probes_may_run(nodemedic_core::ProbeFamily::Gpu, &["slow-network"], "", false));
+    assert!(probes_may_run(nodemedic_core::ProbeFamily::Gpu, &["repair-reboot"], "", true), "the re-check after the reboot runs them");
 
     let mut h = seed000_harness();
     fail_gpu_three_times(&mut h, "gpu-1");
@@ -218,7 +228,7 @@ fn six_workers() -> Harness {
             n
         })
         .collect();
-    Harness::new(live(presets::seed004()), fleet)
+    harness(live(presets::seed004()), fleet)
 }
 
 #[test]
@@ -275,7 +285,7 @@ fn the_civo_thresholds_each_trigger_at_their_own_duration_and_not_before() {
     set_condition(&mut cilium, "NetworkUnavailable", ConditionStatus::True, "CiliumIsDown", t0);
     let mut other_cni = node("other-cni", "a", t0);
     set_condition(&mut other_cni, "NetworkUnavailable", ConditionStatus::True, "NoRouteCreated", t0);
-    let mut h = Harness::new(live(presets::seed003()), vec![ready, gpu, disk, cilium, other_cni]);
+    let mut h = harness(live(presets::seed003()), vec![ready, gpu, disk, cilium, other_cni]);
 
     let mut started_at = std::collections::BTreeMap::new();
     for minute in 0..=31 {
@@ -310,7 +320,7 @@ fn gpu_count_rule_reports_enumerable_reasons() {
     let mut garbled = gpu_node("garbled", "a", 8, EPOCH);
     garbled.labels.insert("nvidia.com/gpu.count".into(), "eight".into());
     let cpu = node("cpu", "a", EPOCH);
-    let mut h = Harness::new(live(presets::seed003()), vec![matching, mismatch, none, amd, garbled, cpu]);
+    let mut h = harness(live(presets::seed003()), vec![matching, mismatch, none, amd, garbled, cpu]);
     let d = h.decide();
     let gpu: Vec<_> = d.summary.rule_reasons.iter().filter(|(r, _, _)| r == "gpu-count").map(|(_, reason, n)| (*reason, *n)).collect();
     assert_eq!(gpu, [("Failing", 2), ("GPUCountMatch", 2), ("NonGPUNode", 1), ("InvalidGPUCountLabel", 1)]);
@@ -331,7 +341,7 @@ fn gpu_nodes_wait_40_minutes_and_others_10() {
     set_condition(&mut cpu, "Ready", ConditionStatus::False, "KubeletNotReady", EPOCH);
     let mut gpu = gpu_node("gpu", "a", 8, EPOCH);
     set_condition(&mut gpu, "Ready", ConditionStatus::False, "KubeletNotReady", EPOCH);
-    let mut h = Harness::new(live(presets::seed003()), vec![cpu, gpu]);
+    let mut h = harness(live(presets::seed003()), vec![cpu, gpu]);
     h.advance(Duration::from_mins(5));
     let d = h.decide();
     let deadlines = step_timeouts(&d, h.now);
@@ -383,7 +393,7 @@ fn a_step_without_a_report_times_out_and_the_ladder_moves_on() {
 
 #[test]
 fn stale_evidence_never_triggers_a_repair() {
-    let mut h = Harness::new(live(presets::recommended()), vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = harness(live(presets::recommended()), vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
     for _ in 0..3 {
         h.probe("gpu-1", "gpu", false);
         h.advance(Duration::from_secs(1));
@@ -419,7 +429,7 @@ fn the_circuit_breaker_halts_a_mass_failure_until_the_cooldown_and_a_reset() {
         cooldown: Duration::from_mins(30),
         manual_reset: true,
     });
-    let mut h = Harness::new(p, fleet);
+    let mut h = harness(p, fleet);
     for i in 0..5 {
         for _ in 0..3 {
             h.probe(&format!("gpu-{i:02}"), "gpu", false);
@@ -441,7 +451,7 @@ fn the_circuit_breaker_halts_a_mass_failure_until_the_cooldown_and_a_reset() {
 fn a_lemon_node_goes_straight_to_manual() {
     let mut p = live(presets::seed000());
     p.gates.retry_budget = Some(RetryBudget { max_remediations: 2, window: Duration::from_days(7) });
-    let mut h = Harness::new(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = harness(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
     for _ in 0..2 {
         fail_gpu_three_times(&mut h, "gpu-1");
         rebooted(&mut h, "gpu-1");
@@ -463,7 +473,7 @@ fn max_concurrent_limits_disruptive_remediations() {
     let fleet = (0..10).map(|i| gpu_node(&format!("gpu-{i}"), "a", 8, EPOCH)).collect();
     let mut p = live(presets::seed000());
     p.gates.max_concurrent = Some(IntOrPercent::Count(2));
-    let mut h = Harness::new(p, fleet);
+    let mut h = harness(p, fleet);
     for i in 0..4 {
         for _ in 0..3 {
             h.probe(&format!("gpu-{i}"), "gpu", false);
@@ -480,7 +490,7 @@ fn disruptive_steps_wait_for_a_maintenance_window() {
     // EPOCH is Monday 00:00 UTC; the window opens Tuesday 02:00 for two hours.
     p.gates.maintenance_windows =
         vec![MaintenanceWindow { days: vec![Weekday::Tue], start: "02:00".into(), duration: Duration::from_hours(2) }];
-    let mut h = Harness::new(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = harness(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
     let d = fail_gpu_three_times(&mut h, "gpu-1");
     assert_eq!(holds(&d), [("gpu-1".to_string(), Gate::MaintenanceWindow)]);
     assert_eq!(d.next_wakeup, Some(EPOCH + Duration::from_hours(26)));
@@ -492,7 +502,7 @@ fn disruptive_steps_wait_for_a_maintenance_window() {
 fn a_person_resolves_a_manual_node_and_it_returns_once_the_checks_pass() {
     let mut p = live(presets::seed000());
     p.ladder = vec![nodemedic_core::policy::LadderStep::new(RemediationStep::Manual, Duration::ZERO)];
-    let mut h = Harness::new(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = harness(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
     fail_gpu_three_times(&mut h, "gpu-1");
     assert_eq!(h.taints("gpu-1"), ["repair-manual"]);
     h.advance(Duration::from_hours(3));
@@ -501,7 +511,8 @@ fn a_person_resolves_a_manual_node_and_it_returns_once_the_checks_pass() {
     let d = h.decide();
     assert_eq!(holds(&d), [("gpu-1".to_string(), Gate::AwaitingOperator)], "checks have not run since");
     h.advance(Duration::from_secs(30));
-    h.node("gpu-1").checks.clear();
+    // The GPU probes run again (the resolve asks for a re-check) and pass the agent's two runs.
+    h.probe("gpu-1", "gpu", true);
     h.probe("gpu-1", "gpu", true);
     let d = h.decide();
     assert!(h.taints("gpu-1").is_empty());
@@ -534,7 +545,7 @@ fn an_excluded_node_is_released_and_its_taints_lifted() {
 fn control_plane_nodes_need_their_own_policy() {
     let mut cp = gpu_node("cp-1", "a", 8, EPOCH);
     cp.labels.insert("node-role.kubernetes.io/control-plane".into(), String::new());
-    let mut h = Harness::new(live(presets::seed000()), vec![cp]);
+    let mut h = harness(live(presets::seed000()), vec![cp]);
     let d = fail_gpu_three_times(&mut h, "cp-1");
     assert_eq!(d.summary.selected, 0);
     assert!(d.actions.is_empty());
@@ -561,7 +572,7 @@ fn a_restarted_process_reloading_its_records_decides_exactly_the_same() {
 
 fn recommended_fleet(n: usize) -> Harness {
     let fleet = (0..n).map(|i| gpu_node(&format!("gpu-{i:02}"), "a", 8, EPOCH)).collect();
-    Harness::new(live(presets::recommended()), fleet)
+    harness(live(presets::recommended()), fleet)
 }
 
 #[test]
@@ -621,7 +632,7 @@ fn releasing_a_node_frees_its_slot_and_the_summary_says_so() {
 fn a_resolve_request_already_there_when_a_node_escalates_is_seen_in_the_same_decision() {
     let mut p = live(presets::seed000());
     p.ladder.remove(1); // reboot → manual
-    let mut h = Harness::new(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = harness(p, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
     fail_gpu_three_times(&mut h, "gpu-1");
     h.advance(Duration::from_mins(10));
     // At one instant: a person marks the node resolved, it comes back and passes its GPU check, and
@@ -654,7 +665,7 @@ fn a_node_that_recovers_counts_as_healthy_for_the_gates_in_the_same_decision() {
     p.ladder.remove(1); // reboot → manual
     p.gates.max_unhealthy = Some(IntOrPercent::Count(1));
     let fleet = (1..=3).map(|i| gpu_node(&format!("gpu-{i}"), "a", 8, EPOCH)).collect();
-    let mut h = Harness::new(p, fleet);
+    let mut h = harness(p, fleet);
     fail_gpu_three_times(&mut h, "gpu-1");
     h.report("gpu-1", ReportedOutcome::Failed);
     h.decide();
@@ -666,7 +677,7 @@ fn a_node_that_recovers_counts_as_healthy_for_the_gates_in_the_same_decision() {
     h.advance(Duration::from_mins(1));
     let now = h.now;
     h.node("gpu-1").operator_request = Some(OperatorRequest { action: OperatorAction::Resolve, by: "alice".into(), at: now });
-    h.node("gpu-1").checks.clear();
+    h.probe("gpu-1", "gpu", true);
     h.probe("gpu-1", "gpu", true);
     let d = h.decide();
     assert!(d.events.iter().any(|e| e.kind == EventKind::ResolvedByOperator));
@@ -678,14 +689,13 @@ fn a_node_that_recovers_counts_as_healthy_for_the_gates_in_the_same_decision() {
 
 #[test]
 fn every_taint_change_says_why() {
-    let mut h = Harness::new(live(presets::seed000()), vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = harness(live(presets::seed000()), vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
     let d = fail_gpu_three_times(&mut h, "gpu-1");
     let reasons: Vec<&str> =
         d.actions.iter().filter_map(|a| if let Action::SetTaints { reason, .. } = a { Some(reason.as_str()) } else { None }).collect();
     assert_eq!(reasons.len(), 1);
     assert!(
-        reasons[0].contains("repair-reboot shows remediation step reboot (attempt 1)")
-            && reasons[0].contains("check `gpu` failed 3 time(s)"),
+        reasons[0].contains("repair-reboot shows remediation step reboot (attempt 1)") && reasons[0].contains("check `gpu` failing since"),
         "{reasons:?}"
     );
     h.advance(Duration::from_mins(1));
@@ -706,7 +716,7 @@ fn every_taint_change_says_why() {
 const REPORTED_REBOOT: &str = r#"
 rules:
 - name: gpu
-  check: {name: gpu, failures: 1}
+  check: {name: gpu}
 ladder:
 - {step: reboot, timeout: 10m, settle: 0s, verifyTimeout: 5m}
 - {step: reimage, timeout: 30m}
@@ -721,7 +731,7 @@ fn stage(h: &Harness, name: &str) -> Option<Stage> {
 #[test]
 fn a_reboot_reported_done_counts_only_once_the_node_shows_a_new_boot_id() {
     let policy = Policy::from_yaml(REPORTED_REBOOT).unwrap();
-    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
     h.node("gpu-1").boot_id = Some("boot-1".into());
     h.probe("gpu-1", "gpu", false);
     assert_eq!(executes(&h.decide()), [("gpu-1".to_string(), RemediationStep::Reboot, 1)]);
@@ -741,7 +751,7 @@ fn a_reboot_reported_done_counts_only_once_the_node_shows_a_new_boot_id() {
 #[test]
 fn a_reboot_whose_node_never_shows_a_new_boot_id_times_out_saying_so() {
     let policy = Policy::from_yaml(REPORTED_REBOOT).unwrap();
-    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
     h.node("gpu-1").boot_id = Some("boot-1".into());
     h.probe("gpu-1", "gpu", false);
     h.decide();
@@ -763,7 +773,7 @@ fn a_mass_failure_still_there_after_the_cooldown_keeps_the_breaker_open_without_
         cooldown: Duration::from_mins(2),
         manual_reset: false,
     });
-    let mut h = Harness::new(p, fleet);
+    let mut h = harness(p, fleet);
     let fail_all = |h: &mut Harness| {
         for i in 0..4 {
             for _ in 0..3 {
@@ -794,7 +804,7 @@ fn a_mass_failure_still_there_after_the_cooldown_keeps_the_breaker_open_without_
 #[test]
 fn the_record_keeps_the_evidence_of_each_attempt_for_a_person_to_read() {
     let policy = Policy::from_yaml(REPORTED_REBOOT).unwrap();
-    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]);
+    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
     h.node("gpu-1").boot_id = Some("boot-1".into());
     h.probe("gpu-1", "gpu", false);
     h.decide();
@@ -822,14 +832,14 @@ fn a_rule_for_ready_false_ignores_ready_unknown_and_the_other_way_round() {
     let mut not_ready = gpu_node("not-ready", "a", 8, EPOCH);
     set_condition(&mut not_ready, "Ready", ConditionStatus::False, "KubeletNotReady", EPOCH);
     let fleet = vec![unknown, not_ready, gpu_node("fine-1", "a", 8, EPOCH), gpu_node("fine-2", "a", 8, EPOCH)];
-    let mut h = Harness::new(p.clone(), fleet.clone());
+    let mut h = harness(p.clone(), fleet.clone());
     h.advance(Duration::from_mins(6));
     let started: Vec<_> = executes(&h.decide()).into_iter().map(|(n, _, _)| n).collect();
     assert_eq!(started, ["not-ready"], "Unknown is not False");
 
     p.rules[0].condition.as_mut().unwrap().status = ConditionStatus::Unknown;
     p.rules[0].name = "ready-unknown".into();
-    let mut h = Harness::new(p, fleet);
+    let mut h = harness(p, fleet);
     h.advance(Duration::from_mins(6));
     let started: Vec<_> = executes(&h.decide()).into_iter().map(|(n, _, _)| n).collect();
     assert_eq!(started, ["unknown"], "False is not Unknown");
@@ -848,7 +858,7 @@ fn match_labels_and_match_expressions_both_have_to_hold() {
     canary.labels.insert("tier".into(), "canary".into());
     let mut a100 = gpu_node("a100", "a", 8, EPOCH);
     a100.labels.insert("cloud.google.com/gke-accelerator".into(), "nvidia-a100-80gb".into());
-    let mut h = Harness::new(p, vec![h100, canary, a100]);
+    let mut h = harness(p, vec![h100, canary, a100]);
     for n in ["h100", "h100-canary", "a100"] {
         for _ in 0..3 {
             h.probe(n, "gpu", false);
@@ -866,7 +876,7 @@ fn a_node_pool_filter_selects_only_the_named_pools_and_empty_means_all() {
         vec![gpu_node("train-1", "training", 8, EPOCH), gpu_node("infer-1", "inference", 8, EPOCH), gpu_node("other-1", "batch", 8, EPOCH)];
     let mut p = live(presets::seed000());
     p.node_pools = vec!["training".into(), "inference".into()];
-    let mut h = Harness::new(p, fleet.clone());
+    let mut h = harness(p, fleet.clone());
     for n in ["train-1", "infer-1", "other-1"] {
         for _ in 0..3 {
             h.probe(n, "gpu", false);
@@ -877,7 +887,7 @@ fn a_node_pool_filter_selects_only_the_named_pools_and_empty_means_all() {
     let started: Vec<_> = executes(&d).into_iter().map(|(n, _, _)| n).collect();
     assert_eq!(started, ["infer-1", "train-1"]);
 
-    let mut h = Harness::new(live(presets::seed000()), fleet);
+    let mut h = harness(live(presets::seed000()), fleet);
     for n in ["train-1", "infer-1", "other-1"] {
         for _ in 0..3 {
             h.probe(n, "gpu", false);
@@ -900,7 +910,7 @@ fn a_custom_node_class_gets_its_own_step_timeout() {
     set_condition(&mut metal, "Ready", ConditionStatus::False, "KubeletNotReady", EPOCH);
     let mut vm = gpu_node("vm", "a", 8, EPOCH);
     set_condition(&mut vm, "Ready", ConditionStatus::False, "KubeletNotReady", EPOCH);
-    let mut h = Harness::new(p, vec![metal, vm, gpu_node("ok-1", "a", 8, EPOCH), gpu_node("ok-2", "a", 8, EPOCH)]);
+    let mut h = harness(p, vec![metal, vm, gpu_node("ok-1", "a", 8, EPOCH), gpu_node("ok-2", "a", 8, EPOCH)]);
     h.advance(Duration::from_mins(5));
     let d = h.decide();
     let deadlines = step_timeouts(&d, h.now);
@@ -927,7 +937,7 @@ fn amd_gpu_nodes_get_the_same_count_reasons_as_nvidia() {
         amd("mi300-none", "8", None),
         amd("mi300-ok-2", "8", Some(8)),
     ];
-    let mut h = Harness::new(live(presets::seed003()), fleet);
+    let mut h = harness(live(presets::seed003()), fleet);
     h.decide();
     h.advance(Duration::from_mins(10));
     let d = h.decide();
@@ -942,7 +952,7 @@ fn max_concurrent_per_pool_limits_each_pool_on_its_own() {
     let fleet = (0..6).flat_map(|i| [gpu_node(&format!("a-{i}"), "a", 8, EPOCH), gpu_node(&format!("b-{i}"), "b", 8, EPOCH)]).collect();
     let mut p = live(presets::seed000());
     p.gates.max_concurrent_per_pool = Some(IntOrPercent::Count(1));
-    let mut h = Harness::new(p, fleet);
+    let mut h = harness(p, fleet);
     for n in ["a-0", "a-1", "a-2", "b-0"] {
         for _ in 0..3 {
             h.probe(n, "gpu", false);
@@ -965,7 +975,7 @@ fn a_fleet_wide_disk_pressure_trips_the_breaker_although_its_rule_waits_longer_t
     // Only the breaker stands between this mass failure and six drains.
     p.gates.min_healthy = None;
     p.gates.max_concurrent = None;
-    let mut h = Harness::new(p, fleet);
+    let mut h = harness(p, fleet);
     for i in 0..20 {
         let name = format!("gpu-{i:02}");
         let now = h.now;
@@ -999,7 +1009,7 @@ fn a_quarantined_node_that_recovers_while_waiting_for_a_drain_slot_is_released_n
     let mut p = live(presets::recommended());
     p.gates.max_concurrent = Some(IntOrPercent::Count(1));
     p.gates.circuit_breaker = None;
-    let mut h = Harness::new(p, fleet);
+    let mut h = harness(p, fleet);
     let all: Vec<String> = (0..10).map(|i| format!("gpu-{i}")).collect();
     let fresh = |h: &mut Harness, failing: &[&str]| {
         let now = h.now;
@@ -1009,7 +1019,7 @@ fn a_quarantined_node_that_recovers_while_waiting_for_a_drain_slot_is_released_n
             h.probe(n, "network", true);
             if failing.contains(&n.as_str()) {
                 h.probe(n, "gpu", false);
-            } else if h.fleet.iter().any(|o| o.name == *n && o.check("gpu").is_none_or(|c| c.consecutive_failures == 0)) {
+            } else if h.agents.get(&(n.clone(), "gpu".to_string())).is_none_or(|m| m.failure_streak() == 0) {
                 h.probe(n, "gpu", true);
             }
         }

@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod observe;
-pub use observe::{ObserveError, agent_check, lean, lean_record, observe_node, self_fencing};
+pub use observe::{ObserveError, lean, lean_record, observe_node, self_fencing};
 
 pub const GROUP: &str = "nodemedic.io";
 

@@ -3,7 +3,7 @@
 
 use crate::NodeRemediation;
 use k8s_openapi::api::core::v1::Node;
-use nodemedic_core::observe::{CheckObservation, NodeCondition, NodeObservation, Taint, TaintEffect};
+use nodemedic_core::observe::{NodeCondition, NodeObservation, Taint, TaintEffect};
 use nodemedic_core::policy::ConditionStatus;
 use nodemedic_core::time::Time;
 
@@ -64,9 +64,6 @@ pub fn observe_node(node: &Node, remediation: Option<&NodeRemediation>) -> Resul
                 "has neither lastTransitionTime nor lastHeartbeatTime".into(),
             ));
         };
-        if let Some(check) = agent_check(&c.type_, cond_status, transition, heartbeat, c.message.as_deref().unwrap_or_default()) {
-            obs.checks.push(check);
-        }
         obs.conditions.push(NodeCondition {
             type_: c.type_.clone(),
             status: cond_status,
@@ -91,35 +88,6 @@ pub fn observe_node(node: &Node, remediation: Option<&NodeRemediation>) -> Resul
         obs.drain_progress = st.drain_progress.clone();
     }
     Ok(obs)
-}
-
-/// The node agent publishes one condition per probe family, `<Family>Problem` (NPD's convention:
-/// True means a problem), and applies its own consecutive-failure and -pass thresholds before it
-/// flips one. A policy's `check: {name: gpu}` rule reads `GPUProblem` this way: True counts as
-/// failing since the transition, False as passing, and the heartbeat is the last run, so a stale
-/// heartbeat makes the check unknown rather than broken. Unknown publishes no observation at all.
-pub fn agent_check(
-    type_: &str,
-    status: ConditionStatus,
-    transition: Time,
-    heartbeat: Option<Time>,
-    message: &str,
-) -> Option<CheckObservation> {
-    let family = type_.strip_suffix("Problem").filter(|f| !f.is_empty())?;
-    let last_run = heartbeat.unwrap_or(transition);
-    let (consecutive_failures, consecutive_passes, failing_since) = match status {
-        ConditionStatus::True => (u32::MAX, 0, Some(transition)),
-        ConditionStatus::False => (0, u32::MAX, None),
-        ConditionStatus::Unknown => return None,
-    };
-    Some(CheckObservation {
-        name: family.to_ascii_lowercase(),
-        consecutive_failures,
-        consecutive_passes,
-        last_run,
-        failing_since,
-        message: message.to_string(),
-    })
 }
 
 /// Trims a Node to what the controller reads (the engine's observation, the notifications' node
@@ -215,7 +183,9 @@ mod tests {
     }
 
     #[test]
-    fn an_agent_problem_condition_is_read_as_a_check() {
+    fn an_agent_problem_condition_is_read_through_the_core_probe_contract() {
+        use nodemedic_core::policy::CheckMatch;
+        use nodemedic_core::probe::{ProbeEvidence, ProbeFamily, check_evidence};
         let mut n = gpu_node();
         n["status"]["conditions"].as_array_mut().expect("conditions").push(serde_json::json!({
             "type": "GPUProblem", "status": "True", "reason": "XidCritical", "message": "Xid 79",
@@ -224,13 +194,20 @@ mod tests {
         n["status"]["conditions"].as_array_mut().expect("conditions").push(serde_json::json!({
             "type": "NetworkProblem", "status": "Unknown", "lastTransitionTime": "2026-11-21T10:01:00Z",
         }));
+        n["status"]["conditions"].as_array_mut().expect("conditions").push(serde_json::json!({
+            "type": "nccl-allreduce", "status": "False", "lastTransitionTime": "2026-11-21T10:02:00Z",
+        }));
         let obs = observe_node(&node(n), None).expect("readable");
-        let gpu = obs.check("gpu").expect("gpu check");
-        assert_eq!(gpu.failing_since, Time::parse_rfc3339("2026-11-21T10:01:00Z").ok());
+        let gpu = check_evidence(&obs, &CheckMatch::family(ProbeFamily::Gpu)).expect("gpu evidence");
+        let since = Time::parse_rfc3339("2026-11-21T10:01:00Z").expect("time");
+        assert_eq!(gpu.evidence, ProbeEvidence::Failing { since });
         assert_eq!(gpu.last_run, Time::parse_rfc3339("2026-11-21T10:04:30Z").expect("time"));
         assert_eq!(gpu.message, "Xid 79");
-        assert!(obs.check("network").is_none(), "unknown is no evidence either way");
-        assert!(obs.check("ready").is_none());
+        let network = check_evidence(&obs, &CheckMatch::family(ProbeFamily::Network)).map(|e| e.evidence);
+        assert_eq!(network, Some(ProbeEvidence::Unknown), "unknown is no evidence either way");
+        let plugin = CheckMatch { name: "nccl-allreduce".into(), plugin: true };
+        assert!(matches!(check_evidence(&obs, &plugin).map(|e| e.evidence), Some(ProbeEvidence::Passing { .. })));
+        assert!(check_evidence(&obs, &CheckMatch::family(ProbeFamily::Disk)).is_none());
     }
 
     #[test]

@@ -474,6 +474,7 @@ mod tests {
             unobserved: nodemedic_core::Duration::ZERO,
             unobserved_until: None,
             drain_held_at: None,
+            fault_class: None,
         });
         let attempts = Attempt::all_from_record(&record);
         assert_eq!(attempts.len(), 2);

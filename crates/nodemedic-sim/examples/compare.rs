@@ -40,8 +40,12 @@ fn main() {
             let t = Instant::now();
             let r = simulate(&SimConfig { seed: first, ..cfg.clone() }, name, p, &mut |_| {});
             println!(
-                "{name:>18}: policy-controlled {:>7.0}  total {:>7.0}  real faults {}  prevented {}  found by people {}  ({:.2}s)",
+                "{name:>18}: policy-controlled {:>7.0} (faulty serving {:.0}, repairs that did not fix {:.0}, healthy disrupted {:.0}, waiting {:.0})  total {:>7.0}  real faults {}  prevented {}  found by people {}  ({:.2}s)",
                 r.gpu_hours_lost.policy_controlled,
+                r.gpu_hours_lost.faulty_node_serving,
+                r.gpu_hours_lost.ineffective_repairs,
+                r.gpu_hours_lost.healthy_nodes_disrupted,
+                r.gpu_hours_lost.waiting,
                 r.gpu_hours_lost.total,
                 r.faults.real,
                 r.faults.prevented_by_replacement,

@@ -1,14 +1,18 @@
 //! What the simulated node agent, kubelet and node-problem-detector report: probe rounds, conditions
-//! and the observation the engine reads, rebuilt from the simulated truth.
+//! and the observation the engine reads, rebuilt from the simulated truth. The agent's side is the
+//! production contract (nodemedic-core's `probe` module): each probe feeds the agent's threshold machine,
+//! the machine's verdict is published as the family's condition (`GPUProblem`, `NetworkProblem`), and the
+//! GPU probes run only when `probes_may_run` says so.
 
-use crate::faults::Symptom;
+use crate::faults::{Fix, Symptom};
 use crate::sim::{KUBELET_STATUS_REPORT, ProbeState, Sim};
+use nodemedic_core::Duration;
 use nodemedic_core::Time;
-use nodemedic_core::observe::CheckObservation;
+use nodemedic_core::class::FaultClass;
+use nodemedic_core::observe::NodeCondition;
 use nodemedic_core::policy::ConditionStatus;
-use nodemedic_core::record::Stage;
-use nodemedic_core::testkit::set_condition;
-use nodemedic_core::{Duration, RemediationStep};
+use nodemedic_core::probe::{self, ProbeFamily, Published, RunOutcome};
+use nodemedic_core::testkit::{self, set_condition};
 
 /// The condition a node-problem-detector custom plugin running the DCGM health check sets.
 pub const NPD_GPU_CONDITION: &str = "GpuUnhealthy";
@@ -32,14 +36,26 @@ impl Sim<'_> {
         (gpu, net)
     }
 
-    /// GPU probes run unless a repair is in progress; they run again while the repair is verified.
+    /// The fault class the agent's catalog gives node `n`'s GPU failure: `replace` when a probe-visible GPU
+    /// fault on it needs a part (the catalog's RMA codes: Xid 79 repeating, row-remap failure), else none
+    /// (the ladder from its first rung). Generous to the catalog: every such fault is named right, and no
+    /// other fault is named `replace` (see docs/fault-model.md).
+    fn gpu_fault_class(&self, n: u32) -> Option<FaultClass> {
+        let replace = self.nodes[n as usize].faults.iter().any(|f| {
+            let fault = &self.faults[*f as usize];
+            self.draws[*f as usize].probe_visible && fault.symptom == Symptom::Gpu && fault.fix == Fix::Replace
+        });
+        replace.then_some(FaultClass::Replace)
+    }
+
+    /// GPU probes run unless a repair or a drain is in progress; they run again while the repair is verified
+    /// or a person's resolve is checked (the production rule, [`nodemedic_core::probe`]).
     pub(crate) fn gpu_probe_allowed(&self, n: u32) -> bool {
         let o = &self.obs[n as usize];
-        let verifying = self.records.nodes.get(&o.name).and_then(|r| r.active.as_ref()).is_some_and(|a| {
-            matches!(a.stage, Stage::Verifying { .. }) || (a.step == RemediationStep::Manual && o.operator_request.is_some())
-        });
+        let active = self.records.nodes.get(&o.name).and_then(|r| r.active.as_ref());
+        let verifying = probe::verifying(active, o.operator_request.as_ref());
         let keys: Vec<&str> = o.taints.iter().map(|t| t.key.as_str()).collect();
-        nodemedic_core::probe_may_run(nodemedic_core::ProbeFamily::Gpu, &keys, &self.policy.taint_prefix, verifying)
+        probe::probes_may_run(ProbeFamily::Gpu, &keys, &self.policy.taint_prefix, verifying)
     }
 
     /// Keeps reported evidence current before a decision: the agent probes every interval and the
@@ -55,23 +71,40 @@ impl Sim<'_> {
             let kubelet_up = self.nodes[n as usize].down_until.is_none();
             if kubelet_up && self.obs[n as usize].condition("Ready").is_some_and(|c| c.status == ConditionStatus::True) {
                 let latest = Self::last_tick(phase, report, now);
-                for c in self.obs[n as usize].conditions.iter_mut() {
+                // The agent's own conditions beat with its probes, not with the kubelet.
+                let kubelets = |c: &&mut NodeCondition| ProbeFamily::from_condition_type(&c.type_).is_none();
+                for c in self.obs[n as usize].conditions.iter_mut().filter(kubelets) {
                     if c.last_heartbeat_time.is_none_or(|h| h < latest) {
                         c.last_heartbeat_time = Some(latest);
                     }
                 }
             }
-            if self.obs[n as usize].checks.is_empty() || self.nodes[n as usize].down_until.is_some() {
+            if self.nodes[n as usize].down_until.is_some() {
                 continue;
             }
             let gpu_allowed = self.gpu_probe_allowed(n);
             let latest = Self::last_tick(phase, iv, now);
-            for c in self.obs[n as usize].checks.iter_mut() {
-                if (c.name != "gpu" || gpu_allowed) && latest > c.last_run {
-                    c.last_run = latest;
+            for (family, allowed) in [(ProbeFamily::Gpu, gpu_allowed), (ProbeFamily::Network, true)] {
+                if allowed && self.agent_publishes(n, family) {
+                    let o = &mut self.obs[n as usize];
+                    if let Some(c) = o.conditions.iter_mut().find(|c| c.type_ == family.condition_type())
+                        && c.last_heartbeat_time.is_none_or(|h| h < latest)
+                    {
+                        c.last_heartbeat_time = Some(latest);
+                    }
                 }
             }
         }
+    }
+
+    /// Whether node `n`'s agent writes `family`'s condition: a policy reads it, and the agent's machine has a
+    /// verdict (after a restart nothing is written until the thresholds are met again).
+    fn agent_publishes(&self, n: u32, family: ProbeFamily) -> bool {
+        let (used, p) = match family {
+            ProbeFamily::Gpu => (self.gpu_check_used, &self.nodes[n as usize].gpu_probe),
+            _ => (self.net_check_used, &self.nodes[n as usize].net_probe),
+        };
+        used && p.machine.published() != Published::NotYetRun
     }
 
     /// The latest tick at or before `now` of a clock that ticks every `period` from `phase`.
@@ -145,7 +178,7 @@ impl Sim<'_> {
             set_condition(o, "DiskPressure", if disk { ConditionStatus::True } else { ConditionStatus::False }, "KubeletDiskPressure", now);
         }
         self.refresh_problem_conditions(n, now, !not_ready);
-        self.refresh_checks(n, now);
+        self.publish_probe_conditions(n, now);
     }
 
     /// Conditions set by node-problem-detector (a DCGM health plugin) and by the CNI, from the
@@ -176,31 +209,33 @@ impl Sim<'_> {
         }
     }
 
-    fn refresh_checks(&mut self, n: u32, now: Time) {
+    /// The agent's conditions, as it writes them after a probe round: the machine's verdict, the transition
+    /// only when the status flips, the heartbeat at the latest run. A node that is down writes nothing.
+    fn publish_probe_conditions(&mut self, n: u32, now: Time) {
         let ni = n as usize;
-        let up = self.nodes[ni].down_until.is_none();
+        if self.nodes[ni].down_until.is_some() {
+            return;
+        }
         let gpu_allowed = self.gpu_probe_allowed(n);
+        let gpu_class = self.gpu_fault_class(n);
         let (phase, iv) = (self.probe_phase(n), self.cfg.probe_interval.0.max(1));
-        let o = &mut self.obs[ni];
-        o.checks.clear();
-        for (name, used, p) in
-            [("gpu", self.gpu_check_used, &self.nodes[ni].gpu_probe), ("network", self.net_check_used, &self.nodes[ni].net_probe)]
-        {
-            let Some(last) = p.last_run else { continue };
-            if !used {
+        for (family, allowed) in [(ProbeFamily::Gpu, gpu_allowed), (ProbeFamily::Network, true)] {
+            if !self.agent_publishes(n, family) {
                 continue;
             }
+            let p = if family == ProbeFamily::Gpu { &self.nodes[ni].gpu_probe } else { &self.nodes[ni].net_probe };
+            let (published, Some(last)) = (p.machine.published(), p.last_run) else { continue };
             // Between state changes the agent keeps probing; its last run is the latest tick.
-            let paused = name == "gpu" && !gpu_allowed;
-            let last_run = if up && !paused { Self::last_tick(phase, iv, now).max(last) } else { last };
-            o.checks.push(CheckObservation {
-                name: name.into(),
-                consecutive_failures: if p.bad { p.count } else { 0 },
-                consecutive_passes: if p.bad { 0 } else { p.count },
-                last_run,
-                failing_since: p.failing_since,
-                message: String::new(),
-            });
+            let last_run = if allowed { Self::last_tick(phase, iv, now).max(last) } else { last };
+            let o = &mut self.obs[ni];
+            let unchanged = o.condition(family.condition_type()).map(|c| c.status) == published.condition_status();
+            if unchanged && !allowed {
+                continue;
+            }
+            testkit::publish_with_class(o, family.check_name(), published, last, if family == ProbeFamily::Gpu { gpu_class } else { None });
+            if let Some(c) = o.conditions.iter_mut().find(|c| c.type_ == family.condition_type()) {
+                c.last_heartbeat_time = Some(last_run);
+            }
         }
     }
 
@@ -220,22 +255,14 @@ impl Sim<'_> {
             if !allowed {
                 continue;
             }
-            let thresholds = if which == 0 { &self.gpu_thresholds } else { &self.net_thresholds };
-            let cap = thresholds.iter().copied().max().unwrap_or(1);
             let p: &mut ProbeState = if which == 0 { &mut self.nodes[ni].gpu_probe } else { &mut self.nodes[ni].net_probe };
             let first = p.last_run.is_none();
             p.last_run = Some(now);
-            if first || p.bad != bad {
-                p.bad = bad;
-                p.count = 1;
-                p.failing_since = bad.then_some(now);
-                // A first result after a (re)start is news to the engine.
-                interesting = true;
-            } else if p.count < cap {
-                p.count += 1;
-                interesting |= thresholds.contains(&p.count);
-            }
-            keep |= p.count < cap || bad;
+            p.bad = bad;
+            let changed = p.machine.record(if bad { RunOutcome::Failed } else { RunOutcome::Passed }, now);
+            // A first result after a (re)start, or a new verdict, is news to the engine.
+            interesting |= first || changed;
+            keep |= !p.machine.settled() || bad;
         }
         // Keep ticking while a count still matters; a steady state needs no further rounds.
         let steady = !keep || (!gpu_allowed && !net_bad && !gpu_bad);

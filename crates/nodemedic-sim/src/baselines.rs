@@ -2,6 +2,7 @@
 //! designs that a fair comparison needs. They are ordinary policies run through the same engine.
 
 use crate::agent::NPD_GPU_CONDITION;
+use nodemedic_core::class::FaultClassRungs;
 use nodemedic_core::policy::{ConditionMatch, ConditionStatus, Rule, RuleEffect};
 use nodemedic_core::{Duration, Policy, RemediationStep, presets};
 
@@ -40,10 +41,20 @@ pub fn seed004_npd() -> Policy {
     p
 }
 
-/// Every policy `simulate --compare` runs by default: the presets, then the NPD-fed seed 004.
+/// nodemedic's recommended policy with the fault class ignored: every fault climbs the whole ladder, as it
+/// did before the class chose the rung. Side by side with `nodemedic` it shows what the class is worth.
+pub fn nodemedic_noclass() -> Policy {
+    let mut p = presets::recommended();
+    p.fault_classes = FaultClassRungs::class_blind();
+    p
+}
+
+/// Every policy `simulate --compare` runs by default: the presets, then the NPD-fed seed 004 and the
+/// class-blind nodemedic.
 pub fn all() -> Vec<(&'static str, Policy)> {
     let mut all = presets::all();
     all.push(("seed004-npd", seed004_npd()));
+    all.push(("nodemedic-noclass", nodemedic_noclass()));
     all
 }
 

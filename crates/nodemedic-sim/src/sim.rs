@@ -14,7 +14,8 @@ use crate::faults::{Cause, Fault, FaultModel, Fix, FleetSpec, generate, lemon_no
 pub use crate::report::{CapacityLost, FaultCounts, Report, Stats};
 use nodemedic_core::engine::{Action, EventKind, Gate};
 use nodemedic_core::observe::{NodeObservation, OperatorAction, OperatorRequest, ReportedOutcome, StepReport};
-use nodemedic_core::policy::ConditionStatus;
+use nodemedic_core::policy::{CheckMatch, ConditionStatus};
+use nodemedic_core::probe::{ProbeFamily, ThresholdMachine, Thresholds};
 use nodemedic_core::record::{Records, Stage};
 use nodemedic_core::testkit::set_condition;
 use nodemedic_core::{Duration, Policy, RemediationStep, Time, apply, decide};
@@ -87,13 +88,21 @@ pub(crate) enum Bucket {
     Effective,
 }
 
-#[derive(Default, Clone)]
+/// One simulated agent probe: the latest raw result, and the agent's own threshold machine (nodemedic-core's,
+/// with the agent's default thresholds) that decides what its condition says.
+#[derive(Clone)]
 pub(crate) struct ProbeState {
+    /// The latest raw result (what a node-problem-detector plugin without thresholds reports).
     pub(crate) bad: bool,
-    pub(crate) count: u32,
-    pub(crate) failing_since: Option<Time>,
+    pub(crate) machine: ThresholdMachine,
     pub(crate) last_run: Option<Time>,
     pub(crate) ticking: bool,
+}
+
+impl Default for ProbeState {
+    fn default() -> Self {
+        ProbeState { bad: false, machine: ThresholdMachine::new(Thresholds::AGENT_DEFAULT), last_run: None, ticking: false }
+    }
 }
 
 #[derive(Default, Clone)]
@@ -158,8 +167,6 @@ pub(crate) struct Sim<'a> {
     pub(crate) net_check_used: bool,
     pub(crate) npd_gpu_used: bool,
     pub(crate) cni_used: bool,
-    pub(crate) gpu_thresholds: Vec<u32>,
-    pub(crate) net_thresholds: Vec<u32>,
     acc: [f64; 6],
     report: Report,
     quarantine_times: Vec<i64>,
@@ -230,11 +237,8 @@ impl<'a> Sim<'a> {
             })
             .collect();
         let index = obs.iter().enumerate().map(|(i, n)| (n.name.clone(), i as u32)).collect();
-        let thresholds = |check: &str| -> Vec<u32> {
-            policy.rules.iter().filter_map(|r| r.check.as_ref()).filter(|c| c.name == check).flat_map(|c| [c.failures, c.passes]).collect()
-        };
-        let gpu_thresholds = thresholds("gpu");
-        let net_thresholds = thresholds("network");
+        let reads_check =
+            |family: ProbeFamily| policy.rules.iter().filter_map(|r| r.check.as_ref()).any(|c| *c == CheckMatch::family(family));
         let class = cfg.fleet.node_class();
         let draws: Vec<FaultDraws> = faults.iter().map(|f| FaultDraws::for_fault(&cfg.model, f, class, cfg.seed)).collect();
         let fstate = faults.iter().map(|_| FaultState { quarantined_at: None, cleared_at: None }).collect();
@@ -258,12 +262,10 @@ impl<'a> Sim<'a> {
             queue: BinaryHeap::new(),
             seq: 0,
             lemons,
-            gpu_check_used: !gpu_thresholds.is_empty(),
-            net_check_used: !net_thresholds.is_empty(),
+            gpu_check_used: reads_check(ProbeFamily::Gpu),
+            net_check_used: reads_check(ProbeFamily::Network),
             npd_gpu_used,
             cni_used,
-            gpu_thresholds,
-            net_thresholds,
             acc: [0.0; 6],
             report,
             quarantine_times: Vec::new(),

@@ -123,9 +123,9 @@ fn a_fault_that_needs_a_part_climbs_reboot_then_reimage_then_escalates_to_manual
     assert_close(lost.ineffective_repairs, gpu_hours(REBOOT_MIN + REIMAGE_MIN + REBOOT_MIN), "repairs that did not fix");
     assert_close(lost.waiting, gpu_hours(2.0 * SEED000_SETTLE_MIN + RESPONSE_MIN), "waiting: settling and the person's response");
     assert_close(lost.effective_repair, gpu_hours(REPLACE_LEAD_MIN + REPLACE_MIN), "the replacement: lead time and swap");
-    // After the swap the person marks the node resolved; the engine waits for one fresh passing GPU
-    // probe (30 s) before lifting the manual taint, holding it meanwhile.
-    assert_close(lost.healthy_nodes_disrupted, gpu_hours(0.5), "waiting for a fresh probe after the swap");
+    // After the swap the person marks the node resolved; the engine waits until the agent publishes the GPU
+    // check passing (its two passing runs, 1 min) before lifting the manual taint, holding it meanwhile.
+    assert_close(lost.healthy_nodes_disrupted, gpu_hours(1.0), "waiting for the agent's passes after the swap");
     assert_eq!(r.gate_holds, steps(&[("awaiting_operator", 1)]));
 }
 
@@ -181,15 +181,16 @@ fn time_to_repair_reports_the_mean_and_the_95th_percentile_of_every_repaired_fau
 
 #[test]
 fn a_slow_network_soft_taint_on_a_flapping_link_counts_as_a_healthy_node_disrupted() {
-    // A flap is not a real fault: seed 000 taints slow-network after three failed network probes
-    // (90 s) and lifts it at the first pass: the flap clears at 10 min, on a probe tick.
+    // A flap is not a real fault: seed 000 taints slow-network once the agent publishes the network check
+    // failing (three failed runs, 90 s) and lifts it once the agent publishes it passing (two passing
+    // runs): the flap clears at 10 min, on a probe tick, and the second pass is 30 s later.
     let cfg = fleet(4, 1);
     let flap = fault(0, Cause::NetworkFlap, Symptom::Network, Fix::SelfClears, Some(10 * MS_PER_MINUTE));
     let r = run(&cfg, &presets::seed000(), &[flap]);
     assert_eq!((r.faults.real, r.faults.network_flaps), (0, 1));
     assert!(r.remediations_by_step.is_empty());
     assert_eq!(r.time_to_quarantine.count, 0, "only real faults are timed");
-    let tainted_minutes = 10.0 - 1.5;
+    let tainted_minutes = 10.0 - 1.5 + 0.5;
     assert_close(r.gpu_hours_lost.healthy_nodes_disrupted, gpu_hours(tainted_minutes), "healthy node disrupted");
     assert_close(r.gpu_hours_lost.total, gpu_hours(tainted_minutes), "nothing else lost");
 }
@@ -250,4 +251,20 @@ fn the_fault_models_rack_power_events_trip_the_recommended_policys_circuit_break
     assert!(r.faults.real >= 16, "at least one event: {:?}", r.faults);
     assert!(r.timeline.iter().any(|l| l.contains("BreakerTripped")), "the breaker tripped");
     assert!(r.gate_holds.get("circuit_breaker").is_some_and(|n| *n > 0), "{:?}", r.gate_holds);
+}
+
+#[test]
+fn a_part_needing_gpu_fault_goes_straight_to_replace_under_nodemedic_and_climbs_the_ladder_class_blind() {
+    // Twenty nodes: the recommended policy's minHealthy 80 % holds a four-node fleet.
+    let cfg = fleet(20, 3);
+    let faults = [fault(0, Cause::FaultyGpu, Symptom::Gpu, Fix::Replace, None)];
+    let classed = run(&cfg, &presets::recommended(), &faults);
+    assert_eq!(classed.remediations_by_step.get("reboot"), None, "{:?}", classed.remediations_by_step);
+    assert_eq!(classed.remediations_by_step.get("reimage"), None);
+    assert_eq!(classed.remediations_by_step.get("replace"), Some(&1), "{:?} {:?}", classed.remediations_by_step, classed.gate_holds);
+    assert_close(classed.gpu_hours_lost.ineffective_repairs, 0.0, "no repair that could not fix");
+    let blind = run(&cfg, &nodemedic_sim::baselines::nodemedic_noclass(), &faults);
+    assert_eq!(blind.remediations_by_step.get("reboot"), Some(&1), "{:?}", blind.remediations_by_step);
+    assert!(blind.gpu_hours_lost.ineffective_repairs > 0.0);
+    assert!(classed.gpu_hours_lost.policy_controlled < blind.gpu_hours_lost.policy_controlled);
 }

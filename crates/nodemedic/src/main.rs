@@ -54,7 +54,7 @@ enum Command {
         #[arg(long)]
         at: Option<String>,
     },
-    /// Print a built-in policy as YAML (nodemedic, seed000, seed003, seed004, seed003-unbounded, seed004-npd).
+    /// Print a built-in policy as YAML (nodemedic, seed000, seed003, seed004, seed003-unbounded, seed004-npd, nodemedic-noclass).
     Preset { name: String },
     /// Print the NodeHealthPolicy and NodeRemediation CRDs (for `kubectl apply -f -`).
     Crds,

@@ -98,10 +98,11 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// The condition the node agent publishes for the family (nodemedic-core's probe contract).
     pub fn condition(self) -> &'static str {
         match self {
-            FaultKind::Gpu => "GPUProblem",
-            FaultKind::Network => "NetworkProblem",
+            FaultKind::Gpu => nodemedic_core::ProbeFamily::Gpu.condition_type(),
+            FaultKind::Network => nodemedic_core::ProbeFamily::Network.condition_type(),
         }
     }
     pub fn reasons(self) -> (&'static str, &'static str) {

@@ -16,11 +16,11 @@ use std::time::Instant;
 #[derive(clap::Args)]
 pub struct SimulateArgs {
     /// Policy to simulate: a file, or a preset or baseline name (nodemedic, seed000, seed003,
-    /// seed004, seed003-unbounded, seed004-npd).
+    /// seed004, seed003-unbounded, seed004-npd, nodemedic-noclass).
     #[arg(long, default_value = "nodemedic")]
     policy: String,
-    /// Also run these (files or names) side by side; `--compare` alone compares the presets and
-    /// seed004-npd (seed003-unbounded only by name: it is slow on big fleets).
+    /// Also run these (files or names) side by side; `--compare` alone compares the presets,
+    /// seed004-npd and nodemedic-noclass (seed003-unbounded only by name: it is slow on big fleets).
     #[arg(long, num_args = 0.., value_delimiter = ',')]
     compare: Option<Vec<String>>,
     #[arg(long, default_value_t = 2048)]

@@ -91,6 +91,7 @@ fn metrics_with_every_series() -> Metrics {
         boot_id_at_start: None,
         notified_at: None,
         drain_held_at: None,
+        fault_class: None,
         unobserved: nodemedic_core::Duration::ZERO,
         unobserved_until: None,
     };

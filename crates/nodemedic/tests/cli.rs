@@ -19,15 +19,16 @@ fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
 fn simulate_compares_policies_side_by_side() {
     let (ok, out, err) = nodemedic(&["simulate", "--nodes", "128", "--days", "10", "--seed", "3", "--compare"]);
     assert!(ok, "{err}");
-    let header = out.lines().find(|l| ["nodemedic", "seed000", "seed003", "seed004", "seed004-npd"].iter().all(|p| l.contains(p)));
+    let policies = ["nodemedic", "seed000", "seed003", "seed004", "seed004-npd", "nodemedic-noclass"];
+    let header = out.lines().find(|l| policies.iter().all(|p| l.contains(p)));
     assert!(header.is_some(), "every preset and baseline has a column: {out}");
     let row = out.lines().find(|l| l.trim_start().starts_with("faulty node still taking work")).unwrap_or_default();
-    assert_eq!(row.split_whitespace().count(), 5 + 5, "the label, then a value per policy: {out}");
+    assert_eq!(row.split_whitespace().count(), 5 + policies.len(), "the label, then a value per policy: {out}");
     assert!(out.contains("time to quarantine, p95 (min)"));
     // Common random numbers: every policy faces the same real faults.
     let faced = out.lines().find(|l| l.starts_with("real faults faced")).unwrap_or_default();
     let counts: Vec<&str> = faced.split_whitespace().skip(3).collect();
-    assert!(counts.len() == 5 && counts.iter().all(|c| *c == counts[0]), "{faced}");
+    assert!(counts.len() == policies.len() && counts.iter().all(|c| *c == counts[0]), "{faced}");
 }
 
 #[test]

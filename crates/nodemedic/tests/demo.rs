@@ -73,10 +73,10 @@ policy:
   nodeRole: worker
   rules:
   - name: gpu
-    check: {name: gpu, failures: 1, passes: 1}
+    check: {name: gpu}
     staleAfter: 2m
   - name: network
-    check: {name: network, failures: 1, passes: 1}
+    check: {name: network}
     staleAfter: 2m
     effect: {taint: slow-network}
   ladder:

@@ -15,7 +15,7 @@ use std::time::Duration;
 const POLICY: &str = r#"
 rules:
 - name: gpu
-  check: {name: gpu, failures: 1}
+  check: {name: gpu}
 ladder:
 - {step: drain, timeout: 1m}
 - {step: reboot, timeout: 10m, settle: 1s, verifyTimeout: 2m}

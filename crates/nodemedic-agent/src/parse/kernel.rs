@@ -8,7 +8,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::catalog::{ActionClass, Catalog, Classification, FaultKey, FaultTracker};
+use crate::catalog::{ActionClass, ActionClassExt, Catalog, Classification, FaultKey, FaultTracker};
 use crate::verdict::Verdict;
 
 /// One kernel log line with its prefix taken off.
