@@ -118,3 +118,24 @@ async fn the_agent_manifest_applies_and_its_admission_policy_keeps_the_agent_off
     })
     .await
 }
+
+/// A key given twice in a manifest is silently resolved by some YAML readers (the last wins: a second
+/// `ports:` list dropped the metrics port). Every shipped plain manifest is read with a reader that refuses it.
+#[test]
+fn no_shipped_manifest_repeats_a_key() -> anyhow::Result<()> {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy"));
+    let mut read = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        for document in text.split("\n---") {
+            serde_saphyr::from_str::<serde_json::Value>(document).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+        read += 1;
+    }
+    assert!(read >= 2, "expected deploy/controller.yaml and deploy/agent-daemonset.yaml, read {read} files");
+    Ok(())
+}
