@@ -9,6 +9,7 @@ pub mod engine;
 pub mod eval;
 pub mod external;
 pub mod fencing;
+pub mod gpu;
 pub mod index;
 pub mod input;
 pub mod manual;
