@@ -232,7 +232,8 @@ mod tests {
         n["status"]["conditions"].as_array_mut().expect("conditions").push(serde_json::json!({
             "type": "GPUProblem", "status": "True", "reason": "KernelFaultResetGpu", "lastTransitionTime": "2026-11-21T10:01:00Z",
         }));
-        n["metadata"]["annotations"] = serde_json::json!({FAULTY_GPU_ANNOTATION: r#"{"GPUProblem":{"pciBusId":"PCI:0000:3b:00","index":3}}"#});
+        n["metadata"]["annotations"] =
+            serde_json::json!({FAULTY_GPU_ANNOTATION: r#"{"GPUProblem":{"pciBusId":"PCI:0000:3b:00","index":3}}"#});
         let mut lean_node = node(n.clone());
         lean(&mut lean_node);
         for kept in [node(n.clone()), lean_node] {
