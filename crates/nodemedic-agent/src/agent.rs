@@ -258,11 +258,22 @@ impl Agent<'_> {
                 ran.insert(probe.condition.clone());
                 last_run.insert(probe.condition.clone(), jiff::Timestamp::now());
             }
-            self.publish_round(&nodes, &node, &probes, ran, &last_run, metrics).await;
+            let faulty_gpus = self.faulty_gpus(&node, &probes, &memory);
+            self.publish_round(&nodes, &node, &probes, ran, &last_run, metrics, faulty_gpus).await;
         }
     }
 
-    /// Publishes one condition per condition type whose probes ran this round.
+    /// The change to the node's faulty-GPU annotation, if any: the GPU the kernel-log fault history names,
+    /// under the kernel-log probe's condition (what a `resetGpu` step is aimed at).
+    fn faulty_gpus(&self, node: &Node, probes: &[Scheduled], memory: &ProbeMemory) -> Option<serde_json::Value> {
+        let follower = memory.kernel_log.as_ref()?;
+        let condition = &probes.iter().find(|p| p.name == "kernel-log")?.condition;
+        crate::node::faulty_gpus_annotation(node, condition, follower.faulty_gpu().as_ref())
+    }
+
+    /// Publishes one condition per condition type whose probes ran this round (and, with them, a changed
+    /// faulty-GPU annotation).
+    #[allow(clippy::too_many_arguments)]
     async fn publish_round(
         &self,
         nodes: &Api<Node>,
@@ -271,6 +282,7 @@ impl Agent<'_> {
         ran: BTreeSet<String>,
         last_run: &std::collections::BTreeMap<String, jiff::Timestamp>,
         metrics: &AgentMetrics,
+        faulty_gpus: Option<serde_json::Value>,
     ) {
         let now = Instant::now();
         let mut conditions = Vec::new();
@@ -287,7 +299,7 @@ impl Agent<'_> {
         if conditions.is_empty() {
             return;
         }
-        match publish_conditions(nodes, &self.node, conditions).await {
+        match publish_conditions(nodes, &self.node, conditions, faulty_gpus).await {
             Ok(_) => metrics.conditions_written(&written),
             Err(error) => {
                 metrics.condition_write_failed();
