@@ -60,10 +60,10 @@ impl std::fmt::Display for GpuDevice {
 /// fault is on (`{"GPUProblem":{"pciBusId":"0000:3b:00.0","index":3}}`). A condition cannot carry it.
 pub const FAULTY_GPU_ANNOTATION: &str = "nodemedic.io/faulty-gpus";
 
-/// Reads [`FAULTY_GPU_ANNOTATION`]; a value that is not that shape, or a bus id that is not one, is an
-/// error (the adapter then treats every GPU as unknown, so no reset is aimed at a guess).
+/// Reads [`FAULTY_GPU_ANNOTATION`] (through the strict reader: a key given twice is refused); a value that
+/// is not that shape, or a bus id that is not one, is an error (the adapter then treats every GPU as unknown, so no reset is aimed at a guess).
 pub fn faulty_gpus_from_annotation(value: &str) -> Result<std::collections::BTreeMap<String, GpuDevice>, String> {
-    let raw: std::collections::BTreeMap<String, GpuDevice> = serde_json::from_str(value).map_err(|e| e.to_string())?;
+    let raw: std::collections::BTreeMap<String, GpuDevice> = crate::input::from_json_str(value).map_err(|e| e.to_string())?;
     raw.into_iter()
         .map(|(type_, gpu)| {
             let normal = GpuDevice::from_bus_id(&gpu.pci_bus_id, gpu.index).map_err(|e| e.to_string())?;

@@ -108,7 +108,14 @@ fn bus_ids_are_read_in_the_kernel_log_and_tool_spellings_and_junk_is_refused() {
 fn the_agents_annotation_is_read_strictly() {
     let read = faulty_gpus_from_annotation(r#"{"GPUProblem":{"pciBusId":"PCI:0000:3B:00","index":3}}"#);
     assert_eq!(read.map(|m| m.get("GPUProblem").cloned()), Ok(Some(gpu3())));
-    for bad in ["", "{", r#"{"GPUProblem":{"pciBusId":"nope"}}"#, r#"{"GPUProblem":{"pciBusId":"3b:00.0","uuid":"x"}}"#, "[]"] {
+    for bad in [
+        "",
+        "{",
+        r#"{"GPUProblem":{"pciBusId":"nope"}}"#,
+        r#"{"GPUProblem":{"pciBusId":"3b:00.0"},"GPUProblem":{"pciBusId":"86:00.0"}}"#,
+        r#"{"GPUProblem":{"pciBusId":"3b:00.0","uuid":"x"}}"#,
+        "[]",
+    ] {
         assert!(faulty_gpus_from_annotation(bad).is_err(), "{bad:?} accepted");
     }
 }
@@ -138,5 +145,43 @@ proptest! {
         if !known {
             prop_assert!(!steps.contains(&RemediationStep::ResetGpu), "{:?}", steps);
         }
+    }
+}
+
+mod partial_drain_selection {
+    use nodemedic_core::podresources::{PodRef, PodResourcesList, pods_using};
+
+    const LIST: &str = r#"{"podResources": [
+      {"name": "train-0", "namespace": "ml", "containers": [
+        {"name": "main", "devices": [{"resourceName": "nvidia.com/gpu", "deviceIds": ["GPU-aaaa", "GPU-bbbb"]}]},
+        {"name": "sidecar", "devices": [{"resourceName": "nvidia.com/gpu", "deviceIds": ["GPU-bbbb"]}]}]},
+      {"name": "train-1", "namespace": "ml", "containers": [
+        {"name": "main", "devices": [{"resourceName": "nvidia.com/gpu", "deviceIds": ["GPU-cccc"]}]}]},
+      {"name": "rdma", "namespace": "net", "containers": [
+        {"name": "main", "devices": [{"resourceName": "rdma/hca", "deviceIds": ["GPU-bbbb"]}]}]},
+      {"name": "web", "namespace": "default", "containers": [{"name": "main"}]},
+      {"name": "train-0", "namespace": "ml", "containers": [
+        {"name": "main", "devices": [{"resourceName": "nvidia.com/gpu", "deviceIds": ["GPU-bbbb"]}]}]}
+    ]}"#;
+
+    fn list() -> PodResourcesList {
+        PodResourcesList::from_json(LIST).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn only_the_pods_holding_the_faulty_gpu_are_selected_each_once() {
+        let pod = |ns: &str, name: &str| PodRef { namespace: ns.into(), name: name.into() };
+        assert_eq!(pods_using(&list(), "nvidia.com/gpu", "GPU-bbbb"), [pod("ml", "train-0")], "a pod listed twice, two containers: once");
+        assert_eq!(pods_using(&list(), "nvidia.com/gpu", "GPU-cccc"), [pod("ml", "train-1")]);
+    }
+
+    #[test]
+    fn another_resource_with_the_same_id_a_different_case_or_an_empty_answer_selects_nobody() {
+        assert!(pods_using(&list(), "nvidia.com/gpu", "gpu-bbbb").is_empty(), "ids are opaque: compared exactly");
+        assert!(pods_using(&list(), "amd.com/gpu", "GPU-bbbb").is_empty());
+        assert!(pods_using(&PodResourcesList::default(), "nvidia.com/gpu", "GPU-bbbb").is_empty());
+        let empty = PodResourcesList::from_json("{}").unwrap_or_else(|e| panic!("{e}"));
+        assert!(pods_using(&empty, "nvidia.com/gpu", "GPU-bbbb").is_empty());
+        assert!(PodResourcesList::from_json(r#"{"podResources": [], "podResources": []}"#).is_err(), "a key given twice");
     }
 }
