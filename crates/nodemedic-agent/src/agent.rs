@@ -258,11 +258,22 @@ impl Agent<'_> {
                 ran.insert(probe.condition.clone());
                 last_run.insert(probe.condition.clone(), jiff::Timestamp::now());
             }
-            self.publish_round(&nodes, &node, &probes, ran, &last_run, metrics).await;
+            let faulty_gpus = self.faulty_gpus(&node, &probes, &memory);
+            self.publish_round(&nodes, &node, &probes, ran, &last_run, metrics, faulty_gpus).await;
         }
     }
 
-    /// Publishes one condition per condition type whose probes ran this round.
+    /// The change to the node's faulty-GPU annotation, if any: the GPU the kernel-log fault history names,
+    /// under the kernel-log probe's condition (what a `resetGpu` step is aimed at).
+    fn faulty_gpus(&self, node: &Node, probes: &[Scheduled], memory: &ProbeMemory) -> Option<serde_json::Value> {
+        let follower = memory.kernel_log.as_ref()?;
+        let condition = &probes.iter().find(|p| p.name == "kernel-log")?.condition;
+        crate::node::faulty_gpus_annotation(node, condition, follower.faulty_gpu().as_ref())
+    }
+
+    /// Publishes one condition per condition type whose probes ran this round (and, with them, a changed
+    /// faulty-GPU annotation).
+    #[allow(clippy::too_many_arguments)]
     async fn publish_round(
         &self,
         nodes: &Api<Node>,
@@ -271,6 +282,7 @@ impl Agent<'_> {
         ran: BTreeSet<String>,
         last_run: &std::collections::BTreeMap<String, jiff::Timestamp>,
         metrics: &AgentMetrics,
+        faulty_gpus: Option<serde_json::Value>,
     ) {
         let now = Instant::now();
         let mut conditions = Vec::new();
@@ -287,7 +299,7 @@ impl Agent<'_> {
         if conditions.is_empty() {
             return;
         }
-        match publish_conditions(nodes, &self.node, conditions).await {
+        match publish_conditions(nodes, &self.node, conditions, faulty_gpus).await {
             Ok(_) => metrics.conditions_written(&written),
             Err(error) => {
                 metrics.condition_write_failed();
@@ -348,6 +360,11 @@ impl Agent<'_> {
         let mut log = AttemptLog::load(path)?;
         let (outcome, message) = match log.find(&request.record_uid, request.attempt) {
             Some(AttemptEntry { outcome: Some(outcome), message, .. }) => (*outcome, message.clone()),
+            Some(_) if request.step == RemediationStep::ResetGpu => {
+                let message = "the agent stopped during the GPU reset; attempt not run twice".to_string();
+                self.decide(&mut log, request, ReportedOutcome::Failed, &message)?;
+                (ReportedOutcome::Failed, message)
+            }
             Some(entry) => {
                 // Started before this process: the node went down (or the agent died) during the attempt.
                 let before = entry.boot_id.clone();
@@ -371,15 +388,10 @@ impl Agent<'_> {
                 log.save(path)?;
                 tracing::info!(node = %self.node, attempt = request.attempt, step = request.step.as_str(), boot_id = %before, "remediation started");
                 self.announce_start(record, request, &before).await;
-                let done = self.host.perform(request.step).await;
-                let (outcome, message) = match done {
-                    Ok(description) => {
-                        let now = self.wait_for_new_boot(&before, self.config.remediation.reboot_grace.0).await?;
-                        let (outcome, message) = boot_outcome(&before, &now);
-                        (outcome, format!("{message} ({description})"))
-                    }
-                    // A command that failed (sysrq included) did not reboot the node.
-                    Err(error) => (ReportedOutcome::Failed, error),
+                let (outcome, message) = if request.step == RemediationStep::ResetGpu {
+                    self.reset_gpu(request).await
+                } else {
+                    self.reboot_or_reimage(request, &before).await?
                 };
                 self.decide(&mut log, request, outcome, &message)?;
                 (outcome, message)
@@ -390,6 +402,36 @@ impl Agent<'_> {
         nodemedic_k8s::report_step(&self.client, crate::node::FIELD_MANAGER, &self.node, &report).await?;
         tracing::info!(node = %self.node, attempt = request.attempt, outcome = ?outcome, %message, "remediation reported");
         Ok(outcome)
+    }
+
+    /// The `resetGpu` step on the record's GPU, with this node's GPU tool probes as the judge.
+    async fn reset_gpu(&self, request: &Request) -> (ReportedOutcome, String) {
+        let Some(gpu) = request.gpu.clone() else {
+            return (ReportedOutcome::Failed, "the record names no GPU to reset".to_string());
+        };
+        let (config, catalog) = (self.config.clone(), self.catalog.clone());
+        let reset = move || {
+            let search = search_path(&config);
+            let expected = ExpectedGpus::configured(&config);
+            let verify = || crate::gpu_reset::gpu_tool_verdicts(&config, &catalog, &search, expected);
+            crate::gpu_reset::reset_and_verify(&config.remediation.gpu_reset, &gpu, &search, verify)
+        };
+        tokio::task::spawn_blocking(reset)
+            .await
+            .unwrap_or_else(|error| (ReportedOutcome::Failed, format!("the GPU reset did not finish: {error}")))
+    }
+
+    /// A reboot or reimage through the host, judged by the boot ID.
+    async fn reboot_or_reimage(&self, request: &Request, before: &str) -> Result<(ReportedOutcome, String), AgentError> {
+        match self.host.perform(request.step).await {
+            Ok(description) => {
+                let now = self.wait_for_new_boot(before, self.config.remediation.reboot_grace.0).await?;
+                let (outcome, message) = boot_outcome(before, &now);
+                Ok((outcome, format!("{message} ({description})")))
+            }
+            // A command that failed (sysrq included) did not reboot the node.
+            Err(error) => Ok((ReportedOutcome::Failed, error)),
+        }
     }
 
     /// A Kubernetes Event on the record saying the step started (the step report only carries the outcome).
@@ -403,6 +445,7 @@ impl Agent<'_> {
             note: Some(format!("{} attempt {} started on {} (boot ID {boot_id})", request.step.as_str(), request.attempt, self.node)),
             action: match request.step {
                 RemediationStep::Reimage => "Reimage".to_string(),
+                RemediationStep::ResetGpu => "ResetGpu".to_string(),
                 _ => "Reboot".to_string(),
             },
             secondary: None,

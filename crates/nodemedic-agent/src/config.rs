@@ -352,6 +352,8 @@ pub struct RemediationConfig {
     /// At start, how long a boot ID that still matches the attempt's may take to change (the kubelet may not have
     /// posted the new one yet) before the attempt is reported Failed.
     pub boot_id_wait: TextDuration,
+    /// The `resetGpu` step: the vendor tool and its deadline.
+    pub gpu_reset: crate::gpu_reset::GpuResetConfig,
 }
 
 impl Default for RemediationConfig {
@@ -364,6 +366,7 @@ impl Default for RemediationConfig {
             reimage: None,
             reboot_grace: TextDuration(Duration::from_secs(600)),
             boot_id_wait: TextDuration(Duration::from_secs(60)),
+            gpu_reset: Default::default(),
         }
     }
 }

@@ -200,6 +200,19 @@ impl FaultMemory {
     pub fn active(&self) -> &[ActiveFault] {
         &self.active
     }
+
+    /// The GPU a `resetGpu` step could be aimed at, at `now_ms`: the one device every live fault is on,
+    /// read as a PCI bus id. None when there is no live fault, when live faults are on more than one
+    /// device (resetting one would not fix the other), or when a device is not a bus id (an NVSwitch, a
+    /// line naming only "nvidia").
+    pub fn faulty_gpu(&self, now_ms: u64) -> Option<nodemedic_core::gpu::GpuDevice> {
+        let hold_ms = u64::try_from(self.hold.as_millis()).unwrap_or(u64::MAX);
+        let mut live = self.active.iter().filter(|a| now_ms.saturating_sub(a.seen_at_ms) <= hold_ms);
+        let first = live.next()?;
+        let gpu = nodemedic_core::gpu::GpuDevice::from_bus_id(&first.device, None).ok()?;
+        let same = |a: &ActiveFault| nodemedic_core::gpu::GpuDevice::from_bus_id(&a.device, None).is_ok_and(|g| g == gpu);
+        live.all(same).then_some(gpu)
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +237,22 @@ mod tests {
         let rebooted = FaultMemory::restore(Some(memory.state()), "boot-b", Duration::from_secs(1800));
         assert_eq!(rebooted.verdict(T0 + 1000).health, Health::Healthy);
         assert_eq!(rebooted.cursor.boot_id, "boot-b");
+    }
+
+    #[test]
+    fn the_faulty_gpu_is_named_only_when_every_live_fault_is_on_one_gpu() {
+        let catalog = catalog();
+        let mut memory = FaultMemory::restore(None, "boot-a", Duration::from_secs(1800));
+        assert_eq!(memory.faulty_gpu(T0), None, "no fault, no GPU");
+        memory.observe(&catalog, "0000:3b:00", &FaultKey::NvidiaXid(48), T0);
+        memory.observe(&catalog, "0000:3b:00", &FaultKey::NvidiaXid(48), T0 + 1000);
+        assert_eq!(memory.faulty_gpu(T0 + 2000).map(|g| g.pci_bus_id), Some("0000:3b:00.0".to_string()));
+        assert_eq!(memory.faulty_gpu(T0 + HOUR_MS), None, "the fault is past its hold");
+        memory.observe(&catalog, "0000:86:00", &FaultKey::NvidiaXid(48), T0 + 3000);
+        assert_eq!(memory.faulty_gpu(T0 + 4000), None, "two GPUs: a single reset would not do");
+        let mut unnamed = FaultMemory::restore(None, "boot-a", Duration::from_secs(1800));
+        unnamed.observe(&catalog, "nvidia", &FaultKey::NvidiaXid(79), T0);
+        assert_eq!(unnamed.faulty_gpu(T0), None, "a line that names no bus id");
     }
 
     #[test]

@@ -104,6 +104,11 @@ impl KernelLogFollower {
         memory.verdict(now)
     }
 
+    /// The one GPU every live fault is on, if there is one ([`crate::faults::FaultMemory::faulty_gpu`]).
+    pub fn faulty_gpu(&self) -> Option<nodemedic_core::gpu::GpuDevice> {
+        self.shared.memory.lock().unwrap_or_else(PoisonError::into_inner).faulty_gpu(wall_ms())
+    }
+
     /// Resolves when a fault was recorded since the last wait (a stored permit makes none missed).
     pub async fn fault_recorded(&self) {
         self.shared.wake.notified().await

@@ -18,6 +18,7 @@ pub mod config;
 pub mod exec;
 pub mod faults;
 pub mod gpu_count;
+pub mod gpu_reset;
 pub mod kernel_follow;
 pub mod metrics;
 pub mod node;

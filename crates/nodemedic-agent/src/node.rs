@@ -91,10 +91,30 @@ pub fn boot_id(node: &Node) -> Option<String> {
 }
 
 /// Writes `conditions` (as [`condition_json`] builds them) on `node` through its status subresource.
-pub async fn publish_conditions(nodes: &Api<Node>, node: &str, conditions: Vec<serde_json::Value>) -> Result<Node, kube::Error> {
-    let patch = serde_json::json!({"status": {"conditions": conditions}});
+pub async fn publish_conditions(
+    nodes: &Api<Node>,
+    node: &str,
+    conditions: Vec<serde_json::Value>,
+    faulty_gpus: Option<serde_json::Value>,
+) -> Result<Node, kube::Error> {
+    let mut patch = serde_json::json!({"status": {"conditions": conditions}});
+    if let Some(annotation) = faulty_gpus {
+        patch["metadata"] = serde_json::json!({"annotations": {nodemedic_core::gpu::FAULTY_GPU_ANNOTATION: annotation}});
+    }
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
     nodes.patch_status(node, &params, &Patch::Strategic(patch)).await
+}
+
+/// The value [`nodemedic_core::gpu::FAULTY_GPU_ANNOTATION`] must get, or None when the node already has
+/// it: `{condition: gpu}` while the kernel-log fault history names one GPU, JSON null (remove) when it
+/// names none.
+pub fn faulty_gpus_annotation(node: &Node, condition: &str, gpu: Option<&nodemedic_core::gpu::GpuDevice>) -> Option<serde_json::Value> {
+    let current = node.metadata.annotations.as_ref().and_then(|a| a.get(nodemedic_core::gpu::FAULTY_GPU_ANNOTATION));
+    let wanted = gpu.map(|g| serde_json::json!({condition: g}).to_string());
+    if current == wanted.as_ref() {
+        return None;
+    }
+    Some(wanted.map_or(serde_json::Value::Null, serde_json::Value::String))
 }
 
 #[cfg(test)]

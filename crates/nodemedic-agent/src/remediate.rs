@@ -1,4 +1,5 @@
-//! Node-local remediation: the reboot and reimage steps the controller asks this node for.
+//! Node-local remediation: the GPU reset, reboot and reimage steps the controller asks this node for
+//! (the reset itself is [`crate::gpu_reset`]; its outcome is the tool's and the GPU probes', not a boot ID's).
 //!
 //! The controller's request is its persisted record: `active.step` is `reboot` or `reimage`, the stage is
 //! `executing`, `executed` is true, and `attempt` is N. Before acting, the agent writes (record uid, N, step,
@@ -42,9 +43,11 @@ pub struct Request {
     pub record_uid: String,
     pub attempt: u32,
     pub step: RemediationStep,
+    /// The GPU a `resetGpu` step resets (the record's `active.gpu`).
+    pub gpu: Option<nodemedic_core::gpu::GpuDevice>,
 }
 
-/// The node-local step the record asks for, if any: a reboot or reimage, executing, really executed (not
+/// The node-local step the record asks for, if any: a GPU reset, reboot or reimage, executing, really executed (not
 /// monitor-only), with no step report for this attempt yet.
 pub fn requested(record: &NodeRemediation, node: &str) -> Option<Request> {
     if record.spec.node != node {
@@ -55,14 +58,15 @@ pub fn requested(record: &NodeRemediation, node: &str) -> Option<Request> {
     if !active.executed || !matches!(active.stage, Stage::Executing) {
         return None;
     }
-    if !matches!(active.step, RemediationStep::Reboot | RemediationStep::Reimage) {
+    if !matches!(active.step, RemediationStep::ResetGpu | RemediationStep::Reboot | RemediationStep::Reimage) {
         return None;
     }
     let attempt = status.record.attempt;
     if status.step_report.as_ref().is_some_and(|r| r.attempt == attempt) {
         return None;
     }
-    Some(Request { record_uid: record.metadata.uid.clone().unwrap_or_default(), attempt, step: active.step })
+    let uid = record.metadata.uid.clone().unwrap_or_default();
+    Some(Request { record_uid: uid, attempt, step: active.step, gpu: active.gpu.clone() })
 }
 
 /// True while the controller wants fresh GPU results despite the repair taint: nodemedic-core's rule
@@ -305,7 +309,7 @@ mod tests {
         let asked = record("reboot", executing.clone(), true, None)?;
         assert_eq!(
             requested(&asked, "gpu-001"),
-            Some(Request { record_uid: "uid-1".to_string(), attempt: 2, step: RemediationStep::Reboot })
+            Some(Request { record_uid: "uid-1".to_string(), attempt: 2, step: RemediationStep::Reboot, gpu: None })
         );
         assert_eq!(
             requested(&record("reimage", executing.clone(), true, Some(1))?, "gpu-001").map(|r| r.step),

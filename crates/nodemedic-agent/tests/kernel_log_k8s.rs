@@ -133,6 +133,35 @@ async fn a_fatal_kernel_log_line_is_published_within_two_seconds_not_after_three
     .await
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_class_fault_publishes_the_gpu_it_is_on_for_the_controller_to_read() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        let node = gpu_nodes(cp, 1).await?;
+        let nodes: Api<Node> = Api::all(cp.client());
+        let kernel = FakeKernel::new()?;
+        let agent = agent(cp, &node, kernel.config(), &NoActions)?;
+        while_running(&agent, async {
+            wait_for(Duration::from_secs(30), "the first GPUProblem=False", || async {
+                condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "False")
+            })
+            .await?;
+            kernel.append("[ 9001.000001] NVRM: Xid (PCI:0000:3b:00): 48, pid=1234, name=python, An uncorrectable double bit error\n")?;
+            let observed = wait_for(Duration::from_secs(20), "GPUProblem=True naming its GPU", || async {
+                let read = nodes.get(&node).await.ok()?;
+                let obs = nodemedic_k8s::observe_node(&read, None).ok()?;
+                obs.condition("GPUProblem").filter(|c| c.gpu.is_some()).cloned()
+            })
+            .await?;
+            assert_eq!(observed.reason, "KernelFaultResetGpu");
+            assert_eq!(observed.gpu.map(|g| g.pci_bus_id), Some("0000:3b:00.0".to_string()));
+            Ok(())
+        })
+        .await
+    })
+    .await
+}
+
 const STALE_POLICY: &str = r#"
 rules:
 - name: gpu

@@ -340,6 +340,7 @@ async fn remediate(cp: &ControlPlane, node: &str) -> anyhow::Result<()> {
         unobserved_until: None,
         drain_held_at: None,
         fault_class: None,
+        gpu: None,
     };
     let record = NodeRecord { node: node.into(), phase: Phase::Remediating, active: Some(active), attempt: 1, ..NodeRecord::default() };
     let status = serde_json::json!({"status": NodeRemediationStatus { record, ..NodeRemediationStatus::default() }});

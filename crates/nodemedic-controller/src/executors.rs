@@ -450,13 +450,15 @@ impl StepRouter {
         self.routes.keys().copied()
     }
 
-    /// Builds the executors `config` names: the defaults (drain, agent for reboot and reimage), then
+    /// Builds the executors `config` names: the defaults (drain, agent for a GPU reset, reboot and
+    /// reimage), then
     /// the configured steps. One drain executor serves every step routed to `drain`.
     pub fn from_config(client: Client, config: &ExecutorsConfig) -> Result<StepRouter, ExecutorError> {
         let drain: Arc<dyn Executor> = Arc::new(DrainExecutor::new(client.clone(), config.drain.clone()));
         let agent: Arc<dyn Executor> = Arc::new(AgentExecutor);
         let mut router = StepRouter::new()
             .route(RemediationStep::Drain, drain.clone())
+            .route(RemediationStep::ResetGpu, agent.clone())
             .route(RemediationStep::Reboot, agent.clone())
             .route(RemediationStep::Reimage, agent.clone());
         let power: Arc<dyn Executor> = Arc::new(crate::bmc::PowerExecutor::new(client.clone(), config.power.clone()));

@@ -482,6 +482,7 @@ mod tests {
             unobserved_until: None,
             drain_held_at: None,
             fault_class: None,
+            gpu: None,
         };
         NodeRecord { node: "gpu-001".into(), phase: Phase::Remediating, active: Some(active), ..NodeRecord::default() }
     }

@@ -60,12 +60,14 @@ impl FaultClass {
     }
 
     /// Where a remediation of this class starts unless the policy says otherwise: an application's fault
-    /// is the application's (events only); a GPU reset falls back to a reboot (no reset step exists);
+    /// is the application's (events only); a GPU reset starts at the ladder's `resetGpu` step, and at
+    /// the reboot-level steps when the ladder has none or the faulty GPU is not known;
     /// a part that must be replaced goes to the Replace step, or to a person when the ladder has none.
     pub fn default_rung(self) -> ClassRung {
         match self {
             FaultClass::Ignore | FaultClass::RestartApplication => ClassRung::Events,
-            FaultClass::ResetGpu | FaultClass::Reboot => ClassRung::Reboot,
+            FaultClass::ResetGpu => ClassRung::ResetGpu,
+            FaultClass::Reboot => ClassRung::Reboot,
             FaultClass::Replace => ClassRung::Replace,
             FaultClass::ContactSupport => ClassRung::Manual,
         }
@@ -86,7 +88,10 @@ pub enum ClassRung {
     Events,
     /// The ladder from its first step.
     Ladder,
-    /// Repair steps below a reboot (none today) are skipped.
+    /// Repair steps below a GPU reset (none) are skipped: the ladder's `resetGpu` step, when the faulty
+    /// GPU is known, else the reboot-level steps.
+    ResetGpu,
+    /// Repair steps below a reboot (a GPU reset) are skipped.
     Reboot,
     /// Reboot-level steps are skipped.
     Reimage,
@@ -101,6 +106,7 @@ impl ClassRung {
         match self {
             ClassRung::Events => "events",
             ClassRung::Ladder => "ladder",
+            ClassRung::ResetGpu => "resetGpu",
             ClassRung::Reboot => "reboot",
             ClassRung::Reimage => "reimage",
             ClassRung::Replace => "replace",
@@ -111,23 +117,25 @@ impl ClassRung {
     fn rank(self) -> u8 {
         match self {
             ClassRung::Events | ClassRung::Ladder => 0,
-            ClassRung::Reboot => 1,
-            ClassRung::Reimage => 2,
-            ClassRung::Replace => 3,
-            ClassRung::Manual => 4,
+            ClassRung::ResetGpu => 1,
+            ClassRung::Reboot => 2,
+            ClassRung::Reimage => 3,
+            ClassRung::Replace => 4,
+            ClassRung::Manual => 5,
         }
     }
 }
 
-/// A step's place on the repair ladder: 0 for preparation (never skipped), then reboot-level,
-/// reimage-level, replace and a person.
+/// A step's place on the repair ladder: 0 for preparation (never skipped), then a GPU reset,
+/// reboot-level, reimage-level, replace and a person.
 pub fn step_rank(step: RemediationStep) -> u8 {
     match step {
         RemediationStep::Quarantine | RemediationStep::Drain => 0,
-        RemediationStep::Reboot | RemediationStep::PowerCycle | RemediationStep::PowerOff | RemediationStep::External => 1,
-        RemediationStep::Reimage => 2,
-        RemediationStep::Replace => 3,
-        RemediationStep::Manual => 4,
+        RemediationStep::ResetGpu => 1,
+        RemediationStep::Reboot | RemediationStep::PowerCycle | RemediationStep::PowerOff | RemediationStep::External => 2,
+        RemediationStep::Reimage => 3,
+        RemediationStep::Replace => 4,
+        RemediationStep::Manual => 5,
     }
 }
 
@@ -177,8 +185,14 @@ impl FaultClassRungs {
 }
 
 /// The first ladder index at or after `from` that a remediation at `rung` may run: preparation, or a repair
-/// at or above the rung. When the ladder has none left, its last step (a person, in a valid ladder).
-pub fn next_index(ladder: &[LadderStep], from: usize, rung: ClassRung) -> usize {
+/// at or above the rung. A `resetGpu` step runs only when `gpu_known` (the fault's GPU is recorded):
+/// a reset that cannot be aimed is skipped, so the ladder goes on to its reboot. When the ladder has
+/// none left, its last step (a person, in a valid ladder).
+pub fn next_index(ladder: &[LadderStep], from: usize, rung: ClassRung, gpu_known: bool) -> usize {
     let last = ladder.len().saturating_sub(1);
-    (from..ladder.len()).find(|&i| step_rank(ladder[i].step) == 0 || step_rank(ladder[i].step) >= rung.rank()).unwrap_or(last).min(last)
+    let may_run = |step: RemediationStep| {
+        let rank = step_rank(step);
+        (rank == 0 || rank >= rung.rank()) && (step != RemediationStep::ResetGpu || gpu_known)
+    };
+    (from..ladder.len()).find(|&i| may_run(ladder[i].step)).unwrap_or(last).min(last)
 }

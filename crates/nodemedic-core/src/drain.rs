@@ -226,6 +226,7 @@ mod tests {
                 unobserved_until: None,
                 drain_held_at: None,
                 fault_class: None,
+                gpu: None,
             }),
             ..NodeRecord::default()
         }

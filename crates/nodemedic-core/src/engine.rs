@@ -952,7 +952,8 @@ fn try_start(
             format!("remediated {recent} times within {} (budget {}): a lemon node goes straight to manual", b.window, b.max_remediations)
         })
     });
-    let first = if lemon.is_some() { ctx.ladder.len() - 1 } else { class::next_index(&ctx.ladder, 0, rung) };
+    let gpu = crate::probe::rule_fault_gpu(w.obs, &p.rules[rule]);
+    let first = if lemon.is_some() { ctx.ladder.len() - 1 } else { class::next_index(&ctx.ladder, 0, rung, gpu.is_some()) };
     let step = ctx.ladder[first].step;
     if step.is_disruptive()
         && let Err((gate, msg)) = disruptive_gate(ctx, w.obs, false, gates, inflight, out)
@@ -980,6 +981,7 @@ fn try_start(
         unobserved_until: None,
         drain_held_at: None,
         fault_class,
+        gpu,
     });
     let skipped = match fault_class {
         Some(c) if lemon.is_none() => format!("; fault class {c}: repairs start at rung {}", rung.as_str()),
@@ -1311,7 +1313,7 @@ fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, 
                 return false;
             }
             Stage::AwaitingNext { ended_at } => {
-                let next = class::next_index(&ctx.ladder, a.step_index + 1, p.fault_classes.rung(a.fault_class));
+                let next = class::next_index(&ctx.ladder, a.step_index + 1, p.fault_classes.rung(a.fault_class), a.gpu.is_some());
                 let step = ctx.ladder[next].step;
                 // A quarantined node held back from its first disruptive step (a gate, a busy slot)
                 // may heal meanwhile (a power blip): checks that pass on evidence newer than the

@@ -214,6 +214,7 @@ mod tests {
                 unobserved_until: None,
                 drain_held_at: None,
                 fault_class: None,
+                gpu: None,
             }),
             attempt: 1,
             ..NodeRecord::new(node)

@@ -68,6 +68,10 @@ pub struct NodeCondition {
     /// When the owner last confirmed the condition; lets a dead agent be told from a healthy node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<Time>,
+    /// The GPU the fault is on, when the agent's fault history knows it (a Kubernetes condition has no
+    /// field for it; the adapter reads it from the agent's [`crate::gpu::FAULTY_GPU_ANNOTATION`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::gpu::GpuDevice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

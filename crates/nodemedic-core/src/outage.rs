@@ -99,6 +99,7 @@ mod tests {
             notified_at: None,
             drain_held_at: None,
             fault_class: None,
+            gpu: None,
             unobserved: Duration::ZERO,
             unobserved_until: None,
         };

@@ -226,6 +226,9 @@ pub enum RemediationStep {
     Quarantine,
     /// Evict pods through the Eviction API (PodDisruptionBudgets respected).
     Drain,
+    /// Reset the one faulty GPU on the node (`nvidia-smi -r -i <bus id>` / `amd-smi reset -G <index>`,
+    /// done by the node agent). Runs only for a fault whose GPU is known; otherwise it is skipped.
+    ResetGpu,
     Reboot,
     Reimage,
     /// Hand the machine back to the provider for a new one.
@@ -244,9 +247,10 @@ pub enum RemediationStep {
 }
 
 impl RemediationStep {
-    pub const ALL: [RemediationStep; 9] = [
+    pub const ALL: [RemediationStep; 10] = [
         RemediationStep::Quarantine,
         RemediationStep::Drain,
+        RemediationStep::ResetGpu,
         RemediationStep::Reboot,
         RemediationStep::Reimage,
         RemediationStep::Replace,
@@ -260,6 +264,7 @@ impl RemediationStep {
         match self {
             RemediationStep::Quarantine => "quarantine",
             RemediationStep::Drain => "drain",
+            RemediationStep::ResetGpu => "resetGpu",
             RemediationStep::Reboot => "reboot",
             RemediationStep::Reimage => "reimage",
             RemediationStep::Replace => "replace",
@@ -276,6 +281,7 @@ impl RemediationStep {
         matches!(
             self,
             RemediationStep::Drain
+                | RemediationStep::ResetGpu
                 | RemediationStep::Reboot
                 | RemediationStep::Reimage
                 | RemediationStep::Replace
@@ -289,7 +295,8 @@ impl RemediationStep {
     pub fn is_repair(self) -> bool {
         matches!(
             self,
-            RemediationStep::Reboot
+            RemediationStep::ResetGpu
+                | RemediationStep::Reboot
                 | RemediationStep::Reimage
                 | RemediationStep::Replace
                 | RemediationStep::PowerCycle
@@ -302,6 +309,7 @@ impl RemediationStep {
         match self {
             RemediationStep::Quarantine => "quarantine",
             RemediationStep::Drain => "draining",
+            RemediationStep::ResetGpu => "repair-reset-gpu",
             RemediationStep::Reboot => "repair-reboot",
             RemediationStep::Reimage => "repair-reimage",
             RemediationStep::Replace => "repair-replace",

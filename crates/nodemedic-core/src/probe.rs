@@ -272,6 +272,8 @@ pub struct CheckEvidence {
     pub message: String,
     /// The fault class the condition's reason carries (the agent's catalog), if any.
     pub fault_class: Option<FaultClass>,
+    /// The GPU the fault is on, when the agent knows it (a `resetGpu` step needs it).
+    pub gpu: Option<crate::gpu::GpuDevice>,
 }
 
 /// Reads an agent-published condition: `True` is failing since the transition, `False` passing,
@@ -288,17 +290,28 @@ pub fn evidence_from_condition(c: &NodeCondition) -> CheckEvidence {
         last_run: c.last_heartbeat_time.map_or(since, |h| h.max(since)),
         message: c.message.clone(),
         fault_class: FaultClass::from_condition_reason(&c.reason),
+        gpu: c.gpu.clone(),
     }
 }
 
-/// The fault class the condition a rule reads carries while it is bad (a check's or a condition rule's).
-pub fn rule_fault_class(node: &NodeObservation, rule: &crate::policy::Rule) -> Option<FaultClass> {
+/// The condition a rule reads (a check's or a condition rule's), if the node has it.
+fn rule_condition<'a>(node: &'a NodeObservation, rule: &crate::policy::Rule) -> Option<&'a NodeCondition> {
     let type_ = match (&rule.check, &rule.condition) {
         (Some(check), _) => check_condition_type(check).ok()?,
         (None, Some(condition)) => condition.type_.as_str(),
         (None, None) => return None,
     };
-    node.condition(type_).and_then(|c| FaultClass::from_condition_reason(&c.reason))
+    node.condition(type_)
+}
+
+/// The fault class the condition a rule reads carries while it is bad (a check's or a condition rule's).
+pub fn rule_fault_class(node: &NodeObservation, rule: &crate::policy::Rule) -> Option<FaultClass> {
+    rule_condition(node, rule).and_then(|c| FaultClass::from_condition_reason(&c.reason))
+}
+
+/// The GPU the condition a rule reads names as faulty, if the agent knows it.
+pub fn rule_fault_gpu(node: &NodeObservation, rule: &crate::policy::Rule) -> Option<crate::gpu::GpuDevice> {
+    rule_condition(node, rule).and_then(|c| c.gpu.clone())
 }
 
 /// The evidence for a policy's check on `node`: None when the agent has published nothing for it (or

@@ -113,6 +113,10 @@ pub struct ActiveRemediation {
     /// rung, and keeps repair steps below that rung skipped for the rest of the ladder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_class: Option<crate::class::FaultClass>,
+    /// The GPU the trigger's condition named when the remediation started: a `resetGpu` step resets
+    /// this one, and is skipped when it is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::gpu::GpuDevice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

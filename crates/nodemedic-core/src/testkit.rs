@@ -24,6 +24,7 @@ pub fn node(name: &str, pool: &str, at: Time) -> NodeObservation {
         message: String::new(),
         last_transition_time: at,
         last_heartbeat_time: Some(at),
+        gpu: None,
     });
     n
 }
@@ -34,6 +35,14 @@ pub fn gpu_node(name: &str, pool: &str, gpus: i64, at: Time) -> NodeObservation 
     n.labels.insert("nvidia.com/gpu.count".into(), gpus.to_string());
     n.allocatable.insert("nvidia.com/gpu".into(), gpus);
     n
+}
+
+/// Names `gpu` as the GPU the node's `type_` condition is about, as the adapter reads it from the
+/// agent's annotation.
+pub fn set_condition_gpu(n: &mut NodeObservation, type_: &str, gpu: Option<crate::gpu::GpuDevice>) {
+    if let Some(c) = n.conditions.iter_mut().find(|c| c.type_ == type_) {
+        c.gpu = gpu;
+    }
 }
 
 /// Sets (or replaces) a condition; the transition time moves only when the status changes.
@@ -53,6 +62,7 @@ pub fn set_condition(n: &mut NodeObservation, type_: &str, status: ConditionStat
             message: String::new(),
             last_transition_time: at,
             last_heartbeat_time: Some(at),
+            gpu: None,
         });
     }
 }

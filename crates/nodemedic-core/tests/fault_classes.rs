@@ -107,7 +107,7 @@ fn the_seed_presets_are_class_blind_and_the_recommended_policy_takes_the_default
     let recommended = presets::recommended();
     assert_eq!(recommended.fault_classes.rung(Some(FaultClass::Replace)), ClassRung::Replace);
     assert_eq!(recommended.fault_classes.rung(Some(FaultClass::RestartApplication)), ClassRung::Events);
-    assert_eq!(recommended.fault_classes.rung(Some(FaultClass::ResetGpu)), ClassRung::Reboot);
+    assert_eq!(recommended.fault_classes.rung(Some(FaultClass::ResetGpu)), ClassRung::ResetGpu);
     assert_eq!(recommended.fault_classes.rung(None), ClassRung::Ladder);
 }
 
@@ -116,7 +116,7 @@ fn class() -> impl Strategy<Value = FaultClass> {
 }
 
 fn rung() -> impl Strategy<Value = Option<&'static str>> {
-    proptest::option::of(proptest::sample::select(vec!["events", "ladder", "reboot", "reimage", "replace", "manual"]))
+    proptest::option::of(proptest::sample::select(vec!["events", "ladder", "resetGpu", "reboot", "reimage", "replace", "manual"]))
 }
 
 proptest! {
@@ -142,10 +142,11 @@ proptest! {
             prop_assert!(steps.is_empty(), "{:?}", steps);
         }
         let floor = match rung {
-            ClassRung::Events | ClassRung::Ladder | ClassRung::Reboot => 1,
-            ClassRung::Reimage => 2,
-            ClassRung::Replace => 3,
-            ClassRung::Manual => 4,
+            ClassRung::Events | ClassRung::Ladder | ClassRung::ResetGpu => 1,
+            ClassRung::Reboot => 2,
+            ClassRung::Reimage => 3,
+            ClassRung::Replace => 4,
+            ClassRung::Manual => 5,
         };
         for step in steps {
             prop_assert!(step_rank(step) == 0 || step_rank(step) >= floor, "{:?} ran for {:?} at rung {:?}", step, class, rung);

@@ -157,6 +157,7 @@ fn active(step: RemediationStep, stage: Stage, started: Time) -> ActiveRemediati
         unobserved_until: None,
         drain_held_at: None,
         fault_class: None,
+        gpu: None,
     }
 }
 

@@ -49,6 +49,7 @@ pub fn observe_node(node: &Node, remediation: Option<&NodeRemediation>) -> Resul
         };
         obs.taints.push(Taint { key: t.key.clone(), value: t.value.clone(), effect });
     }
+    let faulty_gpus = faulty_gpus(node);
     let status = node.status.as_ref();
     for (i, c) in status.and_then(|s| s.conditions.as_ref()).into_iter().flatten().enumerate() {
         let cond_status = match c.status.as_str() {
@@ -71,6 +72,7 @@ pub fn observe_node(node: &Node, remediation: Option<&NodeRemediation>) -> Resul
             message: c.message.clone().unwrap_or_default(),
             last_transition_time: transition,
             last_heartbeat_time: heartbeat,
+            gpu: faulty_gpus.get(&c.type_).cloned(),
         });
     }
     // Whole-number resources only (GPUs, pods); cpu and memory quantities are not the engine's business.
@@ -90,16 +92,29 @@ pub fn observe_node(node: &Node, remediation: Option<&NodeRemediation>) -> Resul
     Ok(obs)
 }
 
+/// The agent's faulty-GPU annotation ([`nodemedic_core::gpu::FAULTY_GPU_ANNOTATION`]). One that does
+/// not read names no GPU (every fault's GPU is then unknown, so no reset is aimed at a guess); it does
+/// not make the node unreadable, since the conditions still say what is wrong.
+fn faulty_gpus(node: &Node) -> std::collections::BTreeMap<String, nodemedic_core::gpu::GpuDevice> {
+    let Some(text) = node.metadata.annotations.as_ref().and_then(|a| a.get(nodemedic_core::gpu::FAULTY_GPU_ANNOTATION)) else {
+        return Default::default();
+    };
+    nodemedic_core::gpu::faulty_gpus_from_annotation(text).unwrap_or_default()
+}
+
 /// Trims a Node to what the controller reads (the engine's observation, the notifications' node
 /// details, the taint patch and Event references): name, uid, resourceVersion, labels, taints,
-/// conditions, allocatable, internal and external addresses and the boot ID. Everything else (managed
-/// fields, annotations, capacity, the image list, the rest of the node info, pod CIDRs, volumes) is
+/// conditions, allocatable, internal and external addresses, the boot ID and the agent's faulty-GPU
+/// annotation. Everything else (managed fields, other annotations, capacity, the image list, the rest of the node info, pod CIDRs, volumes) is
 /// dropped before a watch cache stores the node, so the cache holds what a node says about its
 /// health, not what it says about everything else.
 pub fn lean(node: &mut Node) {
     let meta = &mut node.metadata;
     meta.managed_fields = None;
-    meta.annotations = None;
+    meta.annotations = meta.annotations.take().and_then(|mut a| {
+        let kept = a.remove(nodemedic_core::gpu::FAULTY_GPU_ANNOTATION)?;
+        Some(std::iter::once((nodemedic_core::gpu::FAULTY_GPU_ANNOTATION.to_string(), kept)).collect())
+    });
     meta.owner_references = None;
     meta.finalizers = None;
     meta.generate_name = None;
@@ -208,6 +223,28 @@ mod tests {
         let plugin = CheckMatch { name: "nccl-allreduce".into(), plugin: true };
         assert!(matches!(check_evidence(&obs, &plugin).map(|e| e.evidence), Some(ProbeEvidence::Passing { .. })));
         assert!(check_evidence(&obs, &CheckMatch::family(ProbeFamily::Disk)).is_none());
+    }
+
+    #[test]
+    fn the_agents_faulty_gpu_annotation_names_the_gpu_of_its_condition_and_junk_names_none() {
+        use nodemedic_core::gpu::{FAULTY_GPU_ANNOTATION, GpuDevice};
+        let mut n = gpu_node();
+        n["status"]["conditions"].as_array_mut().expect("conditions").push(serde_json::json!({
+            "type": "GPUProblem", "status": "True", "reason": "KernelFaultResetGpu", "lastTransitionTime": "2026-11-21T10:01:00Z",
+        }));
+        n["metadata"]["annotations"] =
+            serde_json::json!({FAULTY_GPU_ANNOTATION: r#"{"GPUProblem":{"pciBusId":"PCI:0000:3b:00","index":3}}"#});
+        let mut lean_node = node(n.clone());
+        lean(&mut lean_node);
+        for kept in [node(n.clone()), lean_node] {
+            let obs = observe_node(&kept, None).expect("readable");
+            let gpu = obs.condition("GPUProblem").and_then(|c| c.gpu.clone());
+            assert_eq!(gpu, Some(GpuDevice { pci_bus_id: "0000:3b:00.0".into(), index: Some(3) }));
+            assert_eq!(obs.condition("Ready").and_then(|c| c.gpu.clone()), None);
+        }
+        n["metadata"]["annotations"] = serde_json::json!({FAULTY_GPU_ANNOTATION: r#"{"GPUProblem":{"pciBusId":"bus 3"}}"#});
+        let obs = observe_node(&node(n), None).expect("a bad annotation does not make the node unreadable");
+        assert_eq!(obs.condition("GPUProblem").and_then(|c| c.gpu.clone()), None);
     }
 
     #[test]

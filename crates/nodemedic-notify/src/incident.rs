@@ -475,6 +475,7 @@ mod tests {
             unobserved_until: None,
             drain_held_at: None,
             fault_class: None,
+            gpu: None,
         });
         let attempts = Attempt::all_from_record(&record);
         assert_eq!(attempts.len(), 2);

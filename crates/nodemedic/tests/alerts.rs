@@ -92,6 +92,7 @@ fn metrics_with_every_series() -> Metrics {
         notified_at: None,
         drain_held_at: None,
         fault_class: None,
+        gpu: None,
         unobserved: nodemedic_core::Duration::ZERO,
         unobserved_until: None,
     };
