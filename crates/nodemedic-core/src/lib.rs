@@ -15,7 +15,6 @@ pub mod input;
 pub mod manual;
 pub mod observe;
 pub mod outage;
-pub mod podresources;
 pub mod policy;
 pub mod presets;
 pub mod probe;
