@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use kube::api::{Api, Patch, PatchParams};
 use nodemedic_testenv::{ControlPlane, FakeNode, Options, wait_for};
 
-const GPU_LOST: &str = "handmade/nvidia-smi-csv/query_gpu_requires_reset.csv.txt";
+const GPU_LOST: &str = "handmade/nvidia-smi-csv/query_gpu_8x_one_requires_reset.csv.txt";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
