@@ -65,11 +65,12 @@ pub async fn summary(
     let client = cp.client();
     let records = Api::<NodeRemediation>::all(client.clone()).list(&ListParams::default()).await?.items;
     let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let policy = Api::<NodeHealthPolicy>::all(client.clone()).get("demo").await?;
+    let policies = Api::<NodeHealthPolicy>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let stateful = crate::demo_stateful::ends(cp, scenario).await?;
     println!("\n== summary of scenario `{}`", scenario.name);
-    if let Some(st) = &policy.status {
+    for (name, st) in policies.iter().filter_map(|p| Some((p.metadata.name.as_deref()?, p.status.as_ref()?))) {
         println!(
-            "policy demo: {} selected, {} healthy, {} remediating, {} manual; circuit breaker {}",
+            "policy {name}: {} selected, {} healthy, {} remediating, {} manual; circuit breaker {}",
             st.selected,
             st.healthy,
             st.remediating,
@@ -78,12 +79,12 @@ pub async fn summary(
         );
     }
     let mut failed = 0;
-    for v in judge(scenario, &records, &nodes, breaker_tripped_at.is_some(), &ends.replacements) {
+    for v in judge(scenario, &records, &nodes, breaker_tripped_at.is_some(), &ends.replacements, &stateful) {
         let f = &scenario.faults[v.fault];
         failed += usize::from(!v.ok);
         println!("{}", verdict_line(f, &v));
     }
-    failed += workloads_and_replacements(cp, scenario, &records, &nodes, &policy, ends).await?;
+    failed += workloads_and_replacements(cp, scenario, &records, &nodes, &policies, ends).await?;
     if let Some((c, asks)) = chaos {
         let counts = chaos_counts(asks, &records, &nodes);
         println!(
@@ -134,7 +135,7 @@ async fn workloads_and_replacements(
     scenario: &Scenario,
     records: &[NodeRemediation],
     nodes: &[Node],
-    policy: &NodeHealthPolicy,
+    policies: &[NodeHealthPolicy],
     ends: &crate::demo::Ends,
 ) -> Result<usize> {
     let mut failed = 0;
@@ -151,12 +152,14 @@ async fn workloads_and_replacements(
         println!("  {mark} {:<9} workload {}/{} ({budget}): {text}", w.node, crate::demo_workloads::NAMESPACE, w.name);
     }
     if !ends.replacements.is_empty() {
-        let selected = policy.status.as_ref().map_or(0, |s| s.selected);
+        // The policies' selectors do not overlap: together they select every node once.
+        let selected: u64 = policies.iter().filter_map(|p| p.status.as_ref()).map(|s| s.selected).sum();
         let tracked = selected as usize == nodes.len();
         failed += usize::from(!tracked);
         println!(
-            "  {} the policy selects {selected} of the {} nodes now, replacements included",
+            "  {} the {} select {selected} of the {} nodes now, replacements included",
             if tracked { "✓" } else { "✗" },
+            if policies.len() == 1 { "policy" } else { "policies" },
             nodes.len()
         );
     }
@@ -167,6 +170,12 @@ async fn workloads_and_replacements(
 fn verdict_line(f: &crate::demo::Fault, v: &Verdict) -> String {
     let mark = if v.ok { "✓" } else { "✗" };
     let kind = format!("{:?}", f.kind).to_lowercase();
+    if let Some(fencing) = &v.fencing {
+        let text = match fencing {
+            Ok(t) | Err(t) => t,
+        };
+        return format!("  {mark} {:<9} {kind:<8} expected {:<10} ended {:<12} {text}", v.node, "fenced", format!("{:?}", v.phase));
+    }
     if f.expect == Some(Expect::Replaced) {
         let new = v.replaced_by.as_deref().unwrap_or("no node");
         let (now, gone) = if v.ok { ("Ready, every probe passing, no taint", "gone") } else { ("missing or not healthy", "?") };
