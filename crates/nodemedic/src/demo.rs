@@ -92,7 +92,10 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let scheduler = !scenario.stateful_sets.is_empty();
     let controller_manager = !scenario.workloads.is_empty() || !dead.is_empty() || scheduler;
     if controller_manager {
-        println!("(and kube-controller-manager{}: the disruption controller guards the scenario's workloads; node lifecycle, pod GC, attach-detach and StatefulSet controllers act on a dead node)", if scheduler { " and kube-scheduler" } else { "" });
+        println!(
+            "(and kube-controller-manager{}: the disruption controller guards the scenario's workloads; node lifecycle, pod GC, attach-detach and StatefulSet controllers act on a dead node)",
+            if scheduler { " and kube-scheduler" } else { "" }
+        );
     }
     let cp = Arc::new(
         ControlPlane::start(Options { kwok: true, controller_manager, scheduler, ..Options::default() })
@@ -217,6 +220,8 @@ struct Play<'a> {
     /// The dead nodes' BMC, and what the demo saw through it.
     bmc: Option<&'a crate::demo_bmc::Bmc>,
     power: crate::demo_bmc::PowerWatch,
+    /// StatefulSet pods already told as running away from their node.
+    moved: BTreeSet<String>,
 }
 
 /// The demo's peers: the notification peers (unless `--no-notify`) and the BMC of the dead nodes.
@@ -321,6 +326,7 @@ async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, all_peers: Peers<'_>,
         relaxed: BTreeMap::new(),
         bmc: all_peers.bmc,
         power: crate::demo_bmc::PowerWatch::default(),
+        moved: BTreeSet::new(),
     };
     let total = std::time::Duration::from_millis(scenario.duration.0.max(0) as u64);
     let mut chaos = chaos_seed.map(|seed| Chaos::new(seed, start));
@@ -522,6 +528,14 @@ impl Play<'_> {
     /// StatefulSet pods run elsewhere ([`crate::demo_bmc::PowerWatch`]).
     async fn power_on_the_dead(&mut self, stateful: &[crate::demo_stateful::StatefulEnd]) -> Result<()> {
         let Some(bmc) = self.bmc else { return Ok(()) };
+        for s in stateful {
+            let away = s.running_on.as_ref().filter(|n| **n != s.home);
+            if let Some(node) = away.filter(|_| !self.moved.contains(&s.name)) {
+                self.moved.insert(s.name.clone());
+                let on = s.attached_to.join(",");
+                self.line(&s.home, "StatefulPodMoved", format!("{}-0 Running on {node}; its volume attached to {on}", s.name));
+            }
+        }
         let down: BTreeMap<String, bool> = lock(&self.state)?
             .active
             .iter()

@@ -25,7 +25,8 @@ fn emulator() -> Result<PathBuf> {
         return Ok(PathBuf::from(path));
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bmc-peers/setup");
-    let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().with_context(|| format!("running {}", script.display()))?;
+    let out =
+        Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
         bail!("{} failed ({})", script.display(), out.status);
     }
@@ -110,11 +111,8 @@ impl Bmc {
             .spawn()
             .with_context(|| format!("starting {}", emulator.display()))?;
         let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.crt"))?)?;
-        let http = reqwest::Client::builder()
-            .add_root_certificate(ca)
-            .tls_built_in_root_certs(false)
-            .timeout(Duration::from_secs(5))
-            .build()?;
+        let http =
+            reqwest::Client::builder().add_root_certificate(ca).tls_built_in_root_certs(false).timeout(Duration::from_secs(5)).build()?;
         let bmc = Bmc { child, dir, port, password, systems, http };
         bmc.wait_listening()?;
         Ok(bmc)
@@ -204,10 +202,12 @@ pub const BMC_LABEL: &str = "demo.nodemedic.io/bmc";
 const POWER_ON_AFTER: Duration = Duration::from_secs(10);
 const POWER_ON_AT_LATEST: Duration = Duration::from_secs(90);
 
-/// The dead nodes as the demo sees them through their BMC: when each was seen Off, which are back.
+/// The dead nodes as the demo sees them through their BMC: when each was seen Off, and which the
+/// person has asked to power on.
 #[derive(Default)]
 pub struct PowerWatch {
     off_at: BTreeMap<String, Instant>,
+    on_asked: BTreeMap<String, Instant>,
 }
 
 /// A line for the timeline: (node, reason, what happened).
@@ -216,36 +216,44 @@ pub type Line = (String, &'static str, String);
 impl PowerWatch {
     /// One look at the dead nodes still down (`down`: node → whether its StatefulSet pods run
     /// elsewhere now). A node its BMC says is Off is told once; once its pods have moved (or
-    /// [`POWER_ON_AT_LATEST`] has passed) the person powers it on through the BMC, its kubelet
-    /// returns and it boots with a new boot ID. Returns the timeline's lines and the nodes back.
+    /// [`POWER_ON_AT_LATEST`] has passed) the person powers it on through the BMC, and once the BMC
+    /// says On its kubelet returns and it boots with a new boot ID. Returns the timeline's lines and
+    /// the nodes back.
     pub async fn look(&mut self, bmc: &Bmc, cp: &ControlPlane, down: &BTreeMap<String, bool>) -> Result<(Vec<Line>, Vec<String>)> {
         let (mut lines, mut back) = (Vec::new(), Vec::new());
         for (node, moved) in down {
+            if let Some(asked) = self.on_asked.get(node).copied() {
+                if bmc.power_state(node).await? != "On" {
+                    continue;
+                }
+                cp.resume_heartbeat(node).await?;
+                let boot_id = cp.simulate_reboot(node).await?;
+                let text = format!(
+                    "its BMC reads PowerState On {:.1}s after the request; it boots, new bootID …{}, its kubelet is back",
+                    asked.elapsed().as_secs_f64(),
+                    &boot_id[boot_id.len().saturating_sub(12)..]
+                );
+                lines.push((node.clone(), "PoweredOn", text));
+                back.push(node.clone());
+                continue;
+            }
             let Some(off_at) = self.off_at.get(node).copied() else {
-                let state = bmc.power_state(node).await?;
-                if state == "Off" {
+                if bmc.power_state(node).await? == "Off" {
                     self.off_at.insert(node.clone(), Instant::now());
                     lines.push((node.clone(), "BmcSaysOff", "its BMC (sushy-tools, Redfish) reads PowerState Off".to_string()));
                 }
                 continue;
             };
             let due = (*moved && off_at.elapsed() >= POWER_ON_AFTER) || off_at.elapsed() >= POWER_ON_AT_LATEST;
-            if !due {
-                continue;
+            if due {
+                bmc.power_on(node).await?;
+                self.on_asked.insert(node.clone(), Instant::now());
+                lines.push((node.clone(), "PowerOnAsked", "a person powers it on through its BMC (Redfish Reset On)".to_string()));
             }
-            bmc.power_on(node).await?;
-            cp.resume_heartbeat(node).await?;
-            let boot_id = cp.simulate_reboot(node).await?;
-            let state = bmc.power_state(node).await?;
-            let text = format!(
-                "a person powers it on through its BMC (PowerState {state}); it boots, new bootID …{}, kubelet back",
-                &boot_id[boot_id.len().saturating_sub(12)..]
-            );
-            lines.push((node.clone(), "PoweredOn", text));
-            back.push(node.clone());
         }
         for n in &back {
             self.off_at.remove(n);
+            self.on_asked.remove(n);
         }
         Ok((lines, back))
     }

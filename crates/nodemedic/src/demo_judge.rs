@@ -129,13 +129,18 @@ pub fn judge_fencing(name: &str, rec: Option<&NodeRecord>, current: Option<&Node
     let mut moved = Vec::new();
     for s in stateful.iter().filter(|s| s.home == name) {
         match &s.running_on {
-            Some(other) if other != name && !s.attached_to.iter().any(|n| n == name) => moved.push(format!("{}-0 Running on {other}", s.name)),
+            Some(other) if other != name && !s.attached_to.iter().any(|n| n == name) => {
+                moved.push(format!("{}-0 Running on {other}", s.name))
+            }
             Some(other) if other != name => return Err(format!("{}'s volume is still attached to {name}", s.name)),
             _ => return Err(format!("{}-0 is not Running on another node", s.name)),
         }
     }
     let pods = if moved.is_empty() { String::new() } else { format!("; {}, its volume moved with it", moved.join(", ")) };
-    Ok(format!("BMC power Off confirmed, out-of-service on for {:.0}s, off once Ready again{pods}", removed.since(oos.added_at).as_secs_f64()))
+    Ok(format!(
+        "BMC power Off confirmed, out-of-service on for {:.0}s, off once Ready again{pods}",
+        removed.since(oos.added_at).as_secs_f64()
+    ))
 }
 
 /// A node that is there now, Ready, with every probe passing, no nodemedic taint, and no record
@@ -209,11 +214,8 @@ pub fn chaos_counts(asks: &Asks, records: &[NodeRemediation], nodes: &[Node]) ->
             counts.lost_remediations.push(name.clone());
         }
         for taint in our_taints(Some(n)) {
-            let explained = if taint.ends_with("slow-network") {
-                failing.contains(&Probe::Network.condition())
-            } else {
-                active.is_some() || manual
-            };
+            let explained =
+                if taint.ends_with("slow-network") { failing.contains(&Probe::Network.condition()) } else { active.is_some() || manual };
             if !explained {
                 counts.unexplained_taints.push((name.clone(), taint));
             }

@@ -76,7 +76,13 @@ pub async fn create_stateful_sets(cp: &ControlPlane, scenario: &Scenario) -> Res
             (end.running_on.as_deref() == Some(w.node.as_str()) && end.attached_to.contains(&w.node)).then_some(())
         })
         .await?;
-        println!("statefulset {NAMESPACE}/{}: pod {} Running on {}, ReadWriteOnce volume {} attached there", w.name, pod_name(w), w.node, pv_name(w));
+        println!(
+            "statefulset {NAMESPACE}/{}: pod {} Running on {}, ReadWriteOnce volume {} attached there",
+            w.name,
+            pod_name(w),
+            w.node,
+            pv_name(w)
+        );
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use crate::demo_judge::{Asks, Verdict, chaos_counts, judge, judge_workload};
 use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
+use nodemedic_core::fencing::OUT_OF_SERVICE_TAINT;
 use nodemedic_core::record::Phase;
 use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation};
 use nodemedic_testenv::ControlPlane;
@@ -22,8 +23,8 @@ pub fn table(nodes: &[Node], records: &[NodeRemediation]) -> String {
             .and_then(|s| s.taints.as_ref())
             .into_iter()
             .flatten()
-            .filter(|t| t.key.starts_with("nodemedic.io/"))
-            .map(|t| t.key.trim_start_matches("nodemedic.io/").to_string())
+            .filter(|t| t.key.starts_with("nodemedic.io/") || t.key == OUT_OF_SERVICE_TAINT)
+            .map(|t| t.key.trim_start_matches("nodemedic.io/").trim_start_matches("node.kubernetes.io/").to_string())
             .collect();
         let rec = records.iter().find(|r| r.spec.node == name).and_then(|r| r.status.as_ref()).map(|s| &s.record);
         let active = rec.and_then(|r| r.active.as_ref());
@@ -70,12 +71,17 @@ pub async fn summary(
     println!("\n== summary of scenario `{}`", scenario.name);
     for (name, st) in policies.iter().filter_map(|p| Some((p.metadata.name.as_deref()?, p.status.as_ref()?))) {
         println!(
-            "policy {name}: {} selected, {} healthy, {} remediating, {} manual; circuit breaker {}",
+            "policy {name}: {} selected, {} healthy, {} remediating, {} manual{}",
             st.selected,
             st.healthy,
             st.remediating,
             st.manual,
-            if breaker_tripped_at.is_some() { "tripped during the run" } else { "never tripped" }
+            // The timeline's BreakerTripped Events are the main policy's.
+            match (name, breaker_tripped_at) {
+                ("demo", Some(_)) => "; circuit breaker tripped during the run",
+                ("demo", None) => "; circuit breaker never tripped",
+                _ => "",
+            }
         );
     }
     let mut failed = 0;
@@ -199,9 +205,11 @@ fn verdict_line(f: &crate::demo::Fault, v: &Verdict) -> String {
 /// Prints a line each and returns how many are missing.
 fn people_told(scenario: &Scenario, mails: &[crate::demo_peers::Mail], alerts: &[(String, String, String)]) -> usize {
     let mut failed = 0;
-    for f in scenario.faults.iter().filter(|f| f.expect == Some(Expect::Manual)) {
+    for f in scenario.faults.iter().filter(|f| matches!(f.expect, Some(Expect::Manual | Expect::Fenced))) {
         for n in &f.nodes {
-            let mailed = mails.iter().any(|m| m.subject.contains(n.as_str()) && m.text.contains("reimage"));
+            // A fenced node's email tells its power-off; a repaired one's its attempts.
+            let attempts = if f.expect == Some(Expect::Fenced) { "powerOff" } else { "reimage" };
+            let mailed = mails.iter().any(|m| m.subject.contains(n.as_str()) && m.text.contains(attempts));
             let alerted = alerts.iter().any(|(name, node, _)| node == n && name == "NodemedicNodeManual");
             println!(
                 "  {} {n}: email with its attempts {}, alert NodemedicNodeManual {}",

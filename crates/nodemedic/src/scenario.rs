@@ -302,6 +302,25 @@ policy:
     }
 
     #[test]
+    fn a_dead_node_is_powered_on_by_a_person_expected_fenced_and_needs_a_fencing_policy() {
+        let dead = "faults:\n- {at: 5s, nodes: [gpu-001], kind: dead, message: m, fixedBy: powerOn, expect: fenced}\n";
+        assert!(error(dead).contains("needs a fencingPolicy"), "{}", error(dead));
+        let fencing = "fencingPolicy:\n  rules:\n  - {name: gone, condition: {type: Ready, status: Unknown}}\n  ladder:\n  - {step: powerOff, timeout: 60s}\n";
+        let ok = Scenario::parse(&format!("{BASE}{fencing}{dead}")).map_err(|e| format!("{e:#}"));
+        assert_eq!(ok.as_ref().map(|s| s.dead_nodes().into_iter().collect::<Vec<_>>()).ok(), Some(vec!["gpu-001"]), "{ok:?}");
+        for wrong in [
+            "faults:\n- {at: 5s, nodes: [gpu-001], kind: dead, message: m, fixedBy: reboot}\n",
+            "faults:\n- {at: 5s, nodes: [gpu-001], kind: gpu, message: m, fixedBy: powerOn}\n",
+            "faults:\n- {at: 5s, nodes: [gpu-001], kind: dead, message: m, fixedBy: powerOn, recoversAfter: 5s}\n",
+        ] {
+            assert!(error(&format!("{fencing}{wrong}")).contains("ended by `fixedBy: powerOn`"), "{wrong}");
+        }
+        let gpu_fenced = "faults:\n- {at: 5s, nodes: [gpu-001], kind: gpu, message: m, fixedBy: reboot, expect: fenced}\n";
+        assert!(error(gpu_fenced).contains("`expect: fenced` goes with `kind: dead`"), "{}", error(gpu_fenced));
+        assert!(error("statefulSets:\n- {name: db, node: gpu-009}\n").contains("statefulSets[0].node: no node `gpu-009`"));
+    }
+
+    #[test]
     fn a_scenario_that_repeats_a_key_is_refused_naming_it() {
         let text = include_str!("../../../examples/demo-scenario.yaml");
         assert!(Scenario::parse(text).is_ok());
