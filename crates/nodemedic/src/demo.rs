@@ -529,11 +529,11 @@ impl Play<'_> {
     async fn power_on_the_dead(&mut self, stateful: &[crate::demo_stateful::StatefulEnd]) -> Result<()> {
         let Some(bmc) = self.bmc else { return Ok(()) };
         for s in stateful {
-            let away = s.running_on.as_ref().filter(|n| **n != s.home);
+            // Told once it runs elsewhere with its volume attached there and nowhere else.
+            let away = s.running_on.as_ref().filter(|n| **n != s.home && s.attached_to == [n.to_string()]);
             if let Some(node) = away.filter(|_| !self.moved.contains(&s.name)) {
                 self.moved.insert(s.name.clone());
-                let on = s.attached_to.join(",");
-                self.line(&s.home, "StatefulPodMoved", format!("{}-0 Running on {node}; its volume attached to {on}", s.name));
+                self.line(&s.home, "StatefulPodMoved", format!("{}-0 Running on {node}, its volume attached there only", s.name));
             }
         }
         let down: BTreeMap<String, bool> = lock(&self.state)?

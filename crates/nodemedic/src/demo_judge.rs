@@ -129,10 +129,10 @@ pub fn judge_fencing(name: &str, rec: Option<&NodeRecord>, current: Option<&Node
     let mut moved = Vec::new();
     for s in stateful.iter().filter(|s| s.home == name) {
         match &s.running_on {
-            Some(other) if other != name && !s.attached_to.iter().any(|n| n == name) => {
-                moved.push(format!("{}-0 Running on {other}", s.name))
+            Some(other) if other != name && s.attached_to == [other.clone()] => moved.push(format!("{}-0 Running on {other}", s.name)),
+            Some(other) if other != name => {
+                return Err(format!("{}'s volume is attached to {:?}, not to {other} only", s.name, s.attached_to));
             }
-            Some(other) if other != name => return Err(format!("{}'s volume is still attached to {name}", s.name)),
             _ => return Err(format!("{}-0 is not Running on another node", s.name)),
         }
     }
@@ -344,6 +344,54 @@ faults:
         assert!(judge_workload("trainer-budget", held, Some(Time(4_000)), Some(&rec), 1).is_err(), "a pod left on the node");
         rec.history.remove(0);
         assert!(judge_workload("trainer-budget", held, Some(Time(4_000)), Some(&rec), 0).is_err(), "no completed drain");
+    }
+
+    /// Issue 11's demo node: ✓ only when the record says the BMC fenced it and the taint came off,
+    /// the node is Ready without the taint now, and the StatefulSet pod runs elsewhere with its volume.
+    #[test]
+    fn a_fenced_node_passes_only_when_restored_and_its_stateful_pod_runs_elsewhere_with_its_volume() {
+        use nodemedic_core::fencing::{OUT_OF_SERVICE_VALUE, OutOfService};
+        let mut rec = NodeRecord::new("gpu-006");
+        let oos = OutOfService {
+            attempt: 1,
+            source: FencingSource::BmcPowerOff,
+            added_at: Time(10_000),
+            reason: "the BMC confirmed power Off".into(),
+            boot_id: None,
+            removed_at: Some(Time(30_000)),
+            removed_reason: Some("back and Ready".into()),
+            lifted: true,
+        };
+        rec.out_of_service = Some(oos.clone());
+        let node = ready(gpu_node("gpu-006", "False", &[]));
+        let end = |on: Option<&str>, attached: &[&str]| StatefulEnd {
+            name: "ledger".into(),
+            home: "gpu-006".into(),
+            running_on: on.map(str::to_string),
+            attached_to: attached.iter().map(|s| s.to_string()).collect(),
+        };
+        let moved = [end(Some("gpu-000"), &["gpu-000"])];
+        let ok = judge_fencing("gpu-006", Some(&rec), Some(&node), &moved);
+        assert!(ok.as_ref().is_ok_and(|t| t.contains("on for 20s") && t.contains("ledger-0 Running on gpu-000")), "{ok:?}");
+        assert!(judge_fencing("gpu-006", Some(&NodeRecord::new("gpu-006")), Some(&node), &moved).is_err(), "never fenced");
+        for (on, attached) in [(Some("gpu-006"), vec!["gpu-006"]), (None, vec![]), (Some("gpu-000"), vec!["gpu-006", "gpu-000"])] {
+            assert!(judge_fencing("gpu-006", Some(&rec), Some(&node), &[end(on, &attached)]).is_err(), "{on:?} {attached:?}");
+        }
+        let mut tainted = node.clone();
+        if let Some(t) = tainted.spec.as_mut().and_then(|s| s.taints.as_mut()) {
+            t.push(Taint {
+                key: OUT_OF_SERVICE_TAINT.into(),
+                value: Some(OUT_OF_SERVICE_VALUE.into()),
+                effect: "NoExecute".into(),
+                ..Taint::default()
+            });
+        }
+        assert!(judge_fencing("gpu-006", Some(&rec), Some(&tainted), &moved).is_err(), "the taint still on");
+        assert!(judge_fencing("gpu-006", Some(&rec), Some(&gpu_node("gpu-006", "False", &[])), &moved).is_err(), "not Ready");
+        rec.out_of_service = Some(OutOfService { removed_at: None, ..oos.clone() });
+        assert!(judge_fencing("gpu-006", Some(&rec), Some(&node), &moved).is_err(), "never taken off");
+        rec.out_of_service = Some(OutOfService { source: FencingSource::NewBootId, ..oos });
+        assert!(judge_fencing("gpu-006", Some(&rec), Some(&node), &moved).is_err(), "not the BMC's power-off");
     }
 
     fn ready(mut n: Node) -> Node {

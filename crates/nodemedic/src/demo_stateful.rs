@@ -66,6 +66,16 @@ pub async fn create_stateful_sets(cp: &ControlPlane, scenario: &Scenario) -> Res
     )
     .await?;
     for w in &scenario.stateful_sets {
+        // Its pod only prefers the node: the node lifecycle controller's startup taints must be gone
+        // first, or the scheduler places it elsewhere.
+        let what = format!("{} to be Ready and untainted", w.node);
+        wait_for(Duration::from_secs(60), &what, || async {
+            let n = nodes.get(&w.node).await.ok()?;
+            let untainted = n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(|t| t.is_empty());
+            let ready = n.status?.conditions?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            (ready && untainted).then_some(())
+        })
+        .await?;
         create_one(cp, w).await.with_context(|| format!("creating StatefulSet {NAMESPACE}/{}", w.name))?;
     }
     for w in &scenario.stateful_sets {
