@@ -171,10 +171,10 @@ impl Replicas {
     }
 }
 
-/// The executors file the demo's replicas run with.
 /// The NodeHealthPolicy made from the scenario's `fencingPolicy`.
 pub const FENCING_POLICY: &str = "demo-fencing";
 
+/// The executors file the demo's replicas run with (a `power:` section follows when nodes have a BMC).
 const EXECUTORS: &str = "drain: {backoff: 500ms, maxBackoff: 2s}\nsteps:\n  replace: {provider: {clusterApi: {}}}\n";
 
 /// What the demo saw happen that the summary judges with the cluster's state at the end.
