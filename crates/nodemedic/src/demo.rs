@@ -27,7 +27,7 @@ pub const DEFAULT_SCENARIO: &str = include_str!("../../../examples/demo-scenario
 /// What `--chaos` plays unless a scenario is given: many faults, some nodes hit twice.
 pub const CHAOS_SCENARIO: &str = include_str!("../../../examples/chaos-scenario.yaml");
 
-pub use nodemedic::scenario::{Expect, Fault, FaultKind, FixedBy, Scenario, Workload, node_name};
+pub use nodemedic::scenario::{Expect, Fault, FixedBy, Probe, Scenario, StatefulWorkload, Workload, node_name};
 
 /// What the simulated agents know: which nodes are faulty, and since when.
 #[derive(Default)]
@@ -86,16 +86,29 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let scenario = Scenario::parse(&text)?;
     println!("nodemedic demo — scenario `{}`: {} fake GPU nodes in {} pools", scenario.name, scenario.nodes, scenario.pools);
     println!("starting etcd, kube-apiserver and kwok (the first run builds them from Go modules; that takes a while)…");
-    // kube-controller-manager keeps the PodDisruptionBudgets' status, which the Eviction API reads.
-    let controller_manager = !scenario.workloads.is_empty();
+    // kube-controller-manager keeps the PodDisruptionBudgets' status, which the Eviction API reads,
+    // and marks a dead node Unknown; with kube-scheduler it moves a fenced node's StatefulSet pods.
+    let dead = scenario.dead_nodes();
+    let scheduler = !scenario.stateful_sets.is_empty();
+    let controller_manager = !scenario.workloads.is_empty() || !dead.is_empty() || scheduler;
     if controller_manager {
-        println!("(and kube-controller-manager: the disruption controller guards the scenario's workloads)");
+        println!(
+            "(and kube-controller-manager{}: the disruption controller guards the scenario's workloads; node lifecycle, pod GC, attach-detach and StatefulSet controllers act on a dead node)",
+            if scheduler { " and kube-scheduler" } else { "" }
+        );
     }
     let cp = Arc::new(
-        ControlPlane::start(Options { kwok: true, controller_manager, ..Options::default() })
+        ControlPlane::start(Options { kwok: true, controller_manager, scheduler, ..Options::default() })
             .await
             .context("starting the control plane")?,
     );
+    let bmc = if dead.is_empty() {
+        None
+    } else {
+        let names: Vec<&str> = dead.iter().copied().collect();
+        println!("starting the BMC of {}: the Redfish emulator sushy-tools, over HTTPS with basic auth…", names.join(", "));
+        Some(crate::demo_bmc::Bmc::start(&names).context("starting sushy-tools (scripts/bmc-peers/setup installs it)")?)
+    };
     let peers = if args.no_notify {
         None
     } else {
@@ -105,7 +118,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     if let Some(seed) = args.chaos {
         println!("chaos (seed {seed}): the leader is SIGKILLed, the API server paused and restarted at random moments");
     }
-    let result = play(&cp, &scenario, peers.as_ref(), args.chaos).await;
+    let result = play(&cp, &scenario, Peers { notify: peers.as_ref(), bmc: bmc.as_ref() }, args.chaos).await;
     if args.keep {
         println!("\nthe cluster keeps running; Ctrl-C stops it");
         println!("  KUBECONFIG={} {} get nhp,nrem", cp.kubeconfig().display(), cp.binaries().path("kubectl").display());
@@ -158,7 +171,10 @@ impl Replicas {
     }
 }
 
-/// The executors file the demo's replicas run with.
+/// The NodeHealthPolicy made from the scenario's `fencingPolicy`.
+pub const FENCING_POLICY: &str = "demo-fencing";
+
+/// The executors file the demo's replicas run with (a `power:` section follows when nodes have a BMC).
 const EXECUTORS: &str = "drain: {backoff: 500ms, maxBackoff: 2s}\nsteps:\n  replace: {provider: {clusterApi: {}}}\n";
 
 /// What the demo saw happen that the summary judges with the cluster's state at the end.
@@ -201,10 +217,22 @@ struct Play<'a> {
     held: BTreeMap<String, (Instant, String)>,
     /// Node → when the demo relaxed the budget of the workload on it.
     relaxed: BTreeMap<String, nodemedic_core::Time>,
+    /// The dead nodes' BMC, and what the demo saw through it.
+    bmc: Option<&'a crate::demo_bmc::Bmc>,
+    power: crate::demo_bmc::PowerWatch,
+    /// StatefulSet pods already told as running away from their node.
+    moved: BTreeSet<String>,
 }
 
-/// The fleet with every probe passing, the CRDs and the policy.
-async fn prepare(cp: &ControlPlane, scenario: &Scenario) -> Result<()> {
+/// The demo's peers: the notification peers (unless `--no-notify`) and the BMC of the dead nodes.
+#[derive(Clone, Copy)]
+struct Peers<'p> {
+    notify: Option<&'p crate::demo_peers::Peers>,
+    bmc: Option<&'p crate::demo_bmc::Bmc>,
+}
+
+/// The fleet with every probe passing, the CRDs and the policies.
+async fn prepare(cp: &ControlPlane, scenario: &Scenario, bmc: Option<&crate::demo_bmc::Bmc>) -> Result<()> {
     let client = cp.client();
     nodemedic_controller::install_crds(&client).await.context("installing the CRDs")?;
     let pools = scenario.pools.max(1);
@@ -215,27 +243,38 @@ async fn prepare(cp: &ControlPlane, scenario: &Scenario) -> Result<()> {
     }
     let start_stamp = jiff::Timestamp::now().to_string();
     for i in 0..scenario.nodes {
-        for kind in [FaultKind::Gpu, FaultKind::Network] {
+        for kind in Probe::ALL {
             publish(cp, &node_name(i), kind, false, "all probes pass", &start_stamp).await?;
         }
     }
     crate::demo_workloads::install_machine_crd(cp).await?;
     crate::demo_workloads::create_workloads(cp, scenario).await?;
-    Api::<NodeHealthPolicy>::all(client.clone())
+    crate::demo_stateful::create_stateful_sets(cp, scenario).await?;
+    if let Some(bmc) = bmc {
+        bmc.create_secrets(cp).await?;
+        let label = serde_json::json!({"metadata": {"labels": {crate::demo_bmc::BMC_LABEL: "redfish"}}});
+        for n in scenario.dead_nodes() {
+            Api::<Node>::all(client.clone()).patch(n, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&label)).await?;
+        }
+    }
+    let policies = Api::<NodeHealthPolicy>::all(client.clone());
+    policies
         .create(&PostParams::default(), &NodeHealthPolicy::new("demo", NodeHealthPolicySpec { policy: scenario.policy.clone() }))
         .await
         .context("creating the NodeHealthPolicy")?;
+    if let Some(policy) = &scenario.fencing_policy {
+        policies
+            .create(&PostParams::default(), &NodeHealthPolicy::new(FENCING_POLICY, NodeHealthPolicySpec { policy: policy.clone() }))
+            .await
+            .context("creating the fencing NodeHealthPolicy")?;
+    }
 
     Ok(())
 }
 
-async fn play(
-    cp: &Arc<ControlPlane>,
-    scenario: &Scenario,
-    peers: Option<&crate::demo_peers::Peers>,
-    chaos_seed: Option<u64>,
-) -> Result<()> {
-    prepare(cp, scenario).await?;
+async fn play(cp: &Arc<ControlPlane>, scenario: &Scenario, all_peers: Peers<'_>, chaos_seed: Option<u64>) -> Result<()> {
+    let peers = all_peers.notify;
+    prepare(cp, scenario, all_peers.bmc).await?;
     let log_dir = std::env::temp_dir().join(format!("nodemedic-demo-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir)?;
     let notifications = log_dir.join("notifications.yaml");
@@ -244,7 +283,12 @@ async fn play(
     }
     // Drains paced for a demo; the replace step goes to Cluster API (delete the node's Machine).
     let executors = log_dir.join("executors.yaml");
-    std::fs::write(&executors, EXECUTORS)?;
+    let power = match all_peers.bmc {
+        // YAML takes JSON: the power executor's section as the controller's own type writes it.
+        Some(bmc) => format!("power: {}\n", serde_json::to_string(&bmc.power_config()?)?),
+        None => String::new(),
+    };
+    std::fs::write(&executors, format!("{EXECUTORS}{power}"))?;
     let machine_set = crate::demo_workloads::MachineSet::start(cp, scenario).await?;
     let mut replicas = Replicas {
         exe: std::env::current_exe().context("locating this binary")?,
@@ -280,6 +324,9 @@ async fn play(
         machine_set,
         held: BTreeMap::new(),
         relaxed: BTreeMap::new(),
+        bmc: all_peers.bmc,
+        power: crate::demo_bmc::PowerWatch::default(),
+        moved: BTreeSet::new(),
     };
     let total = std::time::Duration::from_millis(scenario.duration.0.max(0) as u64);
     let mut chaos = chaos_seed.map(|seed| Chaos::new(seed, start));
@@ -379,7 +426,11 @@ impl Play<'_> {
         // the API server could not take is tried again on the next tick).
         while let Some(f) = scenario.faults.get(self.next_fault).filter(|f| start.elapsed().as_millis() as i64 >= f.at.0) {
             for n in &f.nodes {
-                publish(cp, n, f.kind, true, &f.message, &jiff::Timestamp::now().to_string()).await?;
+                match f.kind.probe() {
+                    Some(probe) => publish(cp, n, probe, true, &f.message, &jiff::Timestamp::now().to_string()).await?,
+                    // Its kubelet and agent stop: the node lifecycle controller marks it Unknown.
+                    None => cp.stop_heartbeat(n).await?,
+                }
             }
             for n in &f.nodes {
                 lock(&self.state)?.active.insert(n.clone(), (self.next_fault, Instant::now()));
@@ -395,12 +446,17 @@ impl Play<'_> {
             .map(|(n, (i, _))| (n.clone(), *i))
             .collect();
         for (n, i) in expired {
-            publish(cp, &n, scenario.faults[i].kind, false, "probe passes again", &jiff::Timestamp::now().to_string()).await?;
+            if let Some(probe) = scenario.faults[i].kind.probe() {
+                publish(cp, &n, probe, false, "probe passes again", &jiff::Timestamp::now().to_string()).await?;
+            }
             lock(&self.state)?.active.remove(&n);
             self.line(&n, "FaultCleared", "the fault passed by itself; the agent's probe passes");
         }
         self.print_events(&client).await?;
         self.relax_budgets().await?;
+        crate::demo_stateful::attach(cp).await;
+        let stateful = crate::demo_stateful::ends(cp, scenario).await?;
+        self.power_on_the_dead(&stateful).await?;
         for (old, new) in self.machine_set.reconcile(cp).await? {
             lock(&self.state)?.active.remove(&old);
             self.line(
@@ -432,7 +488,7 @@ impl Play<'_> {
         let all_begun = self.next_fault >= scenario.faults.len();
         let quiet = all_begun && lock(&self.state)?.active.iter().all(|(_, (i, _))| scenario.faults[*i].recovers_after.is_none());
         let replacements = &self.machine_set.replacements;
-        let expected = judge(scenario, &records, &nodes, self.breaker_tripped_at.is_some(), replacements).iter().all(|v| v.ok);
+        let expected = judge(scenario, &records, &nodes, self.breaker_tripped_at.is_some(), replacements, &stateful).iter().all(|v| v.ok);
         Ok(quiet && !self.breaker_open && self.agents.is_empty() && expected)
     }
 
@@ -464,6 +520,37 @@ impl Play<'_> {
                 self.held.entry(object.clone()).or_insert_with(|| (Instant::now(), e.note.clone().unwrap_or_default()));
             }
             self.line(&object, &reason, format!("{}{again}", e.note.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
+    /// The dead nodes through their BMC: told when it says Off, powered on by a person once their
+    /// StatefulSet pods run elsewhere ([`crate::demo_bmc::PowerWatch`]).
+    async fn power_on_the_dead(&mut self, stateful: &[crate::demo_stateful::StatefulEnd]) -> Result<()> {
+        let Some(bmc) = self.bmc else { return Ok(()) };
+        for s in stateful {
+            // Told once it runs elsewhere with its volume attached there and nowhere else.
+            let away = s.running_on.as_ref().filter(|n| **n != s.home && s.attached_to == [n.to_string()]);
+            if let Some(node) = away.filter(|_| !self.moved.contains(&s.name)) {
+                self.moved.insert(s.name.clone());
+                self.line(&s.home, "StatefulPodMoved", format!("{}-0 Running on {node}, its volume attached there only", s.name));
+            }
+        }
+        let down: BTreeMap<String, bool> = lock(&self.state)?
+            .active
+            .iter()
+            .filter(|(_, (i, _))| self.scenario.faults[*i].kind.probe().is_none())
+            .map(|(n, _)| {
+                let moved = stateful.iter().filter(|s| &s.home == n).all(|s| s.running_on.as_ref().is_some_and(|o| o != n));
+                (n.clone(), moved)
+            })
+            .collect();
+        let (lines, back) = self.power.look(bmc, self.cp, &down).await?;
+        for (node, reason, text) in lines {
+            self.line(&node, reason, text);
+        }
+        for n in back {
+            lock(&self.state)?.active.remove(&n);
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! heartbeat), and perform the reboots and reimages the records ask for, retrying their writes
 //! while the API server is away, as a real agent would.
 
-use crate::demo::{FaultKind, FaultState, FixedBy, Scenario, lock};
+use crate::demo::{FaultState, FixedBy, Probe, Scenario, lock};
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -13,7 +13,7 @@ use nodemedic_testenv::ControlPlane;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub async fn publish(cp: &ControlPlane, node: &str, kind: FaultKind, failing: bool, message: &str, since: &str) -> Result<()> {
+pub async fn publish(cp: &ControlPlane, node: &str, kind: Probe, failing: bool, message: &str, since: &str) -> Result<()> {
     let (bad, good) = kind.reasons();
     let now = jiff::Timestamp::now().to_string();
     let patch = serde_json::json!({"status": {"conditions": [{
@@ -38,13 +38,17 @@ pub async fn heartbeat(cp: &ControlPlane, scenario: &Scenario, state: &Arc<Mutex
     let nodes = Api::<Node>::all(cp.client()).list(&ListParams::default()).await?.items;
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
-        for kind in [FaultKind::Gpu, FaultKind::Network] {
+        // A dead node's agent died with it.
+        if active.get(&name).is_some_and(|(i, _)| scenario.faults[*i].kind.probe().is_none()) {
+            continue;
+        }
+        for kind in Probe::ALL {
             let current = node
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
                 .and_then(|c| c.iter().find(|c| c.type_ == kind.condition()).cloned());
-            let failing = active.get(&name).is_some_and(|(i, _)| scenario.faults[*i].kind == kind);
+            let failing = active.get(&name).is_some_and(|(i, _)| scenario.faults[*i].kind.probe() == Some(kind));
             let since = current
                 .as_ref()
                 .filter(|c| (c.status == "True") == failing)
@@ -84,6 +88,10 @@ pub async fn agent_repair(
     attempt: u32,
     step: RemediationStep,
 ) -> Result<String> {
+    let dead = lock(state)?.active.get(node).is_some_and(|(i, _)| scenario.faults[*i].kind.probe().is_none());
+    if dead {
+        return Ok(format!("{node:<11} {:<20} the node is dead and its agent with it: no {step}", "AgentGone"));
+    }
     let work = if step == RemediationStep::Reimage { 4 } else { 2 };
     tokio::time::sleep(std::time::Duration::from_secs(work)).await;
     let boot_id = retrying("rebooting", || async { Ok(cp.simulate_reboot(node).await?) }).await?;
@@ -96,10 +104,12 @@ pub async fn agent_repair(
     if let Some(i) = fault {
         let f = &scenario.faults[i];
         let (message, verdict) = if fixed { ("all probes pass after the repair", "passes") } else { (f.message.as_str(), "still fails") };
-        retrying("publishing the probe", || async {
-            publish(cp, node, f.kind, !fixed, message, &jiff::Timestamp::now().to_string()).await
-        })
-        .await?;
+        if let Some(probe) = f.kind.probe() {
+            retrying("publishing the probe", || async {
+                publish(cp, node, probe, !fixed, message, &jiff::Timestamp::now().to_string()).await
+            })
+            .await?;
+        }
         if fixed {
             lock(state)?.active.remove(node);
         }

@@ -4,8 +4,10 @@
 //! earlier repair still has a Healthy record from that repair). The chaos counts (duplicate
 //! disruptive steps, lost remediations, unexplained taints) are judged the same way.
 
-use crate::demo::{Expect, FaultKind, Scenario};
+use crate::demo::{Expect, Probe, Scenario};
+use crate::demo_stateful::StatefulEnd;
 use k8s_openapi::api::core::v1::Node;
+use nodemedic_core::fencing::{FencingSource, OUT_OF_SERVICE_TAINT};
 use nodemedic_core::record::{NodeRecord, Phase, StepOutcome};
 use nodemedic_core::{RemediationStep, Time};
 use nodemedic_k8s::NodeRemediation;
@@ -24,6 +26,8 @@ pub struct Verdict {
     pub steps: Vec<String>,
     /// For a node expected to be replaced: the node that joined for its new Machine.
     pub replaced_by: Option<String>,
+    /// For a node expected to be fenced: what holds or what is missing.
+    pub fencing: Option<Result<String, String>>,
 }
 
 pub(crate) fn record<'r>(records: &'r [NodeRemediation], node: &str) -> Option<&'r NodeRecord> {
@@ -37,9 +41,9 @@ fn node<'n>(nodes: &'n [Node], name: &str) -> Option<&'n Node> {
 /// The probe conditions that are True on the node now.
 pub fn failing_conditions(node: Option<&Node>) -> Vec<&'static str> {
     let conditions = node.and_then(|n| n.status.as_ref()).and_then(|s| s.conditions.as_ref());
-    [FaultKind::Gpu, FaultKind::Network]
+    Probe::ALL
         .into_iter()
-        .map(FaultKind::condition)
+        .map(Probe::condition)
         .filter(|c| conditions.is_some_and(|all| all.iter().any(|x| x.type_ == *c && x.status == "True")))
         .collect()
 }
@@ -62,6 +66,7 @@ pub fn judge(
     nodes: &[Node],
     breaker_tripped: bool,
     replacements: &BTreeMap<String, String>,
+    stateful: &[StatefulEnd],
 ) -> Vec<Verdict> {
     let mut last: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, f) in scenario.faults.iter().enumerate() {
@@ -83,6 +88,7 @@ pub fn judge(
             let taints = our_taints(current);
             let repaired = phase == Phase::Healthy && !in_flight && failing.is_empty() && taints.is_empty();
             let replaced_by = replacements.get(name).cloned();
+            let fencing = (scenario.faults[fault].expect == Some(Expect::Fenced)).then(|| judge_fencing(name, rec, current, stateful));
             let ok = match scenario.faults[fault].expect {
                 Some(Expect::Recovered) => repaired,
                 Some(Expect::Manual) => phase == Phase::Manual && taints.iter().any(|t| t.ends_with("repair-manual")),
@@ -91,21 +97,57 @@ pub fn judge(
                     let gone = current.is_none() && rec.is_none();
                     gone && replaced_by.as_deref().is_some_and(|new| healthy_now(records, nodes, new))
                 }
+                Some(Expect::Fenced) => fencing.as_ref().is_some_and(Result::is_ok),
                 None => true,
             };
             let steps =
                 rec.map(|r| r.history.iter().map(|h| format!("{}→{:?}", h.step, h.outcome).to_lowercase()).collect()).unwrap_or_default();
-            Verdict { node: name.to_string(), fault, ok, phase, failing, steps, replaced_by }
+            Verdict { node: name.to_string(), fault, ok, phase, failing, steps, replaced_by, fencing }
         })
         .collect()
+}
+
+fn is_ready(n: &Node) -> bool {
+    n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A dead node fenced and restored, judged on its record and the cluster now: the record says its
+/// BMC confirmed the power-off, the out-of-service taint went on and came off; the node is Ready now
+/// without that taint; every StatefulSet that preferred it runs elsewhere, its volume not attached
+/// to the node.
+pub fn judge_fencing(name: &str, rec: Option<&NodeRecord>, current: Option<&Node>, stateful: &[StatefulEnd]) -> Result<String, String> {
+    let oos = rec.and_then(|r| r.out_of_service.as_ref()).ok_or("never marked out of service (no outOfService on its record)")?;
+    if oos.source != FencingSource::BmcPowerOff {
+        return Err(format!("fenced by {:?}, not by its BMC's power-off", oos.source));
+    }
+    let removed = oos.removed_at.ok_or("the out-of-service taint was never taken off")?;
+    let node = current.ok_or("the node is gone")?;
+    let tainted = node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE_TAINT));
+    if tainted || !is_ready(node) {
+        return Err(format!("not back: Ready {}, {OUT_OF_SERVICE_TAINT} {}", is_ready(node), if tainted { "still on" } else { "off" }));
+    }
+    let mut moved = Vec::new();
+    for s in stateful.iter().filter(|s| s.home == name) {
+        match &s.running_on {
+            Some(other) if other != name && s.attached_to == [other.clone()] => moved.push(format!("{}-0 Running on {other}", s.name)),
+            Some(other) if other != name => {
+                return Err(format!("{}'s volume is attached to {:?}, not to {other} only", s.name, s.attached_to));
+            }
+            _ => return Err(format!("{}-0 is not Running on another node", s.name)),
+        }
+    }
+    let pods = if moved.is_empty() { String::new() } else { format!("; {}, its volume moved with it", moved.join(", ")) };
+    Ok(format!(
+        "BMC power Off confirmed, out-of-service on for {:.0}s, off once Ready again{pods}",
+        removed.since(oos.added_at).as_secs_f64()
+    ))
 }
 
 /// A node that is there now, Ready, with every probe passing, no nodemedic taint, and no record
 /// or a Healthy one with nothing in flight.
 pub fn healthy_now(records: &[NodeRemediation], nodes: &[Node], name: &str) -> bool {
     let Some(n) = node(nodes, name) else { return false };
-    let ready =
-        n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let ready = is_ready(n);
     let rec = record(records, name);
     let quiet = rec.is_none_or(|r| r.phase == Phase::Healthy && r.active.is_none());
     ready && quiet && failing_conditions(Some(n)).is_empty() && our_taints(Some(n)).is_empty()
@@ -168,15 +210,12 @@ pub fn chaos_counts(asks: &Asks, records: &[NodeRemediation], nodes: &[Node]) ->
         let active = rec.and_then(|r| r.active.as_ref());
         let manual = rec.is_some_and(|r| r.phase == Phase::Manual);
         let failing = failing_conditions(Some(n));
-        if failing.contains(&FaultKind::Gpu.condition()) && active.is_none() && !manual {
+        if failing.contains(&Probe::Gpu.condition()) && active.is_none() && !manual {
             counts.lost_remediations.push(name.clone());
         }
         for taint in our_taints(Some(n)) {
-            let explained = if taint.ends_with("slow-network") {
-                failing.contains(&FaultKind::Network.condition())
-            } else {
-                active.is_some() || manual
-            };
+            let explained =
+                if taint.ends_with("slow-network") { failing.contains(&Probe::Network.condition()) } else { active.is_some() || manual };
             if !explained {
                 counts.unexplained_taints.push((name.clone(), taint));
             }
@@ -246,12 +285,12 @@ faults:
     fn a_node_that_faulted_again_and_still_fails_its_gpu_probe_is_a_failure_despite_an_old_healthy_record() {
         let scenario = Scenario::parse(SCENARIO).unwrap_or_else(|e| panic!("{e:#}"));
         let records = [repaired_once("gpu-001")];
-        let verdicts = judge(&scenario, &records, &[gpu_node("gpu-001", "True", &[])], false, &BTreeMap::new());
+        let verdicts = judge(&scenario, &records, &[gpu_node("gpu-001", "True", &[])], false, &BTreeMap::new(), &[]);
         assert_eq!(verdicts.len(), 1, "judged once, by its last fault: {verdicts:?}");
         assert_eq!((verdicts[0].fault, verdicts[0].ok), (1, false), "{verdicts:?}");
         assert_eq!(verdicts[0].failing, vec!["GPUProblem"]);
         // The same record with the probe passing now is a success.
-        let verdicts = judge(&scenario, &records, &[gpu_node("gpu-001", "False", &[])], false, &BTreeMap::new());
+        let verdicts = judge(&scenario, &records, &[gpu_node("gpu-001", "False", &[])], false, &BTreeMap::new(), &[]);
         assert!(verdicts[0].ok, "{verdicts:?}");
     }
 
@@ -307,6 +346,54 @@ faults:
         assert!(judge_workload("trainer-budget", held, Some(Time(4_000)), Some(&rec), 0).is_err(), "no completed drain");
     }
 
+    /// Issue 11's demo node: ✓ only when the record says the BMC fenced it and the taint came off,
+    /// the node is Ready without the taint now, and the StatefulSet pod runs elsewhere with its volume.
+    #[test]
+    fn a_fenced_node_passes_only_when_restored_and_its_stateful_pod_runs_elsewhere_with_its_volume() {
+        use nodemedic_core::fencing::{OUT_OF_SERVICE_VALUE, OutOfService};
+        let mut rec = NodeRecord::new("gpu-006");
+        let oos = OutOfService {
+            attempt: 1,
+            source: FencingSource::BmcPowerOff,
+            added_at: Time(10_000),
+            reason: "the BMC confirmed power Off".into(),
+            boot_id: None,
+            removed_at: Some(Time(30_000)),
+            removed_reason: Some("back and Ready".into()),
+            lifted: true,
+        };
+        rec.out_of_service = Some(oos.clone());
+        let node = ready(gpu_node("gpu-006", "False", &[]));
+        let end = |on: Option<&str>, attached: &[&str]| StatefulEnd {
+            name: "ledger".into(),
+            home: "gpu-006".into(),
+            running_on: on.map(str::to_string),
+            attached_to: attached.iter().map(|s| s.to_string()).collect(),
+        };
+        let moved = [end(Some("gpu-000"), &["gpu-000"])];
+        let ok = judge_fencing("gpu-006", Some(&rec), Some(&node), &moved);
+        assert!(ok.as_ref().is_ok_and(|t| t.contains("on for 20s") && t.contains("ledger-0 Running on gpu-000")), "{ok:?}");
+        assert!(judge_fencing("gpu-006", Some(&NodeRecord::new("gpu-006")), Some(&node), &moved).is_err(), "never fenced");
+        for (on, attached) in [(Some("gpu-006"), vec!["gpu-006"]), (None, vec![]), (Some("gpu-000"), vec!["gpu-006", "gpu-000"])] {
+            assert!(judge_fencing("gpu-006", Some(&rec), Some(&node), &[end(on, &attached)]).is_err(), "{on:?} {attached:?}");
+        }
+        let mut tainted = node.clone();
+        if let Some(t) = tainted.spec.as_mut().and_then(|s| s.taints.as_mut()) {
+            t.push(Taint {
+                key: OUT_OF_SERVICE_TAINT.into(),
+                value: Some(OUT_OF_SERVICE_VALUE.into()),
+                effect: "NoExecute".into(),
+                ..Taint::default()
+            });
+        }
+        assert!(judge_fencing("gpu-006", Some(&rec), Some(&tainted), &moved).is_err(), "the taint still on");
+        assert!(judge_fencing("gpu-006", Some(&rec), Some(&gpu_node("gpu-006", "False", &[])), &moved).is_err(), "not Ready");
+        rec.out_of_service = Some(OutOfService { removed_at: None, ..oos.clone() });
+        assert!(judge_fencing("gpu-006", Some(&rec), Some(&node), &moved).is_err(), "never taken off");
+        rec.out_of_service = Some(OutOfService { source: FencingSource::NewBootId, ..oos });
+        assert!(judge_fencing("gpu-006", Some(&rec), Some(&node), &moved).is_err(), "not the BMC's power-off");
+    }
+
     fn ready(mut n: Node) -> Node {
         if let Some(c) = n.status.as_mut().and_then(|s| s.conditions.as_mut()) {
             c.push(NodeCondition { type_: "Ready".into(), status: "True".into(), ..NodeCondition::default() });
@@ -323,13 +410,13 @@ faults:
         let scenario = Scenario::parse(&yaml).unwrap_or_else(|e| panic!("{e:#}"));
         let replaced = BTreeMap::from([("gpu-001".to_string(), "gpu-004".to_string())]);
         let new = ready(gpu_node("gpu-004", "False", &[]));
-        assert!(judge(&scenario, &[], std::slice::from_ref(&new), false, &replaced)[0].ok);
+        assert!(judge(&scenario, &[], std::slice::from_ref(&new), false, &replaced, &[])[0].ok);
         // The old node still there, or its record, or a replacement still failing: not replaced.
         let old = gpu_node("gpu-001", "True", &[]);
-        assert!(!judge(&scenario, &[], &[old, new.clone()], false, &replaced)[0].ok);
-        assert!(!judge(&scenario, &[repaired_once("gpu-001")], std::slice::from_ref(&new), false, &replaced)[0].ok);
+        assert!(!judge(&scenario, &[], &[old, new.clone()], false, &replaced, &[])[0].ok);
+        assert!(!judge(&scenario, &[repaired_once("gpu-001")], std::slice::from_ref(&new), false, &replaced, &[])[0].ok);
         let failing = ready(gpu_node("gpu-004", "True", &[]));
-        assert!(!judge(&scenario, &[], &[failing], false, &replaced)[0].ok);
-        assert!(!judge(&scenario, &[], &[new], false, &BTreeMap::new())[0].ok, "no replacement joined");
+        assert!(!judge(&scenario, &[], &[failing], false, &replaced, &[])[0].ok);
+        assert!(!judge(&scenario, &[], &[new], false, &BTreeMap::new(), &[])[0].ok, "no replacement joined");
     }
 }

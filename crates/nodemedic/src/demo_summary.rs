@@ -6,6 +6,7 @@ use crate::demo_judge::{Asks, Verdict, chaos_counts, judge, judge_workload};
 use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
+use nodemedic_core::fencing::OUT_OF_SERVICE_TAINT;
 use nodemedic_core::record::Phase;
 use nodemedic_k8s::{NodeHealthPolicy, NodeRemediation};
 use nodemedic_testenv::ControlPlane;
@@ -22,8 +23,8 @@ pub fn table(nodes: &[Node], records: &[NodeRemediation]) -> String {
             .and_then(|s| s.taints.as_ref())
             .into_iter()
             .flatten()
-            .filter(|t| t.key.starts_with("nodemedic.io/"))
-            .map(|t| t.key.trim_start_matches("nodemedic.io/").to_string())
+            .filter(|t| t.key.starts_with("nodemedic.io/") || t.key == OUT_OF_SERVICE_TAINT)
+            .map(|t| t.key.trim_start_matches("nodemedic.io/").trim_start_matches("node.kubernetes.io/").to_string())
             .collect();
         let rec = records.iter().find(|r| r.spec.node == name).and_then(|r| r.status.as_ref()).map(|s| &s.record);
         let active = rec.and_then(|r| r.active.as_ref());
@@ -65,25 +66,31 @@ pub async fn summary(
     let client = cp.client();
     let records = Api::<NodeRemediation>::all(client.clone()).list(&ListParams::default()).await?.items;
     let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let policy = Api::<NodeHealthPolicy>::all(client.clone()).get("demo").await?;
+    let policies = Api::<NodeHealthPolicy>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let stateful = crate::demo_stateful::ends(cp, scenario).await?;
     println!("\n== summary of scenario `{}`", scenario.name);
-    if let Some(st) = &policy.status {
+    for (name, st) in policies.iter().filter_map(|p| Some((p.metadata.name.as_deref()?, p.status.as_ref()?))) {
         println!(
-            "policy demo: {} selected, {} healthy, {} remediating, {} manual; circuit breaker {}",
+            "policy {name}: {} selected, {} healthy, {} remediating, {} manual{}",
             st.selected,
             st.healthy,
             st.remediating,
             st.manual,
-            if breaker_tripped_at.is_some() { "tripped during the run" } else { "never tripped" }
+            // The timeline's BreakerTripped Events are the main policy's.
+            match (name, breaker_tripped_at) {
+                ("demo", Some(_)) => "; circuit breaker tripped during the run",
+                ("demo", None) => "; circuit breaker never tripped",
+                _ => "",
+            }
         );
     }
     let mut failed = 0;
-    for v in judge(scenario, &records, &nodes, breaker_tripped_at.is_some(), &ends.replacements) {
+    for v in judge(scenario, &records, &nodes, breaker_tripped_at.is_some(), &ends.replacements, &stateful) {
         let f = &scenario.faults[v.fault];
         failed += usize::from(!v.ok);
         println!("{}", verdict_line(f, &v));
     }
-    failed += workloads_and_replacements(cp, scenario, &records, &nodes, &policy, ends).await?;
+    failed += workloads_and_replacements(cp, scenario, &records, &nodes, &policies, ends).await?;
     if let Some((c, asks)) = chaos {
         let counts = chaos_counts(asks, &records, &nodes);
         println!(
@@ -134,7 +141,7 @@ async fn workloads_and_replacements(
     scenario: &Scenario,
     records: &[NodeRemediation],
     nodes: &[Node],
-    policy: &NodeHealthPolicy,
+    policies: &[NodeHealthPolicy],
     ends: &crate::demo::Ends,
 ) -> Result<usize> {
     let mut failed = 0;
@@ -151,12 +158,14 @@ async fn workloads_and_replacements(
         println!("  {mark} {:<9} workload {}/{} ({budget}): {text}", w.node, crate::demo_workloads::NAMESPACE, w.name);
     }
     if !ends.replacements.is_empty() {
-        let selected = policy.status.as_ref().map_or(0, |s| s.selected);
+        // The policies' selectors do not overlap: together they select every node once.
+        let selected: u64 = policies.iter().filter_map(|p| p.status.as_ref()).map(|s| s.selected).sum();
         let tracked = selected as usize == nodes.len();
         failed += usize::from(!tracked);
         println!(
-            "  {} the policy selects {selected} of the {} nodes now, replacements included",
+            "  {} the {} select {selected} of the {} nodes now, replacements included",
             if tracked { "✓" } else { "✗" },
+            if policies.len() == 1 { "policy" } else { "policies" },
             nodes.len()
         );
     }
@@ -167,6 +176,12 @@ async fn workloads_and_replacements(
 fn verdict_line(f: &crate::demo::Fault, v: &Verdict) -> String {
     let mark = if v.ok { "✓" } else { "✗" };
     let kind = format!("{:?}", f.kind).to_lowercase();
+    if let Some(fencing) = &v.fencing {
+        let text = match fencing {
+            Ok(t) | Err(t) => t,
+        };
+        return format!("  {mark} {:<9} {kind:<8} expected {:<10} ended {:<12} {text}", v.node, "fenced", format!("{:?}", v.phase));
+    }
     if f.expect == Some(Expect::Replaced) {
         let new = v.replaced_by.as_deref().unwrap_or("no node");
         let (now, gone) = if v.ok { ("Ready, every probe passing, no taint", "gone") } else { ("missing or not healthy", "?") };
@@ -190,9 +205,11 @@ fn verdict_line(f: &crate::demo::Fault, v: &Verdict) -> String {
 /// Prints a line each and returns how many are missing.
 fn people_told(scenario: &Scenario, mails: &[crate::demo_peers::Mail], alerts: &[(String, String, String)]) -> usize {
     let mut failed = 0;
-    for f in scenario.faults.iter().filter(|f| f.expect == Some(Expect::Manual)) {
+    for f in scenario.faults.iter().filter(|f| matches!(f.expect, Some(Expect::Manual | Expect::Fenced))) {
         for n in &f.nodes {
-            let mailed = mails.iter().any(|m| m.subject.contains(n.as_str()) && m.text.contains("reimage"));
+            // A fenced node's email tells its power-off; a repaired one's its attempts.
+            let attempts = if f.expect == Some(Expect::Fenced) { "powerOff" } else { "reimage" };
+            let mailed = mails.iter().any(|m| m.subject.contains(n.as_str()) && m.text.contains(attempts));
             let alerted = alerts.iter().any(|(name, node, _)| node == n && name == "NodemedicNodeManual");
             println!(
                 "  {} {n}: email with its attempts {}, alert NodemedicNodeManual {}",

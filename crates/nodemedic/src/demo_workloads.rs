@@ -5,7 +5,7 @@
 //! creates a new Machine whose node joins under a new name, as a MachineSet and its
 //! infrastructure provider would.
 
-use crate::demo::{FaultKind, Scenario, Workload, node_name};
+use crate::demo::{Probe, Scenario, Workload, node_name};
 use crate::demo_agent::publish;
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
@@ -203,7 +203,7 @@ impl MachineSet {
             let pool = self.pool.get(&old).cloned().unwrap_or_else(|| "pool-0".into());
             cp.create_node(&FakeNode::gpu(&new, &pool, self.gpus)).await.with_context(|| format!("creating node {new}"))?;
             let now = jiff::Timestamp::now().to_string();
-            for kind in [FaultKind::Gpu, FaultKind::Network] {
+            for kind in Probe::ALL {
                 publish(cp, &new, kind, false, "all probes pass", &now).await?;
             }
             let new_machine = format!("gpu-pool-{}", new.trim_start_matches("gpu-"));

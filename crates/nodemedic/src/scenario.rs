@@ -35,6 +35,24 @@ pub struct Scenario {
     /// node under a new name).
     #[serde(default)]
     pub machines: Vec<String>,
+    /// StatefulSets of one replica with a ReadWriteOnce volume, each preferring a node: what a node
+    /// that dies leaves behind (namespace `db`).
+    #[serde(default)]
+    pub stateful_sets: Vec<StatefulWorkload>,
+    /// A second NodeHealthPolicy (`demo-fencing`) for the nodes that have a BMC (the demo labels the
+    /// nodes of `kind: dead` faults `demo.nodemedic.io/bmc=redfish`): its ladder fences them. The two
+    /// policies' selectors must not overlap.
+    #[serde(default)]
+    pub fencing_policy: Option<Policy>,
+}
+
+/// A StatefulSet `name` of one replica whose pod prefers `node`, with a statically provisioned
+/// ReadWriteOnce CSI volume (`pv-<name>`, claim `data-<name>-0`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatefulWorkload {
+    pub name: String,
+    pub node: String,
 }
 
 /// A workload whose drain must wait for its PodDisruptionBudget: `pods` pods on `node` (namespace
@@ -95,20 +113,43 @@ pub enum FaultKind {
     Gpu,
     /// The agent's network probe fails: condition NetworkProblem=True.
     Network,
+    /// The node dies: its kubelet (and agent) stop, so the node lifecycle controller marks it
+    /// Unknown, and it stays down until its BMC powers it on again.
+    Dead,
 }
 
 impl FaultKind {
+    /// The probe that fails, for a fault the node agent reports; none for a node that died.
+    pub fn probe(self) -> Option<Probe> {
+        match self {
+            FaultKind::Gpu => Some(Probe::Gpu),
+            FaultKind::Network => Some(Probe::Network),
+            FaultKind::Dead => None,
+        }
+    }
+}
+
+/// The probes the demo's simulated agents publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    Gpu,
+    Network,
+}
+
+impl Probe {
+    pub const ALL: [Probe; 2] = [Probe::Gpu, Probe::Network];
+
     /// The condition the node agent publishes for the family (nodemedic-core's probe contract).
     pub fn condition(self) -> &'static str {
         match self {
-            FaultKind::Gpu => nodemedic_core::ProbeFamily::Gpu.condition_type(),
-            FaultKind::Network => nodemedic_core::ProbeFamily::Network.condition_type(),
+            Probe::Gpu => nodemedic_core::ProbeFamily::Gpu.condition_type(),
+            Probe::Network => nodemedic_core::ProbeFamily::Network.condition_type(),
         }
     }
     pub fn reasons(self) -> (&'static str, &'static str) {
         match self {
-            FaultKind::Gpu => ("GPUFault", "GPUsHealthy"),
-            FaultKind::Network => ("SlowNetwork", "NetworkHealthy"),
+            Probe::Gpu => ("GPUFault", "GPUsHealthy"),
+            Probe::Network => ("SlowNetwork", "NetworkHealthy"),
         }
     }
 }
@@ -120,6 +161,9 @@ pub enum FixedBy {
     Reimage,
     /// Only a new machine: the node must be one of `machines` (replaced through Cluster API).
     Replace,
+    /// A person powers the machine on through its BMC (the demo does, 15 s after the BMC says Off):
+    /// only for `kind: dead`.
+    PowerOn,
     Never,
 }
 
@@ -135,6 +179,11 @@ pub enum Expect {
     /// Replaced through Cluster API: the node and its record are gone, and the node that joined
     /// for its new Machine is Ready, healthy and selected by the policy.
     Replaced,
+    /// Fenced through its BMC: the power-off confirmed, the out-of-service taint put on and, once
+    /// the node was powered on and Ready again, taken off (the record says both and the node has no
+    /// such taint now); the StatefulSet pods that preferred it Running on other nodes now, their
+    /// volumes no longer attached to it; the node left to a person (`repair-manual`).
+    Fenced,
 }
 
 impl Scenario {
@@ -149,8 +198,9 @@ impl Scenario {
                 }
             }
             if f.fixed_by.is_none() && f.recovers_after.is_none() {
-                bail!("scenario faults[{i}]: say what ends it: fixedBy (reboot, reimage, replace, never) or recoversAfter");
+                bail!("scenario faults[{i}]: say what ends it: fixedBy (reboot, reimage, replace, powerOn, never) or recoversAfter");
             }
+            dead_fault_is_whole(&s, i, f)?;
             let replaced = f.fixed_by == Some(FixedBy::Replace) || f.expect == Some(Expect::Replaced);
             if let Some(n) = f.nodes.iter().find(|n| replaced && !s.machines.contains(n)) {
                 bail!("scenario faults[{i}]: `{n}` can only be replaced if it is a Cluster API Machine: list it under machines");
@@ -167,8 +217,40 @@ impl Scenario {
         if let Some(n) = s.machines.iter().find(|n| !names.contains(*n)) {
             bail!("scenario machines: no node `{n}`");
         }
+        for (i, w) in s.stateful_sets.iter().enumerate() {
+            if !names.contains(&w.node) {
+                bail!("scenario statefulSets[{i}].node: no node `{}`", w.node);
+            }
+            if !is_dns_label(&w.name) {
+                bail!("scenario statefulSets[{i}]: a name of lowercase letters, digits and dashes");
+            }
+        }
+        if let Some(p) = &s.fencing_policy {
+            p.validate().map_err(|e| anyhow::anyhow!("scenario fencingPolicy: {e}"))?;
+        }
         Ok(s)
     }
+
+    /// The nodes that die (`kind: dead`): each has a BMC in the demo.
+    pub fn dead_nodes(&self) -> BTreeSet<&str> {
+        self.faults.iter().filter(|f| f.kind == FaultKind::Dead).flat_map(|f| f.nodes.iter().map(String::as_str)).collect()
+    }
+}
+
+/// A dead node is powered on by a person and expected fenced; nothing else is; and something must
+/// fence it.
+fn dead_fault_is_whole(s: &Scenario, i: usize, f: &Fault) -> Result<()> {
+    let dead = f.kind == FaultKind::Dead;
+    if dead != (f.fixed_by == Some(FixedBy::PowerOn)) || f.recovers_after.is_some() && dead {
+        bail!("scenario faults[{i}]: a node of `kind: dead` is ended by `fixedBy: powerOn` (and only it is)");
+    }
+    if dead != (f.expect == Some(Expect::Fenced)) && f.expect.is_some() {
+        bail!("scenario faults[{i}]: `expect: fenced` goes with `kind: dead`");
+    }
+    if dead && s.fencing_policy.is_none() {
+        bail!("scenario faults[{i}]: a node of `kind: dead` needs a fencingPolicy whose ladder powers it off");
+    }
+    Ok(())
 }
 
 /// A name Kubernetes accepts for the workload's pods and budget.
@@ -217,6 +299,25 @@ policy:
         let ok = Scenario::parse(&format!("{BASE}workloads:\n- {{name: trainer, node: gpu-001}}\n")).map_err(|e| format!("{e:#}"));
         let w = ok.as_ref().map(|s| (s.workloads[0].pods, s.workloads[0].relax_after_held)).ok();
         assert_eq!(w, Some((2, Duration::from_secs(5))), "{ok:?}");
+    }
+
+    #[test]
+    fn a_dead_node_is_powered_on_by_a_person_expected_fenced_and_needs_a_fencing_policy() {
+        let dead = "faults:\n- {at: 5s, nodes: [gpu-001], kind: dead, message: m, fixedBy: powerOn, expect: fenced}\n";
+        assert!(error(dead).contains("needs a fencingPolicy"), "{}", error(dead));
+        let fencing = "fencingPolicy:\n  rules:\n  - {name: gone, condition: {type: Ready, status: Unknown}}\n  ladder:\n  - {step: powerOff, timeout: 60s}\n";
+        let ok = Scenario::parse(&format!("{BASE}{fencing}{dead}")).map_err(|e| format!("{e:#}"));
+        assert_eq!(ok.as_ref().map(|s| s.dead_nodes().into_iter().collect::<Vec<_>>()).ok(), Some(vec!["gpu-001"]), "{ok:?}");
+        for wrong in [
+            "faults:\n- {at: 5s, nodes: [gpu-001], kind: dead, message: m, fixedBy: reboot}\n",
+            "faults:\n- {at: 5s, nodes: [gpu-001], kind: gpu, message: m, fixedBy: powerOn}\n",
+            "faults:\n- {at: 5s, nodes: [gpu-001], kind: dead, message: m, fixedBy: powerOn, recoversAfter: 5s}\n",
+        ] {
+            assert!(error(&format!("{fencing}{wrong}")).contains("ended by `fixedBy: powerOn`"), "{wrong}");
+        }
+        let gpu_fenced = "faults:\n- {at: 5s, nodes: [gpu-001], kind: gpu, message: m, fixedBy: reboot, expect: fenced}\n";
+        assert!(error(gpu_fenced).contains("`expect: fenced` goes with `kind: dead`"), "{}", error(gpu_fenced));
+        assert!(error("statefulSets:\n- {name: db, node: gpu-009}\n").contains("statefulSets[0].node: no node `gpu-009`"));
     }
 
     #[test]

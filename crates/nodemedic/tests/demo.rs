@@ -47,7 +47,35 @@ fn the_demo_scenario_ends_as_it_expects_and_kubectl_tells_the_story() -> anyhow:
             .any(|l| l.contains("✓ gpu-014") && l.contains("expected replaced") && l.contains("gpu-016: Ready, every probe passing")),
         "{stdout}"
     );
-    assert!(stdout.contains("✓ the policy selects 16 of the 16 nodes now, replacements included"), "{stdout}");
+    assert!(stdout.contains("✓ the policies select 16 of the 16 nodes now, replacements included"), "{stdout}");
+    // Issue 11: gpu-006 dies for good. Its kubelet stops, the fencing policy powers it off through
+    // its BMC (sushy-tools, Redfish), the controller marks it out of service once the BMC confirms
+    // Off, kube-controller-manager and kube-scheduler move its StatefulSet pod to another node, a
+    // person powers it on through the BMC, and the taint comes off once it is Ready — judged on the
+    // record and the cluster at the end.
+    let line_of = |reason: &str| stdout.lines().find(|l| l.contains("gpu-006") && l.contains(reason)).map(str::to_string);
+    for reason in ["FaultInjected", "BmcSaysOff", "StatefulPodMoved", "PowerOnAsked", "PoweredOn", "OutOfServiceRemoved"] {
+        assert!(line_of(reason).is_some(), "gpu-006 {reason} in the timeline:\n{stdout}");
+    }
+    let fenced = line_of("EscalatedToManual").unwrap_or_default();
+    assert!(
+        fenced.contains("the BMC confirmed power Off")
+            && fenced.contains("tainted node.kubernetes.io/out-of-service=nodeshutdown:NoExecute"),
+        "{stdout}"
+    );
+    assert!(
+        line_of("StatefulPodMoved").is_some_and(|l| l.contains("ledger-0 Running on gpu-") && !l.contains("Running on gpu-006")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.contains("✓ gpu-006")
+            && l.contains("expected fenced")
+            && l.contains("BMC power Off confirmed")
+            && l.contains("off once Ready again")
+            && l.contains("ledger-0 Running on gpu-")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("✓ gpu-006: email with its attempts received, alert NodemedicNodeManual firing"), "{stdout}");
     // The leader was killed mid-run; another replica took over and finished the job.
     assert!(stdout.contains("LeaderKilled"), "{stdout}");
     assert!(stdout.matches("LeaderElected").count() >= 2, "a second leader after the kill:\n{stdout}");
@@ -58,7 +86,8 @@ fn the_demo_scenario_ends_as_it_expects_and_kubectl_tells_the_story() -> anyhow:
     assert_eq!(stdout.matches("BreakerTripped: policy demo").count(), 1, "one trip, one email:\n{stdout}");
     // kubectl's view: the policy's counts and the manual node's record.
     let kubectl = stdout.split("$ kubectl get nodehealthpolicies,noderemediations").nth(1).unwrap_or_default();
-    assert!(kubectl.lines().any(|l| l.contains("nodehealthpolicy.nodemedic.io/demo") && l.contains("True")), "{kubectl}");
+    assert!(kubectl.lines().any(|l| l.contains("nodehealthpolicy.nodemedic.io/demo ") && l.contains("True")), "{kubectl}");
+    assert!(kubectl.lines().any(|l| l.contains("nodehealthpolicy.nodemedic.io/demo-fencing") && l.contains("True")), "{kubectl}");
     assert!(kubectl.lines().any(|l| l.contains("noderemediation.nodemedic.io/gpu-011") && l.contains("Manual")), "{kubectl}");
     Ok(())
 }

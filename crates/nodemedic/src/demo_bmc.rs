@@ -1,0 +1,260 @@
+//! The BMC of the demo's nodes that die: the Redfish emulator sushy-tools (its fake driver, from the
+//! venv `scripts/bmc-peers/setup` builds), over HTTPS with a CA the demo makes, behind basic auth. One
+//! Redfish system per dead node. The controllers' power executor switches them exactly as it would a
+//! real BMC; the demo reads the power state for its timeline and, playing the person who fixes the
+//! machine, powers it on again through the same API.
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, PostParams};
+use nodemedic_controller::bmc::{BmcAddress, BmcTarget, PowerConfig, SecretRef};
+use nodemedic_testenv::ControlPlane;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the controllers find the BMC credentials.
+const SECRET_NAMESPACE: &str = "nodemedic";
+const USER: &str = "admin";
+
+/// The installed emulator: `NODEMEDIC_SUSHY_EMULATOR`, else what the setup script prints last.
+fn emulator() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("NODEMEDIC_SUSHY_EMULATOR") {
+        return Ok(PathBuf::from(path));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bmc-peers/setup");
+    let out =
+        Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed ({})", script.display(), out.status);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().last().map(|l| PathBuf::from(l.trim())).ok_or_else(|| anyhow!("{} printed nothing", script.display()))
+}
+
+/// A CA (`ca.crt`) and a serving certificate for 127.0.0.1 signed by it (`bmc.crt`, `bmc.key`).
+fn write_pki(dir: &Path) -> Result<()> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "nodemedic-demo-bmc-ca");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut serving = CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    serving.distinguished_name.push(DnType::CommonName, "demo-bmc");
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = serving.signed_by(&key, &issuer)?;
+    std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
+    std::fs::write(dir.join("bmc.crt"), cert.pem())?;
+    std::fs::write(dir.join("bmc.key"), key.serialize_pem())?;
+    Ok(())
+}
+
+/// The running emulator; killed on drop.
+pub struct Bmc {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    password: String,
+    /// Node → its Redfish system's UUID.
+    systems: BTreeMap<String, String>,
+    http: reqwest::Client,
+}
+
+impl Drop for Bmc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Bmc {
+    /// Starts sushy-emulator with one system per node, each powered On.
+    pub fn start(nodes: &[&str]) -> Result<Bmc> {
+        let emulator = emulator()?;
+        let dir = tempfile::tempdir()?;
+        write_pki(dir.path())?;
+        let password = format!("demo-{}", std::process::id());
+        // sushy-tools only accepts bcrypt htpasswd entries; the venv's own Python hashes the password.
+        let hash = Command::new(emulator.with_file_name("python"))
+            .args(["-c", "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt()).decode())", &password])
+            .output()
+            .context("hashing the BMC password with the sushy-tools venv's python")?;
+        if !hash.status.success() {
+            bail!("hashing the BMC password failed: {}", String::from_utf8_lossy(&hash.stderr));
+        }
+        std::fs::write(dir.path().join("htpasswd"), format!("{USER}:{}", String::from_utf8_lossy(&hash.stdout).trim()))?;
+        let systems: BTreeMap<String, String> =
+            nodes.iter().enumerate().map(|(i, n)| (n.to_string(), format!("5e0d1c2b-0000-4000-8000-{:012}", i + 1))).collect();
+        let fake: Vec<String> =
+            systems.iter().map(|(n, uuid)| format!("{{'uuid': '{uuid}', 'name': '{n}', 'power_state': 'On', 'nics': []}}")).collect();
+        let d = dir.path().display();
+        let config = format!(
+            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{d}/state'\nSUSHY_EMULATOR_AUTH_FILE = '{d}/htpasswd'\n\
+             SUSHY_EMULATOR_SSL_CERT = '{d}/bmc.crt'\nSUSHY_EMULATOR_SSL_KEY = '{d}/bmc.key'\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{}]\n",
+            fake.join(", ")
+        );
+        std::fs::write(dir.path().join("emulator.conf"), config)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = std::fs::File::create(dir.path().join("emulator.log"))?;
+        let child = Command::new(&emulator)
+            .arg("--config")
+            .arg(dir.path().join("emulator.conf"))
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", emulator.display()))?;
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.crt"))?)?;
+        let http =
+            reqwest::Client::builder().add_root_certificate(ca).tls_built_in_root_certs(false).timeout(Duration::from_secs(5)).build()?;
+        let bmc = Bmc { child, dir, port, password, systems, http };
+        bmc.wait_listening()?;
+        Ok(bmc)
+    }
+
+    fn wait_listening(&self) -> Result<()> {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("emulator.log")).unwrap_or_default();
+        bail!("sushy-emulator did not listen on {} within 30s: {log}", self.port)
+    }
+
+    fn system_url(&self, node: &str) -> Result<String> {
+        let uuid = self.systems.get(node).ok_or_else(|| anyhow!("{node} has no BMC in the demo"))?;
+        Ok(format!("https://127.0.0.1:{}/redfish/v1/Systems/{uuid}", self.port))
+    }
+
+    /// The executors config's `power:` section: each node's system, its Secret, the demo's CA.
+    pub fn power_config(&self) -> Result<PowerConfig> {
+        let mut nodes = BTreeMap::new();
+        for node in self.systems.keys() {
+            let target = BmcTarget {
+                address: BmcAddress::Redfish(self.system_url(node)?),
+                credentials: SecretRef { namespace: SECRET_NAMESPACE.into(), name: secret_name(node) },
+                ca_bundle: Some(self.dir.path().join("ca.crt")),
+                insecure_skip_tls_verify: false,
+            };
+            nodes.insert(node.clone(), target);
+        }
+        Ok(PowerConfig { nodes, poll_interval: nodemedic_core::Duration::from_millis(500), ..PowerConfig::default() })
+    }
+
+    /// The Secrets the power executor reads the credentials from.
+    pub async fn create_secrets(&self, cp: &ControlPlane) -> Result<()> {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": SECRET_NAMESPACE}}))?;
+        match Api::<Namespace>::all(cp.client()).create(&PostParams::default(), &ns).await {
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            other => other.map(|_| ()).context("creating the namespace of the BMC Secrets")?,
+        }
+        let secrets: Api<Secret> = Api::namespaced(cp.client(), SECRET_NAMESPACE);
+        for node in self.systems.keys() {
+            let secret: Secret = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": secret_name(node)},
+                "stringData": {"username": USER, "password": self.password}}))?;
+            secrets.create(&PostParams::default(), &secret).await.with_context(|| format!("creating {}", secret_name(node)))?;
+        }
+        Ok(())
+    }
+
+    /// What the node's BMC says its power is (`On`, `Off`, …).
+    pub async fn power_state(&self, node: &str) -> Result<String> {
+        let url = self.system_url(node)?;
+        let response = self.http.get(&url).basic_auth(USER, Some(&self.password)).send().await?.error_for_status()?;
+        let system: serde_json::Value = response.json().await?;
+        system["PowerState"].as_str().map(str::to_string).ok_or_else(|| anyhow!("{url} has no PowerState"))
+    }
+
+    /// What a person does to bring the machine back: `ComputerSystem.Reset` with `On`.
+    pub async fn power_on(&self, node: &str) -> Result<()> {
+        let url = format!("{}/Actions/ComputerSystem.Reset", self.system_url(node)?);
+        self.http
+            .post(&url)
+            .basic_auth(USER, Some(&self.password))
+            .json(&serde_json::json!({"ResetType": "On"}))
+            .send()
+            .await?
+            .error_for_status()
+            .with_context(|| format!("powering {node} on through {url}"))?;
+        Ok(())
+    }
+}
+
+fn secret_name(node: &str) -> String {
+    format!("bmc-{node}")
+}
+
+/// The label the demo puts on the nodes that have a BMC (the nodes of `kind: dead` faults).
+pub const BMC_LABEL: &str = "demo.nodemedic.io/bmc";
+
+/// How long after its BMC says Off, and its StatefulSet pods run elsewhere, a person powers a dead
+/// node on; and the longest the person waits for the pods before powering it on anyway.
+const POWER_ON_AFTER: Duration = Duration::from_secs(10);
+const POWER_ON_AT_LATEST: Duration = Duration::from_secs(90);
+
+/// The dead nodes as the demo sees them through their BMC: when each was seen Off, and which the
+/// person has asked to power on.
+#[derive(Default)]
+pub struct PowerWatch {
+    off_at: BTreeMap<String, Instant>,
+    on_asked: BTreeMap<String, Instant>,
+}
+
+/// A line for the timeline: (node, reason, what happened).
+pub type Line = (String, &'static str, String);
+
+impl PowerWatch {
+    /// One look at the dead nodes still down (`down`: node → whether its StatefulSet pods run
+    /// elsewhere now). A node its BMC says is Off is told once; once its pods have moved (or
+    /// [`POWER_ON_AT_LATEST`] has passed) the person powers it on through the BMC, and once the BMC
+    /// says On its kubelet returns and it boots with a new boot ID. Returns the timeline's lines and
+    /// the nodes back.
+    pub async fn look(&mut self, bmc: &Bmc, cp: &ControlPlane, down: &BTreeMap<String, bool>) -> Result<(Vec<Line>, Vec<String>)> {
+        let (mut lines, mut back) = (Vec::new(), Vec::new());
+        for (node, moved) in down {
+            if let Some(asked) = self.on_asked.get(node).copied() {
+                if bmc.power_state(node).await? != "On" {
+                    continue;
+                }
+                cp.resume_heartbeat(node).await?;
+                let boot_id = cp.simulate_reboot(node).await?;
+                let text = format!(
+                    "its BMC reads PowerState On {:.1}s after the request; it boots, new bootID …{}, its kubelet is back",
+                    asked.elapsed().as_secs_f64(),
+                    &boot_id[boot_id.len().saturating_sub(12)..]
+                );
+                lines.push((node.clone(), "PoweredOn", text));
+                back.push(node.clone());
+                continue;
+            }
+            let Some(off_at) = self.off_at.get(node).copied() else {
+                if bmc.power_state(node).await? == "Off" {
+                    self.off_at.insert(node.clone(), Instant::now());
+                    lines.push((node.clone(), "BmcSaysOff", "its BMC (sushy-tools, Redfish) reads PowerState Off".to_string()));
+                }
+                continue;
+            };
+            let due = (*moved && off_at.elapsed() >= POWER_ON_AFTER) || off_at.elapsed() >= POWER_ON_AT_LATEST;
+            if due {
+                bmc.power_on(node).await?;
+                self.on_asked.insert(node.clone(), Instant::now());
+                lines.push((node.clone(), "PowerOnAsked", "a person powers it on through its BMC (Redfish Reset On)".to_string()));
+            }
+        }
+        for n in &back {
+            self.off_at.remove(n);
+            self.on_asked.remove(n);
+        }
+        Ok((lines, back))
+    }
+}
