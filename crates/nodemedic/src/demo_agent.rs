@@ -62,7 +62,7 @@ pub async fn heartbeat(cp: &ControlPlane, scenario: &Scenario, state: &Arc<Mutex
 }
 
 /// Tries `op` until it succeeds, for up to two minutes (the API server may be away for a while).
-async fn retrying<T, F, Fut>(what: &str, mut op: F) -> Result<T>
+pub(crate) async fn retrying<T, F, Fut>(what: &str, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,

@@ -1,6 +1,7 @@
 //! The demo's output: the table of nodes that need attention, and the summary that judges the end.
 
 use crate::demo::{Expect, Scenario};
+use crate::demo_agent::retrying;
 use crate::demo_chaos::Chaos;
 use crate::demo_judge::{Asks, Verdict, chaos_counts, judge, judge_workload};
 use anyhow::{Result, bail};
@@ -63,11 +64,19 @@ pub async fn summary(
     chaos: Option<(&Chaos, &Asks)>,
     ends: &crate::demo::Ends,
 ) -> Result<()> {
-    let client = cp.client();
-    let records = Api::<NodeRemediation>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let policies = Api::<NodeHealthPolicy>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let stateful = crate::demo_stateful::ends(cp, scenario).await?;
+    // A chaos strike may have restarted the API server just before the end: it answers 429
+    // while its storage comes back, so the end is read once it answers, not judged on an error.
+    let (records, nodes, policies, stateful) = retrying("reading the end state", || async {
+        let client = cp.client();
+        let lp = ListParams::default();
+        Ok((
+            Api::<NodeRemediation>::all(client.clone()).list(&lp).await?.items,
+            Api::<Node>::all(client.clone()).list(&lp).await?.items,
+            Api::<NodeHealthPolicy>::all(client).list(&lp).await?.items,
+            crate::demo_stateful::ends(cp, scenario).await?,
+        ))
+    })
+    .await?;
     println!("\n== summary of scenario `{}`", scenario.name);
     for (name, st) in policies.iter().filter_map(|p| Some((p.metadata.name.as_deref()?, p.status.as_ref()?))) {
         println!(
@@ -147,7 +156,7 @@ async fn workloads_and_replacements(
     let mut failed = 0;
     for w in &scenario.workloads {
         let budget = crate::demo_workloads::budget_name(w);
-        let left = crate::demo_workloads::pods_left(cp, w).await?;
+        let left = retrying("reading the workload's pods", || crate::demo_workloads::pods_left(cp, w)).await?;
         let rec = crate::demo_judge::record(records, &w.node);
         let verdict = judge_workload(&budget, ends.held.get(&w.node).map(String::as_str), ends.relaxed.get(&w.node).copied(), rec, left);
         failed += usize::from(verdict.is_err());
