@@ -9,8 +9,7 @@
 //! nvidia-smi) to report.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -93,17 +92,8 @@ pub fn load_state(path: &Path) -> LoadedState {
 /// Writes the state durably: a temp file beside it, fsynced, renamed over it, and the directory fsynced.
 pub fn save_state(path: &Path, state: &FaultState) -> Result<(), FaultStateError> {
     let failed = |source| FaultStateError::Write { path: path.display().to_string(), source };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(failed)?;
     let text = serde_json::to_vec(state).map_err(|e| failed(std::io::Error::other(e)))?;
-    let mut temp = PathBuf::from(path);
-    temp.set_extension("json.tmp");
-    let mut file = std::fs::File::create(&temp).map_err(failed)?;
-    file.write_all(&text).map_err(failed)?;
-    file.sync_all().map_err(failed)?;
-    drop(file);
-    std::fs::rename(&temp, path).map_err(failed)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
+    crate::durable::write_atomically(path, &text).map_err(failed)?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod catalog;
 pub mod check;
 pub mod config;
+pub mod durable;
 pub mod exec;
 pub mod faults;
 pub mod gpu_count;

@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -114,17 +114,8 @@ impl AttemptLog {
     /// Writes the log durably: a temp file beside it, fsynced, renamed over it, and the directory fsynced.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         let failed = |source| StateError::Write { path: path.display().to_string(), source };
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(failed)?;
         let text = serde_json::to_vec_pretty(self).map_err(|e| failed(std::io::Error::other(e)))?;
-        let mut temp = PathBuf::from(path);
-        temp.set_extension("json.tmp");
-        let mut file = std::fs::File::create(&temp).map_err(failed)?;
-        file.write_all(&text).map_err(failed)?;
-        file.sync_all().map_err(failed)?;
-        drop(file);
-        std::fs::rename(&temp, path).map_err(failed)?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
+        crate::durable::write_atomically(path, &text).map_err(failed)?;
         Ok(())
     }
 
