@@ -10,7 +10,9 @@
 //!   new is published for the GPU family then, so its heartbeat ages and the controller reads it as unknown,
 //!   never as broken. The network probe keeps running on `slow-network` nodes.
 //! - the record watch follows this node's NodeRemediation (a field selector on its name);
-//! - the remediation loop performs a requested reboot or reimage once per attempt ([`crate::remediate`]).
+//! - the remediation loop performs a requested reboot, reimage or GPU reset once per attempt
+//!   ([`crate::remediate`]); a confirmed GPU reset ends the kernel-log faults it fixed, and the record starting
+//!   to verify wakes the paused GPU probes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -100,6 +102,41 @@ pub fn family_may_run(family: Family, taints: &[String], prefix: &str, verifying
     nodemedic_core::probes_may_run(family, &keys, prefix, verifying)
 }
 
+/// What wakes the probe loop besides its schedule: a kernel-log fault (the kernel-log probe runs at once) and
+/// the record starting to verify a repair (the GPU probes, paused under the repair taint, run at once, so a
+/// `resetGpu` step, which no reboot follows, is judged on fresh results rather than after a full interval).
+struct RecordWake {
+    /// False once the record watch has ended (the agent is stopping).
+    open: bool,
+    was_verifying: bool,
+}
+
+impl RecordWake {
+    async fn until_due(&mut self, probes: &mut [Scheduled], memory: &ProbeMemory, records: &mut watch::Receiver<Option<NodeRemediation>>) {
+        let Some(wake) = probes.iter().map(|p| p.next_at).min() else { return };
+        let fault = async {
+            match &memory.kernel_log {
+                Some(follower) => follower.fault_recorded().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(wake.into()) => {}
+            () = fault => {
+                probes.iter_mut().filter(|p| p.name == KERNEL_LOG_PROBE).for_each(|p| p.next_at = Instant::now());
+            }
+            changed = records.changed(), if self.open => {
+                self.open = changed.is_ok();
+                let now_verifying = verifying(records.borrow().as_ref());
+                if now_verifying && !self.was_verifying {
+                    probes.iter_mut().filter(|p| p.family == Family::Gpu).for_each(|p| p.next_at = Instant::now());
+                }
+                self.was_verifying = now_verifying;
+            }
+        }
+    }
+}
+
 impl Agent<'_> {
     /// Runs until an unrecoverable error (a broken state file); API errors are logged and retried.
     pub async fn run(&self) -> Result<(), AgentError> {
@@ -109,10 +146,12 @@ impl Agent<'_> {
     /// [`Agent::run`], recording what it does in `metrics` (served by `run --metrics-listen`).
     pub async fn run_measured(&self, metrics: &AgentMetrics) -> Result<(), AgentError> {
         let (records_tx, records_rx) = watch::channel(None::<NodeRemediation>);
+        // One memory for both loops: a successful GPU reset ends the kernel-log faults it fixed.
+        let memory = self.probe_memory();
         tokio::try_join!(
             self.watch_record(records_tx),
-            self.probe_loop(records_rx.clone(), metrics),
-            self.remediation_loop(records_rx, metrics)
+            self.probe_loop(records_rx.clone(), metrics, &memory),
+            self.remediation_loop(records_rx, metrics, &memory)
         )?;
         Ok(())
     }
@@ -201,26 +240,26 @@ impl Agent<'_> {
         memory
     }
 
-    async fn probe_loop(&self, records: watch::Receiver<Option<NodeRemediation>>, metrics: &AgentMetrics) -> Result<(), AgentError> {
+    async fn probe_loop(
+        &self,
+        mut records: watch::Receiver<Option<NodeRemediation>>,
+        metrics: &AgentMetrics,
+        memory: &Arc<ProbeMemory>,
+    ) -> Result<(), AgentError> {
         let mut jitter = Jitter::new();
         let mut probes = self.scheduled_probes(&mut jitter);
         let search = Arc::new(search_path(&self.config));
-        let memory = self.probe_memory();
         let nodes = self.nodes();
         let mut last_run: std::collections::BTreeMap<String, jiff::Timestamp> = Default::default();
+        let mut watch = RecordWake { open: true, was_verifying: false };
         loop {
-            let Some(wake) = probes.iter().map(|p| p.next_at).min() else {
+            if probes.is_empty() {
                 tracing::info!("no probes are configured; only remediation requests are served");
                 return Ok(());
-            };
-            match &memory.kernel_log {
-                Some(follower) => tokio::select! {
-                    () = tokio::time::sleep_until(wake.into()) => {}
-                    () = follower.fault_recorded() => {
-                        probes.iter_mut().filter(|p| p.name == KERNEL_LOG_PROBE).for_each(|p| p.next_at = Instant::now());
-                    }
-                },
-                None => tokio::time::sleep_until(wake.into()).await,
+            }
+            watch.until_due(&mut probes, memory, &mut records).await;
+            if !probes.iter().any(|p| p.next_at <= Instant::now()) {
+                continue;
             }
             let node = match nodes.get(&self.node).await {
                 Ok(node) => node,
@@ -258,7 +297,7 @@ impl Agent<'_> {
                 ran.insert(probe.condition.clone());
                 last_run.insert(probe.condition.clone(), jiff::Timestamp::now());
             }
-            let faulty_gpus = self.faulty_gpus(&node, &probes, &memory);
+            let faulty_gpus = self.faulty_gpus(&node, &probes, memory);
             self.publish_round(&nodes, &node, &probes, ran, &last_run, metrics, faulty_gpus).await;
         }
     }
@@ -312,12 +351,13 @@ impl Agent<'_> {
         &self,
         mut records: watch::Receiver<Option<NodeRemediation>>,
         metrics: &AgentMetrics,
+        memory: &ProbeMemory,
     ) -> Result<(), AgentError> {
         loop {
             let record = records.borrow_and_update().clone();
             let request = record.as_ref().and_then(|r| requested(r, &self.node).map(|q| (r, q)));
             if let Some((record, request)) = request {
-                match self.serve(record, &request).await {
+                match self.serve(record, &request, memory).await {
                     Ok(outcome) => metrics.remediation_done(request.step, outcome),
                     Err(AgentError::State(error)) => return Err(AgentError::State(error)),
                     Err(error) => {
@@ -355,7 +395,7 @@ impl Agent<'_> {
     }
 
     /// One request: act once per attempt, then report.
-    async fn serve(&self, record: &NodeRemediation, request: &Request) -> Result<ReportedOutcome, AgentError> {
+    async fn serve(&self, record: &NodeRemediation, request: &Request, memory: &ProbeMemory) -> Result<ReportedOutcome, AgentError> {
         let path = &self.config.remediation.state_file;
         let mut log = AttemptLog::load(path)?;
         let (outcome, message) = match log.find(&request.record_uid, request.attempt) {
@@ -389,7 +429,7 @@ impl Agent<'_> {
                 tracing::info!(node = %self.node, attempt = request.attempt, step = request.step.as_str(), boot_id = %before, "remediation started");
                 self.announce_start(record, request, &before).await;
                 let (outcome, message) = if request.step == RemediationStep::ResetGpu {
-                    self.reset_gpu(request).await
+                    self.reset_gpu(request, memory).await
                 } else {
                     self.reboot_or_reimage(request, &before).await?
                 };
@@ -405,7 +445,7 @@ impl Agent<'_> {
     }
 
     /// The `resetGpu` step on the record's GPU, with this node's GPU tool probes as the judge.
-    async fn reset_gpu(&self, request: &Request) -> (ReportedOutcome, String) {
+    async fn reset_gpu(&self, request: &Request, memory: &ProbeMemory) -> (ReportedOutcome, String) {
         let Some(gpu) = request.gpu.clone() else {
             return (ReportedOutcome::Failed, "the record names no GPU to reset".to_string());
         };
@@ -416,9 +456,16 @@ impl Agent<'_> {
             let verify = || crate::gpu_reset::gpu_tool_verdicts(&config, &catalog, &search, expected);
             crate::gpu_reset::reset_and_verify(&config.remediation.gpu_reset, &gpu, &search, verify)
         };
-        tokio::task::spawn_blocking(reset)
+        let (outcome, message) = tokio::task::spawn_blocking(reset)
             .await
-            .unwrap_or_else(|error| (ReportedOutcome::Failed, format!("the GPU reset did not finish: {error}")))
+            .unwrap_or_else(|error| (ReportedOutcome::Failed, format!("the GPU reset did not finish: {error}")));
+        if outcome == ReportedOutcome::Succeeded
+            && let Some((follower, gpu)) = memory.kernel_log.as_ref().zip(request.gpu.as_ref())
+        {
+            let cleared = follower.reset_succeeded(gpu);
+            tracing::info!(%gpu, cleared, "GPU reset succeeded; the kernel-log faults it fixed have ended");
+        }
+        (outcome, message)
     }
 
     /// A reboot or reimage through the host, judged by the boot ID.

@@ -182,6 +182,19 @@ impl FaultMemory {
         Verdict::unhealthy(reason, format!("{} on {}, {age} ago{tail}", worst.reason, worst.device))
     }
 
+    /// A `resetGpu` step on `gpu` succeeded (the vendor tool exited 0 and the GPU tool probes pass): the
+    /// active faults on that GPU which a reset fixes end now, so the kernel-log probe stops holding the node
+    /// unhealthy for the rest of `hold`. Faults that need more than a reset (reboot, replace, support) and
+    /// faults on other GPUs stay; every sighting stays, so escalation windows keep counting. Returns how many
+    /// ended.
+    pub fn cleared_by_reset(&mut self, gpu: &nodemedic_core::gpu::GpuDevice) -> usize {
+        let before = self.active.len();
+        let on_gpu =
+            |a: &ActiveFault| nodemedic_core::gpu::GpuDevice::from_bus_id(&a.device, None).is_ok_and(|d| d.pci_bus_id == gpu.pci_bus_id);
+        self.active.retain(|a| !(on_gpu(a) && a.action <= ActionClass::ResetGpu));
+        before - self.active.len()
+    }
+
     /// What the state file holds.
     pub fn state(&self) -> FaultState {
         FaultState { format: STATE_FORMAT, cursor: self.cursor.clone(), sightings: self.tracker.records(), active: self.active.clone() }
@@ -243,6 +256,27 @@ mod tests {
         let mut unnamed = FaultMemory::restore(None, "boot-a", Duration::from_secs(1800));
         unnamed.observe(&catalog, "nvidia", &FaultKey::NvidiaXid(79), T0);
         assert_eq!(unnamed.faulty_gpu(T0), None, "a line that names no bus id");
+    }
+
+    #[test]
+    fn a_good_reset_ends_only_the_reset_class_faults_on_its_gpu_and_keeps_every_sighting() {
+        let catalog = catalog();
+        let mut memory = FaultMemory::restore(None, "boot-a", Duration::from_secs(1800));
+        memory.observe(&catalog, "0000:3b:00", &FaultKey::NvidiaXid(48), T0);
+        memory.observe(&catalog, "0000:86:00", &FaultKey::NvidiaXid(48), T0);
+        let reset = nodemedic_core::gpu::GpuDevice::from_bus_id("00000000:3B:00.0", Some(0)).expect("a bus id");
+        assert_eq!(memory.cleared_by_reset(&reset), 1, "the index the record carries does not matter, the bus id does");
+        assert_eq!(
+            memory.active().iter().map(|a| a.device.as_str()).collect::<Vec<_>>(),
+            vec!["0000:86:00"],
+            "the other GPU's fault stays"
+        );
+        assert_eq!(memory.state().sightings.len(), 2, "sightings stay for the escalation windows");
+
+        let mut fatal = FaultMemory::restore(None, "boot-a", Duration::from_secs(1800));
+        fatal.observe(&catalog, "0000:3b:00", &FaultKey::NvidiaXid(79), T0);
+        assert_eq!(fatal.cleared_by_reset(&reset), 0, "a fault that needs a reboot is not ended by a reset");
+        assert_eq!(fatal.verdict(T0 + 1000).reason, Reason::KernelFaultReboot);
     }
 
     #[test]

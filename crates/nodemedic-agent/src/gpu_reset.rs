@@ -99,7 +99,8 @@ pub fn reset_and_verify(
 }
 
 /// This node's GPU tool probes, run once afresh: every configured GPU-family probe but the kernel log,
-/// whose fault history still holds the fault the reset was for (it clears at its hold time or a reboot).
+/// whose fault history still holds the fault the reset was for (the agent ends it once this verdict
+/// confirms the reset, [`crate::kernel_follow::KernelLogFollower::reset_succeeded`]).
 pub fn gpu_tool_verdicts(config: &AgentConfig, catalog: &Catalog, search: &SearchPath, expected: ExpectedGpus) -> Vec<(String, Verdict)> {
     let memory = ProbeMemory::default();
     configured_probes(config)

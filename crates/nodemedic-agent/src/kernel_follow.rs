@@ -121,6 +121,18 @@ impl KernelLogFollower {
         self.shared.wake.notify_one();
     }
 
+    /// A `resetGpu` step on `gpu` succeeded: end the active faults a reset fixes on that GPU
+    /// ([`crate::faults::FaultMemory::cleared_by_reset`]), save the history, and wake the probe loop so the
+    /// kernel-log probe publishes what it says now. Returns how many faults ended.
+    pub fn reset_succeeded(&self, gpu: &nodemedic_core::gpu::GpuDevice) -> usize {
+        let cleared = self.shared.memory.lock().unwrap_or_else(PoisonError::into_inner).cleared_by_reset(gpu);
+        if cleared > 0 {
+            self.shared.save();
+            self.shared.wake.notify_one();
+        }
+        cleared
+    }
+
     /// The fault history as it would be saved now (for tests and `check`).
     pub fn state(&self) -> crate::faults::FaultState {
         self.shared.memory.lock().unwrap_or_else(PoisonError::into_inner).state()

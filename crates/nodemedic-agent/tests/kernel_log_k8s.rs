@@ -232,6 +232,95 @@ async fn conditions_left_by_a_stopped_agent_go_stale_and_start_no_repair() -> an
     .await
 }
 
+const RESET_POLICY: &str = r#"
+rules:
+- name: gpu
+  check: {name: gpu}
+  staleAfter: 2m
+ladder:
+- {step: resetGpu, timeout: 2m, settle: 1s, verifyTimeout: 30s}
+- {step: reboot, timeout: 10m}
+- {step: manual}
+monitorOnly: false
+"#;
+
+/// A fake `nvidia-smi` in `dir`: `-r` records its arguments and exits 0, anything else prints a healthy
+/// one-GPU `-q -x` capture.
+fn fake_nvidia_smi(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let capture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nvidia-smi-xml/tesla-t4.xml");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = -r ]; then\n  echo \"$@\" >> '{}/resets'\n  exit 0\nfi\ncat '{}'\n",
+        dir.display(),
+        capture.display()
+    );
+    let path = dir.join("nvidia-smi");
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Issue 13: an Xid the catalog says a GPU reset fixes goes through the whole chain on a real API server — the
+/// agent names the GPU, the controller starts `resetGpu` on it, the agent resets it with the vendor tool, and
+/// the good reset ends the kernel-log fault at once (not after the 30 min hold), so the node recovers on the
+/// reset alone: no reboot is asked for (the host refuses any) and the kernel-log probe reads healthy again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_good_gpu_reset_ends_the_kernel_log_fault_it_fixed_and_the_node_recovers_without_a_reboot() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
+    cp.run(|cp| async move {
+        install_crds(&cp.client()).await?;
+        let node = cp.create_nodes(&FakeNode::gpu("gpu", "pool-a", 1), 3).await?.into_iter().next().context("a node")?;
+        let policy = NodeHealthPolicy::new("gpu-workers", NodeHealthPolicySpec { policy: Policy::from_yaml(RESET_POLICY)? });
+        Api::<NodeHealthPolicy>::all(cp.client()).create(&PostParams::default(), &policy).await?;
+        let nodes: Api<Node> = Api::all(cp.client());
+        let records: Api<NodeRemediation> = Api::all(cp.client());
+        let kernel = FakeKernel::new()?;
+        fake_nvidia_smi(kernel.dir.path())?;
+        let mut config = kernel.config();
+        // Polls 5 min apart: only the follower, and the record starting to verify, can make a probe run in
+        // time; without the wake on verifying, the reset's verification would time out and ask for a reboot.
+        config.schedule = ProbeSchedule {
+            interval: TextDuration(Duration::from_secs(300)),
+            jitter: TextDuration(Duration::ZERO),
+            passes_before_healthy: 1,
+            ..ProbeSchedule::default()
+        };
+        config.probes.nvidia_smi = Some(nodemedic_agent::config::NvidiaSmiProbe::default());
+        config.expected_gpus = Some(1);
+        config.search_path = Some(format!("{}:/usr/bin:/bin", kernel.dir.path().display()));
+        let agent = agent(cp, &node, config, &NoActions)?;
+        let controller = Reconciler::new(cp.client(), &AgentExecutor);
+        while_running(&agent, async {
+            wait_for(Duration::from_secs(30), "the first GPUProblem=False", || async {
+                condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "False")
+            })
+            .await?;
+            kernel.append("[ 9001.000001] NVRM: Xid (PCI:0000:3b:00): 48, pid=1234, name=python, An uncorrectable double bit error\n")?;
+            let record = wait_for(Duration::from_secs(60), "the record recovered after its resetGpu step", || async {
+                controller.reconcile("gpu-workers", now()).await.ok()?;
+                let record = records.get_opt(&node).await.ok()??.status?.record;
+                let reset = record.history.iter().any(|h| h.step == RemediationStep::ResetGpu);
+                (reset && record.phase == Phase::Healthy && record.active.is_none()).then_some(record)
+            })
+            .await?;
+            let steps: Vec<(RemediationStep, nodemedic_core::record::StepOutcome)> =
+                record.history.iter().map(|h| (h.step, h.outcome)).collect();
+            assert_eq!(steps, vec![(RemediationStep::ResetGpu, nodemedic_core::record::StepOutcome::Recovered)], "{record:?}");
+            let resets = std::fs::read_to_string(kernel.dir.path().join("resets"))?;
+            assert_eq!(resets.trim(), "-r -i 0000:3b:00.0", "one reset, aimed at the GPU the Xid named");
+            let gpu = condition(&nodes, &node, "GPUProblem").await.context("GPUProblem")?;
+            assert_eq!(gpu.status, "False", "the kernel-log fault ended with the reset, well inside its 30 min hold: {gpu:?}");
+            let state = std::fs::read_to_string(kernel.dir.path().join("var/lib/nodemedic/kernel-faults.json"))?;
+            let state: nodemedic_agent::faults::FaultState = serde_json::from_str(&state)?;
+            assert!(state.active.is_empty(), "no active fault is saved: {state:?}");
+            assert!(!state.sightings.is_empty(), "the sighting stays for escalation windows: {state:?}");
+            Ok(())
+        })
+        .await
+    })
+    .await
+}
+
 /// A process's memory from /proc: peak, current, anonymous and file-backed resident KiB.
 fn rss_kib(pid: u32) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
