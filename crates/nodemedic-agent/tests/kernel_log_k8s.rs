@@ -92,6 +92,14 @@ async fn condition(nodes: &Api<Node>, node: &str, type_: &str) -> Option<NodeCon
     node.status?.conditions?.into_iter().find(|c| c.type_ == type_)
 }
 
+/// Waits up to 30 s for this node's `GPUProblem` to read `status`.
+async fn gpu_problem(nodes: &Api<Node>, node: &str, status: &str) -> Result<NodeCondition, nodemedic_testenv::TestEnvError> {
+    wait_for(Duration::from_secs(30), &format!("GPUProblem={status}"), || async {
+        condition(nodes, node, "GPUProblem").await.filter(|c| c.status == status)
+    })
+    .await
+}
+
 /// `count` kwok GPU nodes; the name of the first.
 async fn gpu_nodes(cp: &ControlPlane, count: usize) -> anyhow::Result<String> {
     install_crds(&cp.client()).await?;
@@ -108,10 +116,7 @@ async fn a_fatal_kernel_log_line_is_published_within_two_seconds_not_after_three
         let kernel = FakeKernel::new()?;
         let agent = agent(cp, &node, kernel.config(), &NoActions)?;
         while_running(&agent, async {
-            wait_for(Duration::from_secs(30), "the first GPUProblem=False", || async {
-                condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "False")
-            })
-            .await?;
+            gpu_problem(&nodes, &node, "False").await?;
             let appended = Instant::now();
             kernel.append(XID_79)?;
             let published = loop {
@@ -142,10 +147,7 @@ async fn a_reset_class_fault_publishes_the_gpu_it_is_on_for_the_controller_to_re
         let kernel = FakeKernel::new()?;
         let agent = agent(cp, &node, kernel.config(), &NoActions)?;
         while_running(&agent, async {
-            wait_for(Duration::from_secs(30), "the first GPUProblem=False", || async {
-                condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "False")
-            })
-            .await?;
+            gpu_problem(&nodes, &node, "False").await?;
             kernel.append("[ 9001.000001] NVRM: Xid (PCI:0000:3b:00): 48, pid=1234, name=python, An uncorrectable double bit error\n")?;
             let observed = wait_for(Duration::from_secs(20), "GPUProblem=True naming its GPU", || async {
                 let read = nodes.get(&node).await.ok()?;
@@ -189,10 +191,7 @@ async fn conditions_left_by_a_stopped_agent_go_stale_and_start_no_repair() -> an
         kernel.append(XID_79)?;
         let first = agent(cp, &node, kernel.config(), &NoActions)?;
         let published = while_running(&first, async {
-            Ok(wait_for(Duration::from_secs(30), "GPUProblem=True", || async {
-                condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "True")
-            })
-            .await?)
+            Ok(gpu_problem(&nodes, &node, "True").await?)
         })
         .await?;
         drop(first);
@@ -291,10 +290,7 @@ async fn a_good_gpu_reset_ends_the_kernel_log_fault_it_fixed_and_the_node_recove
         let agent = agent(cp, &node, config, &NoActions)?;
         let controller = Reconciler::new(cp.client(), &AgentExecutor);
         while_running(&agent, async {
-            wait_for(Duration::from_secs(30), "the first GPUProblem=False", || async {
-                condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "False")
-            })
-            .await?;
+            gpu_problem(&nodes, &node, "False").await?;
             kernel.append("[ 9001.000001] NVRM: Xid (PCI:0000:3b:00): 48, pid=1234, name=python, An uncorrectable double bit error\n")?;
             let record = wait_for(Duration::from_secs(60), "the record recovered after its resetGpu step", || async {
                 controller.reconcile("gpu-workers", now()).await.ok()?;
@@ -372,16 +368,10 @@ async fn the_binary_follows_the_kernel_log_with_the_default_probes() -> anyhow::
             .env("MALLOC_ARENA_MAX", "1")
             .kill_on_drop(true)
             .spawn()?;
-        let healthy = wait_for(Duration::from_secs(30), "GPUProblem=False", || async {
-            condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "False")
-        })
-        .await;
+        let healthy = gpu_problem(&nodes, &node, "False").await;
         let appended = Instant::now();
         kernel.append(XID_79)?;
-        let published = wait_for(Duration::from_secs(30), "GPUProblem=True", || async {
-            condition(&nodes, &node, "GPUProblem").await.filter(|c| c.status == "True")
-        })
-        .await;
+        let published = gpu_problem(&nodes, &node, "True").await;
         let latency = appended.elapsed();
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let memory = agent.id().and_then(rss_kib);
