@@ -128,6 +128,14 @@ impl Harness {
     pub fn new(policy: Policy, fleet: Vec<NodeObservation>) -> Self {
         Harness { policy, fleet, records: Records::default(), now: EPOCH, thresholds: Thresholds::AGENT_DEFAULT, agents: BTreeMap::new() }
     }
+    /// One 8-GPU node `gpu-1` (boot ID `boot-1`) whose agent, publishing after one run, has just failed
+    /// the `gpu` check: the start of most ladder tests.
+    pub fn one_failing_gpu_node(policy: Policy) -> Self {
+        let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
+        h.node("gpu-1").boot_id = Some("boot-1".into());
+        h.probe("gpu-1", "gpu", false);
+        h
+    }
     /// The same harness with agents that publish after these thresholds (their probe schedules').
     pub fn with_thresholds(mut self, failures_before_unhealthy: u32, passes_before_healthy: u32) -> Self {
         self.thresholds = Thresholds::new(failures_before_unhealthy, passes_before_healthy);
@@ -160,6 +168,10 @@ impl Harness {
     /// The agent on `name` restarted (a reboot): its machines start again from nothing.
     pub fn restart_agent(&mut self, name: &str) {
         self.agents.retain(|(node, _), _| node != name);
+    }
+    /// Where `name`'s active remediation stands, if one is active.
+    pub fn stage(&self, name: &str) -> Option<crate::record::Stage> {
+        self.records.nodes.get(name).and_then(|r| r.active.as_ref()).map(|a| a.stage.clone())
     }
     pub fn attempt(&self, name: &str) -> u32 {
         self.records.nodes.get(name).map_or(0, |r| r.attempt)

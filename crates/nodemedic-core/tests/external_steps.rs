@@ -52,15 +52,8 @@ fn snr_template() -> ExternalTemplate {
     }
 }
 
-fn stage(h: &Harness, name: &str) -> Option<Stage> {
-    h.records.nodes.get(name).and_then(|r| r.active.as_ref()).map(|a| a.stage.clone())
-}
-
 fn unhealthy_node() -> Result<Harness, Box<dyn std::error::Error>> {
-    let mut h = Harness::new(Policy::from_yaml(EXTERNAL_LADDER)?, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
-    h.node("gpu-1").boot_id = Some("boot-1".into());
-    h.probe("gpu-1", "gpu", false);
-    Ok(h)
+    Ok(Harness::one_failing_gpu_node(Policy::from_yaml(EXTERNAL_LADDER)?))
 }
 
 #[test]
@@ -83,7 +76,7 @@ fn a_remediator_that_succeeded_is_verified_by_the_checks_without_needing_a_new_b
     h.advance(Duration::from_secs(30));
     h.report("gpu-1", ReportedOutcome::Succeeded);
     h.decide();
-    assert!(matches!(stage(&h, "gpu-1"), Some(Stage::Verifying { .. })), "{:?}", stage(&h, "gpu-1"));
+    assert!(matches!(h.stage("gpu-1"), Some(Stage::Verifying { .. })), "{:?}", h.stage("gpu-1"));
     h.advance(Duration::from_secs(5));
     h.probe("gpu-1", "gpu", true);
     let d = h.decide();

@@ -6,7 +6,7 @@ use nodemedic_core::engine::{Action, EventKind};
 use nodemedic_core::observe::ReportedOutcome;
 use nodemedic_core::policy::Policy;
 use nodemedic_core::record::Stage;
-use nodemedic_core::testkit::{EPOCH, Harness, gpu_node};
+use nodemedic_core::testkit::Harness;
 use nodemedic_core::{Decision, Duration, RemediationStep};
 
 const POWER_LADDER: &str = r#"
@@ -30,15 +30,8 @@ fn executes(d: &Decision) -> Vec<(String, RemediationStep, u32)> {
         .collect()
 }
 
-fn stage(h: &Harness, name: &str) -> Option<Stage> {
-    h.records.nodes.get(name).and_then(|r| r.active.as_ref()).map(|a| a.stage.clone())
-}
-
 fn unhealthy_node() -> Result<Harness, Box<dyn std::error::Error>> {
-    let mut h = Harness::new(Policy::from_yaml(POWER_LADDER)?, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
-    h.node("gpu-1").boot_id = Some("boot-1".into());
-    h.probe("gpu-1", "gpu", false);
-    Ok(h)
+    Ok(Harness::one_failing_gpu_node(Policy::from_yaml(POWER_LADDER)?))
 }
 
 #[test]
@@ -48,11 +41,11 @@ fn a_power_cycle_reported_done_counts_only_once_the_node_shows_a_new_boot_id() -
     h.advance(Duration::from_secs(30));
     h.report("gpu-1", ReportedOutcome::Succeeded);
     h.decide();
-    assert_eq!(stage(&h, "gpu-1"), Some(Stage::Executing), "the BMC confirmed the cycle, but the node has not rebooted yet");
+    assert_eq!(h.stage("gpu-1"), Some(Stage::Executing), "the BMC confirmed the cycle, but the node has not rebooted yet");
     h.advance(Duration::from_secs(30));
     h.node("gpu-1").boot_id = Some("boot-2".into());
     h.decide();
-    assert!(matches!(stage(&h, "gpu-1"), Some(Stage::Verifying { .. })), "{:?}", stage(&h, "gpu-1"));
+    assert!(matches!(h.stage("gpu-1"), Some(Stage::Verifying { .. })), "{:?}", h.stage("gpu-1"));
     Ok(())
 }
 

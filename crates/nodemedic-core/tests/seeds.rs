@@ -724,36 +724,28 @@ ladder:
 monitorOnly: false
 "#;
 
-fn stage(h: &Harness, name: &str) -> Option<Stage> {
-    h.records.nodes.get(name).and_then(|r| r.active.as_ref()).map(|a| a.stage.clone())
-}
-
 #[test]
 fn a_reboot_reported_done_counts_only_once_the_node_shows_a_new_boot_id() {
     let policy = Policy::from_yaml(REPORTED_REBOOT).unwrap();
-    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
-    h.node("gpu-1").boot_id = Some("boot-1".into());
-    h.probe("gpu-1", "gpu", false);
+    let mut h = Harness::one_failing_gpu_node(policy);
     assert_eq!(executes(&h.decide()), [("gpu-1".to_string(), RemediationStep::Reboot, 1)]);
     h.advance(Duration::from_secs(30));
     // The executor says done, but the node still runs the same boot: not believed.
     h.report("gpu-1", ReportedOutcome::Succeeded);
     let d = h.decide();
     assert!(!d.events.iter().any(|e| e.kind == EventKind::StepSucceeded || e.kind == EventKind::StepFailed), "{:?}", d.events);
-    assert_eq!(stage(&h, "gpu-1"), Some(Stage::Executing));
+    assert_eq!(h.stage("gpu-1"), Some(Stage::Executing));
     // It comes back with a new boot ID: now the reboot is done and the checks are re-run.
     h.advance(Duration::from_secs(30));
     h.node("gpu-1").boot_id = Some("boot-2".into());
     h.decide();
-    assert!(matches!(stage(&h, "gpu-1"), Some(Stage::Verifying { .. })), "{:?}", stage(&h, "gpu-1"));
+    assert!(matches!(h.stage("gpu-1"), Some(Stage::Verifying { .. })), "{:?}", h.stage("gpu-1"));
 }
 
 #[test]
 fn a_reboot_whose_node_never_shows_a_new_boot_id_times_out_saying_so() {
     let policy = Policy::from_yaml(REPORTED_REBOOT).unwrap();
-    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
-    h.node("gpu-1").boot_id = Some("boot-1".into());
-    h.probe("gpu-1", "gpu", false);
+    let mut h = Harness::one_failing_gpu_node(policy);
     h.decide();
     h.report("gpu-1", ReportedOutcome::Succeeded);
     h.advance(Duration::from_mins(11));
@@ -804,9 +796,7 @@ fn a_mass_failure_still_there_after_the_cooldown_keeps_the_breaker_open_without_
 #[test]
 fn the_record_keeps_the_evidence_of_each_attempt_for_a_person_to_read() {
     let policy = Policy::from_yaml(REPORTED_REBOOT).unwrap();
-    let mut h = Harness::new(policy, vec![gpu_node("gpu-1", "a", 8, EPOCH)]).with_thresholds(1, 1);
-    h.node("gpu-1").boot_id = Some("boot-1".into());
-    h.probe("gpu-1", "gpu", false);
+    let mut h = Harness::one_failing_gpu_node(policy);
     h.decide();
     h.advance(Duration::from_mins(11));
     h.decide(); // the reboot timed out: the reimage starts, with a second snapshot
