@@ -3,6 +3,10 @@
 //! test playing the remediator by setting the CR's status conditions, and the controller's
 //! reconciler deciding, recording and executing as `nodemedic controller` does.
 
+mod common;
+
+use common::reconcile_until;
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
@@ -125,25 +129,6 @@ async fn remediator_says(cp: &ControlPlane, ar: &ApiResource, node: &str, condit
 fn condition(type_: &str, status: &str, reason: &str) -> serde_json::Value {
     serde_json::json!({"type": type_, "status": status, "reason": reason, "message": format!("{type_} {status}"),
         "lastTransitionTime": jiff::Timestamp::now().to_string()})
-}
-
-/// Reconciles until `check` holds (at most 60 s).
-async fn reconcile_until<T, F, Fut>(cp: &ControlPlane, executor: &dyn Executor, what: &str, check: F) -> anyhow::Result<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = std::time::Instant::now();
-    loop {
-        Reconciler::new(cp.client(), executor).reconcile("gpu-workers", now()).await?;
-        if let Some(t) = check().await {
-            return Ok(t);
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            anyhow::bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 async fn record(cp: &ControlPlane, node: &str) -> Option<nodemedic_core::NodeRecord> {

@@ -5,13 +5,13 @@
 
 mod common;
 
-use common::receiver;
+use common::{receiver, reconcile_until};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use nodemedic_controller::executors::{ExecutorsConfig, StepRouter};
 use nodemedic_controller::providers::{CivoConfig, CivoProvider, GceProvider, Provider};
-use nodemedic_controller::{Executor, Reconciler, install_crds, now};
+use nodemedic_controller::{Reconciler, install_crds, now};
 use nodemedic_core::{Policy, RemediationStep};
 use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation};
 use nodemedic_testenv::{ControlPlane, FakeNode, Options, wait_for};
@@ -72,25 +72,6 @@ async fn policy(cp: &ControlPlane, name: &str, yaml: &str) -> anyhow::Result<()>
 fn router(cp: &ControlPlane, yaml: &str) -> anyhow::Result<StepRouter> {
     let config: ExecutorsConfig = serde_saphyr::from_str(yaml)?;
     Ok(StepRouter::from_config(cp.client(), &config)?)
-}
-
-/// Reconciles the policy until `check` holds.
-async fn reconcile_until<T, F, Fut>(cp: &ControlPlane, executor: &dyn Executor, what: &str, check: F) -> anyhow::Result<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = std::time::Instant::now();
-    loop {
-        Reconciler::new(cp.client(), executor).reconcile("gpu-workers", now()).await?;
-        if let Some(t) = check().await {
-            return Ok(t);
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            anyhow::bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

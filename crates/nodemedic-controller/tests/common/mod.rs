@@ -210,3 +210,27 @@ pub async fn receiver(answers: Vec<(u16, &'static str)>) -> anyhow::Result<(Stri
     });
     Ok((url, seen))
 }
+
+/// Reconciles the `gpu-workers` policy with `executor` until `check` holds, every 300 ms for at most 60 s.
+pub async fn reconcile_until<T, F, Fut>(
+    cp: &ControlPlane,
+    executor: &dyn nodemedic_controller::Executor,
+    what: &str,
+    check: F,
+) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        nodemedic_controller::Reconciler::new(cp.client(), executor).reconcile("gpu-workers", now()).await?;
+        if let Some(t) = check().await {
+            return Ok(t);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
