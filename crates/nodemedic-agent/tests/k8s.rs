@@ -3,21 +3,23 @@
 //! `nodemedic-controller/tests/ladder.rs`) taints it for a reboot, and the agent reboots it once through a
 //! test hook that gives the node a new boot ID.
 
+mod common;
+
+use common::{NoActions, agent, condition, while_running};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use nodemedic_agent::agent::Agent;
+use nodemedic_agent::AgentConfig;
 use nodemedic_agent::config::{NvidiaSmiFormat, NvidiaSmiProbe};
 use nodemedic_agent::plugin::{Family, PluginSpec};
 use nodemedic_agent::probe::{ProbeSchedule, TextDuration};
 use nodemedic_agent::remediate::{AttemptLog, HostActions, HostFuture};
-use nodemedic_agent::{AgentConfig, Catalog};
 use nodemedic_controller::{AgentExecutor, Reconciler, install_crds, now};
 use nodemedic_core::observe::ReportedOutcome;
 use nodemedic_core::record::{Phase, StepOutcome};
@@ -134,36 +136,6 @@ impl HostActions for RebootHook<'_> {
             std::future::pending().await
         })
     }
-}
-
-/// A host that must never be asked to do anything.
-struct NoActions;
-
-impl HostActions for NoActions {
-    fn perform<'a>(&'a self, step: RemediationStep) -> HostFuture<'a> {
-        Box::pin(async move { Err(format!("unexpected {} request", step.as_str())) })
-    }
-}
-
-fn agent<'h>(cp: &ControlPlane, node: &str, config: AgentConfig, host: &'h dyn HostActions) -> anyhow::Result<Agent<'h>> {
-    // The agent's log goes with the test's output (shown for a failing test).
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("nodemedic_agent=debug"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
-    Ok(Agent { client: cp.client(), node: node.to_string(), config: Arc::new(config), catalog: Arc::new(Catalog::embedded()?), host })
-}
-
-/// Runs `body` while `agent` runs; the agent stops (is dropped) when the body ends, as a killed process would.
-async fn while_running<T>(agent: &Agent<'_>, body: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::select! {
-        stopped = agent.run() => Err(anyhow::anyhow!("the agent stopped: {stopped:?}")),
-        result = body => result,
-    }
-}
-
-async fn condition(nodes: &Api<Node>, node: &str, type_: &str) -> Option<NodeCondition> {
-    let node = nodes.get(node).await.ok()?;
-    node.status?.conditions?.into_iter().find(|c| c.type_ == type_)
 }
 
 fn heartbeat(c: &NodeCondition) -> Option<jiff::Timestamp> {

@@ -1,19 +1,20 @@
 //! The kernel-log follower and stale conditions against a real control plane: a log file the test appends to
 //! stands for /dev/kmsg, the agent publishes `GPUProblem` on its kwok node, and the controller runs in-process.
 
+mod common;
+
+use common::{NoActions, agent, condition, while_running};
+
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use kube::api::{Api, PostParams};
-use nodemedic_agent::agent::Agent;
+use nodemedic_agent::AgentConfig;
 use nodemedic_agent::config::KernelLogProbe;
 use nodemedic_agent::probe::{ProbeSchedule, TextDuration};
-use nodemedic_agent::remediate::{HostActions, HostFuture};
-use nodemedic_agent::{AgentConfig, Catalog};
 use nodemedic_controller::{AgentExecutor, Reconciler, install_crds, now};
 use nodemedic_core::record::Phase;
 use nodemedic_core::{Policy, RemediationStep};
@@ -21,15 +22,6 @@ use nodemedic_k8s::{NodeHealthPolicy, NodeHealthPolicySpec, NodeRemediation};
 use nodemedic_testenv::{ControlPlane, FakeNode, Options, wait_for};
 
 const XID_79: &str = "[ 8012.000001] NVRM: Xid (PCI:0000:3b:00): 79, pid=0, GPU has fallen off the bus.\n";
-
-/// A host that must never be asked to do anything.
-struct NoActions;
-
-impl HostActions for NoActions {
-    fn perform<'a>(&'a self, step: RemediationStep) -> HostFuture<'a> {
-        Box::pin(async move { Err(format!("unexpected {} request", step.as_str())) })
-    }
-}
 
 /// The node's disk: a kernel log the test appends to, a boot ID, the agent's state files.
 struct FakeKernel {
@@ -70,26 +62,6 @@ impl FakeKernel {
         config.remediation.state_file = self.dir.path().join("var/lib/nodemedic/attempts.json");
         config
     }
-}
-
-fn agent<'h>(cp: &ControlPlane, node: &str, config: AgentConfig, host: &'h dyn HostActions) -> anyhow::Result<Agent<'h>> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("nodemedic_agent=debug"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
-    Ok(Agent { client: cp.client(), node: node.to_string(), config: Arc::new(config), catalog: Arc::new(Catalog::embedded()?), host })
-}
-
-/// Runs `body` while `agent` runs; the agent stops (is dropped) when the body ends, as a killed process would.
-async fn while_running<T>(agent: &Agent<'_>, body: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::select! {
-        stopped = agent.run() => Err(anyhow::anyhow!("the agent stopped: {stopped:?}")),
-        result = body => result,
-    }
-}
-
-async fn condition(nodes: &Api<Node>, node: &str, type_: &str) -> Option<NodeCondition> {
-    let node = nodes.get(node).await.ok()?;
-    node.status?.conditions?.into_iter().find(|c| c.type_ == type_)
 }
 
 /// Waits up to 30 s for this node's `GPUProblem` to read `status`.
@@ -190,10 +162,7 @@ async fn conditions_left_by_a_stopped_agent_go_stale_and_start_no_repair() -> an
         let kernel = FakeKernel::new()?;
         kernel.append(XID_79)?;
         let first = agent(cp, &node, kernel.config(), &NoActions)?;
-        let published = while_running(&first, async {
-            Ok(gpu_problem(&nodes, &node, "True").await?)
-        })
-        .await?;
+        let published = while_running(&first, async { Ok(gpu_problem(&nodes, &node, "True").await?) }).await?;
         drop(first);
         let heartbeat = published.last_heartbeat_time.as_ref().map(|t| t.0).context("the condition carries the agent's heartbeat")?;
 
