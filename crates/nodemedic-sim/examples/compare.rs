@@ -28,7 +28,7 @@ fn main() {
     let seed_list: Vec<u64> = (first..first + count).collect();
     let started = Instant::now();
     if sweep_mode {
-        let scenarios = sweep::run_sweep(&cfg, &policies, &seed_list, threads, &sweep::default_points(), &|_, _| {});
+        let scenarios = sweep::run_sweep(&cfg, &policies, &seed_list, threads, &sweep::default_points(&cfg.model), &|_, _| {});
         println!("{nodes} nodes x 8 GPUs, {days} days, sweep, {count} seeds per scenario ({:.1}s)", started.elapsed().as_secs_f64());
         print!("{}", sweep::render(&scenarios));
     } else if count > 1 {

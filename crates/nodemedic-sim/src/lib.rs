@@ -6,6 +6,7 @@
 
 mod agent;
 pub mod baselines;
+pub mod calibration;
 pub mod draws;
 pub mod faults;
 pub mod progress;

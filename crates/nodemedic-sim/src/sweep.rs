@@ -22,6 +22,8 @@ pub enum Param {
     ReplaceLeadHours,
     /// Share of GPU System Processor faults a reboot clears (the rest need a replacement).
     GspRebootShare,
+    /// The unexpected-interruption rate times this (the second dataset's range, [`crate::calibration`]).
+    FaultRateMultiplier,
 }
 
 impl Param {
@@ -32,6 +34,7 @@ impl Param {
             Param::FalsePositivesPerNodeDay => "false positives per node-day",
             Param::ReplaceLeadHours => "replace lead time median (h)",
             Param::GspRebootShare => "GSP reboot share",
+            Param::FaultRateMultiplier => "fault rate x",
         }
     }
 }
@@ -67,15 +70,17 @@ impl Point {
                     c.fixes.replace = rest.max(0.0);
                 }
             }
+            Param::FaultRateMultiplier => m.unexpected_per_gpu_day *= self.value,
         }
         m
     }
 }
 
-/// The plausible range of each parameter, low and high end (docs/fault-model.md, section 14).
-pub fn default_points() -> Vec<Point> {
+/// The plausible range of each parameter, low and high end (docs/fault-model.md, section 17); the fault
+/// rate's range comes from the second dataset ([`crate::calibration::rate_points`]).
+pub fn default_points(base: &FaultModel) -> Vec<Point> {
     let p = |param, value| Point { param, value };
-    vec![
+    let mut points = vec![
         p(Param::ManualResponseHours, 0.5),
         p(Param::ManualResponseHours, 8.0),
         p(Param::ProbeSensitivity, 0.5),
@@ -86,7 +91,9 @@ pub fn default_points() -> Vec<Point> {
         p(Param::ReplaceLeadHours, 72.0),
         p(Param::GspRebootShare, 0.5),
         p(Param::GspRebootShare, 1.0),
-    ]
+    ];
+    points.extend(crate::calibration::rate_points(base));
+    points
 }
 
 /// One scenario's result.
@@ -173,7 +180,7 @@ mod tests {
     #[test]
     fn each_point_moves_only_its_own_parameter() {
         let base = FaultModel::default();
-        for p in default_points() {
+        for p in default_points(&base) {
             let m = p.apply(&base);
             assert_eq!(m.validate(), Ok(()), "{p:?}");
             let changed = [
@@ -182,6 +189,7 @@ mod tests {
                 m.false_positives != base.false_positives,
                 m.repair.replace_lead != base.repair.replace_lead,
                 m.causes != base.causes,
+                m.unexpected_per_gpu_day != base.unexpected_per_gpu_day,
             ];
             assert!(changed.iter().filter(|c| **c).count() <= 1, "{p:?} changed {changed:?}");
         }

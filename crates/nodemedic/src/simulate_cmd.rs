@@ -37,9 +37,13 @@ pub struct SimulateArgs {
     #[arg(long)]
     seeds: Option<u32>,
     /// Re-run the comparison with each uncertain parameter at the ends of its plausible range
-    /// (docs/fault-model.md, section 14), over --seeds seeds (default 20).
+    /// (docs/fault-model.md, section 17; the fault rate's range from `--calibration`), over --seeds seeds (default 20).
     #[arg(long)]
     sweep: bool,
+    /// Print how the fault model's rate compares with a second public dataset (Meta's research clusters'
+    /// failure rate by job size) and stop; the sweep's fault-rate range comes from it.
+    #[arg(long)]
+    calibration: bool,
     /// Fault model file (JSON or YAML, the serialised `FaultModel`); default: the published-data model.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -113,6 +117,10 @@ pub fn run_simulate(args: SimulateArgs) -> Result<()> {
         None => FaultModel::default(),
     };
     model.validate().context("fault model")?;
+    if args.calibration {
+        print!("{}", nodemedic_sim::calibration::render(&model));
+        return Ok(());
+    }
     let cfg = SimConfig {
         fleet: FleetSpec { nodes: args.nodes, gpus_per_node: args.gpus_per_node, duration_ms: (args.days * MS_PER_DAY as f64) as i64 },
         seed: args.seed,
@@ -125,7 +133,7 @@ pub fn run_simulate(args: SimulateArgs) -> Result<()> {
     if args.sweep {
         let seed_list: Vec<u64> = (0..u64::from(args.seeds.unwrap_or(20))).map(|i| args.seed + i).collect();
         let scenarios = with_progress(args.json, started, |tick| {
-            sweep::run_sweep(&cfg, &policies, &seed_list, threads, &sweep::default_points(), &|d, of| tick(d, of))
+            sweep::run_sweep(&cfg, &policies, &seed_list, threads, &sweep::default_points(&cfg.model), &|d, of| tick(d, of))
         });
         if args.json {
             println!("{}", serde_json::to_string_pretty(&scenarios)?);

@@ -55,9 +55,25 @@ fn simulate_over_seeds_reports_intervals_and_a_sweep_reports_rankings_with_a_mod
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("base model") && out.contains("GSP reboot share = 1") && out.contains("nodemedic vs seed004"), "{out}");
+    assert!(out.contains("fault rate x = 1.7") && out.contains("fault rate x = 6.2"), "the second dataset's rates are swept: {out}");
     let bad = temp_file("bad-model.json", "{\"unexpected_per_gpu_day\": -1}");
     let (ok, _, err) = nodemedic(&["simulate", "--nodes", "16", "--days", "1", "--model", bad.to_str().unwrap_or_default()]);
     assert!(!ok && err.contains("is not a fault model"), "{err}");
+}
+
+#[test]
+fn simulate_calibration_holds_the_model_against_metas_failure_rates_and_follows_a_model_file() {
+    let (ok, out, err) = nodemedic(&["simulate", "--calibration"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("| 16384 | 1.8 h | 3.1 h | 1.7x |") && out.contains("| 1024 | 8.0 h | 49.5 h | 6.2x |"), "{out}");
+    assert!(out.contains("Kokolis"), "the source is named: {out}");
+    let mut model: serde_json::Value = serde_json::from_str(&fault_model_json()).expect("model JSON");
+    let rate = model["unexpected_per_gpu_day"].as_f64().unwrap_or_default();
+    model["unexpected_per_gpu_day"] = serde_json::json!(rate * 2.0);
+    let file = temp_file("faster-model.json", &model.to_string());
+    let (ok, out, err) = nodemedic(&["simulate", "--calibration", "--model", file.to_str().unwrap_or_default()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("| 1024 | 8.0 h | 24.7 h | 3.1x |"), "twice the rate halves the model's MTBF: {out}");
 }
 
 fn fault_model_json() -> String {
