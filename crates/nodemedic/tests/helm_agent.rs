@@ -81,7 +81,7 @@ async fn the_charts_agent_account_on_its_node_reboots_it_end_to_end_and_cannot_w
             })
             .await?;
             cp.set_node_condition("gpu-000", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
-            wait_for(Duration::from_secs(90), "the agent to reboot gpu-000 and the node to recover", || async {
+            wait_for(Duration::from_secs(180), "the agent to reboot gpu-000 and the node to recover", || async {
                 let r = record(cp, "gpu-000").await?;
                 let rebooted = r.history.iter().any(|h| h.step == RemediationStep::Reboot && h.outcome == StepOutcome::Recovered);
                 (r.phase == Phase::Healthy && rebooted).then_some(())
