@@ -4,7 +4,7 @@
 
 mod bmc_peers;
 
-use bmc_peers::{Chassis, PASSWORD, Peer, USER};
+use bmc_peers::{Chassis, PASSWORD, Redfish, USER};
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use nodemedic_controller::bmc::{
@@ -28,7 +28,7 @@ fn secret_ref() -> SecretRef {
     SecretRef { namespace: "nodemedic".into(), name: "bmc-gpu-000".into() }
 }
 
-fn redfish_target(peer: &Peer) -> BmcTarget {
+fn redfish_target(peer: &Redfish) -> BmcTarget {
     BmcTarget {
         address: BmcAddress::Redfish(peer.system_url()),
         credentials: secret_ref(),
@@ -47,7 +47,7 @@ fn ipmi_target(port: u16) -> BmcTarget {
 }
 
 /// The emulator's PowerState, read by the test itself (not through the code under test).
-async fn redfish_power_state(peer: &Peer) -> anyhow::Result<String> {
+async fn redfish_power_state(peer: &Redfish) -> anyhow::Result<String> {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(peer.ca_bundle())?)?;
     let http = reqwest::Client::builder().add_root_certificate(ca).build()?;
     let system: serde_json::Value =

@@ -11,7 +11,7 @@
 #[allow(dead_code)]
 mod bmc_peers;
 
-use bmc_peers::{Chassis, PASSWORD, Peer, USER};
+use bmc_peers::{Chassis, PASSWORD, Peer, Redfish, USER};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
@@ -177,7 +177,7 @@ fn has_out_of_service(n: &Node) -> bool {
 /// confirms, gpu-001's IPMI BMC refuses the credentials in its Secret.
 fn start_controller(
     cp: &ControlPlane,
-    redfish: &Peer,
+    redfish: &Redfish,
     ipmi: &Peer,
 ) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
     let target = |address, secret: &str, ca| BmcTarget {

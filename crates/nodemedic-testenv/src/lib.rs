@@ -8,6 +8,7 @@ mod audit;
 mod certs;
 mod nodes;
 mod outage;
+pub mod redfish;
 mod spawner;
 
 pub use nodes::{FakeNode, GpuVendor, KWOK_ANNOTATION, new_boot_id};

@@ -9,10 +9,10 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, PostParams};
 use nodemedic_controller::bmc::{BmcAddress, BmcTarget, PowerConfig, SecretRef};
 use nodemedic_testenv::ControlPlane;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use nodemedic_testenv::redfish::{FakeSystem, RedfishEmulator};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where the controllers find the BMC credentials.
@@ -34,105 +34,32 @@ fn emulator() -> Result<PathBuf> {
     stdout.lines().last().map(|l| PathBuf::from(l.trim())).ok_or_else(|| anyhow!("{} printed nothing", script.display()))
 }
 
-/// A CA (`ca.crt`) and a serving certificate for 127.0.0.1 signed by it (`bmc.crt`, `bmc.key`).
-fn write_pki(dir: &Path) -> Result<()> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "nodemedic-demo-bmc-ca");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate()?;
-    let mut serving = CertificateParams::new(vec!["127.0.0.1".to_string()])?;
-    serving.distinguished_name.push(DnType::CommonName, "demo-bmc");
-    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = serving.signed_by(&key, &issuer)?;
-    std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
-    std::fs::write(dir.join("bmc.crt"), cert.pem())?;
-    std::fs::write(dir.join("bmc.key"), key.serialize_pem())?;
-    Ok(())
-}
-
-/// The running emulator; killed on drop.
+/// The running emulator (stopped on drop) and what the demo needs to talk to it.
 pub struct Bmc {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
+    emulator: RedfishEmulator,
     password: String,
     /// Node → its Redfish system's UUID.
     systems: BTreeMap<String, String>,
     http: reqwest::Client,
 }
 
-impl Drop for Bmc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Bmc {
     /// Starts sushy-emulator with one system per node, each powered On.
     pub fn start(nodes: &[&str]) -> Result<Bmc> {
-        let emulator = emulator()?;
-        let dir = tempfile::tempdir()?;
-        write_pki(dir.path())?;
         let password = format!("demo-{}", std::process::id());
-        // sushy-tools only accepts bcrypt htpasswd entries; the venv's own Python hashes the password.
-        let hash = Command::new(emulator.with_file_name("python"))
-            .args(["-c", "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt()).decode())", &password])
-            .output()
-            .context("hashing the BMC password with the sushy-tools venv's python")?;
-        if !hash.status.success() {
-            bail!("hashing the BMC password failed: {}", String::from_utf8_lossy(&hash.stderr));
-        }
-        std::fs::write(dir.path().join("htpasswd"), format!("{USER}:{}", String::from_utf8_lossy(&hash.stdout).trim()))?;
         let systems: BTreeMap<String, String> =
             nodes.iter().enumerate().map(|(i, n)| (n.to_string(), format!("5e0d1c2b-0000-4000-8000-{:012}", i + 1))).collect();
-        let fake: Vec<String> =
-            systems.iter().map(|(n, uuid)| format!("{{'uuid': '{uuid}', 'name': '{n}', 'power_state': 'On', 'nics': []}}")).collect();
-        let d = dir.path().display();
-        let config = format!(
-            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{d}/state'\nSUSHY_EMULATOR_AUTH_FILE = '{d}/htpasswd'\n\
-             SUSHY_EMULATOR_SSL_CERT = '{d}/bmc.crt'\nSUSHY_EMULATOR_SSL_KEY = '{d}/bmc.key'\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{}]\n",
-            fake.join(", ")
-        );
-        std::fs::write(dir.path().join("emulator.conf"), config)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = std::fs::File::create(dir.path().join("emulator.log"))?;
-        let child = Command::new(&emulator)
-            .arg("--config")
-            .arg(dir.path().join("emulator.conf"))
-            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", emulator.display()))?;
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.crt"))?)?;
+        let fake: Vec<FakeSystem> = systems.iter().map(|(name, uuid)| FakeSystem { uuid: uuid.clone(), name: name.clone() }).collect();
+        let emulator = RedfishEmulator::start(&emulator()?, &fake, USER, &password)?;
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(emulator.ca_bundle())?)?;
         let http =
             reqwest::Client::builder().add_root_certificate(ca).tls_built_in_root_certs(false).timeout(Duration::from_secs(5)).build()?;
-        let bmc = Bmc { child, dir, port, password, systems, http };
-        bmc.wait_listening()?;
-        Ok(bmc)
-    }
-
-    fn wait_listening(&self) -> Result<()> {
-        let until = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < until {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let log = std::fs::read_to_string(self.dir.path().join("emulator.log")).unwrap_or_default();
-        bail!("sushy-emulator did not listen on {} within 30s: {log}", self.port)
+        Ok(Bmc { emulator, password, systems, http })
     }
 
     fn system_url(&self, node: &str) -> Result<String> {
         let uuid = self.systems.get(node).ok_or_else(|| anyhow!("{node} has no BMC in the demo"))?;
-        Ok(format!("https://127.0.0.1:{}/redfish/v1/Systems/{uuid}", self.port))
+        Ok(self.emulator.system_url(uuid))
     }
 
     /// The executors config's `power:` section: each node's system, its Secret, the demo's CA.
@@ -142,7 +69,7 @@ impl Bmc {
             let target = BmcTarget {
                 address: BmcAddress::Redfish(self.system_url(node)?),
                 credentials: SecretRef { namespace: SECRET_NAMESPACE.into(), name: secret_name(node) },
-                ca_bundle: Some(self.dir.path().join("ca.crt")),
+                ca_bundle: Some(self.emulator.ca_bundle()),
                 insecure_skip_tls_verify: false,
             };
             nodes.insert(node.clone(), target);

@@ -3,8 +3,8 @@
 //! answered by `ipmitool`. Each peer lives in its own temporary directory and dies with its handle.
 
 use anyhow::{Context, bail};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use std::path::{Path, PathBuf};
+use nodemedic_testenv::redfish::{FakeSystem, RedfishEmulator};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,10 +25,6 @@ impl Drop for Peer {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// A UDP port nothing listens on right now (IPMI is UDP).
 fn free_udp_port() -> anyhow::Result<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -41,94 +37,34 @@ fn sushy_emulator() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
-/// Writes a CA (`ca.crt`) and a serving certificate for 127.0.0.1 signed by it (`bmc.crt`, `bmc.key`).
-fn write_pki(dir: &Path) -> anyhow::Result<()> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "nodemedic-test-bmc-ca");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate()?;
-    let mut serving = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])?;
-    serving.distinguished_name.push(DnType::CommonName, "bmc");
-    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = serving.signed_by(&key, &issuer)?;
-    std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
-    std::fs::write(dir.join("bmc.crt"), cert.pem())?;
-    std::fs::write(dir.join("bmc.key"), key.serialize_pem())?;
-    Ok(())
-}
-
 /// The Redfish system the emulator serves.
 pub const SYSTEM_UUID: &str = "7d1a9a3e-5b1c-4b7e-9d1e-000000000001";
 
-/// Starts sushy-emulator over HTTPS with one fake system (powered On) behind basic auth.
-pub fn start_redfish() -> anyhow::Result<Peer> {
-    let emulator = sushy_emulator()?;
-    let dir = tempfile::tempdir()?;
-    write_pki(dir.path())?;
-    // sushy-tools only accepts bcrypt htpasswd entries; the venv's own Python hashes the password.
-    let python = emulator.with_file_name("python");
-    let hash = Command::new(&python)
-        .args(["-c", "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt()).decode())", PASSWORD])
-        .output()?;
-    if !hash.status.success() {
-        bail!("hashing the test password failed: {}", String::from_utf8_lossy(&hash.stderr));
-    }
-    std::fs::write(dir.path().join("htpasswd"), format!("{USER}:{}", String::from_utf8_lossy(&hash.stdout).trim()))?;
-    let d = dir.path().display();
-    let config = format!(
-        "SUSHY_EMULATOR_FAKE_DRIVER = True\n\
-         SUSHY_EMULATOR_STATE_DIR = '{d}/state'\n\
-         SUSHY_EMULATOR_AUTH_FILE = '{d}/htpasswd'\n\
-         SUSHY_EMULATOR_SSL_CERT = '{d}/bmc.crt'\n\
-         SUSHY_EMULATOR_SSL_KEY = '{d}/bmc.key'\n\
-         SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', 'name': 'gpu-000', 'power_state': 'On', 'nics': []}}]\n"
-    );
-    std::fs::write(dir.path().join("emulator.conf"), config)?;
-    let port = free_port()?;
-    let log = std::fs::File::create(dir.path().join("emulator.log"))?;
-    let child = Command::new(&emulator)
-        .arg("--config")
-        .arg(dir.path().join("emulator.conf"))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", emulator.display()))?;
-    let peer = Peer { child, dir, port };
-    wait_listening(&peer, "sushy-emulator")?;
-    Ok(peer)
-}
+/// The Redfish emulator ([`RedfishEmulator`]) serving one system, `gpu-000`.
+pub struct Redfish(RedfishEmulator);
 
-impl Peer {
+impl Redfish {
     /// The Redfish ComputerSystem URL of the emulator's system.
     pub fn system_url(&self) -> String {
-        format!("https://127.0.0.1:{}/redfish/v1/Systems/{SYSTEM_UUID}", self.port)
+        self.0.system_url(SYSTEM_UUID)
     }
 
     pub fn ca_bundle(&self) -> PathBuf {
-        self.dir.path().join("ca.crt")
+        self.0.ca_bundle()
     }
+}
 
+/// Starts sushy-emulator over HTTPS with one fake system (powered On) behind basic auth.
+pub fn start_redfish() -> anyhow::Result<Redfish> {
+    let system = FakeSystem { uuid: SYSTEM_UUID.into(), name: "gpu-000".into() };
+    Ok(Redfish(RedfishEmulator::start(&sushy_emulator()?, &[system], USER, PASSWORD)?))
+}
+
+impl Peer {
     /// The peer's own log, for failure messages.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
-}
-
-fn wait_listening(peer: &Peer, what: &str) -> anyhow::Result<()> {
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until {
-        if std::net::TcpStream::connect(("127.0.0.1", peer.port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{what} did not listen on {} within 30s: {}", peer.port, peer.log("emulator.log"))
 }
 
 /// How the simulated chassis answers a power change.
