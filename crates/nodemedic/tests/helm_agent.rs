@@ -7,8 +7,8 @@
 mod common;
 
 use common::agents::{TestHost, node_agent};
-use common::helm::{chart, helm, kubectl_ok, ok};
-use common::{Replica, record, setup};
+use common::helm::{install_chart, kubectl_ok};
+use common::{Replica, record};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -49,12 +49,7 @@ fn agent_token_on(cp: &ControlPlane, node: &str) -> anyhow::Result<String> {
 async fn the_charts_agent_account_on_its_node_reboots_it_end_to_end_and_cannot_write_another_node() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
-        let chart = chart();
-        let chart = chart.to_str().unwrap_or_default();
-        kubectl_ok(cp, "applying the chart's CRDs", &["apply", "--server-side", "-f", &format!("{chart}/crds")])?;
-        setup(cp, 2, POLICY).await?;
-        let install = ["install", "nodemedic", chart, "--namespace", "nodemedic", "--create-namespace", "--wait=false"];
-        ok("helm install", helm(&install, Some(cp.kubeconfig()))?)?;
+        install_chart(cp, 2, POLICY, &[], &[]).await?;
         let token = agent_token_on(cp, "gpu-000")?;
         let client = cp.client_with_token(&token).await?;
 

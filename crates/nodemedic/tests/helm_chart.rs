@@ -9,8 +9,8 @@
 
 mod common;
 
-use common::helm::{chart, helm, kubectl_ok, ok, repo};
-use common::{agent_reboots, record, setup, taints};
+use common::helm::{chart, helm, install_chart, kubectl_ok, ok, repo};
+use common::{agent_reboots, record, taints};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use nodemedic_core::RemediationStep;
@@ -158,15 +158,8 @@ async fn after_helm_install_the_charts_service_account_drains_reboots_and_recove
 -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
-        let chart = chart();
-        let chart = chart.to_str().unwrap_or_default();
-        // helm installs the chart's CRDs (crds/) itself; the policy needs them first, so they are
-        // applied from the chart here and helm leaves existing ones alone.
-        kubectl_ok(cp, "applying the chart's CRDs", &["apply", "--server-side", "-f", &format!("{chart}/crds")])?;
-        setup(cp, 2, POLICY).await?;
         let caller = "api.callers[0].kind=ServiceAccount,api.callers[0].name=oncall,api.callers[0].namespace=default";
-        let install = ["install", "nodemedic", chart, "--namespace", "nodemedic", "--create-namespace", "--wait=false", "--set", caller];
-        ok("helm install", helm(&install, Some(cp.kubeconfig()))?)?;
+        install_chart(cp, 2, POLICY, &[], &["--set", caller]).await?;
         let status = ok("helm status", helm(&["status", "nodemedic", "-n", "nodemedic"], Some(cp.kubeconfig()))?)?;
         assert!(status.contains("STATUS: deployed"), "{status}");
         // No controller-manager here makes the default ServiceAccount pods need.
@@ -297,15 +290,7 @@ async fn the_charts_pods_are_admitted_the_controller_replicas_run_on_different_n
 -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options::full()).await?;
     cp.run(|cp| async move {
-        let chart = chart();
-        let chart = chart.to_str().unwrap_or_default();
-        kubectl_ok(cp, "applying the chart's CRDs", &["apply", "--server-side", "-f", &format!("{chart}/crds")])?;
-        setup(cp, 3, POLICY).await?;
-        for node in ["gpu-000", "gpu-001"] {
-            kubectl_ok(cp, "labelling a node for the agent", &["label", "node", node, "nodemedic.io/managed=true"])?;
-        }
-        let install = ["install", "nodemedic", chart, "--namespace", "nodemedic", "--create-namespace", "--wait=false"];
-        ok("helm install", helm(&install, Some(cp.kubeconfig()))?)?;
+        install_chart(cp, 3, POLICY, &["gpu-000", "gpu-001"], &[]).await?;
         let controllers = wait_for(Duration::from_secs(90), "two running controller replicas", || async {
             let pods = placed_pods(cp, "app.kubernetes.io/name=nodemedic-controller").await.ok()?;
             (pods.len() == 2).then_some(pods)
@@ -333,7 +318,13 @@ async fn the_charts_pods_are_admitted_the_controller_replicas_run_on_different_n
             || kubectl_ok(cp, "reading the TLS Secret", &["get", "secret", "nodemedic-api-tls", "-n", "nodemedic", "-o", jsonpath]);
         let before = certificate()?;
         assert!(before.len() > 100, "no certificate: {before}");
-        ok("helm upgrade", helm(&["upgrade", "nodemedic", chart, "--namespace", "nodemedic", "--wait=false"], Some(cp.kubeconfig()))?)?;
+        ok(
+            "helm upgrade",
+            helm(
+                &["upgrade", "nodemedic", chart().to_str().unwrap_or_default(), "--namespace", "nodemedic", "--wait=false"],
+                Some(cp.kubeconfig()),
+            )?,
+        )?;
         assert_eq!(certificate()?, before, "helm upgrade replaced the API certificate");
         Ok(())
     })
@@ -376,12 +367,7 @@ async fn openapi_trusted_by(address: &str, cert_pem: &[u8]) -> anyhow::Result<bo
 async fn deleting_the_charts_certificate_and_upgrading_rotates_it_under_a_running_controller_without_a_restart() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options { kwok: true, ..Options::default() }).await?;
     cp.run(|cp| async move {
-        let chart = chart();
-        let chart = chart.to_str().unwrap_or_default();
-        kubectl_ok(cp, "applying the chart's CRDs", &["apply", "--server-side", "-f", &format!("{chart}/crds")])?;
-        setup(cp, 1, POLICY).await?;
-        let install = ["install", "nodemedic", chart, "--namespace", "nodemedic", "--create-namespace", "--wait=false"];
-        ok("helm install", helm(&install, Some(cp.kubeconfig()))?)?;
+        install_chart(cp, 1, POLICY, &[], &[]).await?;
         let volume = tempfile::tempdir()?;
         let first = project_tls_secret(cp, volume.path(), 1).await?;
         let log_path = volume.path().join("controller.log");
@@ -403,7 +389,13 @@ async fn deleting_the_charts_certificate_and_upgrading_rotates_it_under_a_runnin
             .await?;
             // The rotation docs/shipping.md gives: delete the Secret, upgrade (a new one is generated).
             kubectl_ok(cp, "deleting the TLS Secret", &["delete", "secret", "nodemedic-api-tls", "-n", "nodemedic"])?;
-            ok("helm upgrade", helm(&["upgrade", "nodemedic", chart, "--namespace", "nodemedic", "--wait=false"], Some(cp.kubeconfig()))?)?;
+            ok(
+                "helm upgrade",
+                helm(
+                    &["upgrade", "nodemedic", chart().to_str().unwrap_or_default(), "--namespace", "nodemedic", "--wait=false"],
+                    Some(cp.kubeconfig()),
+                )?,
+            )?;
             let second = project_tls_secret(cp, volume.path(), 2).await?;
             anyhow::ensure!(second != first, "helm upgrade after deleting the Secret made the same certificate");
             wait_for(Duration::from_secs(20), "the controller to serve the new certificate", || async {

@@ -47,3 +47,20 @@ pub fn kubectl_ok(cp: &ControlPlane, what: &str, args: &[&str]) -> anyhow::Resul
     let out = cp.kubectl(args)?;
     ok(what, out)
 }
+
+/// The chart installed as a test starts it: its CRDs applied first (the policy needs them; helm leaves
+/// existing ones alone), `nodes` nodes and the policy created ([`super::setup`]), the `managed` nodes
+/// labelled for the agent, then `helm install` into `nodemedic` with `extra` arguments, not waiting.
+pub async fn install_chart(cp: &ControlPlane, nodes: usize, policy: &str, managed: &[&str], extra: &[&str]) -> anyhow::Result<()> {
+    let chart = chart();
+    let chart = chart.to_str().unwrap_or_default();
+    kubectl_ok(cp, "applying the chart's CRDs", &["apply", "--server-side", "-f", &format!("{chart}/crds")])?;
+    super::setup(cp, nodes, policy).await?;
+    for node in managed {
+        kubectl_ok(cp, "labelling a node for the agent", &["label", "node", node, "nodemedic.io/managed=true"])?;
+    }
+    let mut install = vec!["install", "nodemedic", chart, "--namespace", "nodemedic", "--create-namespace", "--wait=false"];
+    install.extend_from_slice(extra);
+    ok("helm install", helm(&install, Some(cp.kubeconfig()))?)?;
+    Ok(())
+}
