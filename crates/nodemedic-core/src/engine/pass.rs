@@ -94,26 +94,47 @@ pub(crate) struct Pass1Cache<'c> {
     pub slots: &'c HashMap<String, usize>,
 }
 
-pub(crate) fn decide_with(
-    policy: &Policy,
-    fleet: &[NodeObservation],
-    records: &Records,
-    now: Time,
-    mut cache: Option<Pass1Cache>,
-) -> Decision {
-    let ctx = Ctx::new(policy, now);
-    let mut out = Out { actions: Vec::new(), events: Vec::new(), holds: Vec::new(), wake: None };
-    let rules = policy.rules.len();
-    let mut reason_counts = vec![[0u32; Reason::ALL.len()]; rules];
-    let (mut selected, mut unhealthy, mut unknown) = (0usize, 0usize, 0usize);
-    let mut interesting: Vec<usize> = Vec::new();
-    let mut pool_sizes: HashMap<&str, usize> = HashMap::new();
-    let need_pool_sizes = matches!(policy.gates.max_concurrent_per_pool, Some(crate::policy::IntOrPercent::Percent(_)));
-    let mut row = vec![u8::MAX; rules];
+/// What pass 1 counted over the whole fleet.
+struct Pass1<'f> {
+    selected: usize,
+    unhealthy: usize,
+    unknown: usize,
+    /// Fleet indices pass 2 must look at (unsorted, may repeat).
+    interesting: Vec<usize>,
+    pool_sizes: HashMap<&'f str, usize>,
+    reason_counts: Vec<[u32; Reason::ALL.len()]>,
+    /// How many records belong to a node in the fleet (fewer than all: some nodes were deleted).
+    seen_records: usize,
+}
 
-    // Pass 1: evaluate every node cheaply; keep only those that need more than counting.
-    let seen_records;
-    if let Some(c) = cache.as_mut() {
+impl<'f> Pass1<'f> {
+    fn new(rules: usize) -> Self {
+        Pass1 {
+            selected: 0,
+            unhealthy: 0,
+            unknown: 0,
+            interesting: Vec::new(),
+            pool_sizes: HashMap::new(),
+            reason_counts: vec![[0u32; Reason::ALL.len()]; rules],
+            seen_records: 0,
+        }
+    }
+
+    fn count(&mut self, ctx: &Ctx, obs: &'f NodeObservation, s: &NodeSummary, reasons: &[u8], idx: usize, out: &mut Out) {
+        let need_pool_sizes = matches!(ctx.policy.gates.max_concurrent_per_pool, Some(crate::policy::IntOrPercent::Percent(_)));
+        tally(ctx, obs, s, reasons, idx, need_pool_sizes, &mut self.pool_sizes, &mut self.reason_counts, &mut self.interesting, out);
+        self.selected += usize::from(s.selected);
+        self.unhealthy += usize::from(s.selected && s.unhealthy);
+        self.unknown += usize::from(s.selected && s.unknown);
+    }
+}
+
+/// Pass 1: evaluates every node cheaply (reusing the cache's summaries where they still hold) and keeps
+/// only those that need more than counting.
+fn pass1<'f>(ctx: &Ctx, fleet: &'f [NodeObservation], records: &Records, cache: Option<&mut Pass1Cache>, out: &mut Out) -> Pass1<'f> {
+    let rules = ctx.policy.rules.len();
+    let mut p = Pass1::new(rules);
+    if let Some(c) = cache {
         // Nodes with records now or at the last decision are evaluated afresh, the rest reuse their
         // summary until it expires.
         c.reasons.resize(fleet.len() * rules, u8::MAX);
@@ -123,84 +144,65 @@ pub(crate) fn decide_with(
                 c.summaries[i] = None;
             }
         }
-        seen_records = records.nodes.keys().filter(|n| c.slots.contains_key(n.as_str())).count();
+        p.seen_records = records.nodes.keys().filter(|n| c.slots.contains_key(n.as_str())).count();
         c.had_record.clear();
         c.had_record.extend(records.nodes.keys().cloned());
         for (idx, obs) in fleet.iter().enumerate() {
-            let cached = c.summaries[idx].filter(|s| s.valid_until.is_none_or(|t| now < t));
+            let cached = c.summaries[idx].filter(|s| s.valid_until.is_none_or(|t| ctx.now < t));
             let s = match cached {
                 Some(s) => s,
                 None => {
                     let record = records.nodes.get(&obs.name);
-                    let s = summarize(&ctx, obs, record, &mut c.reasons[idx * rules..(idx + 1) * rules]);
+                    let s = summarize(ctx, obs, record, &mut c.reasons[idx * rules..(idx + 1) * rules]);
                     // A summary with a record behind it is never reused (see above).
                     c.summaries[idx] = if record.is_some() { None } else { Some(s) };
                     s
                 }
             };
-            tally(
-                &ctx,
-                obs,
-                &s,
-                &c.reasons[idx * rules..(idx + 1) * rules],
-                idx,
-                need_pool_sizes,
-                &mut pool_sizes,
-                &mut reason_counts,
-                &mut interesting,
-                &mut out,
-            );
-            selected += usize::from(s.selected);
-            unhealthy += usize::from(s.selected && s.unhealthy);
-            unknown += usize::from(s.selected && s.unknown);
+            p.count(ctx, obs, &s, &c.reasons[idx * rules..(idx + 1) * rules], idx, out);
         }
     } else {
         // Records by name: a hash lookup per node beats a tree search comparing names.
         let by_name: HashMap<&str, &NodeRecord> = records.nodes.iter().map(|(name, r)| (name.as_str(), r)).collect();
-        let mut seen = 0usize;
+        let mut row = vec![u8::MAX; rules];
         for (idx, obs) in fleet.iter().enumerate() {
             let record = by_name.get(obs.name.as_str()).copied();
-            seen += usize::from(record.is_some());
-            let s = summarize(&ctx, obs, record, &mut row);
-            tally(&ctx, obs, &s, &row, idx, need_pool_sizes, &mut pool_sizes, &mut reason_counts, &mut interesting, &mut out);
-            selected += usize::from(s.selected);
-            unhealthy += usize::from(s.selected && s.unhealthy);
-            unknown += usize::from(s.selected && s.unknown);
+            p.seen_records += usize::from(record.is_some());
+            let s = summarize(ctx, obs, record, &mut row);
+            p.count(ctx, obs, &s, &row, idx, out);
         }
-        seen_records = seen;
     }
-    let mut healthy = selected - unhealthy - unknown;
+    p
+}
 
-    // Pass 2: full evaluation of the few nodes that need it, in name order.
+/// Pass 2's working set: the interesting nodes in name order, each with its rules evaluated in full.
+fn work_on<'a>(ctx: &Ctx, fleet: &'a [NodeObservation], records: &'a Records, mut interesting: Vec<usize>) -> Vec<Work<'a>> {
     interesting.sort_by(|a, b| fleet[*a].name.cmp(&fleet[*b].name));
     interesting.dedup_by(|a, b| fleet[*a].name == fleet[*b].name);
-    let mut work: Vec<Work> = interesting
+    interesting
         .iter()
         .map(|&idx| {
             let obs = &fleet[idx];
             let original = records.nodes.get(&obs.name);
-            let evals = policy
+            let evals = ctx
+                .policy
                 .rules
                 .iter()
-                .map(|r| evaluate_rule(r, obs, original.and_then(|rec| rec.failing_since.get(&r.name)).copied(), now))
+                .map(|r| evaluate_rule(r, obs, original.and_then(|rec| rec.failing_since.get(&r.name)).copied(), ctx.now))
                 .collect();
             Work { obs, evals, original, record: original.cloned(), selected: ctx.selects(obs) }
         })
-        .collect();
+        .collect()
+}
 
-    // The circuit breaker.
-    let mut policy_record = records.policy.clone();
-    let breaker_open = update_breaker(&ctx, &work, selected, &mut policy_record, &mut out);
-
-    // Disruptive steps in flight, cluster-wide and per pool.
-    let mut inflight = in_flight(&ctx, &work);
-    let gates = GateState { breaker_open, selected, pool_sizes: &pool_sizes };
-
-    // Nodes on the ladder move along it; nodes that left the policy are released. A node whose next
-    // step needs a new disruptive slot waits until every other node has moved, so that slots freed
-    // this time (recovered, released, escalated) are handed out this time, not on the next decision.
-    // A node leaves the ladder only once every remediating rule passes: from then on it counts as
-    // healthy, for the gates below as on the next decision.
+/// Nodes on the ladder move along it; nodes that left the policy are released. A node whose next
+/// step needs a new disruptive slot waits until every other node has moved, so that slots freed
+/// this time (recovered, released, escalated) are handed out this time, not on the next decision.
+/// A node leaves the ladder only once every remediating rule passes: from then on it counts as
+/// healthy, for the gates below as on the next decision. Returns how many recovered, and the disruptive
+/// steps in flight as the ladder moves counted them (what the nodes that start next are gated on).
+fn move_along_ladders(ctx: &Ctx, fleet: &[NodeObservation], work: &mut [Work], gates: &GateState, out: &mut Out) -> (usize, InFlight) {
+    let mut inflight = in_flight(ctx, work);
     let mut waiting = Vec::new();
     let mut recovered = 0;
     // Fencing is read off the step in flight before the ladder moves past it (crate::fencing).
@@ -211,7 +213,7 @@ pub(crate) fn decide_with(
     };
     for w in work.iter_mut() {
         if let Some(r) = w.record.as_mut() {
-            for (kind, message) in crate::fencing::update(r, w.obs, now, ready_majority) {
+            for (kind, message) in crate::fencing::update(r, w.obs, ctx.now, ready_majority) {
                 out.event(&w.obs.name, kind, message);
             }
         }
@@ -221,53 +223,55 @@ pub(crate) fn decide_with(
             continue;
         }
         if !w.selected {
-            release(&ctx, w, &mut out);
+            release(ctx, w, out);
             continue;
         }
-        if advance(&ctx, w, &gates, &mut inflight, &mut out, true) {
+        if advance(ctx, w, gates, &mut inflight, out, true) {
             waiting.push(i);
         }
         recovered += usize::from(w.active().is_none());
     }
-    inflight = in_flight(&ctx, &work);
+    inflight = in_flight(ctx, work);
     for i in waiting {
-        advance(&ctx, &mut work[i], &gates, &mut inflight, &mut out, false);
+        advance(ctx, &mut work[i], gates, &mut inflight, out, false);
         recovered += usize::from(work[i].active().is_none());
     }
-    healthy += recovered;
-    unhealthy -= recovered;
+    (recovered, inflight)
+}
 
-    // Unhealthy nodes not yet on the ladder, oldest first.
+/// Unhealthy nodes not yet on the ladder start it, oldest first, as far as the gates allow.
+fn start_ladders(ctx: &Ctx, work: &mut [Work], gates: &GateState, counts: (usize, usize), mut inflight: InFlight, out: &mut Out) {
+    let (healthy, unhealthy) = counts;
     let mut candidates: Vec<(Time, usize, usize)> = work
         .iter()
         .enumerate()
         .filter(|(_, w)| w.selected && w.active().is_none())
-        .filter_map(|(i, w)| w.firing(policy).map(|(rule, since)| (since, i, rule)))
+        .filter_map(|(i, w)| w.firing(ctx.policy).map(|(rule, since)| (since, i, rule)))
         .collect();
     candidates.sort_by(|a, b| (a.0, work[a.1].name()).cmp(&(b.0, work[b.1].name())));
     for (since, i, rule) in candidates {
         let w = &mut work[i];
-        try_start(&ctx, w, rule, since, &gates, healthy, unhealthy, &mut inflight, &mut out);
+        try_start(ctx, w, rule, since, gates, healthy, unhealthy, &mut inflight, out);
         if w.active().is_some() {
             // A first step that is over at once (a zero quarantine window) moves on now, not on the
             // next decision.
-            advance(&ctx, w, &gates, &mut inflight, &mut out, false);
+            advance(ctx, w, gates, &mut inflight, out, false);
         }
     }
+}
 
-    // Memory for rules whose data has no timestamp (the GPU count rule).
-    for w in work.iter_mut().filter(|w| w.selected) {
-        remember_gpu_failures(&ctx, w);
-    }
-
-    // Taints follow the records and the soft rules.
-    for w in &work {
-        reconcile_taints(&ctx, w, breaker_open, &mut out);
-        out.actions.extend(crate::fencing::taint_action(w.record.as_ref(), w.obs));
-    }
-
-    // Records to write or drop.
-    let mut record_changes = Vec::new();
+/// Records to write or drop: changed records are written; idle ones past their retention, and those of
+/// nodes that no longer exist, are deleted.
+fn record_changes(
+    ctx: &Ctx,
+    fleet: &[NodeObservation],
+    records: &Records,
+    work: &mut [Work],
+    seen_records: usize,
+    out: &mut Out,
+) -> Vec<RecordChange> {
+    let (policy, now) = (ctx.policy, ctx.now);
+    let mut changes = Vec::new();
     for w in work.iter_mut() {
         let retention = policy.gates.retry_budget.as_ref().map_or(RECORD_RETENTION, |b| b.window.max(RECORD_RETENTION));
         if let Some(r) = w.record.as_mut() {
@@ -279,7 +283,7 @@ pub(crate) fn decide_with(
             let expired = idle && r.remediation_starts.is_empty() && last.is_none_or(|t| now.since(t) >= retention);
             if expired {
                 if w.original.is_some() {
-                    record_changes.push(RecordChange::Delete(r.node.clone()));
+                    changes.push(RecordChange::Delete(r.node.clone()));
                 }
                 continue;
             }
@@ -290,17 +294,28 @@ pub(crate) fn decide_with(
         if w.record.as_ref() != w.original
             && let Some(r) = &w.record
         {
-            record_changes.push(RecordChange::Upsert(r.clone()));
+            changes.push(RecordChange::Upsert(r.clone()));
         }
     }
     if seen_records < records.nodes.len() {
         let names: HashSet<&str> = fleet.iter().map(|n| n.name.as_str()).collect();
         for name in records.nodes.keys().filter(|n| !names.contains(n.as_str())) {
-            record_changes.push(RecordChange::Delete(name.clone()));
+            changes.push(RecordChange::Delete(name.clone()));
             out.event(name, EventKind::NodeDeleted, format!("node {name} no longer exists; its record is dropped"));
         }
     }
+    changes
+}
 
+/// The decision's summary: counts, phases, disruptive steps in flight and each rule's reasons.
+fn decision_summary(
+    ctx: &Ctx,
+    work: &[Work],
+    counts: (usize, usize, usize, usize),
+    breaker_open: bool,
+    reason_counts: &[[u32; Reason::ALL.len()]],
+) -> Summary {
+    let (selected, healthy, unhealthy, unknown) = counts;
     let mut summary = Summary { selected, healthy, unhealthy, unknown, breaker_open, ..Default::default() };
     for w in work.iter().filter(|w| w.selected) {
         match w.record.as_ref().map(|r| r.phase) {
@@ -309,15 +324,52 @@ pub(crate) fn decide_with(
             _ => {}
         }
     }
-    summary.disruptive_in_flight = in_flight(&ctx, &work).total;
+    summary.disruptive_in_flight = in_flight(ctx, work).total;
     for (ri, counts) in reason_counts.iter().enumerate() {
         for reason in Reason::ALL {
             let n = counts[reason.index()];
             if n > 0 {
-                summary.rule_reasons.push((policy.rules[ri].name.clone(), reason.as_str(), n));
+                summary.rule_reasons.push((ctx.policy.rules[ri].name.clone(), reason.as_str(), n));
             }
         }
     }
+    summary
+}
+
+pub(crate) fn decide_with(
+    policy: &Policy,
+    fleet: &[NodeObservation],
+    records: &Records,
+    now: Time,
+    mut cache: Option<Pass1Cache>,
+) -> Decision {
+    let ctx = Ctx::new(policy, now);
+    let mut out = Out { actions: Vec::new(), events: Vec::new(), holds: Vec::new(), wake: None };
+    let p = pass1(&ctx, fleet, records, cache.as_mut(), &mut out);
+    let (selected, mut unhealthy, unknown) = (p.selected, p.unhealthy, p.unknown);
+    let mut healthy = selected - unhealthy - unknown;
+
+    // Pass 2: full evaluation of the few nodes that need it, in name order.
+    let mut work = work_on(&ctx, fleet, records, p.interesting);
+    let mut policy_record = records.policy.clone();
+    let breaker_open = update_breaker(&ctx, &work, selected, &mut policy_record, &mut out);
+    let gates = GateState { breaker_open, selected, pool_sizes: &p.pool_sizes };
+    let (recovered, inflight) = move_along_ladders(&ctx, fleet, &mut work, &gates, &mut out);
+    healthy += recovered;
+    unhealthy -= recovered;
+    start_ladders(&ctx, &mut work, &gates, (healthy, unhealthy), inflight, &mut out);
+
+    // Memory for rules whose data has no timestamp (the GPU count rule).
+    for w in work.iter_mut().filter(|w| w.selected) {
+        remember_gpu_failures(&ctx, w);
+    }
+    // Taints follow the records and the soft rules.
+    for w in &work {
+        reconcile_taints(&ctx, w, breaker_open, &mut out);
+        out.actions.extend(crate::fencing::taint_action(w.record.as_ref(), w.obs));
+    }
+    let record_changes = record_changes(&ctx, fleet, records, &mut work, p.seen_records, &mut out);
+    let summary = decision_summary(&ctx, &work, (selected, healthy, unhealthy, unknown), breaker_open, &p.reason_counts);
 
     let (actions, would_execute) = if policy.monitor_only { (Vec::new(), out.actions) } else { (out.actions, Vec::new()) };
     Decision {
