@@ -64,6 +64,22 @@ impl Policy {
     /// Every problem at once, each naming its field.
     pub fn validate(&self) -> Result<(), PolicyError> {
         let mut errs = Vec::new();
+        self.selection_problems(&mut errs);
+        self.ladder_problems(&mut errs);
+        self.gate_problems(&mut errs);
+        let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
+        // Parsing refuses negative durations; a policy built in code (the simulator, tests, a
+        // library caller) is held to the same rule here.
+        for (field, d) in self.durations() {
+            if d < Duration::ZERO {
+                err(field, format!("{d} is negative"));
+            }
+        }
+        if errs.is_empty() { Ok(()) } else { Err(PolicyError::Invalid(errs)) }
+    }
+
+    /// The selector and the rules: each rule named once, with exactly one source.
+    fn selection_problems(&self, errs: &mut Vec<FieldError>) {
         let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
         for (f, r) in self.selector.problems() {
             err(format!("selector.{f}"), r);
@@ -107,9 +123,11 @@ impl Policy {
                 err(format!("{at}.staleAfter"), "must be more than zero (omit it to never treat evidence as stale)".into());
             }
         }
-        if !self.rules.is_empty() && self.rules.iter().all(Rule::is_soft) && self.ladder.is_empty() {
-            // Only soft rules: a ladder is pointless but harmless; still demand one below for clarity.
-        }
+    }
+
+    /// The ladder, the drain policy and the node classes its timeouts name.
+    fn ladder_problems(&self, errs: &mut Vec<FieldError>) {
+        let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
         if self.ladder.is_empty() {
             err("ladder".into(), "the remediation ladder needs at least one step".into());
         }
@@ -160,6 +178,11 @@ impl Policy {
                 err(format!("{at}.completion"), format!("fixedWait applies to drain and repair steps, not {}", step.step));
             }
         }
+    }
+
+    /// The gates: percentages, the circuit breaker, the retry budget and maintenance windows.
+    fn gate_problems(&self, errs: &mut Vec<FieldError>) {
+        let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
         let g = &self.gates;
         if g.min_healthy.is_some() && g.max_unhealthy.is_some() {
             err("gates".into(), "set minHealthy or maxUnhealthy, not both".into());
@@ -198,14 +221,6 @@ impl Policy {
                 err(format!("gates.maintenanceWindows[{i}].duration"), "must be more than zero".into());
             }
         }
-        // Parsing refuses negative durations; a policy built in code (the simulator, tests, a
-        // library caller) is held to the same rule here.
-        for (field, d) in self.durations() {
-            if d < Duration::ZERO {
-                err(field, format!("{d} is negative"));
-            }
-        }
-        if errs.is_empty() { Ok(()) } else { Err(PolicyError::Invalid(errs)) }
     }
 
     /// Every duration in the policy with its field path.
