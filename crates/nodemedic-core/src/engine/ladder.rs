@@ -137,167 +137,221 @@ pub(super) fn recovered_while_waiting(w: &mut Work, next: RemediationStep, out: 
     );
 }
 
+/// What one look at a node's stage leads to: stop (with [`advance`]'s answer), or look again at once
+/// (the stage changed).
+enum Then {
+    Stop(bool),
+    Again,
+}
+
 /// Moves a node along the ladder as far as it can go now. With `defer_new_slot`, stops before a step
 /// that needs a new disruptive slot and returns true: the caller hands slots out afterwards.
 pub(super) fn advance(ctx: &Ctx, w: &mut Work, gates: &GateState, inflight: &mut InFlight, out: &mut Out, defer_new_slot: bool) -> bool {
-    let now = ctx.now;
-    let p = ctx.policy;
     // Bounded: each pass either changes the stage or stops.
     for _ in 0..8 {
         let Some(a) = w.active().cloned() else { return false };
-        let abort = w.obs.operator_request.as_ref().filter(|r| r.action == OperatorAction::Abort && r.at >= a.started_at);
-        if let Some(req) = abort
-            && a.step != RemediationStep::Manual
-        {
-            // A person stops the ladder: the step in flight ends, nothing else runs, the node stays
-            // cordoned under the Manual taint until someone resolves it.
-            let msg = format!("ladder aborted by {} at {}; the node stays cordoned for a person", req.by, req.at);
-            if matches!(a.stage, Stage::AwaitingNext { .. }) {
-                if let Some(h) = w.record.as_mut().and_then(|r| r.history.last_mut()) {
-                    h.reason = format!("{}; {msg}", h.reason);
-                }
-            } else {
-                end_step(ctx, w, StepOutcome::Failed, msg, out);
-            }
-            start_step(ctx, w, ctx.ladder.len() - 1, a.step.is_disruptive(), inflight, out);
+        if aborted(ctx, w, &a, inflight, out) {
             return false;
         }
-        let ls = &ctx.ladder[a.step_index.min(ctx.ladder.len() - 1)];
-        match a.stage {
+        let then = match a.stage {
             Stage::Executing => match a.step {
-                RemediationStep::Manual => {
-                    let req = w.obs.operator_request.as_ref().filter(|r| r.action == OperatorAction::Resolve && r.at >= a.step_started_at);
-                    let Some(req) = req else { return false };
-                    if w.healthy_since(p, req.at) {
-                        let msg = format!("resolved by {} at {}; the checks pass", req.by, req.at);
-                        out.event(w.name(), EventKind::ResolvedByOperator, msg.clone());
-                        end_step(ctx, w, StepOutcome::Recovered, msg, out);
-                    } else {
-                        out.hold(
-                            w.name(),
-                            Gate::AwaitingOperator,
-                            format!("{} marked the node resolved at {}; waiting for the checks to pass on fresh data", req.by, req.at),
-                        );
-                    }
-                    return false;
-                }
-                RemediationStep::Quarantine => {
-                    if w.healthy_since(p, a.started_at) {
-                        end_step(ctx, w, StepOutcome::Recovered, "recovered by itself while quarantined".into(), out);
-                        return false;
-                    }
-                    match a.deadline {
-                        Some(d) if now < d => {
-                            out.wake_at(d);
-                            return false;
-                        }
-                        _ => end_step(ctx, w, StepOutcome::Completed, "quarantine window over, node still unhealthy".into(), out),
-                    }
-                }
-                step => {
-                    let report = w.obs.step_report.as_ref().filter(|r| w.record.as_ref().is_some_and(|rec| rec.attempt == r.attempt));
-                    if step == RemediationStep::Drain
-                        && a.executed
-                        && ls.completion == Completion::Reported
-                        && blocked_drain(ctx, w, &a, inflight, out) != BlockedDrain::NotBlocked
-                    {
-                        return false;
-                    }
-                    let completed_at = match (report.map(|r| (r.outcome, r.at, r.message.clone())), ls.completion) {
-                        (Some((ReportedOutcome::Failed, _, msg)), _) => {
-                            end_step(ctx, w, StepOutcome::Failed, format!("executor reported failure: {msg}"), out);
-                            continue;
-                        }
-                        (Some((ReportedOutcome::Succeeded, at, _)), Completion::Reported) if rebooted(&a, w.obs) => at,
-                        (_, Completion::FixedWait) if a.deadline.is_some_and(|d| now >= d) => a.deadline.unwrap_or(now),
-                        (_, Completion::Reported) if a.deadline.is_some_and(|d| now >= d) => {
-                            let reason = if report.is_some_and(|r| r.outcome == ReportedOutcome::Succeeded) {
-                                format!(
-                                    "the executor reported success, but within {} the node did not come back Ready with a new boot ID (still {})",
-                                    now.since(a.step_started_at),
-                                    w.obs.boot_id.as_deref().unwrap_or("unknown")
-                                )
-                            } else if a.executed {
-                                format!("no completion report within {}", now.since(a.step_started_at))
-                            } else {
-                                "monitor-only: not executed".into()
-                            };
-                            end_step(ctx, w, StepOutcome::TimedOut, reason, out);
-                            continue;
-                        }
-                        _ => {
-                            if let Some(d) = a.deadline {
-                                out.wake_at(d);
-                            }
-                            return false;
-                        }
-                    };
-                    if step.is_repair() {
-                        let verify_from = completed_at + ls.settle;
-                        let verify_deadline = verify_from + ls.verify_timeout;
-                        if let Some(act) = w.record.as_mut().and_then(|r| r.active.as_mut()) {
-                            act.stage = Stage::Verifying { completed_at, verify_from, verify_deadline };
-                        }
-                    } else {
-                        end_step(ctx, w, StepOutcome::Completed, finished(w, step), out);
-                    }
-                }
+                RemediationStep::Manual => manual(ctx, w, &a, out),
+                RemediationStep::Quarantine => quarantined(ctx, w, &a, out),
+                step => executing(ctx, w, &a, step, inflight, out),
             },
             Stage::Verifying { completed_at, verify_from, verify_deadline } => {
-                if now < verify_from {
-                    out.wake_at(verify_from);
-                    return false;
-                }
-                if w.healthy_since(p, completed_at) {
-                    end_step(ctx, w, StepOutcome::Recovered, "the checks pass again".into(), out);
-                    return false;
-                }
-                if let Some(rule) = w.failing_since(p, completed_at) {
-                    let why = describe(ctx, w, rule);
-                    end_step(ctx, w, StepOutcome::Failed, format!("re-check failed: {why}"), out);
-                    continue;
-                }
-                if now >= verify_deadline {
-                    end_step(
-                        ctx,
-                        w,
-                        StepOutcome::Failed,
-                        format!("the checks did not confirm recovery within {} after settling", ls.verify_timeout),
-                        out,
-                    );
-                    continue;
-                }
-                out.wake_at(verify_deadline);
-                return false;
+                verifying(ctx, w, &a, (completed_at, verify_from, verify_deadline), out)
             }
-            Stage::AwaitingNext { ended_at } => {
-                let next = class::next_index(&ctx.ladder, a.step_index + 1, p.fault_classes.rung(a.fault_class), a.gpu.is_some());
-                let step = ctx.ladder[next].step;
-                // A quarantined node held back from its first disruptive step (a gate, a busy slot)
-                // may heal meanwhile (a power blip): checks that pass on evidence newer than the
-                // quarantine end the remediation instead of draining and rebooting a healthy node.
-                // Not after a disruptive step: a repair whose re-check failed has shown the fault
-                // is real, and one passing probe must not return the node to service.
-                if !a.step.is_disruptive() && step != RemediationStep::Manual && w.healthy_since(p, ended_at) {
-                    recovered_while_waiting(w, step, out);
-                    return false;
-                }
-                if defer_new_slot && step.is_disruptive() && !a.step.is_disruptive() {
-                    return true;
-                }
-                if step.is_disruptive()
-                    && let Err((gate, msg)) = disruptive_gate(ctx, w.obs, a.step.is_disruptive(), gates, inflight, out)
-                {
-                    out.hold(w.name(), gate, format!("next step {step} waits: {msg}"));
-                    return false;
-                }
-                // Loop on: a Manual step looks at once for a person's resolve request, as it will on
-                // every later decision.
-                start_step(ctx, w, next, a.step.is_disruptive(), inflight, out);
-            }
+            Stage::AwaitingNext { ended_at } => awaiting_next(ctx, w, &a, ended_at, gates, inflight, out, defer_new_slot),
+        };
+        if let Then::Stop(answer) = then {
+            return answer;
         }
     }
     false
+}
+
+/// A person stopped the ladder: the step in flight ends, nothing else runs, the node stays cordoned
+/// under the Manual taint until someone resolves it. True when that happened now.
+fn aborted(ctx: &Ctx, w: &mut Work, a: &ActiveRemediation, inflight: &mut InFlight, out: &mut Out) -> bool {
+    let abort = w.obs.operator_request.as_ref().filter(|r| r.action == OperatorAction::Abort && r.at >= a.started_at);
+    let Some(req) = abort else { return false };
+    if a.step == RemediationStep::Manual {
+        return false;
+    }
+    let msg = format!("ladder aborted by {} at {}; the node stays cordoned for a person", req.by, req.at);
+    if matches!(a.stage, Stage::AwaitingNext { .. }) {
+        if let Some(h) = w.record.as_mut().and_then(|r| r.history.last_mut()) {
+            h.reason = format!("{}; {msg}", h.reason);
+        }
+    } else {
+        end_step(ctx, w, StepOutcome::Failed, msg, out);
+    }
+    start_step(ctx, w, ctx.ladder.len() - 1, a.step.is_disruptive(), inflight, out);
+    true
+}
+
+/// The Manual step ends only when a person marks the node resolved and the checks pass on fresh data.
+fn manual(ctx: &Ctx, w: &mut Work, a: &ActiveRemediation, out: &mut Out) -> Then {
+    let req = w.obs.operator_request.as_ref().filter(|r| r.action == OperatorAction::Resolve && r.at >= a.step_started_at);
+    let Some(req) = req else { return Then::Stop(false) };
+    if w.healthy_since(ctx.policy, req.at) {
+        let msg = format!("resolved by {} at {}; the checks pass", req.by, req.at);
+        out.event(w.name(), EventKind::ResolvedByOperator, msg.clone());
+        end_step(ctx, w, StepOutcome::Recovered, msg, out);
+    } else {
+        out.hold(
+            w.name(),
+            Gate::AwaitingOperator,
+            format!("{} marked the node resolved at {}; waiting for the checks to pass on fresh data", req.by, req.at),
+        );
+    }
+    Then::Stop(false)
+}
+
+/// Quarantine ends when the node heals by itself, or when its window is over.
+fn quarantined(ctx: &Ctx, w: &mut Work, a: &ActiveRemediation, out: &mut Out) -> Then {
+    if w.healthy_since(ctx.policy, a.started_at) {
+        end_step(ctx, w, StepOutcome::Recovered, "recovered by itself while quarantined".into(), out);
+        return Then::Stop(false);
+    }
+    match a.deadline {
+        Some(d) if ctx.now < d => {
+            out.wake_at(d);
+            Then::Stop(false)
+        }
+        _ => {
+            end_step(ctx, w, StepOutcome::Completed, "quarantine window over, node still unhealthy".into(), out);
+            Then::Again
+        }
+    }
+}
+
+/// A step an executor carries out: it ends on its report (a reboot also on a new boot ID), on its
+/// deadline, or holds while a drain is blocked; a repair then goes on to verification.
+fn executing(ctx: &Ctx, w: &mut Work, a: &ActiveRemediation, step: RemediationStep, inflight: &mut InFlight, out: &mut Out) -> Then {
+    let now = ctx.now;
+    let ls = &ctx.ladder[a.step_index.min(ctx.ladder.len() - 1)];
+    let report = w.obs.step_report.as_ref().filter(|r| w.record.as_ref().is_some_and(|rec| rec.attempt == r.attempt));
+    if step == RemediationStep::Drain
+        && a.executed
+        && ls.completion == Completion::Reported
+        && blocked_drain(ctx, w, a, inflight, out) != BlockedDrain::NotBlocked
+    {
+        return Then::Stop(false);
+    }
+    let completed_at = match (report.map(|r| (r.outcome, r.at, r.message.clone())), ls.completion) {
+        (Some((ReportedOutcome::Failed, _, msg)), _) => {
+            end_step(ctx, w, StepOutcome::Failed, format!("executor reported failure: {msg}"), out);
+            return Then::Again;
+        }
+        (Some((ReportedOutcome::Succeeded, at, _)), Completion::Reported) if rebooted(a, w.obs) => at,
+        (_, Completion::FixedWait) if a.deadline.is_some_and(|d| now >= d) => a.deadline.unwrap_or(now),
+        (_, Completion::Reported) if a.deadline.is_some_and(|d| now >= d) => {
+            let reason = if report.is_some_and(|r| r.outcome == ReportedOutcome::Succeeded) {
+                format!(
+                    "the executor reported success, but within {} the node did not come back Ready with a new boot ID (still {})",
+                    now.since(a.step_started_at),
+                    w.obs.boot_id.as_deref().unwrap_or("unknown")
+                )
+            } else if a.executed {
+                format!("no completion report within {}", now.since(a.step_started_at))
+            } else {
+                "monitor-only: not executed".into()
+            };
+            end_step(ctx, w, StepOutcome::TimedOut, reason, out);
+            return Then::Again;
+        }
+        _ => {
+            if let Some(d) = a.deadline {
+                out.wake_at(d);
+            }
+            return Then::Stop(false);
+        }
+    };
+    if step.is_repair() {
+        let verify_from = completed_at + ls.settle;
+        let verify_deadline = verify_from + ls.verify_timeout;
+        if let Some(act) = w.record.as_mut().and_then(|r| r.active.as_mut()) {
+            act.stage = Stage::Verifying { completed_at, verify_from, verify_deadline };
+        }
+    } else {
+        end_step(ctx, w, StepOutcome::Completed, finished(w, step), out);
+    }
+    Then::Again
+}
+
+/// After a repair (and its settle time): recovered when the checks pass on evidence newer than the
+/// repair, failed when one fails again or nothing confirms recovery before the deadline.
+fn verifying(ctx: &Ctx, w: &mut Work, a: &ActiveRemediation, times: (Time, Time, Time), out: &mut Out) -> Then {
+    let (completed_at, verify_from, verify_deadline) = times;
+    let (now, p) = (ctx.now, ctx.policy);
+    let ls = &ctx.ladder[a.step_index.min(ctx.ladder.len() - 1)];
+    if now < verify_from {
+        out.wake_at(verify_from);
+        return Then::Stop(false);
+    }
+    if w.healthy_since(p, completed_at) {
+        end_step(ctx, w, StepOutcome::Recovered, "the checks pass again".into(), out);
+        return Then::Stop(false);
+    }
+    if let Some(rule) = w.failing_since(p, completed_at) {
+        let why = describe(ctx, w, rule);
+        end_step(ctx, w, StepOutcome::Failed, format!("re-check failed: {why}"), out);
+        return Then::Again;
+    }
+    if now >= verify_deadline {
+        end_step(
+            ctx,
+            w,
+            StepOutcome::Failed,
+            format!("the checks did not confirm recovery within {} after settling", ls.verify_timeout),
+            out,
+        );
+        return Then::Again;
+    }
+    out.wake_at(verify_deadline);
+    Then::Stop(false)
+}
+
+/// Between steps: the next rung (the fault class may skip repairs below its own), unless the node
+/// healed while it waited, the slot is deferred, or a gate holds it.
+#[allow(clippy::too_many_arguments)]
+fn awaiting_next(
+    ctx: &Ctx,
+    w: &mut Work,
+    a: &ActiveRemediation,
+    ended_at: Time,
+    gates: &GateState,
+    inflight: &mut InFlight,
+    out: &mut Out,
+    defer_new_slot: bool,
+) -> Then {
+    let p = ctx.policy;
+    let next = class::next_index(&ctx.ladder, a.step_index + 1, p.fault_classes.rung(a.fault_class), a.gpu.is_some());
+    let step = ctx.ladder[next].step;
+    // A quarantined node held back from its first disruptive step (a gate, a busy slot)
+    // may heal meanwhile (a power blip): checks that pass on evidence newer than the
+    // quarantine end the remediation instead of draining and rebooting a healthy node.
+    // Not after a disruptive step: a repair whose re-check failed has shown the fault
+    // is real, and one passing probe must not return the node to service.
+    if !a.step.is_disruptive() && step != RemediationStep::Manual && w.healthy_since(p, ended_at) {
+        recovered_while_waiting(w, step, out);
+        return Then::Stop(false);
+    }
+    if defer_new_slot && step.is_disruptive() && !a.step.is_disruptive() {
+        return Then::Stop(true);
+    }
+    if step.is_disruptive()
+        && let Err((gate, msg)) = disruptive_gate(ctx, w.obs, a.step.is_disruptive(), gates, inflight, out)
+    {
+        out.hold(w.name(), gate, format!("next step {step} waits: {msg}"));
+        return Then::Stop(false);
+    }
+    // Loop on: a Manual step looks at once for a person's resolve request, as it will on
+    // every later decision.
+    start_step(ctx, w, next, a.step.is_disruptive(), inflight, out);
+    Then::Again
 }
 
 /// What [`blocked_drain`] made of a drain step.
