@@ -119,52 +119,71 @@ pub fn may_take_out(
         }
     }
     if !repaired.is_empty() {
-        // Disruptive steps in flight, from the records (as the engine counts them).
-        let pool_of = |name: &str| by_name.get(name).and_then(|n| label(&n.labels, &policy.node_pool_label)).cloned().unwrap_or_default();
-        let mut inflight_by_pool: BTreeMap<String, usize> = BTreeMap::new();
-        let mut inflight = 0usize;
-        for (name, r) in &records.nodes {
-            if r.active.as_ref().is_some_and(|a| a.step.is_disruptive()) && by_name.get(name.as_str()).is_some_and(|n| selects(policy, n)) {
-                inflight += 1;
-                *inflight_by_pool.entry(pool_of(name)).or_default() += 1;
-            }
+        for h in concurrency_holds(policy, fleet, records, &by_name, &repaired, total) {
+            hold(h.gate, h.message);
         }
-        if let Some(max) = g.max_concurrent {
-            let limit = max.scaled_down(total).max(1);
-            if inflight + repaired.len() > limit {
+    }
+    check
+}
+
+/// The concurrency gates for repairs asked by hand: the disruptive steps in flight (as the engine counts
+/// them, from the records) plus those asked, against maxConcurrent and maxConcurrentPerPool.
+fn concurrency_holds(
+    policy: &Policy,
+    fleet: &[NodeObservation],
+    records: &Records,
+    by_name: &BTreeMap<&str, &NodeObservation>,
+    repaired: &[String],
+    total: usize,
+) -> Vec<ManualHold> {
+    let g = &policy.gates;
+    let mut holds = Vec::new();
+    let mut hold = |gate: Gate, message: String| holds.push(ManualHold { gate, message });
+    // Disruptive steps in flight, from the records (as the engine counts them).
+    let pool_of = |name: &str| by_name.get(name).and_then(|n| label(&n.labels, &policy.node_pool_label)).cloned().unwrap_or_default();
+    let mut inflight_by_pool: BTreeMap<String, usize> = BTreeMap::new();
+    let mut inflight = 0usize;
+    for (name, r) in &records.nodes {
+        if r.active.as_ref().is_some_and(|a| a.step.is_disruptive()) && by_name.get(name.as_str()).is_some_and(|n| selects(policy, n)) {
+            inflight += 1;
+            *inflight_by_pool.entry(pool_of(name)).or_default() += 1;
+        }
+    }
+    if let Some(max) = g.max_concurrent {
+        let limit = max.scaled_down(total).max(1);
+        if inflight + repaired.len() > limit {
+            hold(
+                Gate::MaxConcurrent,
+                format!(
+                    "{inflight} disruptive remediations in flight and {} more asked, maxConcurrent {max} allows {limit}",
+                    repaired.len()
+                ),
+            );
+        }
+    }
+    if let Some(max) = g.max_concurrent_per_pool {
+        let mut pool_sizes: BTreeMap<String, usize> = BTreeMap::new();
+        for n in fleet.iter().filter(|n| selects(policy, n)) {
+            *pool_sizes.entry(pool_of(&n.name)).or_default() += 1;
+        }
+        let mut asked: BTreeMap<String, usize> = BTreeMap::new();
+        for r in repaired {
+            *asked.entry(pool_of(r)).or_default() += 1;
+        }
+        for (pool, more) in asked {
+            let limit = max.scaled_down(pool_sizes.get(&pool).copied().unwrap_or(0)).max(1);
+            let current = inflight_by_pool.get(&pool).copied().unwrap_or(0);
+            if current + more > limit {
                 hold(
-                    Gate::MaxConcurrent,
+                    Gate::MaxConcurrentPerPool,
                     format!(
-                        "{inflight} disruptive remediations in flight and {} more asked, maxConcurrent {max} allows {limit}",
-                        repaired.len()
+                        "{current} disruptive remediations in flight in pool `{pool}` and {more} more asked, maxConcurrentPerPool {max} allows {limit}"
                     ),
                 );
             }
         }
-        if let Some(max) = g.max_concurrent_per_pool {
-            let mut pool_sizes: BTreeMap<String, usize> = BTreeMap::new();
-            for n in fleet.iter().filter(|n| selects(policy, n)) {
-                *pool_sizes.entry(pool_of(&n.name)).or_default() += 1;
-            }
-            let mut asked: BTreeMap<String, usize> = BTreeMap::new();
-            for r in &repaired {
-                *asked.entry(pool_of(r)).or_default() += 1;
-            }
-            for (pool, more) in asked {
-                let limit = max.scaled_down(pool_sizes.get(&pool).copied().unwrap_or(0)).max(1);
-                let current = inflight_by_pool.get(&pool).copied().unwrap_or(0);
-                if current + more > limit {
-                    hold(
-                        Gate::MaxConcurrentPerPool,
-                        format!(
-                            "{current} disruptive remediations in flight in pool `{pool}` and {more} more asked, maxConcurrentPerPool {max} allows {limit}"
-                        ),
-                    );
-                }
-            }
-        }
     }
-    check
+    holds
 }
 
 #[cfg(test)]
