@@ -230,6 +230,42 @@ impl<'e> Reconciler<'e> {
         };
         self.fenced().await?;
         self.persist(policy_name, &decision, &recs).await?;
+        let status = self.policy_status(&policy, &decision, &records);
+        // The records are persisted: the steps they name are carried out even if the policy status
+        // cannot be written this time (the engine asks for a step once; skipping it would lose it).
+        let status_written = self.write_policy_status(policy_name, &policy, status).await;
+        for a in &decision.would_execute {
+            if let Action::Execute { node, step, attempt, .. } = a {
+                let executor = self.executor.executor_for(*step).unwrap_or_else(|| "no executor".into());
+                tracing::info!(node = %node, step = %step, attempt, executor = %executor, "monitor-only: would run the step with {executor}");
+            }
+        }
+        let acted = self.act(policy_name, &decision, snapshot).await;
+        // The records only; the nodes' taints need not be replayed.
+        let mut after = records.clone();
+        apply(&decision, &mut [], &mut after);
+        self.resume_in_flight(&policy.spec.policy, &decision, &after, &recs).await;
+        if let Err(message) = self.executor.release(&policy.spec.policy, &after).await {
+            tracing::warn!(policy = %policy_name, error = %message, "releasing what finished remediations left behind failed; tried again next pass");
+        }
+        if let Some(m) = self.metrics {
+            let pools = metrics::pools_of(snapshot, &policy.spec.policy.node_pool_label, &after);
+            m.observe(policy_name, &decision, &after, &pools, now);
+        }
+        if let Some(recorder) = self.events {
+            publish_events(recorder, &policy, snapshot, &recs, &decision).await;
+        }
+        if let Err(e) = &status_written {
+            tracing::warn!(policy = %policy_name, error = %e, "could not write the policy status; retried next pass");
+        }
+        acted?;
+        status_written?;
+        Ok(decision)
+    }
+
+    /// The policy's status after a pass: its conditions (valid, paused, breaker, executors), the counts
+    /// and the breaker's record.
+    fn policy_status(&self, policy: &NodeHealthPolicy, decision: &Decision, records: &Records) -> NodeHealthPolicyStatus {
         let p = &policy.spec.policy;
         let sum = &decision.summary;
         let paused = (
@@ -242,7 +278,7 @@ impl<'e> Reconciler<'e> {
             },
         );
         let breaker = decision.policy_record.as_ref().unwrap_or(&records.policy);
-        let status = NodeHealthPolicyStatus {
+        NodeHealthPolicyStatus {
             observed_generation: policy.metadata.generation,
             conditions: conditions(
                 policy.status.as_ref(),
@@ -262,37 +298,7 @@ impl<'e> Reconciler<'e> {
             record: breaker.clone(),
             // Owned by the notifier's field manager; this apply leaves them alone.
             notifications: Vec::new(),
-        };
-        // The records are persisted: the steps they name are carried out even if the policy status
-        // cannot be written this time (the engine asks for a step once; skipping it would lose it).
-        let status_written = self.write_policy_status(policy_name, &policy, status).await;
-        for a in &decision.would_execute {
-            if let Action::Execute { node, step, attempt, .. } = a {
-                let executor = self.executor.executor_for(*step).unwrap_or_else(|| "no executor".into());
-                tracing::info!(node = %node, step = %step, attempt, executor = %executor, "monitor-only: would run the step with {executor}");
-            }
         }
-        let acted = self.act(policy_name, &decision, snapshot).await;
-        // The records only; the nodes' taints need not be replayed.
-        let mut after = records.clone();
-        apply(&decision, &mut [], &mut after);
-        self.resume_in_flight(&policy.spec.policy, &decision, &after, &recs).await;
-        if let Err(message) = self.executor.release(&policy.spec.policy, &after).await {
-            tracing::warn!(policy = %policy_name, error = %message, "releasing what finished remediations left behind failed; tried again next pass");
-        }
-        if let Some(m) = self.metrics {
-            let pools = metrics::pools_of(snapshot, &p.node_pool_label, &after);
-            m.observe(policy_name, &decision, &after, &pools, now);
-        }
-        if let Some(recorder) = self.events {
-            publish_events(recorder, &policy, snapshot, &recs, &decision).await;
-        }
-        if let Err(e) = &status_written {
-            tracing::warn!(policy = %policy_name, error = %e, "could not write the policy status; retried next pass");
-        }
-        acted?;
-        status_written?;
-        Ok(decision)
     }
 
     /// Moves the deadlines of steps in flight past the time this replica could not observe the
