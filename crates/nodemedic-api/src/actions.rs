@@ -312,24 +312,7 @@ async fn run(state: &ApiState, req: ActionRequest, caller: Option<Caller>) -> Re
     let (out_of_service, refusals) = match checked {
         Ok(v) => v,
         Err(e) => {
-            // A refusal is kept too: who asked for what, and why it was refused.
-            let refused = ActionRecord {
-                id: id.clone(),
-                state: ActionState::Refused,
-                request: req.clone(),
-                user: caller.as_ref().map(|c| c.username.clone()),
-                created_at: now_rfc3339(),
-                finished_at: Some(now_rfc3339()),
-                nodes: Vec::new(),
-                forced_gates: Vec::new(),
-                steps: Vec::new(),
-                error: e.body.error.clone(),
-            };
-            let is_refusal = matches!(e.status, StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY);
-            if is_refusal && let Err(err) = store.create(&refused).await {
-                tracing::warn!(action = %id, error = %err, "could not record the refused action");
-            }
-            tracing::info!(action = %id, type_ = %req.type_, requestor = %req.requestor, status = %e.status, error = ?e.body.error, "manual action refused");
+            record_refusal(&store, &req, caller.as_ref(), &e).await;
             return Err(e);
         }
     };
@@ -356,35 +339,12 @@ async fn run(state: &ApiState, req: ActionRequest, caller: Option<Caller>) -> Re
     tracing::info!(action = %id, type_ = %req.type_, requestor = %req.requestor, user = ?record.user, dry_run = req.dry_run, nodes = ?out_of_service, reason = %req.reason, "manual action");
 
     // Tell every object the action touches, before touching it.
-    let mut touched: Vec<ObjectReference> = Vec::new();
-    for n in plan.cordon.iter().chain(plan.repair.iter()) {
-        if !touched.iter().any(|t| t.name.as_deref() == n.metadata.name.as_deref()) {
-            touched.push(n.object_ref(&()));
-        }
-    }
-    if let Some((jobset, ar, pod)) = &plan.jobset {
-        touched.push(jobset.object_ref(ar));
-        touched.push(pod.object_ref(&()));
-    }
-    for target in &touched {
-        tell(state, target, EventType::Normal, if req.dry_run { "ManualActionDryRun" } else { "ManualActionRequested" }, intro.clone())
-            .await;
-        if !refusals.is_empty() {
-            let note = format!("{prefix}safety gates overridden with force by {who} (action {id}): {}", record.forced_gates.join("; "));
-            tell(state, target, EventType::Warning, "SafetyGateOverridden", note).await;
-        }
-    }
+    let overridden = (!refusals.is_empty())
+        .then(|| format!("{prefix}safety gates overridden with force by {who} (action {id}): {}", record.forced_gates.join("; ")));
+    announce(state, &plan, req.dry_run, &intro, overridden).await;
 
     if req.dry_run {
-        for n in &plan.cordon {
-            record.steps.push(format!("would cordon node {}", n.name_any()));
-        }
-        if let Some((jobset, _, pod)) = &plan.jobset {
-            record.steps.push(format!("would delete pod {} to restart JobSet {}", pod.name_any(), jobset.name_any()));
-        }
-        if let Some(n) = &plan.repair {
-            record.steps.push(format!("would repair node {} through the {} provider", n.name_any(), state.provider.name()));
-        }
+        record.steps = dry_run_steps(state, &plan);
         record.finished_at = Some(now_rfc3339());
         store.update(&record).await.map_err(store_err)?;
         return Ok(());
@@ -398,6 +358,66 @@ async fn run(state: &ApiState, req: ActionRequest, caller: Option<Caller>) -> Re
         tracing::error!(action = %id, error = %e, "could not update the action record");
     }
     result.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+/// A refusal is kept too (a conflict or an unprocessable request): who asked for what, and why it was
+/// refused. Best effort: the caller gets the refusal either way.
+async fn record_refusal(store: &Store, req: &ActionRequest, caller: Option<&Caller>, e: &ApiError) {
+    let id = req.id.clone().unwrap_or_default();
+    let refused = ActionRecord {
+        id: id.clone(),
+        state: ActionState::Refused,
+        request: req.clone(),
+        user: caller.map(|c| c.username.clone()),
+        created_at: now_rfc3339(),
+        finished_at: Some(now_rfc3339()),
+        nodes: Vec::new(),
+        forced_gates: Vec::new(),
+        steps: Vec::new(),
+        error: e.body.error.clone(),
+    };
+    let is_refusal = matches!(e.status, StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY);
+    if is_refusal && let Err(err) = store.create(&refused).await {
+        tracing::warn!(action = %id, error = %err, "could not record the refused action");
+    }
+    tracing::info!(action = %id, type_ = %req.type_, requestor = %req.requestor, status = %e.status, error = ?e.body.error, "manual action refused");
+}
+
+/// An Event on every object the action touches (each node once, the JobSet and its pod), and a
+/// warning beside it when safety gates were overridden.
+async fn announce(state: &ApiState, plan: &Plan, dry_run: bool, intro: &str, overridden: Option<String>) {
+    let mut touched: Vec<ObjectReference> = Vec::new();
+    for n in plan.cordon.iter().chain(plan.repair.iter()) {
+        if !touched.iter().any(|t| t.name.as_deref() == n.metadata.name.as_deref()) {
+            touched.push(n.object_ref(&()));
+        }
+    }
+    if let Some((jobset, ar, pod)) = &plan.jobset {
+        touched.push(jobset.object_ref(ar));
+        touched.push(pod.object_ref(&()));
+    }
+    for target in &touched {
+        tell(state, target, EventType::Normal, if dry_run { "ManualActionDryRun" } else { "ManualActionRequested" }, intro.to_string())
+            .await;
+        if let Some(note) = &overridden {
+            tell(state, target, EventType::Warning, "SafetyGateOverridden", note.clone()).await;
+        }
+    }
+}
+
+/// What a dry run says it would do, step by step.
+fn dry_run_steps(state: &ApiState, plan: &Plan) -> Vec<String> {
+    let mut steps = Vec::new();
+    for n in &plan.cordon {
+        steps.push(format!("would cordon node {}", n.name_any()));
+    }
+    if let Some((jobset, _, pod)) = &plan.jobset {
+        steps.push(format!("would delete pod {} to restart JobSet {}", pod.name_any(), jobset.name_any()));
+    }
+    if let Some(n) = &plan.repair {
+        steps.push(format!("would repair node {} through the {} provider", n.name_any(), state.provider.name()));
+    }
+    steps
 }
 
 /// The checks before anything is recorded as accepted: the preflight, remediations in flight and
