@@ -246,39 +246,9 @@ pub async fn run(
         if let Some(n) = notifier.as_mut() {
             n.catch_up(&policies.state(), &snapshot, &record_cache.state());
         }
-        for name in &current {
-            let before = policies.get(&reflector::ObjectRef::new(name));
-            match reconciler.reconcile_with(name, Some(&snapshot), now).await {
-                Ok(decision) => {
-                    if let (Some(n), Some(policy)) = (notifier.as_mut(), before) {
-                        n.on_decision(&policy, &decision, &snapshot, &record_cache.state());
-                    }
-                    if let Some(next) = decision.next_wakeup {
-                        let after = Duration::from_millis(next.0.saturating_sub(now.0).max(0) as u64);
-                        let at = tokio::time::Instant::now() + after;
-                        wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
-                    }
-                    tracing::debug!(policy = %name, actions = decision.actions.len(), events = decision.events.len(), "reconciled");
-                }
-                Err(ControllerError::NotLeader) if leadership.is_leader() => {
-                    // The lease manager holds the lease: its renewal is in flight, or the read
-                    // was slow. Try again shortly rather than at the next change or resync.
-                    tracing::info!(policy = %name, retry_in = ?RETRY_WHILE_HOLDING, "the lease was not usable for this pass; retrying");
-                    let at = tokio::time::Instant::now() + RETRY_WHILE_HOLDING;
-                    wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
-                    break;
-                }
-                Err(ControllerError::NotLeader) => {
-                    tracing::warn!(policy = %name, "lost the lease before writing; standing by");
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(policy = %name, error = %e, kind = e.metric_label(), "reconcile failed");
-                    // Retry soon, not at the resync interval.
-                    let at = tokio::time::Instant::now() + Duration::from_secs(2);
-                    wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
-                }
-            }
+        let pass = Pass { policies: &policies, snapshot: &snapshot, records: &record_cache, leadership: &leadership, now };
+        if let Some(at) = pass.reconcile_all(&reconciler, &current, notifier.as_mut()).await {
+            wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
         }
     }
     tracing::info!("shutting down: releasing the leader lease");
@@ -288,6 +258,63 @@ pub async fn run(
         t.abort();
     }
     Ok(())
+}
+
+/// What one pass as the leader reads: the policy cache, one snapshot of the nodes, the records, the
+/// lease, and the time the pass decides at.
+struct Pass<'p> {
+    policies: &'p Store<NodeHealthPolicy>,
+    snapshot: &'p [Arc<Node>],
+    records: &'p RecordCache,
+    leadership: &'p Leadership,
+    now: nodemedic_core::Time,
+}
+
+impl Pass<'_> {
+    /// Reconciles every policy over the same snapshot, telling the notifier each decision. Returns when
+    /// the next pass is due at the latest, if a decision or a failure asks for one sooner than the
+    /// resync; stops at the first pass the lease refuses.
+    async fn reconcile_all(
+        &self,
+        reconciler: &Reconciler<'_>,
+        names: &BTreeSet<String>,
+        mut notifier: Option<&mut crate::notify::Notifier>,
+    ) -> Option<tokio::time::Instant> {
+        let mut wake_at: Option<tokio::time::Instant> = None;
+        let mut wake = |at: tokio::time::Instant| wake_at = Some(wake_at.map_or(at, |w: tokio::time::Instant| w.min(at)));
+        for name in names {
+            let before = self.policies.get(&reflector::ObjectRef::new(name));
+            match reconciler.reconcile_with(name, Some(self.snapshot), self.now).await {
+                Ok(decision) => {
+                    if let (Some(n), Some(policy)) = (notifier.as_deref_mut(), before) {
+                        n.on_decision(&policy, &decision, self.snapshot, &self.records.state());
+                    }
+                    if let Some(next) = decision.next_wakeup {
+                        let after = Duration::from_millis(next.0.saturating_sub(self.now.0).max(0) as u64);
+                        wake(tokio::time::Instant::now() + after);
+                    }
+                    tracing::debug!(policy = %name, actions = decision.actions.len(), events = decision.events.len(), "reconciled");
+                }
+                Err(ControllerError::NotLeader) if self.leadership.is_leader() => {
+                    // The lease manager holds the lease: its renewal is in flight, or the read
+                    // was slow. Try again shortly rather than at the next change or resync.
+                    tracing::info!(policy = %name, retry_in = ?RETRY_WHILE_HOLDING, "the lease was not usable for this pass; retrying");
+                    wake(tokio::time::Instant::now() + RETRY_WHILE_HOLDING);
+                    break;
+                }
+                Err(ControllerError::NotLeader) => {
+                    tracing::warn!(policy = %name, "lost the lease before writing; standing by");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(policy = %name, error = %e, kind = e.metric_label(), "reconcile failed");
+                    // Retry soon, not at the resync interval.
+                    wake(tokio::time::Instant::now() + Duration::from_secs(2));
+                }
+            }
+        }
+        wake_at
+    }
 }
 
 #[cfg(test)]
