@@ -4,15 +4,14 @@
 //! real BMC; the demo reads the power state for its timeline and, playing the person who fixes the
 //! machine, powers it on again through the same API.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, PostParams};
 use nodemedic_controller::bmc::{BmcAddress, BmcTarget, PowerConfig, SecretRef};
 use nodemedic_testenv::ControlPlane;
 use nodemedic_testenv::redfish::{FakeSystem, RedfishEmulator};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Where the controllers find the BMC credentials.
@@ -21,17 +20,7 @@ const USER: &str = "admin";
 
 /// The installed emulator: `NODEMEDIC_SUSHY_EMULATOR`, else what the setup script prints last.
 fn emulator() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("NODEMEDIC_SUSHY_EMULATOR") {
-        return Ok(PathBuf::from(path));
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bmc-peers/setup");
-    let out =
-        Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().with_context(|| format!("running {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{} failed ({})", script.display(), out.status);
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout.lines().last().map(|l| PathBuf::from(l.trim())).ok_or_else(|| anyhow!("{} printed nothing", script.display()))
+    crate::demo_peers::installed_by("NODEMEDIC_SUSHY_EMULATOR", "scripts/bmc-peers/setup")
 }
 
 /// The running emulator (stopped on drop) and what the demo needs to talk to it.

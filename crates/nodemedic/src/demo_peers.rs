@@ -16,12 +16,13 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Installs the peers when missing (a venv from PyPI, a Debian package) and returns the venv's python.
-fn setup() -> Result<PathBuf> {
-    if let Ok(python) = std::env::var("NODEMEDIC_AIOSMTPD_PYTHON") {
-        return Ok(PathBuf::from(python));
+/// A peer's program: the path in `env` when set, else what the project's setup `script` (under the
+/// repository root) prints last after installing it (it installs once, then only prints).
+pub(crate) fn installed_by(env: &str, script: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Ok(PathBuf::from(path));
     }
-    let script = repo_root().join("scripts/notify-peers/setup");
+    let script = repo_root().join(script);
     let out =
         Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
@@ -29,6 +30,11 @@ fn setup() -> Result<PathBuf> {
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout.lines().last().map(|l| PathBuf::from(l.trim())).ok_or_else(|| anyhow!("{} printed nothing", script.display()))
+}
+
+/// Installs the peers when missing (a venv from PyPI, a Debian package) and returns the venv's python.
+fn setup() -> Result<PathBuf> {
+    installed_by("NODEMEDIC_AIOSMTPD_PYTHON", "scripts/notify-peers/setup")
 }
 
 pub struct Peers {

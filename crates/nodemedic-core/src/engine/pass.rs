@@ -103,26 +103,28 @@ struct Pass1<'f> {
     interesting: Vec<usize>,
     pool_sizes: HashMap<&'f str, usize>,
     reason_counts: Vec<[u32; Reason::ALL.len()]>,
+    /// Pools are counted only when a per-pool percentage needs their sizes.
+    need_pool_sizes: bool,
     /// How many records belong to a node in the fleet (fewer than all: some nodes were deleted).
     seen_records: usize,
 }
 
 impl<'f> Pass1<'f> {
-    fn new(rules: usize) -> Self {
+    fn new(policy: &Policy) -> Self {
         Pass1 {
+            need_pool_sizes: matches!(policy.gates.max_concurrent_per_pool, Some(crate::policy::IntOrPercent::Percent(_))),
             selected: 0,
             unhealthy: 0,
             unknown: 0,
             interesting: Vec::new(),
             pool_sizes: HashMap::new(),
-            reason_counts: vec![[0u32; Reason::ALL.len()]; rules],
+            reason_counts: vec![[0u32; Reason::ALL.len()]; policy.rules.len()],
             seen_records: 0,
         }
     }
 
     fn count(&mut self, ctx: &Ctx, obs: &'f NodeObservation, s: &NodeSummary, reasons: &[u8], idx: usize, out: &mut Out) {
-        let need_pool_sizes = matches!(ctx.policy.gates.max_concurrent_per_pool, Some(crate::policy::IntOrPercent::Percent(_)));
-        tally(ctx, obs, s, reasons, idx, need_pool_sizes, &mut self.pool_sizes, &mut self.reason_counts, &mut self.interesting, out);
+        tally(ctx, obs, s, reasons, idx, self.need_pool_sizes, &mut self.pool_sizes, &mut self.reason_counts, &mut self.interesting, out);
         self.selected += usize::from(s.selected);
         self.unhealthy += usize::from(s.selected && s.unhealthy);
         self.unknown += usize::from(s.selected && s.unknown);
@@ -133,7 +135,7 @@ impl<'f> Pass1<'f> {
 /// only those that need more than counting.
 fn pass1<'f>(ctx: &Ctx, fleet: &'f [NodeObservation], records: &Records, cache: Option<&mut Pass1Cache>, out: &mut Out) -> Pass1<'f> {
     let rules = ctx.policy.rules.len();
-    let mut p = Pass1::new(rules);
+    let mut p = Pass1::new(ctx.policy);
     if let Some(c) = cache {
         // Nodes with records now or at the last decision are evaluated afresh, the rest reuse their
         // summary until it expires.
