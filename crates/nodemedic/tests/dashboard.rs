@@ -111,6 +111,15 @@ async fn every_dashboard_panel_returns_series_from_a_prometheus_that_scraped_a_r
         let start = now_secs();
         let scenario = async {
             wait_for(Duration::from_secs(30), "the leader", || async { replica.is_leader().then_some(()) }).await?;
+            // The hold lasts only while the first node reboots (seconds): faults start once Prometheus
+            // scrapes the leader, so a Prometheus slow to start cannot miss it.
+            let http = reqwest::Client::new();
+            wait_for(Duration::from_secs(60), "Prometheus to scrape the leader", || async {
+                let now = now_secs();
+                let result = range_query(&http, prometheus.port, "nodemedic_leader == 1", now - 2.0, now).await.ok()?;
+                result.as_array().is_some_and(|r| !r.is_empty()).then_some(())
+            })
+            .await?;
             cp.set_node_condition("gpu-001", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
             cp.set_node_condition("gpu-002", "GPUProblem", "True", "XidCritical", "Xid 79").await?;
             let (rebooting, held) = wait_for(Duration::from_secs(30), "one node rebooting and the other held by the gate", || async {
